@@ -1,0 +1,63 @@
+//! Blocks of whole input lines, the unit sources hand to the dataflow.
+
+use bytes::Bytes;
+
+/// A block of complete lines from one input, with where it came from for error messages.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Chunk {
+    /// Position of the chunk in the run (also its dataflow epoch).
+    pub seq: u64,
+    /// Which input it came from (index into the run's input list).
+    pub input: u32,
+    /// 1-based line number of the chunk's first line in that input.
+    pub first_line: u64,
+    /// The bytes: whole lines, each ending in `\n` except possibly the input's last.
+    pub data: Bytes,
+}
+
+impl Chunk {
+    /// Iterates over `(line number, line)` pairs, skipping blank lines; lines keep no `\n`/`\r`.
+    pub fn lines(&self) -> impl Iterator<Item = (u64, Bytes)> + '_ {
+        let mut start = 0usize;
+        let mut number = self.first_line;
+        std::iter::from_fn(move || loop {
+            if start >= self.data.len() {
+                return None;
+            }
+            let end =
+                memchr::memchr(b'\n', &self.data[start..]).map_or(self.data.len(), |i| start + i);
+            let mut line_end = end;
+            if line_end > start && self.data[line_end - 1] == b'\r' {
+                line_end -= 1;
+            }
+            let line = self.data.slice(start..line_end);
+            let this = number;
+            start = end + 1;
+            number += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Some((this, line));
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_lines_and_skips_blanks() {
+        let chunk = Chunk {
+            seq: 0,
+            input: 0,
+            first_line: 7,
+            data: Bytes::from_static(b"a\r\n\n  \nb\nc"),
+        };
+        let lines: Vec<_> = chunk.lines().map(|(n, l)| (n, l.to_vec())).collect();
+        assert_eq!(
+            lines,
+            vec![(7, b"a".to_vec()), (10, b"b".to_vec()), (11, b"c".to_vec())]
+        );
+    }
+}

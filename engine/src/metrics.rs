@@ -1,0 +1,217 @@
+//! Internal metrics: what came in, what went out, and what was dropped and why.
+//!
+//! Each worker owns a [`Counters`] (plain integers, no atomics on the hot path) and merges it
+//! into the run's total at the end of a batch or of the run. Drops are data: every rejected
+//! record is counted under a bounded [`DropReason`] and the first few of each reason are logged
+//! with their place, so a flood of bad input never floods the log.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Why a line, sample or output was dropped. The set is closed so it can index counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// A line that is not valid JSON.
+    BadJson,
+    /// Valid JSON that is neither a notification nor a sample dict.
+    NotANotification,
+    /// A service notification for which no meter definition exists.
+    NoMeterDefinition,
+    /// A sample whose `counter_volume` is null or absent.
+    VolumeMissing,
+    /// A sample whose `counter_volume` is not a number or a numeric string.
+    VolumeNotANumber,
+    /// A sample without `counter_name`, `resource_id`, `counter_type` or `timestamp`.
+    MissingField,
+    /// A sample whose `counter_type` is not gauge, delta or cumulative.
+    BadCounterType,
+    /// A sample whose timestamp a time-based transformer could not parse.
+    BadTimestamp,
+    /// A transformer expression failed (division by zero, NaN, wrong operand types).
+    ExpressionError,
+    /// A publisher failed to write.
+    PublishError,
+}
+
+impl DropReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [DropReason; 10] = [
+        DropReason::BadJson,
+        DropReason::NotANotification,
+        DropReason::NoMeterDefinition,
+        DropReason::VolumeMissing,
+        DropReason::VolumeNotANumber,
+        DropReason::MissingField,
+        DropReason::BadCounterType,
+        DropReason::BadTimestamp,
+        DropReason::ExpressionError,
+        DropReason::PublishError,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BadJson => "bad_json",
+            DropReason::NotANotification => "not_a_notification",
+            DropReason::NoMeterDefinition => "no_meter_definition",
+            DropReason::VolumeMissing => "volume_missing",
+            DropReason::VolumeNotANumber => "volume_not_a_number",
+            DropReason::MissingField => "missing_field",
+            DropReason::BadCounterType => "bad_counter_type",
+            DropReason::BadTimestamp => "bad_timestamp",
+            DropReason::ExpressionError => "expression_error",
+            DropReason::PublishError => "publish_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Samples that entered and left one sink's transformer chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SinkCounts {
+    /// Samples routed into the sink.
+    pub samples_in: u64,
+    /// Samples published by the sink.
+    pub samples_out: u64,
+}
+
+/// One worker's (or, merged, the run's) counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Input lines read.
+    pub lines: u64,
+    /// Notifications decoded (a bare sample line counts as one).
+    pub notifications: u64,
+    /// Samples decoded, valid or not.
+    pub samples_in: u64,
+    /// Valid samples that no source's meter list accepts.
+    pub samples_unrouted: u64,
+    /// Drops by reason, indexed like [`DropReason::ALL`].
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Per sink, indexed by the sink's position in the definition.
+    pub sinks: Vec<SinkCounts>,
+    /// Samples still held by transformers (accumulator, aggregator, arithmetic) at the end.
+    pub held: u64,
+}
+
+impl Counters {
+    /// Counters for a definition with `sinks` sinks.
+    pub fn with_sinks(sinks: usize) -> Counters {
+        Counters {
+            sinks: vec![SinkCounts::default(); sinks],
+            ..Counters::default()
+        }
+    }
+
+    /// Counts one drop.
+    pub fn drop(&mut self, reason: DropReason) {
+        self.dropped[reason.index()] += 1;
+    }
+
+    /// Drops counted for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+
+    /// All drops.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Counters) {
+        self.lines += other.lines;
+        self.notifications += other.notifications;
+        self.samples_in += other.samples_in;
+        self.samples_unrouted += other.samples_unrouted;
+        self.held += other.held;
+        for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
+            *a += b;
+        }
+        if self.sinks.len() < other.sinks.len() {
+            self.sinks.resize(other.sinks.len(), SinkCounts::default());
+        }
+        for (a, b) in self.sinks.iter_mut().zip(&other.sinks) {
+            a.samples_in += b.samples_in;
+            a.samples_out += b.samples_out;
+        }
+    }
+}
+
+/// Counts drops and logs the first [`Diag::LOGGED_PER_REASON`] of each reason with their place.
+#[derive(Debug, Default)]
+pub struct Diag {
+    /// The counters drops are added to.
+    pub counters: Counters,
+    logged: [u32; DropReason::ALL.len()],
+}
+
+impl Diag {
+    /// How many drops of one reason are logged per worker before the rest are only counted.
+    pub const LOGGED_PER_REASON: u32 = 10;
+
+    /// A diagnostics sink over fresh counters for `sinks` sinks.
+    pub fn with_sinks(sinks: usize) -> Diag {
+        Diag {
+            counters: Counters::with_sinks(sinks),
+            logged: [0; DropReason::ALL.len()],
+        }
+    }
+
+    /// Counts a drop; logs `message()` (which should name the place and the fix) while under
+    /// the per-reason limit.
+    pub fn drop(&mut self, reason: DropReason, message: impl FnOnce() -> String) {
+        self.counters.drop(reason);
+        let logged = &mut self.logged[reason.index()];
+        if *logged < Self::LOGGED_PER_REASON {
+            *logged += 1;
+            tracing::warn!(reason = reason.as_str(), "{}", message());
+            if *logged == Self::LOGGED_PER_REASON {
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    "further drops for this reason are counted, not logged"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_their_own_slot() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn merge_adds_everything() {
+        let mut a = Counters::with_sinks(1);
+        a.drop(DropReason::BadJson);
+        a.sinks[0].samples_in = 2;
+        let mut b = Counters::with_sinks(2);
+        b.drop(DropReason::BadJson);
+        b.sinks[1].samples_out = 3;
+        b.lines = 4;
+        a.merge(&b);
+        assert_eq!(a.dropped(DropReason::BadJson), 2);
+        assert_eq!(a.sinks.len(), 2);
+        assert_eq!(a.sinks[1].samples_out, 3);
+        assert_eq!(a.lines, 4);
+        assert_eq!(a.dropped_total(), 2);
+    }
+}
