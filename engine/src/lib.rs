@@ -25,6 +25,7 @@
 //! ```
 
 pub mod chunk;
+pub mod component;
 pub mod intern;
 pub mod json;
 pub mod metrics;

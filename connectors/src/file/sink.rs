@@ -1,0 +1,177 @@
+//! The `file://PATH` publisher: JSONL sample dicts appended to a file.
+//!
+//! Every worker encodes into its own buffer and appends whole buffers under a lock, so lines
+//! never interleave and the hot path takes no lock per sample. Options: `message_id=true`
+//! also writes `message_id` (fresh UUIDs for built samples). Ceilometer's `max_bytes` and
+//! `backup_count` (log rotation) are accepted and ignored with a warning.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
+use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
+use meterflow_engine::Sample;
+
+use crate::Url;
+
+/// Options of a `file://` publisher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Where to append.
+    pub path: PathBuf,
+    /// Whether to write `message_id`.
+    pub message_id: bool,
+}
+
+impl FileOptions {
+    /// Reads the options from a `file://PATH?...` URL.
+    pub fn from_url(url: &Url) -> Result<FileOptions, String> {
+        url.reject_options(&["message_id", "max_bytes", "backup_count"])?;
+        if url.target.is_empty() {
+            return Err(
+                "file:// needs a path: file:///abs/path.jsonl or file://relative/path.jsonl".into(),
+            );
+        }
+        if url.option("max_bytes").is_some() || url.option("backup_count").is_some() {
+            tracing::warn!("file://{}: max_bytes/backup_count (rotation) are ignored; the file grows without rotation", url.target);
+        }
+        let message_id = match url.option("message_id") {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(other) => return Err(format!("message_id={other:?}: use true or false")),
+        };
+        Ok(FileOptions {
+            path: PathBuf::from(&url.target),
+            message_id,
+        })
+    }
+}
+
+/// An open `file://` publisher.
+pub struct FilePublisher {
+    url: String,
+    options: FileOptions,
+    file: Mutex<File>,
+}
+
+impl FilePublisher {
+    /// Opens (creating, appending) the file.
+    pub fn open(url: &str, options: FileOptions) -> Result<FilePublisher, String> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&options.path)
+            .map_err(|e| {
+                format!(
+                    "publisher {url}: cannot open {} for appending: {e}; check that the directory exists and is writable",
+                    options.path.display()
+                )
+            })?;
+        Ok(FilePublisher {
+            url: url.to_owned(),
+            options,
+            file: Mutex::new(file),
+        })
+    }
+}
+
+impl PublisherFactory for FilePublisher {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn handle(self: Arc<Self>) -> Box<dyn Publisher> {
+        Box::new(FileHandle {
+            encode: EncodeOptions {
+                message_id: self.options.message_id,
+            },
+            shared: self,
+            buffer: Vec::with_capacity(FileHandle::FLUSH_BYTES + 4096),
+        })
+    }
+}
+
+struct FileHandle {
+    shared: Arc<FilePublisher>,
+    encode: EncodeOptions,
+    buffer: Vec<u8>,
+}
+
+impl FileHandle {
+    const FLUSH_BYTES: usize = 256 * 1024;
+}
+
+impl Publisher for FileHandle {
+    fn publish(&mut self, samples: &[Sample]) -> Result<(), PublishError> {
+        for s in samples {
+            write_sample(s, self.encode, &mut self.buffer);
+        }
+        if self.buffer.len() >= Self::FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PublishError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.shared.file.lock().unwrap_or_else(|p| p.into_inner());
+        let result = file.write_all(&self.buffer);
+        self.buffer.clear();
+        result.map_err(|e| PublishError {
+            target: self.shared.url.clone(),
+            message: format!("writing {} failed: {e}", self.shared.options.path.display()),
+            retry: e.kind() != std::io::ErrorKind::PermissionDenied,
+        })
+    }
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_append_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let url = format!("file://{}", path.display());
+        let options = FileOptions::from_url(&Url::parse(&url).unwrap()).unwrap();
+        let shared = Arc::new(FilePublisher::open(&url, options).unwrap());
+        let mut a = shared.clone().handle();
+        let mut b = shared.handle();
+        let s = Sample::gauge("m", "r", 1.5, "2021-01-01T00:00:00");
+        a.publish(&[s.clone(), s.clone()]).unwrap();
+        b.publish(&[s.clone()]).unwrap();
+        b.flush().unwrap();
+        drop(a);
+        drop(b);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        for line in text.lines() {
+            assert!(
+                line.starts_with("{\"counter_name\": \"m\"") && line.ends_with('}'),
+                "{line}"
+            );
+            assert!(line.contains("\"counter_volume\": 1.5"));
+        }
+    }
+
+    #[test]
+    fn missing_directory_is_a_clear_error() {
+        let url = "file:///nonexistent-dir/x.jsonl";
+        let options = FileOptions::from_url(&Url::parse(url).unwrap()).unwrap();
+        let err = FilePublisher::open(url, options).err().unwrap();
+        assert!(err.contains("directory exists"), "{err}");
+    }
+}

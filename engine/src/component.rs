@@ -1,0 +1,33 @@
+//! The traits connectors implement, so the dataflow can drive them without knowing them.
+
+use std::sync::Arc;
+
+use crate::model::Sample;
+
+/// Why a publisher could not write; `retry` tells whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[error("{target}: {message}")]
+pub struct PublishError {
+    /// The publisher's URL.
+    pub target: String,
+    /// What failed and what to do.
+    pub message: String,
+    /// Whether retrying with backoff may succeed (a full disk may clear; a bad path will not).
+    pub retry: bool,
+}
+
+/// One worker's handle on a publisher: takes batches of samples, buffers, writes.
+pub trait Publisher: Send {
+    /// Publishes a batch (may buffer). On error nothing of the batch is assumed written.
+    fn publish(&mut self, samples: &[Sample]) -> Result<(), PublishError>;
+    /// Writes out anything buffered (called at the end of each epoch and of the run).
+    fn flush(&mut self) -> Result<(), PublishError>;
+}
+
+/// A publisher opened for a run, shared by all workers; each worker gets its own handle.
+pub trait PublisherFactory: Send + Sync {
+    /// The URL it was opened from.
+    fn url(&self) -> &str;
+    /// A handle for one worker.
+    fn handle(self: Arc<Self>) -> Box<dyn Publisher>;
+}

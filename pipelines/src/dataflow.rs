@@ -1,0 +1,467 @@
+//! The timely dataflow a plan runs as.
+//!
+//! ```text
+//!  worker 0 reads inputs ──chunks, one epoch each──> Decode (round-robin by chunk)
+//!    ──(sink, notification, sample) exchanged by resource (or to one worker for sinks whose
+//!      transformers keep cross-resource state)──> Transform: per sink, in epoch order,
+//!      sample by sample through the chain, flushed at every notification boundary, published
+//! ```
+//! Each epoch is one chunk of input parsed by one worker, so a (resource, meter) key sees its
+//! samples in input order: the channel from that worker is FIFO and Transform processes epochs
+//! in order once the frontier has passed them. Results are identical (as multisets) for any
+//! number of workers.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use meterflow_connectors::file::source::{ChunkReader, InputSpec};
+use meterflow_engine::chunk::Chunk;
+use meterflow_engine::component::{Publisher, PublisherFactory};
+use meterflow_engine::intern::Sym;
+use meterflow_engine::metrics::{Counters, Diag, DropReason};
+use meterflow_engine::wire::{decode_line, Decoded, LineKind};
+use meterflow_engine::Sample;
+use meterflow_operators::transform::{Chain, Partition};
+use rustc_hash::{FxHashMap, FxHasher};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::{Operator, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle};
+
+use crate::plan::Plan;
+
+/// A sample on its way to one sink.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Routed {
+    /// Exchange key: the resource's hash, or the sink for sinks that run on one worker.
+    pub route: u64,
+    /// The notification it came in (flush boundaries).
+    pub notification: u64,
+    /// Index of the sink.
+    pub sink: u16,
+    /// The sample.
+    pub sample: Sample,
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads.
+    pub workers: usize,
+    /// Show a progress bar on stderr (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Chunk size for inputs (bytes).
+    pub chunk_bytes: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            progress: false,
+            chunk_bytes: ChunkReader::TARGET_BYTES,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// Everything counted, merged over workers.
+    pub counters: Counters,
+    /// Sink names, for the summary.
+    pub sinks: Vec<String>,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+    /// Workers used.
+    pub workers: usize,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+/// The stable hash that spreads resources over workers (the same in every process).
+pub fn resource_route(resource: Sym) -> u64 {
+    let mut h = FxHasher::default();
+    resource.as_str().hash(&mut h);
+    let x = h.finish();
+    // Mix so that low bits (timely takes a modulus) depend on every input bit.
+    (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (x >> 32)
+}
+
+/// Turns chunks into routed samples; counts and reports bad input.
+pub struct Decoder {
+    plan: Arc<Plan>,
+    routes: FxHashMap<Sym, Box<[u16]>>,
+    inputs: Arc<Vec<String>>,
+}
+
+impl Decoder {
+    /// A decoder for `plan`; `inputs` names the inputs in messages.
+    pub fn new(plan: Arc<Plan>, inputs: Arc<Vec<String>>) -> Decoder {
+        Decoder {
+            plan,
+            routes: FxHashMap::default(),
+            inputs,
+        }
+    }
+
+    fn routes<'r>(
+        routes: &'r mut FxHashMap<Sym, Box<[u16]>>,
+        plan: &Plan,
+        meter: Sym,
+    ) -> &'r [u16] {
+        routes
+            .entry(meter)
+            .or_insert_with(|| plan.route(meter.as_str()).into_boxed_slice())
+    }
+
+    /// Decodes every line of `chunk`, calling `emit` for each (sink, sample) in input order.
+    pub fn decode(&mut self, chunk: &Chunk, diag: &mut Diag, emit: &mut dyn FnMut(Routed)) {
+        let Decoder {
+            plan,
+            routes,
+            inputs,
+        } = self;
+        let input = inputs
+            .get(chunk.input as usize)
+            .map_or("<input>", String::as_str);
+        for (index, (line_no, line)) in chunk.lines().enumerate() {
+            diag.counters.lines += 1;
+            let notification = (chunk.seq << 32) | index as u64;
+            let kind = decode_line(&line, &mut |decoded| match decoded {
+                Decoded::Sample(sample) => {
+                    diag.counters.samples_in += 1;
+                    let sinks = Self::routes(routes, plan, sample.name);
+                    if sinks.is_empty() {
+                        diag.counters.samples_unrouted += 1;
+                        return;
+                    }
+                    let route = resource_route(sample.resource_id);
+                    let (last, rest) = sinks.split_last().expect("non-empty");
+                    let routed = |sink: u16, sample: Sample| Routed {
+                        route: match plan.sinks[sink as usize].partition {
+                            Partition::ByResource => route,
+                            Partition::Global => u64::from(sink),
+                        },
+                        notification,
+                        sink,
+                        sample,
+                    };
+                    for &sink in rest {
+                        emit(routed(sink, sample.clone()));
+                    }
+                    emit(routed(*last, sample));
+                }
+                Decoded::Rejected(r) => {
+                    diag.counters.samples_in += 1;
+                    let volume = matches!(
+                        r.reason,
+                        DropReason::VolumeMissing | DropReason::VolumeNotANumber
+                    );
+                    // Like Ceilometer, volumes are only checked for samples some pipeline takes.
+                    if volume
+                        && r.name
+                            .is_some_and(|n| Self::routes(routes, plan, n).is_empty())
+                    {
+                        diag.counters.samples_unrouted += 1;
+                        return;
+                    }
+                    diag.drop(r.reason, || format!("{input}:{line_no}: {}", r.detail));
+                }
+            });
+            match kind {
+                Ok(LineKind::SampleNotification | LineKind::BareSample) => {
+                    diag.counters.notifications += 1
+                }
+                Ok(LineKind::ServiceNotification { event_type }) => {
+                    diag.counters.notifications += 1;
+                    diag.drop(DropReason::NoMeterDefinition, || {
+                        format!("{input}:{line_no}: notification {event_type:?} skipped: turning service notifications into samples needs meter definitions (meters.yaml), which land with the OpenStack ingestion work")
+                    });
+                }
+                Err(e) => diag.drop(e.reason(), || format!("{input}:{line_no}: {e}")),
+            }
+        }
+    }
+}
+
+/// One sink's runtime on one worker.
+struct SinkRuntime {
+    chain: Chain,
+    publishers: Vec<usize>,
+    notification: Option<u64>,
+    out: Vec<Sample>,
+}
+
+/// Runs the transformer chains of every sink a worker is responsible for.
+pub struct Transformer {
+    sinks: Vec<SinkRuntime>,
+    publishers: Vec<Box<dyn Publisher>>,
+    urls: Vec<String>,
+}
+
+impl Transformer {
+    const PUBLISH_BATCH: usize = 1024;
+
+    /// A worker's transformers and publisher handles for `plan`.
+    pub fn new(plan: &Plan, factories: &[Arc<dyn PublisherFactory>]) -> Transformer {
+        Transformer {
+            sinks: plan
+                .build_chains()
+                .into_iter()
+                .zip(&plan.sinks)
+                .map(|(chain, sink)| SinkRuntime {
+                    chain,
+                    publishers: sink.publishers.clone(),
+                    notification: None,
+                    out: Vec::new(),
+                })
+                .collect(),
+            publishers: factories.iter().map(|f| f.clone().handle()).collect(),
+            urls: factories.iter().map(|f| f.url().to_owned()).collect(),
+        }
+    }
+
+    /// Handles one routed sample (flushing the sink first when a new notification starts).
+    pub fn handle(&mut self, r: Routed, diag: &mut Diag) {
+        let k = usize::from(r.sink);
+        let sink = &mut self.sinks[k];
+        if sink.notification != Some(r.notification) {
+            if sink.notification.is_some() {
+                sink.chain.flush(&mut sink.out, diag);
+            }
+            sink.notification = Some(r.notification);
+        }
+        diag.counters.sinks[k].samples_in += 1;
+        sink.chain.handle(r.sample, &mut sink.out, diag);
+        if sink.out.len() >= Self::PUBLISH_BATCH {
+            self.publish(k, diag);
+        }
+    }
+
+    /// Ends a batch of notifications: flushes every sink that saw one, publishes, writes out.
+    pub fn end_epoch(&mut self, diag: &mut Diag) {
+        for k in 0..self.sinks.len() {
+            let sink = &mut self.sinks[k];
+            if sink.notification.take().is_some() {
+                sink.chain.flush(&mut sink.out, diag);
+            }
+            self.publish(k, diag);
+        }
+        for (p, url) in self.publishers.iter_mut().zip(&self.urls) {
+            if let Err(e) = p.flush() {
+                diag.drop(DropReason::PublishError, || format!("{url}: {e}"));
+            }
+        }
+        diag.counters.held = self.sinks.iter().map(|s| s.chain.held() as u64).sum();
+    }
+
+    fn publish(&mut self, k: usize, diag: &mut Diag) {
+        let sink = &mut self.sinks[k];
+        if sink.out.is_empty() {
+            return;
+        }
+        diag.counters.sinks[k].samples_out += sink.out.len() as u64;
+        for &p in &sink.publishers {
+            if let Err(e) = self.publishers[p].publish(&sink.out) {
+                for _ in 0..sink.out.len() {
+                    diag.drop(DropReason::PublishError, || {
+                        format!("{}: {e}", self.urls[p])
+                    });
+                }
+            }
+        }
+        sink.out.clear();
+    }
+}
+
+/// Runs `plan` over `inputs` to their end.
+pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let factories: Vec<Arc<dyn PublisherFactory>> = plan
+        .publishers
+        .iter()
+        .map(|p| p.spec.open(&p.url).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    let readers = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            spec.open(i as u32)
+                .map(|r| r.with_target(options.chunk_bytes))
+                .with_context(|| format!("input {}", spec.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let total_bytes: Option<u64> = inputs.iter().map(InputSpec::len).sum();
+    let names = Arc::new(inputs.iter().map(InputSpec::display).collect::<Vec<_>>());
+    let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
+    let sink_count = plan.sinks.len();
+    let plan = Arc::new(plan);
+    let readers = Arc::new(Mutex::new(Some(readers)));
+    let progress = options.progress;
+    let workers = options.workers.max(1);
+
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers() as u64;
+        let diag = Rc::new(RefCell::new(Diag::with_sinks(sink_count)));
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Chunk>>>::new();
+        let probe = ProbeHandle::new();
+        let plan = plan.clone();
+        let factories = factories.clone();
+        let names = names.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let decode_diag = diag.clone();
+            let mut decoder = Decoder::new(plan.clone(), names);
+            let routed = input
+                .to_stream(scope)
+                .unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(
+                    Exchange::new(move |c: &Chunk| c.seq % peers),
+                    "Decode",
+                    move |_, _| {
+                        move |input, output| {
+                            input.for_each_stamp(|cap, data| {
+                                let mut session = output.session(&cap);
+                                let mut diag = decode_diag.borrow_mut();
+                                for batch in data {
+                                    for chunk in batch.drain(..) {
+                                        decoder.decode(&chunk, &mut diag, &mut |r| session.give(r));
+                                    }
+                                }
+                            });
+                        }
+                    },
+                );
+            let transform_diag = diag.clone();
+            let mut transformer = Transformer::new(&plan, &factories);
+            routed
+                .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                    Exchange::new(|r: &Routed| r.route),
+                    "Transform",
+                    move |_, _| {
+                        let mut stash: BTreeMap<u64, Vec<Vec<Routed>>> = BTreeMap::new();
+                        move |(input, frontier), _output| {
+                            input.for_each_stamp(|cap, data| {
+                                if let Some(time) = cap.least() {
+                                    let held = stash.entry(*time).or_default();
+                                    held.extend(data.map(std::mem::take));
+                                }
+                            });
+                            let mut diag = transform_diag.borrow_mut();
+                            while let Some(entry) = stash.first_entry() {
+                                if frontier.less_equal(entry.key()) {
+                                    break;
+                                }
+                                for batch in entry.remove() {
+                                    for r in batch {
+                                        transformer.handle(r, &mut diag);
+                                    }
+                                }
+                                transformer.end_epoch(&mut diag);
+                            }
+                        }
+                    },
+                )
+                .probe_with(&probe);
+        });
+
+        let mut result = Ok(0);
+        if index == 0 {
+            result = feed(
+                worker,
+                &mut input,
+                &probe,
+                &readers,
+                progress.then_some(total_bytes),
+                peers,
+            );
+        }
+        drop(input);
+        while worker.step_or_park(None) {}
+        let counters = diag.borrow().counters.clone();
+        result.map(|bytes| (counters, bytes))
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start {workers} workers: {e}"))?;
+
+    let mut counters = Counters::with_sinks(sink_count);
+    let mut bytes = 0;
+    for result in guards.join() {
+        let (c, b) = result
+            .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?
+            .map_err(anyhow::Error::msg)?;
+        counters.merge(&c);
+        bytes += b;
+    }
+    Ok(RunReport {
+        counters,
+        sinks: sink_names,
+        elapsed: started.elapsed(),
+        workers,
+        bytes,
+    })
+}
+
+type Readers = Arc<Mutex<Option<Vec<ChunkReader>>>>;
+
+/// Worker 0's loop: reads every input in order, one epoch per chunk, keeping a bounded number
+/// of chunks in flight.
+fn feed(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
+    probe: &ProbeHandle<u64>,
+    readers: &Readers,
+    progress_total: Option<Option<u64>>,
+    peers: u64,
+) -> Result<u64, String> {
+    let readers = readers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_default();
+    let bar = progress_total.map(|total| {
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::no_length(),
+        };
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let in_flight = 2 * peers + 2;
+    let mut seq = 0u64;
+    let mut bytes = 0u64;
+    for mut reader in readers {
+        loop {
+            let chunk = reader
+                .next_chunk(seq)
+                .map_err(|e| format!("reading input failed: {e}"))?;
+            let Some(chunk) = chunk else { break };
+            bytes += chunk.data.len() as u64;
+            if let Some(bar) = &bar {
+                bar.inc(chunk.data.len() as u64);
+            }
+            input.send(chunk);
+            seq += 1;
+            input.advance_to(seq);
+            worker.step();
+            while probe.less_than(&seq.saturating_sub(in_flight)) {
+                worker.step();
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,243 @@
+//! The `meterflow` binary: parses arguments, calls the library, prints, maps errors to exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meterflow_connectors::file::source::InputSpec;
+use meterflow_pipelines::bench::{self, BenchOptions};
+use meterflow_pipelines::dataflow::{self, RunOptions};
+use meterflow_pipelines::plan::{Plan, PlanError};
+use meterflow_pipelines::summary;
+
+/// meterflow: Ceilometer pipelines, Gnocchi aggregation and Aodh alarms in one dataflow engine.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline definition over inputs to their end, then print a summary.
+    Run {
+        /// The pipeline definition (Ceilometer's pipeline.yaml format).
+        pipeline: PathBuf,
+        /// Input URL: a path or file://PATH (JSONL), or - for stdin. Repeatable; read in order.
+        #[arg(long = "input", short = 'i', required = true)]
+        inputs: Vec<String>,
+        /// Worker threads (default: all cores).
+        #[arg(long, short = 'w')]
+        workers: Option<usize>,
+        /// Directory of the embedded store (used by gnocchi:// publishers once they land).
+        #[arg(long, default_value = "./data")]
+        store: PathBuf,
+        /// Print the summary as JSON on stdout instead of text on stderr.
+        #[arg(long)]
+        summary_json: bool,
+        /// Never draw a progress bar (it is drawn only when stderr is a terminal anyway).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check a pipeline definition and report every problem with its place.
+    Validate {
+        /// The pipeline definition.
+        pipeline: PathBuf,
+    },
+    /// List the registered transformers, publishers and inputs.
+    List,
+    /// Measure throughput: synthetic telemetry through a pipeline (default: rate_of_change +
+    /// delta to a file), printing samples per second and the machine.
+    Bench {
+        /// The pipeline definition (default: the embedded rate-and-delta pipeline).
+        pipeline: Option<PathBuf>,
+        /// Samples to generate.
+        #[arg(long, default_value_t = 2_000_000)]
+        samples: u64,
+        /// Distinct instances.
+        #[arg(long, default_value_t = 10_000)]
+        resources: u32,
+        /// Samples per notification.
+        #[arg(long, default_value_t = 50)]
+        batch: u32,
+        /// Worker threads (default: all cores).
+        #[arg(long, short = 'w')]
+        workers: Option<usize>,
+        /// Where file publishers write (default: a temporary file).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,meterflow::publisher::log=info".into()),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("meterflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<Plan> {
+    let plan = Plan::from_path(path).map_err(|e| match e {
+        PlanError::Invalid(p) => anyhow::anyhow!("{p}"),
+        other => anyhow::Error::new(other),
+    })?;
+    for w in &plan.warnings {
+        tracing::warn!("{}: {w}", path.display());
+    }
+    Ok(plan)
+}
+
+fn workers(n: Option<usize>) -> anyhow::Result<usize> {
+    match n {
+        Some(0) => anyhow::bail!("--workers must be at least 1"),
+        Some(n) => Ok(n),
+        None => Ok(RunOptions::default().workers),
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        Command::Run {
+            pipeline,
+            inputs,
+            workers: n,
+            store: _,
+            summary_json,
+            no_progress,
+        } => {
+            let plan = load(&pipeline)?;
+            let inputs = inputs
+                .iter()
+                .map(|i| InputSpec::parse(i).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let options = RunOptions {
+                workers: workers(n)?,
+                progress: !no_progress && std::io::stderr().is_terminal(),
+                ..RunOptions::default()
+            };
+            let report = dataflow::run(plan, &inputs, &options)?;
+            if summary_json {
+                writeln!(stdout, "{}", summary::json(&report))?;
+            } else {
+                eprint!("{}", summary::render(&report));
+            }
+        }
+        Command::Validate { pipeline } => {
+            let plan = load(&pipeline)?;
+            writeln!(
+                stdout,
+                "{}: valid ({} sources, {} sinks, {} publishers)",
+                pipeline.display(),
+                plan.sources.len(),
+                plan.sinks.len(),
+                plan.publishers.len()
+            )?;
+        }
+        Command::List => {
+            writeln!(stdout, "transformers:")?;
+            for t in meterflow_operators::transform::TRANSFORMERS {
+                writeln!(stdout, "  {:<16} {}", t.name, t.description)?;
+            }
+            for (title, list) in [
+                ("publishers", meterflow_connectors::PUBLISHERS),
+                ("inputs", meterflow_connectors::INPUTS),
+            ] {
+                writeln!(stdout, "{title}:")?;
+                for s in list {
+                    let status = match s.status {
+                        meterflow_connectors::Status::Supported => String::new(),
+                        meterflow_connectors::Status::Planned(by) => {
+                            format!(" (not yet: lands with {by})")
+                        }
+                    };
+                    let scheme = if s.scheme == "-" {
+                        "-".to_owned()
+                    } else {
+                        format!("{}://", s.scheme)
+                    };
+                    writeln!(stdout, "  {scheme:<16} {}{status}", s.description)?;
+                }
+            }
+        }
+        Command::Bench {
+            pipeline,
+            samples,
+            resources,
+            batch,
+            workers: n,
+            output,
+        } => {
+            let plan = match &pipeline {
+                Some(p) => load(p)?,
+                None => Plan::from_yaml(bench::DEFAULT_PIPELINE, "rate-and-delta.yaml")
+                    .context("embedded pipeline")?,
+            };
+            let options = BenchOptions {
+                samples,
+                resources,
+                batch,
+                run: RunOptions {
+                    workers: workers(n)?,
+                    progress: false,
+                    ..RunOptions::default()
+                },
+                output,
+            };
+            let (report, bytes) = bench::run(plan, &options)?;
+            let secs = report.elapsed.as_secs_f64();
+            let rate = report.counters.samples_in as f64 / secs;
+            writeln!(stdout, "machine: {}", bench::machine())?;
+            writeln!(
+                stdout,
+                "pipeline: {}",
+                pipeline.map_or(
+                    "embedded rate-and-delta (rate_of_change + delta -> file)".into(),
+                    |p| p.display().to_string()
+                )
+            )?;
+            writeln!(
+                stdout,
+                "{} samples ({:.1} MB JSONL, {} resources, {} per notification) in {:.3}s with {} worker{}",
+                report.counters.samples_in,
+                bytes as f64 / 1e6,
+                resources,
+                batch,
+                secs,
+                report.workers,
+                if report.workers == 1 { "" } else { "s" }
+            )?;
+            let out: u64 = report.counters.sinks.iter().map(|s| s.samples_out).sum();
+            writeln!(
+                stdout,
+                "samples/s: {rate:.0} ({:.0} per worker); samples out: {out}",
+                rate / report.workers as f64
+            )?;
+            if report.counters.dropped_total() > 0 {
+                eprint!("{}", summary::render(&report));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

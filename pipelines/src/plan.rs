@@ -1,0 +1,690 @@
+//! From a pipeline definition (Ceilometer's decoupled `pipeline.yaml`) to a validated plan.
+//!
+//! Parse, then validate, then build: every problem is collected with its key path, the value
+//! received and what would be accepted, and `validate` and `run` share this one path. What
+//! Ceilometer rejects is rejected with Ceilometer's own wording inside the message (so an
+//! operator can search for it); what Ceilometer accepts is accepted.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use meterflow_connectors::{parse_publisher, PublisherSpec};
+use meterflow_operators::transform::{
+    build_chain, chain_partition, Chain, Partition, TransformerSpec,
+};
+use serde_yaml::Value;
+
+use crate::matcher::MeterMatcher;
+
+/// One problem in a definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `sinks[0].transformers[1].parameters.target.scale`.
+    pub path: String,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a definition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct Problems {
+    /// Where the definition came from.
+    pub origin: String,
+    /// The problems, in document order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{}",
+            self.origin,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A source: which meters it takes and which sinks it feeds.
+#[derive(Clone, Debug)]
+pub struct SourcePlan {
+    /// Its name.
+    pub name: String,
+    /// Its `meters` list.
+    pub meters: Vec<String>,
+    /// The compiled list.
+    pub matcher: MeterMatcher,
+    /// Indices into [`Plan::sinks`].
+    pub sinks: Vec<usize>,
+}
+
+/// A sink: its transformers and publishers.
+#[derive(Clone, Debug)]
+pub struct SinkPlan {
+    /// Its name.
+    pub name: String,
+    /// Its transformers, validated.
+    pub transformers: Vec<TransformerSpec>,
+    /// How its samples may be spread over workers.
+    pub partition: Partition,
+    /// Indices into [`Plan::publishers`].
+    pub publishers: Vec<usize>,
+}
+
+/// A publisher, shared by every sink that names the same URL (as Ceilometer shares them).
+#[derive(Clone, Debug)]
+pub struct PublisherPlan {
+    /// The URL as written.
+    pub url: String,
+    /// Its validated form.
+    pub spec: PublisherSpec,
+}
+
+/// A validated definition, ready to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Sources in definition order.
+    pub sources: Vec<SourcePlan>,
+    /// Sinks in definition order.
+    pub sinks: Vec<SinkPlan>,
+    /// Distinct publishers.
+    pub publishers: Vec<PublisherPlan>,
+    /// Non-fatal remarks (unused sinks, ignored keys).
+    pub warnings: Vec<Problem>,
+}
+
+/// Reading a definition file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The file could not be read.
+    #[error("cannot read pipeline definition {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The definition has problems.
+    #[error(transparent)]
+    Invalid(#[from] Problems),
+}
+
+const SOURCE_KEYS: &[&str] = &[
+    "name",
+    "meters",
+    "sinks",
+    "interval",
+    "resources",
+    "discovery",
+];
+const SINK_KEYS: &[&str] = &["name", "transformers", "publishers"];
+
+impl Plan {
+    /// Reads and validates a definition file.
+    pub fn from_path(path: &Path) -> Result<Plan, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Plan::from_yaml(&text, &path.display().to_string())?)
+    }
+
+    /// Validates a definition; `origin` names it in messages.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Plan, Problems> {
+        let fail = |problems: Vec<Problem>| Problems {
+            origin: origin.to_owned(),
+            problems,
+        };
+        let root: Value = serde_yaml::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!("line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            fail(vec![Problem {
+                path: at,
+                message: format!("not valid YAML: {e}"),
+            }])
+        })?;
+        let mut v = Validator::default();
+        let plan = v.plan(&root);
+        if v.problems.is_empty() {
+            let mut plan = plan.expect("a plan when there are no problems");
+            plan.warnings = v.warnings;
+            Ok(plan)
+        } else {
+            Err(fail(v.problems))
+        }
+    }
+
+    /// Indices of the sinks a sample of `meter` goes to: each sink once, even when several
+    /// sources route the meter to it.
+    pub fn route(&self, meter: &str) -> Vec<u16> {
+        let mut sinks = BTreeSet::new();
+        for source in &self.sources {
+            if source.matcher.accepts(meter) {
+                sinks.extend(source.sinks.iter().map(|&s| s as u16));
+            }
+        }
+        sinks.into_iter().collect()
+    }
+
+    /// Fresh transformer chains, one per sink (each worker builds its own).
+    pub fn build_chains(&self) -> Vec<Chain> {
+        self.sinks
+            .iter()
+            .map(|s| build_chain(&s.transformers).unwrap_or_else(|_| unreachable!("validated")))
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn list<'v>(&mut self, v: Option<&'v Value>, path: &str, what: &str) -> Option<&'v [Value]> {
+        match v {
+            Some(Value::Sequence(items)) => Some(items),
+            Some(Value::Null) | None => None,
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("must be a list of {what}, got {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn unknown_keys(&mut self, map: &serde_yaml::Mapping, path: &str, known: &[&str]) {
+        for key in map.keys() {
+            let k = key.as_str().unwrap_or("");
+            if !known.contains(&k) {
+                self.problem(
+                    format!("{path}.{}", k),
+                    format!(
+                        "unknown key {} (known: {})",
+                        describe(key),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn name(&mut self, map: &serde_yaml::Mapping, path: &str) -> Option<String> {
+        match map.get("name") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            None | Some(Value::Null) => {
+                self.problem(format!("{path}.name"), "Required field name not specified");
+                None
+            }
+            Some(other) => {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("must be a non-empty string, got {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn plan(&mut self, root: &Value) -> Option<Plan> {
+        let Value::Mapping(root) = root else {
+            self.problem(
+                "",
+                format!(
+                    "a pipeline definition must be a mapping with sources: and sinks:, got {}",
+                    describe(root)
+                ),
+            );
+            return None;
+        };
+        for key in root.keys() {
+            match key.as_str() {
+                Some("sources" | "sinks") => {}
+                Some(k @ ("archive_policies" | "alarms")) => self.problem(
+                    k,
+                    format!("{k} are not yet supported by this build (they land with the Gnocchi storage and Aodh alarm issues)"),
+                ),
+                _ => self.problem(
+                    key.as_str().unwrap_or("?"),
+                    format!("unknown top-level key {} (known: sources, sinks)", describe(key)),
+                ),
+            }
+        }
+        let (Some(sources_v), Some(sinks_v)) = (root.get("sources"), root.get("sinks")) else {
+            self.problem("", "Both sources & sinks are required: a pipeline definition needs a sources: list and a sinks: list");
+            return None;
+        };
+        let sinks = self.sinks(sinks_v);
+        let sources = self.sources(sources_v, &sinks);
+        let mut used = vec![false; sinks.len()];
+        for s in &sources {
+            for &k in &s.sinks {
+                used[k] = true;
+            }
+        }
+        for (i, sink) in sinks.iter().enumerate() {
+            if !used[i] {
+                self.warn(
+                    format!("sinks[{i}]"),
+                    format!("sink {:?} is not used by any source", sink.0.name),
+                );
+            }
+        }
+        let mut publishers: Vec<PublisherPlan> = Vec::new();
+        let sinks = sinks
+            .into_iter()
+            .map(|(mut sink, urls)| {
+                for (url, spec) in urls {
+                    let index = match publishers.iter().position(|p| p.url == url) {
+                        Some(i) => i,
+                        None => {
+                            publishers.push(PublisherPlan { url, spec });
+                            publishers.len() - 1
+                        }
+                    };
+                    sink.publishers.push(index);
+                }
+                sink
+            })
+            .collect();
+        Some(Plan {
+            sources,
+            sinks,
+            publishers,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn sinks(&mut self, v: &Value) -> Vec<(SinkPlan, Vec<(String, PublisherSpec)>)> {
+        let mut out = Vec::new();
+        let Some(items) = self.list(Some(v), "sinks", "sinks") else {
+            self.problem("sinks", "needs at least one sink");
+            return out;
+        };
+        let mut seen = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("sinks[{i}]");
+            let Value::Mapping(map) = item else {
+                self.problem(
+                    path,
+                    format!(
+                        "must be a mapping with name, transformers, publishers; got {}",
+                        describe(item)
+                    ),
+                );
+                continue;
+            };
+            self.unknown_keys(map, &path, SINK_KEYS);
+            let name = self.name(map, &path);
+            if let Some(n) = &name {
+                if !seen.insert(n.clone()) {
+                    self.problem(
+                        format!("{path}.name"),
+                        format!("Duplicated sink names: {n}"),
+                    );
+                }
+            }
+            let mut transformers = Vec::new();
+            if let Some(list) = self.list(
+                map.get("transformers"),
+                &format!("{path}.transformers"),
+                "{name, parameters}",
+            ) {
+                for (j, t) in list.iter().enumerate() {
+                    let tpath = format!("{path}.transformers[{j}]");
+                    match serde_yaml::from_value::<TransformerSpec>(t.clone()) {
+                        Ok(spec) => transformers.push(spec),
+                        Err(e) => self.problem(
+                            tpath,
+                            format!(
+                                "{e}; a transformer is {{name: <one of {}>, parameters: {{...}}}}",
+                                meterflow_operators::transform::known_names()
+                            ),
+                        ),
+                    }
+                }
+                if let Err(problems) = build_chain(&transformers) {
+                    for p in problems {
+                        self.problem(
+                            format!("{path}.transformers[{}].{}", p.index, p.path),
+                            p.message,
+                        );
+                    }
+                }
+            }
+            let mut publishers = Vec::new();
+            match self.list(map.get("publishers"), &format!("{path}.publishers"), "publisher URLs") {
+                Some(list) if !list.is_empty() => {
+                    for (j, p) in list.iter().enumerate() {
+                        let ppath = format!("{path}.publishers[{j}]");
+                        let Some(url) = p.as_str() else {
+                            self.problem(ppath, format!("must be a URL string, got {}", describe(p)));
+                            continue;
+                        };
+                        match parse_publisher(url) {
+                            Ok(spec) => publishers.push((url.to_owned(), spec)),
+                            Err(e) => self.problem(ppath, e),
+                        }
+                    }
+                }
+                _ => self.problem(
+                    format!("{path}.publishers"),
+                    "No publisher specified; list at least one, e.g. publishers: [file:///var/lib/meterflow/samples.jsonl]",
+                ),
+            }
+            out.push((
+                SinkPlan {
+                    name: name.unwrap_or_default(),
+                    partition: chain_partition(&transformers),
+                    transformers,
+                    publishers: Vec::new(),
+                },
+                publishers,
+            ));
+        }
+        out
+    }
+
+    fn sources(
+        &mut self,
+        v: &Value,
+        sinks: &[(SinkPlan, Vec<(String, PublisherSpec)>)],
+    ) -> Vec<SourcePlan> {
+        let mut out = Vec::new();
+        let Some(items) = self.list(Some(v), "sources", "sources") else {
+            self.problem("sources", "needs at least one source");
+            return out;
+        };
+        let mut seen = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("sources[{i}]");
+            let Value::Mapping(map) = item else {
+                self.problem(
+                    path,
+                    format!(
+                        "must be a mapping with name, meters, sinks; got {}",
+                        describe(item)
+                    ),
+                );
+                continue;
+            };
+            self.unknown_keys(map, &path, SOURCE_KEYS);
+            let name = self.name(map, &path);
+            let label = name.clone().unwrap_or_else(|| format!("#{i}"));
+            if let Some(n) = &name {
+                if !seen.insert(n.clone()) {
+                    self.problem(
+                        format!("{path}.name"),
+                        format!("Duplicated source names: {n}"),
+                    );
+                }
+            }
+            let meters = self.meters(map.get("meters"), &format!("{path}.meters"), &label);
+            if let Some(interval) = map.get("interval") {
+                if !interval.as_u64().is_some_and(|n| n > 0) {
+                    self.problem(
+                        format!("{path}.interval"),
+                        format!(
+                            "must be a positive integer (seconds), got {}",
+                            describe(interval)
+                        ),
+                    );
+                }
+            }
+            for key in ["resources", "discovery"] {
+                if let Some(v) = map.get(key) {
+                    if !matches!(v, Value::Sequence(_) | Value::Null) {
+                        self.problem(
+                            format!("{path}.{key}"),
+                            format!("must be a list, got {}", describe(v)),
+                        );
+                    }
+                }
+            }
+            let mut sink_ids = Vec::new();
+            match map.get("sinks") {
+                None | Some(Value::Null) => self.problem(
+                    format!("{path}.sinks"),
+                    "Required field sinks not specified",
+                ),
+                Some(v) => match self.list(Some(v), &format!("{path}.sinks"), "sink names") {
+                    Some([]) => self.problem(
+                        format!("{path}.sinks"),
+                        format!("No sink defined in source {label}"),
+                    ),
+                    Some(list) => {
+                        for (j, s) in list.iter().enumerate() {
+                            let Some(sink) = s.as_str() else {
+                                self.problem(
+                                    format!("{path}.sinks[{j}]"),
+                                    format!("must be a sink name, got {}", describe(s)),
+                                );
+                                continue;
+                            };
+                            match sinks.iter().position(|(k, _)| k.name == sink) {
+                                Some(k) if sink_ids.contains(&k) => self.problem(
+                                    format!("{path}.sinks[{j}]"),
+                                    format!("Duplicate pipeline name: {label}:{sink} (sink listed twice)"),
+                                ),
+                                Some(k) => sink_ids.push(k),
+                                None => self.problem(
+                                    format!("{path}.sinks[{j}]"),
+                                    format!(
+                                        "Dangling sink {sink} from source {label}; defined sinks: {}",
+                                        sinks.iter().map(|(k, _)| k.name.as_str()).collect::<Vec<_>>().join(", ")
+                                    ),
+                                ),
+                            }
+                        }
+                    }
+                    None => {}
+                },
+            }
+            out.push(SourcePlan {
+                name: label,
+                matcher: MeterMatcher::new(&meters),
+                meters,
+                sinks: sink_ids,
+            });
+        }
+        out
+    }
+
+    fn meters(&mut self, v: Option<&Value>, path: &str, label: &str) -> Vec<String> {
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            self.problem(path, format!("Missing meters value in source {label}; list meter names, patterns like disk.* or \"*\""));
+            return Vec::new();
+        };
+        let Some(items) = self.list(Some(v), path, "meter names") else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.problem(path, format!("No meters specified in source {label}"));
+            return Vec::new();
+        }
+        let mut meters = Vec::new();
+        for (j, m) in items.iter().enumerate() {
+            match m.as_str() {
+                Some(s) if !s.is_empty() && s != "!" => meters.push(s.to_owned()),
+                _ => self.problem(
+                    format!("{path}[{j}]"),
+                    format!("must be a meter name or pattern, got {}", describe(m)),
+                ),
+            }
+        }
+        let excluded = meters.iter().filter(|m| m.starts_with('!')).count();
+        let wildcard = meters.iter().any(|m| m == "*");
+        if excluded > 0 && excluded < meters.len() && !(wildcard && excluded == meters.len() - 1) {
+            self.problem(
+                path,
+                format!("source {label}: Both included and excluded meters specified; list either meters to include, or only !exclusions (optionally with \"*\")"),
+            );
+        } else if wildcard && meters.len() > 1 && excluded == 0 {
+            self.problem(
+                path,
+                format!("source {label}: Included meters specified with wildcard; \"*\" already includes every meter"),
+            );
+        }
+        meters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match Plan::from_yaml(yaml, "test.yaml") {
+            Ok(_) => vec![],
+            Err(p) => p.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const OK: &str = "
+sources:
+  - name: a
+    meters: ['*', '!cpu']
+    sinks: [s1, s2]
+  - name: b
+    meters: ['cpu', 'memory']
+    sinks: [s2]
+sinks:
+  - name: s1
+    transformers:
+    publishers: [log://]
+  - name: s2
+    transformers:
+      - name: delta
+        parameters: {growth_only: true}
+    publishers: ['file:///tmp/x.jsonl', log://]
+";
+
+    #[test]
+    fn routes_each_sink_once() {
+        let plan = Plan::from_yaml(OK, "t").unwrap();
+        assert_eq!(plan.route("memory"), [0, 1]);
+        assert_eq!(plan.route("cpu"), [1]);
+        assert_eq!(plan.publishers.len(), 2, "log:// is shared");
+        assert_eq!(plan.sinks[1].publishers, [1, 0]);
+        assert_eq!(plan.sinks[1].partition, Partition::ByResource);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let p = problems(
+            "
+sources:
+  - name: a
+    meters: [cpu, '!vcpus']
+    sinks: [nope]
+  - name: a
+    meters: []
+    sinks: []
+  - meters: ['*', cpu]
+sinks:
+  - name: s
+    transformers:
+      - name: rate_of_chnage
+      - name: unit_conversion
+        parameters: {target: {scale: '1 +'}}
+    publishers: [gnocchi://, 'smtp://x']
+  - name: s
+    publishers: []
+",
+        );
+        let text = p.join("\n");
+        for needle in [
+            "sources[0].meters: source a: Both included and excluded meters specified",
+            "sources[0].sinks[0]: Dangling sink nope from source a",
+            "sources[1].name: Duplicated source names: a",
+            "sources[1].meters: No meters specified",
+            "sources[1].sinks: No sink defined in source a",
+            "sources[2].name: Required field name not specified",
+            "Included meters specified with wildcard",
+            "sources[2].sinks: Required field sinks not specified",
+            "sinks[0].transformers[0].name: no transformer named \"rate_of_chnage\"",
+            "sinks[0].transformers[1].parameters.target.scale: invalid expression",
+            "sinks[0].publishers[0]: publisher \"gnocchi\" is not yet supported",
+            "sinks[0].publishers[1]: unknown publisher scheme \"smtp\"",
+            "sinks[1].name: Duplicated sink names: s",
+            "sinks[1].publishers: No publisher specified",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn structural_errors() {
+        assert!(problems("sources: []")
+            .join("")
+            .contains("Both sources & sinks are required"));
+        assert!(problems(": [").join("").contains("not valid YAML"));
+        assert!(problems("- 1").join("").contains("must be a mapping"));
+        assert!(problems("sources: []\nsinks: []\nalarms: []")
+            .join("")
+            .contains("not yet supported"));
+        assert!(problems(&OK.replace(
+            "meters: ['cpu', 'memory']",
+            "meters: ['cpu']\n    colour: red"
+        ))
+        .join("")
+        .contains("sources[1].colour: unknown key"));
+    }
+
+    #[test]
+    fn accepts_legacy_polling_keys() {
+        let yaml = OK.replace(
+            "name: b\n",
+            "name: b\n    interval: 600\n    resources: []\n    discovery: []\n",
+        );
+        assert!(Plan::from_yaml(&yaml, "t").is_ok());
+    }
+}

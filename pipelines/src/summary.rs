@@ -1,0 +1,85 @@
+//! The end-of-run summary: what came in, what each sink published, what was dropped and why.
+
+use std::fmt::Write;
+
+use meterflow_engine::metrics::DropReason;
+
+use crate::dataflow::RunReport;
+
+/// Renders `report` as the human summary `meterflow run` prints on stderr.
+pub fn render(report: &RunReport) -> String {
+    let c = &report.counters;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "meterflow: {} lines, {} notifications, {} samples in {:.3}s ({:.0} samples/s, {} worker{})",
+        c.lines,
+        c.notifications,
+        c.samples_in,
+        secs,
+        c.samples_in as f64 / secs,
+        report.workers,
+        if report.workers == 1 { "" } else { "s" }
+    );
+    for (name, sink) in report.sinks.iter().zip(&c.sinks) {
+        let _ = writeln!(
+            s,
+            "  sink {name}: {} in, {} out",
+            sink.samples_in, sink.samples_out
+        );
+    }
+    if c.samples_unrouted > 0 {
+        let _ = writeln!(s, "  not selected by any source: {}", c.samples_unrouted);
+    }
+    if c.held > 0 {
+        let _ = writeln!(
+            s,
+            "  held in transformers at end of input (released by later batches, as in Ceilometer): {}",
+            c.held
+        );
+    }
+    let dropped = c.dropped_total();
+    if dropped == 0 {
+        let _ = writeln!(s, "  dropped: 0");
+    } else {
+        let _ = writeln!(s, "  dropped: {dropped}");
+        for r in DropReason::ALL {
+            if c.dropped(r) > 0 {
+                let _ = writeln!(s, "    {}: {}", r.as_str(), c.dropped(r));
+            }
+        }
+    }
+    s
+}
+
+/// The same report as one JSON object (for scripts: `meterflow run --summary-json`).
+pub fn json(report: &RunReport) -> serde_json::Value {
+    let c = &report.counters;
+    let dropped: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_owned(), c.dropped(*r).into()))
+        .collect();
+    let sinks: serde_json::Map<String, serde_json::Value> = report
+        .sinks
+        .iter()
+        .zip(&c.sinks)
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                serde_json::json!({"in": s.samples_in, "out": s.samples_out}),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "lines": c.lines,
+        "notifications": c.notifications,
+        "samples_in": c.samples_in,
+        "unrouted": c.samples_unrouted,
+        "held": c.held,
+        "sinks": sinks,
+        "dropped": dropped,
+        "seconds": report.elapsed.as_secs_f64(),
+        "workers": report.workers,
+    })
+}
