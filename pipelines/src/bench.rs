@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(n, 120);
         let per_sample = text.len() / 120;
         assert!(
-            (400..560).contains(&per_sample),
+            (400..600).contains(&per_sample),
             "{per_sample} bytes per sample"
         );
     }

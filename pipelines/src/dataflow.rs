@@ -298,7 +298,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 .with_context(|| format!("input {}", spec.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let total_bytes: Option<u64> = inputs.iter().map(InputSpec::len).sum();
+    let total_bytes: Option<u64> = inputs.iter().map(InputSpec::size_bytes).sum();
     let names = Arc::new(inputs.iter().map(InputSpec::display).collect::<Vec<_>>());
     let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
     let sink_count = plan.sinks.len();

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Plan> {
+fn load(path: &std::path::Path) -> anyhow::Result<Plan> {
     let plan = Plan::from_path(path).map_err(|e| match e {
         PlanError::Invalid(p) => anyhow::anyhow!("{p}"),
         other => anyhow::Error::new(other),

@@ -469,7 +469,7 @@ impl Validator {
             }
             let meters = self.meters(map.get("meters"), &format!("{path}.meters"), &label);
             if let Some(interval) = map.get("interval") {
-                if !interval.as_u64().is_some_and(|n| n > 0) {
+                if interval.as_u64().is_none_or(|n| n == 0) {
                     self.problem(
                         format!("{path}.interval"),
                         format!(

@@ -56,7 +56,7 @@ impl InputSpec {
     }
 
     /// The size in bytes when known (for progress).
-    pub fn len(&self) -> Option<u64> {
+    pub fn size_bytes(&self) -> Option<u64> {
         match self {
             InputSpec::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
             InputSpec::Stdin => None,

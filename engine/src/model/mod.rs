@@ -84,9 +84,12 @@ impl Volume {
         let f: f64 = t.parse().ok()?;
         Some(Volume::Float(f))
     }
+}
 
-    /// `self - other`, Python-style: two ints stay an int (unless it overflows).
-    pub fn sub(self, other: Volume) -> Volume {
+impl std::ops::Sub for Volume {
+    type Output = Volume;
+    /// Python-style: two ints stay an int (unless it overflows).
+    fn sub(self, other: Volume) -> Volume {
         match (self, other) {
             (Volume::Int(a), Volume::Int(b)) => a
                 .checked_sub(b)
@@ -94,14 +97,30 @@ impl Volume {
             (a, b) => Volume::Float(a.as_f64() - b.as_f64()),
         }
     }
+}
 
-    /// `self + other`, Python-style.
-    pub fn add(self, other: Volume) -> Volume {
+impl std::ops::Add for Volume {
+    type Output = Volume;
+    /// Python-style: two ints stay an int (unless it overflows).
+    fn add(self, other: Volume) -> Volume {
         match (self, other) {
             (Volume::Int(a), Volume::Int(b)) => a
                 .checked_add(b)
                 .map_or(Volume::Float(a as f64 + b as f64), Volume::Int),
             (a, b) => Volume::Float(a.as_f64() + b.as_f64()),
+        }
+    }
+}
+
+impl std::ops::Mul for Volume {
+    type Output = Volume;
+    /// Python-style: two ints stay an int (unless it overflows).
+    fn mul(self, other: Volume) -> Volume {
+        match (self, other) {
+            (Volume::Int(a), Volume::Int(b)) => a
+                .checked_mul(b)
+                .map_or(Volume::Float(a as f64 * b as f64), Volume::Int),
+            (a, b) => Volume::Float(a.as_f64() * b.as_f64()),
         }
     }
 }

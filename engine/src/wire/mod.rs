@@ -243,6 +243,8 @@ impl<'de> Visitor<'de> for PayloadSeed<'_, '_, '_> {
 }
 
 /// A payload element: a sample dict, or something else that is reported and skipped.
+// A transient stack value per element; boxing the sample would allocate per sample.
+#[allow(clippy::large_enum_variant)]
 enum SampleOrJunk<'de> {
     Sample(WireSample<'de>),
     Junk,

@@ -256,7 +256,7 @@ impl Transform for Aggregator {
                 stored.volume = if s.kind == SampleType::Cumulative {
                     scaled
                 } else {
-                    stored.volume.add(scaled)
+                    stored.volume + scaled
                 };
                 if self.timestamp_last {
                     stored.timestamp = s.timestamp.detached();

@@ -257,7 +257,7 @@ impl Converter {
     pub fn scale(&self, s: &Sample) -> Result<Volume, EvalError> {
         match &self.scale {
             ScaleRt::Unscaled => Ok(s.volume),
-            ScaleRt::Factor(f) => Ok(mul(s.volume, *f)),
+            ScaleRt::Factor(f) => Ok(s.volume * *f),
             ScaleRt::Expr(e) => e.eval(s)?.to_volume(),
         }
     }
@@ -269,7 +269,7 @@ impl Converter {
 
     /// Builds the converted sample: `volume = scale(s) * growth`, capped by `max`.
     pub fn convert(&mut self, s: &Sample, growth: Volume) -> Result<Sample, EvalError> {
-        let mut volume = mul(self.scale(s)?, growth);
+        let mut volume = self.scale(s)? * growth;
         if let Some(max) = self.max {
             if volume.as_f64() > max {
                 volume = Volume::Float(max);
@@ -294,16 +294,6 @@ impl Converter {
     /// The `source` a built sample gets.
     pub fn sample_source(&self) -> Sym {
         self.sample_source
-    }
-}
-
-/// Python's `*` on two volumes: int × int stays int.
-pub fn mul(a: Volume, b: Volume) -> Volume {
-    match (a, b) {
-        (Volume::Int(x), Volume::Int(y)) => x
-            .checked_mul(y)
-            .map_or(Volume::Float(x as f64 * y as f64), Volume::Int),
-        (x, y) => Volume::Float(x.as_f64() * y.as_f64()),
     }
 }
 

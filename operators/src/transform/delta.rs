@@ -91,7 +91,7 @@ impl Transform for Delta {
             self.cache.insert(key, (prev_volume, prev_micros));
             return None;
         }
-        let delta = s.volume.sub(prev_volume);
+        let delta = s.volume - prev_volume;
         if self.growth_only && delta.as_f64() < 0.0 {
             return None;
         }

@@ -87,6 +87,9 @@ pub trait TransformerConfig: DeserializeOwned {
     fn build(self) -> Result<Self::Runtime, Vec<ConfigProblem>>;
 }
 
+/// Builds a transformer runtime from its `parameters`, or says what is wrong with them.
+pub type BuildFn = fn(&serde_yaml::Value) -> Result<Box<dyn Transform>, Vec<ConfigProblem>>;
+
 /// A registry entry: a transformer by name, with an erased builder.
 #[derive(Clone, Copy)]
 pub struct TransformerKind {
@@ -96,7 +99,7 @@ pub struct TransformerKind {
     pub description: &'static str,
     /// How its state is keyed.
     pub partition: Partition,
-    build: fn(&serde_yaml::Value) -> Result<Box<dyn Transform>, Vec<ConfigProblem>>,
+    build: BuildFn,
 }
 
 impl TransformerKind {

@@ -111,7 +111,7 @@ impl Transform for RateOfChange {
         let delta = if previous.volume > s.volume && s.kind == SampleType::Cumulative {
             s.volume
         } else {
-            s.volume.sub(previous.volume)
+            s.volume - previous.volume
         };
         let rate = if seconds == 0.0 {
             0.0

@@ -1,0 +1,310 @@
+//! The CLI end to end: bad input, summaries, stdin, list, bench.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const PIPELINE: &str = "
+sources:
+  - name: cpu_source
+    meters: [cpu]
+    sinks: [cpu_sink]
+sinks:
+  - name: cpu_sink
+    transformers:
+      - name: delta
+    publishers: ['file://OUTPUT']
+";
+
+fn sample(volume: &str, t: &str) -> String {
+    format!(
+        r#"{{"counter_name": "cpu", "counter_type": "cumulative", "counter_unit": "ns", "counter_volume": {volume}, "user_id": "u", "project_id": "p", "resource_id": "vm-1", "timestamp": "{t}", "resource_metadata": {{}}, "source": "openstack"}}"#
+    )
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    pipeline: std::path::PathBuf,
+    output: std::path::PathBuf,
+}
+
+fn setup(pipeline: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.jsonl");
+    let pipeline_path = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline_path,
+        pipeline.replace("file://OUTPUT", &format!("file://{}", output.display())),
+    )
+    .unwrap();
+    Setup {
+        dir,
+        pipeline: pipeline_path,
+        output,
+    }
+}
+
+fn volumes(path: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter_volume"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn bad_lines_are_reported_by_line_and_good_samples_survive() {
+    let s = setup(PIPELINE);
+    let input = s.dir.path().join("in.jsonl");
+    let lines = [
+        sample("10", "2021-07-30T02:00:00"),
+        "{this is not json".to_owned(),
+        r#"{"hello": "world"}"#.to_owned(),
+        sample("null", "2021-07-30T02:00:30"),
+        sample("\"twelve\"", "2021-07-30T02:00:40"),
+        sample("25", "2021-07-30T02:01:00").replace(r#""resource_id": "vm-1", "#, ""),
+        r#"{"event_type": "compute.instance.create.end", "payload": {}}"#.to_owned(),
+        sample("25", "2021-07-30T02:01:00"),
+        String::new(),
+        sample("\"40\"", "2021-07-30T02:02:00"),
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = meterflow(&[
+        "run",
+        s.pipeline.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--summary-json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(volumes(&s.output), [15.0, 15.0], "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "in.jsonl:2: not valid JSON",
+        "in.jsonl:3: a JSON object with neither",
+        "in.jsonl:4: sample cpu of resource vm-1 at 2021-07-30T02:00:30: counter_volume is missing or null",
+        "in.jsonl:5: sample cpu of resource vm-1 at 2021-07-30T02:00:40: counter_volume \"twelve\" is not a number",
+        "in.jsonl:6: sample cpu of resource <no resource_id>",
+        "in.jsonl:7: notification \"compute.instance.create.end\" skipped",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?}\n{}", text(&out));
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["lines"], 9);
+    assert_eq!(summary["samples_in"], 6);
+    assert_eq!(summary["dropped"]["bad_json"], 1);
+    assert_eq!(summary["dropped"]["not_a_notification"], 1);
+    assert_eq!(summary["dropped"]["volume_missing"], 1);
+    assert_eq!(summary["dropped"]["volume_not_a_number"], 1);
+    assert_eq!(summary["dropped"]["missing_field"], 1);
+    assert_eq!(summary["dropped"]["no_meter_definition"], 1);
+    assert_eq!(summary["sinks"]["cpu_sink"]["in"], 3);
+    assert_eq!(summary["sinks"]["cpu_sink"]["out"], 2);
+}
+
+#[test]
+fn text_summary_names_sinks_and_reasons() {
+    let s = setup(PIPELINE);
+    let input = s.dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        format!(
+            "{}\n{}\n",
+            sample("1", "2021-07-30T02:00:00"),
+            sample("null", "2021-07-30T02:01:00")
+        ),
+    )
+    .unwrap();
+    let out = meterflow(&[
+        "run",
+        s.pipeline.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 lines, 2 notifications, 2 samples"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sink cpu_sink: 1 in, 0 out"), "{stderr}");
+    assert!(stderr.contains("volume_missing: 1"), "{stderr}");
+}
+
+#[test]
+fn stdin_input_and_multiple_inputs_in_order() {
+    let s = setup(PIPELINE);
+    let first = s.dir.path().join("a.jsonl");
+    std::fs::write(&first, sample("100", "2021-07-30T02:00:00") + "\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meterflow"))
+        .args([
+            "run",
+            s.pipeline.to_str().unwrap(),
+            "--input",
+            first.to_str().unwrap(),
+            "--input",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", sample("150", "2021-07-30T02:01:00")).unwrap();
+    write!(stdin, "{}", sample("175", "2021-07-30T02:02:00")).unwrap(); // no final newline
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(volumes(&s.output), [50.0, 25.0]);
+}
+
+#[test]
+fn whole_run_failures_exit_non_zero_with_one_clear_line() {
+    let s = setup(PIPELINE);
+    let missing = s.dir.path().join("missing.jsonl");
+    let out = meterflow(&[
+        "run",
+        s.pipeline.to_str().unwrap(),
+        "--input",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot open input"),
+        "{}",
+        text(&out)
+    );
+
+    let out = meterflow(&[
+        "run",
+        s.pipeline.to_str().unwrap(),
+        "--input",
+        "kafka://localhost:9092/notifications.sample",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not yet supported"),
+        "{}",
+        text(&out)
+    );
+
+    let out = meterflow(&[
+        "run",
+        s.pipeline.to_str().unwrap(),
+        "--input",
+        "-",
+        "--workers",
+        "0",
+    ]);
+    assert!(!out.status.success());
+
+    let broken = s.dir.path().join("broken.yaml");
+    std::fs::write(&broken, "sources: [\n").unwrap();
+    for cmd in ["validate", "run"] {
+        let mut args = vec![cmd, broken.to_str().unwrap()];
+        if cmd == "run" {
+            args.extend(["--input", "-"]);
+        }
+        let out = meterflow(&args);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not valid YAML"),
+            "{}",
+            text(&out)
+        );
+    }
+
+    let out = meterflow(&["validate", s.dir.path().join("nope.yaml").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read pipeline definition"));
+}
+
+#[test]
+fn unwritable_publisher_fails_before_reading() {
+    let s = setup(&PIPELINE.replace("file://OUTPUT", "file:///nonexistent-dir/out.jsonl"));
+    let out = meterflow(&["run", s.pipeline.to_str().unwrap(), "--input", "-"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("directory exists"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn validate_reports_every_problem() {
+    let s = setup(
+        "
+sources:
+  - name: a
+    meters: [cpu, '!vcpus']
+    sinks: [missing]
+sinks:
+  - name: k
+    transformers:
+      - name: rate_of_change
+        parameters: {target: {scale: '100 / '}}
+      - name: no_such
+    publishers: ['udp://host']
+",
+    );
+    let out = meterflow(&["validate", s.pipeline.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("5 problems"), "{stderr}");
+    for needle in [
+        "sources[0].meters",
+        "sources[0].sinks[0]: Dangling sink missing",
+        "sinks[0].transformers[0].parameters.target.scale",
+        "sinks[0].transformers[1].name: no transformer named \"no_such\" (known: accumulator, aggregator, arithmetic, delta, rate_of_change, unit_conversion)",
+        "sinks[0].publishers[0]: publisher \"udp\" is not yet supported",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+    }
+}
+
+#[test]
+fn list_names_every_registry_entry() {
+    let out = meterflow(&["list"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "rate_of_change",
+        "delta",
+        "accumulator",
+        "aggregator",
+        "arithmetic",
+        "unit_conversion",
+        "file://",
+        "log://",
+        "kafka://",
+    ] {
+        assert!(stdout.contains(name), "{name} missing from\n{stdout}");
+    }
+}
+
+#[test]
+fn bench_runs_and_reports_a_rate() {
+    let out = meterflow(&[
+        "bench",
+        "--samples",
+        "20000",
+        "--resources",
+        "100",
+        "--workers",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("samples/s:"), "{stdout}");
+    assert!(stdout.contains("20000 samples"), "{stdout}");
+    assert!(stdout.contains("machine:"), "{stdout}");
+}
