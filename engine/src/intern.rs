@@ -1,21 +1,26 @@
 //! Process-wide string interning for the names samples are keyed and routed by.
 //!
 //! Meter names, resource ids, users, projects, units and sources repeat across millions of
-//! samples, so each distinct string is stored once and samples carry a 4-byte [`Sym`]. A small
-//! per-thread cache in front of the shared interner makes the common lookup a single hash of the
-//! borrowed input bytes with no lock and no allocation.
+//! samples, so each distinct string is stored once, for the life of the process, and samples
+//! carry an 8-byte [`Sym`]: a pointer to the one stored copy. Comparing and hashing a symbol
+//! touch only the pointer; [`Sym::as_str`] is a plain dereference with no lookup. A per-thread
+//! cache in front of the shared table makes interning a known string one hash of the borrowed
+//! input with no lock and no allocation.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::OnceLock;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, OnceLock};
 
-use lasso::{Spur, ThreadedRodeo};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-fn rodeo() -> &'static ThreadedRodeo<Spur> {
-    static RODEO: OnceLock<ThreadedRodeo<Spur>> = OnceLock::new();
-    RODEO.get_or_init(ThreadedRodeo::new)
+type Table = Mutex<HashMap<&'static str, Sym>>;
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(Default::default)
 }
 
 thread_local! {
@@ -25,8 +30,8 @@ thread_local! {
 /// An interned string: cheap to copy, hash and compare; resolves to its text with [`Sym::as_str`].
 ///
 /// Symbols are process-local; across processes (cluster mode) they serialise as their text.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Sym(Spur);
+#[derive(Clone, Copy)]
+pub struct Sym(&'static String);
 
 impl Sym {
     /// Interns `text`, returning the symbol every equal string maps to.
@@ -35,26 +40,63 @@ impl Sym {
             if let Some(sym) = cache.borrow().get(text) {
                 return *sym;
             }
-            let sym = Sym(rodeo().get_or_intern(text));
-            let stored: &'static str = rodeo().resolve(&sym.0);
+            let sym = {
+                let mut table = table().lock().unwrap_or_else(|p| p.into_inner());
+                match table.get(text) {
+                    Some(sym) => *sym,
+                    None => {
+                        let stored: &'static String = Box::leak(Box::new(text.to_owned()));
+                        let sym = Sym(stored);
+                        table.insert(stored.as_str(), sym);
+                        sym
+                    }
+                }
+            };
             let mut cache = cache.borrow_mut();
-            // Bound the per-thread cache; the shared interner stays the source of truth.
+            // Bound the per-thread cache; the shared table stays the source of truth.
             if cache.len() > 1 << 20 {
                 cache.clear();
             }
-            cache.insert(stored, sym);
+            cache.insert(sym.0.as_str(), sym);
             sym
         })
     }
 
     /// The interned text.
     pub fn as_str(self) -> &'static str {
-        rodeo().resolve(&self.0)
+        self.0.as_str()
     }
 
     /// How many distinct strings the process has interned (reported as a metric).
     pub fn interned_count() -> usize {
-        rodeo().len()
+        table().lock().map_or(0, |t| t.len())
+    }
+}
+
+impl PartialEq for Sym {
+    fn eq(&self, other: &Sym) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Sym {}
+
+impl Hash for Sym {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.0 as *const String as usize).hash(state);
+    }
+}
+
+impl PartialOrd for Sym {
+    fn partial_cmp(&self, other: &Sym) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Sym {
+    /// Orders by text, so sorted output does not depend on interning order.
+    fn cmp(&self, other: &Sym) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -94,6 +136,8 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.as_str(), "cpu");
         assert_ne!(a, Sym::new("cpu_util"));
+        assert!(Sym::new("a") < Sym::new("b"));
+        assert!(Sym::interned_count() >= 3);
     }
 
     #[test]

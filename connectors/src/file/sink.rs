@@ -152,7 +152,7 @@ mod tests {
         let mut b = shared.handle();
         let s = Sample::gauge("m", "r", 1.5, "2021-01-01T00:00:00");
         a.publish(&[s.clone(), s.clone()]).unwrap();
-        b.publish(&[s.clone()]).unwrap();
+        b.publish(std::slice::from_ref(&s)).unwrap();
         b.flush().unwrap();
         drop(a);
         drop(b);

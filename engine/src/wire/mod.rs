@@ -65,6 +65,9 @@ pub enum LineError {
     /// Not JSON.
     #[error("not valid JSON ({0}); each line must be one JSON object")]
     BadJson(#[source] serde_json::Error),
+    /// Not UTF-8 (so not JSON).
+    #[error("not valid UTF-8 ({0}); each line must be one JSON object in UTF-8")]
+    NotUtf8(#[source] std::str::Utf8Error),
     /// JSON, but neither a notification nor a sample.
     #[error("{0}")]
     NotANotification(String),
@@ -74,7 +77,7 @@ impl LineError {
     /// The drop reason this error is counted under.
     pub fn reason(&self) -> DropReason {
         match self {
-            LineError::BadJson(_) => DropReason::BadJson,
+            LineError::BadJson(_) | LineError::NotUtf8(_) => DropReason::BadJson,
             LineError::NotANotification(_) => DropReason::NotANotification,
         }
     }
@@ -85,7 +88,9 @@ type Emit<'e> = dyn FnMut(Decoded) + 'e;
 /// Decodes one input line (a sub-slice of a chunk, so samples can borrow it), passing each
 /// sample to `emit` in order.
 pub fn decode_line(line: &Bytes, emit: &mut Emit<'_>) -> Result<LineKind, LineError> {
-    let mut de = serde_json::Deserializer::from_slice(line);
+    // One UTF-8 check per line, so the parser need not check each string it borrows.
+    let text = std::str::from_utf8(line).map_err(LineError::NotUtf8)?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let top = TopSeed { buf: line, emit }
         .deserialize(&mut de)
         .and_then(|top| de.end().map(|()| top))
@@ -219,9 +224,13 @@ impl<'de> Visitor<'de> for PayloadSeed<'_, '_, '_> {
         f.write_str("a payload {\"samples\": [...]} or a list of samples")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(sample) = seq.next_element::<SampleOrJunk<'de>>()? {
-            (self.emit)(sample.into_decoded(self.buf));
-        }
+        while seq
+            .next_element_seed(ElementSeed {
+                buf: self.buf,
+                emit: &mut *self.emit,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -242,66 +251,71 @@ impl<'de> Visitor<'de> for PayloadSeed<'_, '_, '_> {
     }
 }
 
-/// A payload element: a sample dict, or something else that is reported and skipped.
-// A transient stack value per element; boxing the sample would allocate per sample.
-#[allow(clippy::large_enum_variant)]
-enum SampleOrJunk<'de> {
-    Sample(WireSample<'de>),
-    Junk,
+/// A payload element: a sample dict, decoded and emitted in place (no intermediate value is
+/// moved around), or something else that is reported and skipped.
+struct ElementSeed<'b, 'e, 'f> {
+    buf: &'b Bytes,
+    emit: &'e mut Emit<'f>,
 }
 
-impl SampleOrJunk<'_> {
-    fn into_decoded(self, buf: &Bytes) -> Decoded {
-        match self {
-            SampleOrJunk::Sample(s) => s.into_decoded(buf),
-            SampleOrJunk::Junk => Decoded::Rejected(Rejected {
-                reason: DropReason::MissingField,
-                name: None,
-                detail: "a payload element is not a sample object; each element of \"samples\" must be a dict with the counter_* keys".into(),
-            }),
-        }
+impl ElementSeed<'_, '_, '_> {
+    fn junk(self) {
+        (self.emit)(Decoded::Rejected(Rejected {
+            reason: DropReason::MissingField,
+            name: None,
+            detail: "a payload element is not a sample object; each element of \"samples\" must be a dict with the counter_* keys".into(),
+        }));
     }
 }
 
-impl<'de> de::Deserialize<'de> for SampleOrJunk<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = SampleOrJunk<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a sample object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut s = WireSample::default();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    s.accept(&key.0, &mut map)?;
-                }
-                Ok(SampleOrJunk::Sample(s))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(SampleOrJunk::Junk)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(SampleOrJunk::Junk)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(SampleOrJunk::Junk)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(SampleOrJunk::Junk)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(SampleOrJunk::Junk)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(SampleOrJunk::Junk)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(SampleOrJunk::Junk)
-            }
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElementSeed<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sample object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut s = WireSample::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            s.accept(&key.0, &mut map)?;
         }
-        d.deserialize_any(V)
+        (self.emit)(s.into_decoded(self.buf));
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.junk();
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.junk();
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.junk();
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.junk();
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.junk();
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.junk();
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.junk();
+        Ok(())
     }
 }
 
