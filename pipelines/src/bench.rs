@@ -131,6 +131,9 @@ pub fn run(mut plan: Plan, options: &BenchOptions) -> anyhow::Result<(RunReport,
         42,
     )?;
     file.flush()?;
+    // Let the kernel write the generated input back now, so its writeback does not compete
+    // with (and throttle) the timed run's own output.
+    file.get_ref().sync_all()?;
     drop(file);
     let output = options
         .output
