@@ -43,25 +43,25 @@ pub enum Lookup<'a> {
 /// assert_eq!(lookup(md, &["flavor", "ram"]), Lookup::Int(512));
 /// assert_eq!(lookup(md, &["flavor", "disk"]), Lookup::Missing);
 /// ```
-pub fn lookup<'a>(json: &'a str, path: &[&str]) -> Lookup<'a> {
+pub fn lookup<'a, S: AsRef<str>>(json: &'a str, path: &[S]) -> Lookup<'a> {
     let mut de = serde_json::Deserializer::from_str(json);
     PathSeed { path }
         .deserialize(&mut de)
         .unwrap_or(Lookup::Missing)
 }
 
-struct PathSeed<'p> {
-    path: &'p [&'p str],
+struct PathSeed<'p, S> {
+    path: &'p [S],
 }
 
-impl<'de> DeserializeSeed<'de> for PathSeed<'_> {
+impl<'de, S: AsRef<str>> DeserializeSeed<'de> for PathSeed<'_, S> {
     type Value = Lookup<'de>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for PathSeed<'_> {
+impl<'de, S: AsRef<str>> Visitor<'de> for PathSeed<'_, S> {
     type Value = Lookup<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -103,7 +103,7 @@ impl<'de> Visitor<'de> for PathSeed<'_> {
             return Ok(Lookup::Object { empty });
         };
         let mut found = Lookup::Missing;
-        while let Some(hit) = map.next_key_seed(KeyIs(first))? {
+        while let Some(hit) = map.next_key_seed(KeyIs(first.as_ref()))? {
             if hit && found == Lookup::Missing {
                 found = map.next_value_seed(PathSeed { path: rest })?;
             } else {
@@ -114,7 +114,7 @@ impl<'de> Visitor<'de> for PathSeed<'_> {
     }
 }
 
-impl PathSeed<'_> {
+impl<S> PathSeed<'_, S> {
     fn leaf<'a>(&self, value: Lookup<'a>) -> Lookup<'a> {
         if self.path.is_empty() {
             value

@@ -166,10 +166,7 @@ pub fn sample_attribute<'s>(s: &'s Sample, path: &[String]) -> Result<Value<'s>,
         .ok_or_else(|| EvalError("empty name".into()))?;
     let text = |t: &'s str| Value::Str(Cow::Borrowed(t));
     let value = match first.as_str() {
-        "resource_metadata" => {
-            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            return Ok(s.resource_metadata.lookup(&rest).into());
-        }
+        "resource_metadata" => return Ok(s.resource_metadata.lookup(rest).into()),
         "volume" => match s.volume {
             Volume::Int(i) => Value::Int(i),
             Volume::Float(f) => Value::Float(f),
@@ -253,6 +250,7 @@ pub struct Expr {
     root: Node,
     meters: Vec<String>,
     uses_names: bool,
+    only_metadata: bool,
 }
 
 impl fmt::Display for Expr {
@@ -282,22 +280,31 @@ impl Expr {
             pos: 0,
             meters: Vec::new(),
             uses_names: false,
+            only_metadata: true,
         };
         let root = p.ternary()?;
         if p.pos < p.tokens.len() {
             return Err(p.error("unexpected text after the expression"));
         }
+        let root = fold(root);
         Ok(Expr {
             text: text.to_owned(),
             root,
             meters: p.meters,
             uses_names: p.uses_names,
+            only_metadata: p.only_metadata,
         })
     }
 
     /// The meters referenced with `$(...)`, in order of first mention.
     pub fn meters(&self) -> &[String] {
         &self.meters
+    }
+
+    /// Whether the expression reads nothing but `resource_metadata.*` (so its value for a
+    /// sample depends only on the sample's metadata, and can be reused while that is unchanged).
+    pub fn reads_only_metadata(&self) -> bool {
+        self.meters.is_empty() && self.only_metadata
     }
 
     /// Whether the expression reads names or meters (if not, it is a constant).
@@ -446,6 +453,7 @@ struct Parser<'t> {
     pos: usize,
     meters: Vec<String>,
     uses_names: bool,
+    only_metadata: bool,
 }
 
 impl Parser<'_> {
@@ -663,6 +671,7 @@ impl Parser<'_> {
                     let mut path = vec![word];
                     path.extend(self.attributes()?);
                     self.uses_names = true;
+                    self.only_metadata &= path[0] == "resource_metadata";
                     Ok(Node::Name(path))
                 }
             },
@@ -671,6 +680,49 @@ impl Parser<'_> {
                 Err(self.error("expected a number, a name or '('"))
             }
         }
+    }
+}
+
+/// Replaces every subtree that reads no name or meter by its value (`10**9` is computed once),
+/// leaving subtrees whose evaluation fails as they are, so the failure still happens per sample.
+fn fold(node: Node) -> Node {
+    struct NoNames;
+    impl Scope for NoNames {
+        fn name<'s>(&'s self, _: &[String]) -> Result<Value<'s>, EvalError> {
+            Err(EvalError("not constant".into()))
+        }
+    }
+    let node = match node {
+        Node::Neg(x) => Node::Neg(Box::new(fold(*x))),
+        Node::Pos(x) => Node::Pos(Box::new(fold(*x))),
+        Node::Not(x) => Node::Not(Box::new(fold(*x))),
+        Node::Bin(op, a, b) => Node::Bin(op, Box::new(fold(*a)), Box::new(fold(*b))),
+        Node::Cmp(op, a, b) => Node::Cmp(op, Box::new(fold(*a)), Box::new(fold(*b))),
+        Node::And(a, b) => Node::And(Box::new(fold(*a)), Box::new(fold(*b))),
+        Node::Or(a, b) => Node::Or(Box::new(fold(*a)), Box::new(fold(*b))),
+        Node::If(c, a, b) => Node::If(Box::new(fold(*c)), Box::new(fold(*a)), Box::new(fold(*b))),
+        Node::Call(f, args) => Node::Call(f, args.into_iter().map(fold).collect()),
+        leaf => leaf,
+    };
+    if matches!(node, Node::Lit(_) | Node::Name(_) | Node::Meter(..)) || reads_names(&node) {
+        return node;
+    }
+    match eval(&node, &NoNames) {
+        Ok(v) => Node::Lit(v.into_owned()),
+        Err(_) => node,
+    }
+}
+
+fn reads_names(node: &Node) -> bool {
+    match node {
+        Node::Name(_) | Node::Meter(..) => true,
+        Node::Lit(_) => false,
+        Node::Neg(x) | Node::Pos(x) | Node::Not(x) => reads_names(x),
+        Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::And(a, b) | Node::Or(a, b) => {
+            reads_names(a) || reads_names(b)
+        }
+        Node::If(c, a, b) => reads_names(c) || reads_names(a) || reads_names(b),
+        Node::Call(_, args) => args.iter().any(reads_names),
     }
 }
 
@@ -1027,6 +1079,24 @@ mod tests {
     }
 
     #[test]
+    fn constant_subtrees_are_folded_but_errors_stay_per_evaluation() {
+        let e = Expr::parse("100.0 / (10**9 * (missing or 1))", false).unwrap();
+        let Node::Bin(BinOp::Div, lhs, rhs) = &e.root else {
+            panic!("{:?}", e.root)
+        };
+        assert_eq!(**lhs, Node::Lit(Value::Float(100.0)));
+        let Node::Bin(BinOp::Mul, nine, _) = &**rhs else {
+            panic!("{rhs:?}")
+        };
+        assert_eq!(**nine, Node::Lit(Value::Int(1_000_000_000)));
+        assert_eq!(
+            Expr::parse("2 * 3 + 1", false).unwrap().root,
+            Node::Lit(Value::Int(7))
+        );
+        assert!(Expr::parse("1 / 0", false).unwrap().eval(&Vars).is_err());
+    }
+
+    #[test]
     fn meter_references_in_order_of_mention() {
         let e = Expr::parse(
             "100 * $(memory.usage) / $(memory) + $(memory.usage).resource_metadata.x",
@@ -1036,5 +1106,13 @@ mod tests {
         assert_eq!(e.meters(), ["memory.usage", "memory"]);
         assert!(!e.is_constant());
         assert!(Expr::parse("100.0 / 3", false).unwrap().is_constant());
+        assert!(
+            Expr::parse("1 / (resource_metadata.cpu_number or 1)", false)
+                .unwrap()
+                .reads_only_metadata()
+        );
+        assert!(!Expr::parse("volume * resource_metadata.x", false)
+            .unwrap()
+            .reads_only_metadata());
     }
 }

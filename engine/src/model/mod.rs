@@ -206,7 +206,7 @@ impl RawJson {
     }
 
     /// Looks up a nested member (`["flavor", "ram"]`); see [`crate::json::lookup`].
-    pub fn lookup(&self, path: &[&str]) -> crate::json::Lookup<'_> {
+    pub fn lookup<S: AsRef<str>>(&self, path: &[S]) -> crate::json::Lookup<'_> {
         crate::json::lookup(self.as_str(), path)
     }
 }

@@ -84,26 +84,23 @@ fn write_opt(text: Option<&[u8]>, out: &mut Vec<u8>) {
 
 /// Appends `text` as a JSON string, escaping quotes, backslashes and control characters.
 pub fn write_str(text: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in text.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
+    // Jump from one byte that needs escaping to the next, 8 bytes a step.
+    while let Some(i) = super::fast::special(text, start) {
         out.extend_from_slice(&text[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(escape);
+        match text[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
         }
         start = i + 1;
     }
@@ -148,6 +145,16 @@ mod tests {
         assert_eq!(v["resource_metadata"]["a"][1], 2);
         assert_eq!(v["message_id"].as_str().unwrap().len(), 36);
         assert!(v["user_id"].is_null());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_round_trips(text in ".*") {
+            let mut out = Vec::new();
+            write_str(text.as_bytes(), &mut out);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(back, text);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! sample into a callback as soon as the `event_type` is known.
 
 pub mod encode;
+mod fast;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -26,7 +27,7 @@ use crate::model::notification::{METERING, TELEMETRY_POLLING};
 use crate::model::{RawJson, Sample, SampleType, Text, Timestamp, Volume, DEFAULT_SAMPLE_SOURCE};
 
 /// One item a line decodes into.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Decoded {
     /// A valid sample.
     Sample(Sample),
@@ -88,8 +89,28 @@ type Emit<'e> = dyn FnMut(Decoded) + 'e;
 /// Decodes one input line (a sub-slice of a chunk, so samples can borrow it), passing each
 /// sample to `emit` in order.
 pub fn decode_line(line: &Bytes, emit: &mut Emit<'_>) -> Result<LineKind, LineError> {
-    // One UTF-8 check per line, so the parser need not check each string it borrows.
+    // One UTF-8 check per line, so the parsers need not check each string they borrow.
     let text = std::str::from_utf8(line).map_err(LineError::NotUtf8)?;
+    match fast::scan(text) {
+        Some(fast::Fast::Notification(samples)) => {
+            for s in samples {
+                emit(s.into_decoded(line));
+            }
+            Ok(LineKind::SampleNotification)
+        }
+        Some(fast::Fast::Service(event_type)) => Ok(LineKind::ServiceNotification {
+            event_type: event_type.to_owned(),
+        }),
+        Some(fast::Fast::Bare(s)) => {
+            emit(s.into_decoded(line));
+            Ok(LineKind::BareSample)
+        }
+        None => decode_general(line, text, emit),
+    }
+}
+
+/// The general path: every accepted form, and the error messages. `text` is `line` as UTF-8.
+fn decode_general(line: &Bytes, text: &str, emit: &mut Emit<'_>) -> Result<LineKind, LineError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let top = TopSeed { buf: line, emit }
         .deserialize(&mut de)
@@ -331,7 +352,7 @@ struct WireSample<'de> {
     project_id: Option<Cow<'de, str>>,
     resource_id: Option<Cow<'de, str>>,
     timestamp: Option<Cow<'de, str>>,
-    resource_metadata: Option<&'de RawValue>,
+    resource_metadata: Option<&'de str>,
     source: Option<Cow<'de, str>>,
     message_id: Option<Cow<'de, str>>,
     monotonic_time: Option<f64>,
@@ -350,7 +371,9 @@ impl<'de> WireSample<'de> {
             "project_id" => self.project_id = text(map)?,
             "resource_id" => self.resource_id = text(map)?,
             "timestamp" => self.timestamp = text(map)?,
-            "resource_metadata" => self.resource_metadata = Some(map.next_value()?),
+            "resource_metadata" => {
+                self.resource_metadata = Some(map.next_value::<&'de RawValue>()?.get())
+            }
             "source" => self.source = text(map)?,
             "message_id" => self.message_id = text(map)?,
             "monotonic_time" => self.monotonic_time = map.next_value::<Lenient>()?.0,
@@ -440,7 +463,7 @@ impl<'de> WireSample<'de> {
             }
         };
         let metadata = match self.resource_metadata {
-            Some(raw) if raw.get() != "null" => RawJson::from_text(Text::slice_of(buf, raw.get())),
+            Some(raw) if raw != "null" => RawJson::from_text(Text::slice_of(buf, raw)),
             _ => RawJson::EMPTY_OBJECT,
         };
         Ok(Sample {

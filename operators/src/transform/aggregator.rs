@@ -258,8 +258,10 @@ impl Transform for Aggregator {
                 } else {
                     stored.volume + scaled
                 };
+                // Merged values replace the stored ones without a copy: they pin only the newest
+                // chunk, and only until the next merge or flush.
                 if self.timestamp_last {
-                    stored.timestamp = s.timestamp.detached();
+                    stored.timestamp = s.timestamp.clone();
                 }
                 if self.user == Policy::Last {
                     stored.user_id = s.user_id;
@@ -268,7 +270,7 @@ impl Transform for Aggregator {
                     stored.project_id = s.project_id;
                 }
                 if self.metadata == Policy::Last {
-                    stored.resource_metadata = s.resource_metadata.detached();
+                    stored.resource_metadata = s.resource_metadata.clone();
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! sample (Ceilometer's `ScalingTransformer._convert`).
 
 use meterflow_engine::intern::Sym;
-use meterflow_engine::model::DEFAULT_SAMPLE_SOURCE;
+use meterflow_engine::model::{RawJson, DEFAULT_SAMPLE_SOURCE};
 use meterflow_engine::{Sample, SampleType, Volume};
 use regex::Regex;
 use rustc_hash::FxHashMap;
@@ -183,7 +183,13 @@ enum ScaleRt {
     Unscaled,
     Factor(Volume),
     Expr(Expr),
+    /// An expression over `resource_metadata` only: its value per resource is reused while the
+    /// resource's metadata text is unchanged (it is, across most polling cycles).
+    MetadataExpr(Expr, FxHashMap<Sym, (RawJson, Volume)>),
 }
+
+/// Bound on remembered per-resource expression values.
+const MEMO_LIMIT: usize = 1 << 20;
 
 /// The runtime of a `source`/`target` pair: builds converted samples.
 pub struct Converter {
@@ -235,6 +241,9 @@ impl Converter {
             Some(Scale::Int(i)) => ScaleRt::Factor(Volume::Int(i)),
             Some(Scale::Float(f)) => ScaleRt::Factor(Volume::Float(f)),
             Some(Scale::Expr(text)) => match Expr::parse(&text, false) {
+                Ok(e) if e.reads_only_metadata() && !e.is_constant() => {
+                    ScaleRt::MetadataExpr(e, FxHashMap::default())
+                }
                 Ok(e) => ScaleRt::Expr(e),
                 Err(e) => {
                     problems.push(ConfigProblem::new("target.scale", e.to_string()));
@@ -254,11 +263,24 @@ impl Converter {
     }
 
     /// The scaled volume of `s` (Ceilometer's `_scale`).
-    pub fn scale(&self, s: &Sample) -> Result<Volume, EvalError> {
-        match &self.scale {
+    pub fn scale(&mut self, s: &Sample) -> Result<Volume, EvalError> {
+        match &mut self.scale {
             ScaleRt::Unscaled => Ok(s.volume),
             ScaleRt::Factor(f) => Ok(s.volume * *f),
             ScaleRt::Expr(e) => e.eval(s)?.to_volume(),
+            ScaleRt::MetadataExpr(e, memo) => {
+                if let Some((metadata, value)) = memo.get(&s.resource_id) {
+                    if metadata.as_str() == s.resource_metadata.as_str() {
+                        return Ok(*value);
+                    }
+                }
+                let value = e.eval(s)?.to_volume()?;
+                if memo.len() >= MEMO_LIMIT {
+                    memo.clear();
+                }
+                memo.insert(s.resource_id, (s.resource_metadata.detached(), value));
+                Ok(value)
+            }
         }
     }
 
@@ -331,6 +353,19 @@ mod tests {
             c.convert(&other, Volume::Int(1)).unwrap().name.as_str(),
             "cpu"
         );
+    }
+
+    #[test]
+    fn metadata_expressions_are_reused_only_while_metadata_is_unchanged() {
+        let target: TargetSpec =
+            serde_yaml::from_str("{scale: '1.0 / (resource_metadata.n or 1)'}").unwrap();
+        let mut c = Converter::new(&SourceSpec::default(), &target, None, &mut Vec::new());
+        let s = |md: &str| Sample::gauge("m", "r", 1.0, "2021-01-01T00:00:00").with_metadata(md);
+        assert_eq!(c.scale(&s(r#"{"n": 2}"#)).unwrap(), Volume::Float(0.5));
+        assert_eq!(c.scale(&s(r#"{"n": 2}"#)).unwrap(), Volume::Float(0.5));
+        assert_eq!(c.scale(&s(r#"{"n": 4}"#)).unwrap(), Volume::Float(0.25));
+        assert_eq!(c.scale(&s(r#"{}"#)).unwrap(), Volume::Float(1.0));
+        assert!(c.scale(&s(r#"{"n": "x"}"#)).is_err());
     }
 
     #[test]

@@ -1,0 +1,600 @@
+//! A fast path for the shape nearly every line has: a notification whose `event_type` comes
+//! before its `payload`, or a bare sample, with no escapes in the fields meterflow reads.
+//!
+//! It scans the line once with a small validating JSON scanner and returns the samples'
+//! fields borrowed from it. Anything it does not expect (an escape in a field it keeps, the
+//! payload before the event type, a malformed value) makes it return `None` before anything
+//! is emitted, and the line goes through the general serde path, which handles every form and
+//! reports errors. Both paths give the same result for every line (a property test checks it).
+
+use std::borrow::Cow;
+
+use super::{carries_samples, WireSample, WireVolume};
+use crate::model::Volume;
+
+/// What the fast path made of a line.
+pub(super) enum Fast<'a> {
+    /// A sample-carrying notification and its samples.
+    Notification(Vec<WireSample<'a>>),
+    /// A service notification with this event type.
+    Service(&'a str),
+    /// A bare sample.
+    Bare(Box<WireSample<'a>>),
+}
+
+/// Position of the first `"`, `\\` or control character at or after `from` (8 bytes a step).
+pub(super) fn special(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut i = from;
+    while i + 8 <= b.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&b[i..i + 8]);
+        let x = u64::from_le_bytes(word);
+        let hits = has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        if hits != 0 {
+            // The lowest flagged byte is exact (borrows only run upwards from a true hit).
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    while i < b.len() {
+        if matches!(b[i], b'"' | b'\\' | 0..=0x1f) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+    depth: usize,
+}
+
+const MAX_DEPTH: usize = 128;
+
+pub(super) fn scan(text: &str) -> Option<Fast<'_>> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+        depth: 0,
+    };
+    let result = s.top()?;
+    s.ws();
+    (s.i == s.b.len()).then_some(result)
+}
+
+impl<'a> Scanner<'a> {
+    fn ws(&mut self) {
+        while let Some(c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                break;
+            }
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    /// A string without escapes, borrowed; `None` (bail out) for escapes or invalid strings.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let end = special(self.b, start)?;
+        if self.b[end] != b'"' {
+            return None;
+        }
+        self.i = end + 1;
+        Some(&self.text[start..end])
+    }
+
+    /// Skips a string, escapes included, validating it.
+    fn skip_string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            let at = special(self.b, self.i)?;
+            match self.b[at] {
+                b'"' => {
+                    self.i = at + 1;
+                    return Some(());
+                }
+                b'\\' => {}
+                _ => return None, // a raw control character
+            }
+            match *self.b.get(at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i = at + 2,
+                b'u' => {
+                    let hex = self.b.get(at + 2..at + 6)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    // Surrogates must pair up; leave those to the general path.
+                    if matches!(hex[0], b'd' | b'D')
+                        && matches!(hex[1], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+                    {
+                        return None;
+                    }
+                    self.i = at + 6;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Scans a JSON number, returning its text.
+    fn number(&mut self) -> Option<&'a str> {
+        self.ws();
+        let start = self.i;
+        let b = self.b;
+        let mut i = start;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+            }
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let digits = i;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == digits {
+                return None;
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let digits = i;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == digits {
+                return None;
+            }
+        }
+        self.i = i;
+        Some(&self.text[start..i])
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.ws();
+        if self.b.get(self.i..self.i + word.len())? == word {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// Skips any JSON value, validating it.
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.skip_string(),
+            b'{' => {
+                self.enter()?;
+                self.i += 1;
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                } else {
+                    loop {
+                        self.skip_string()?;
+                        self.eat(b':')?;
+                        self.skip_value()?;
+                        match self.peek()? {
+                            b',' => self.i += 1,
+                            b'}' => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                self.depth -= 1;
+                Some(())
+            }
+            b'[' => {
+                self.enter()?;
+                self.i += 1;
+                if self.peek()? == b']' {
+                    self.i += 1;
+                } else {
+                    loop {
+                        self.skip_value()?;
+                        match self.peek()? {
+                            b',' => self.i += 1,
+                            b']' => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                self.depth -= 1;
+                Some(())
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number().map(|_| ()),
+        }
+    }
+
+    fn enter(&mut self) -> Option<()> {
+        self.depth += 1;
+        (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    /// A value's raw text (for `resource_metadata`), validated.
+    fn raw_value(&mut self) -> Option<&'a str> {
+        self.ws();
+        let start = self.i;
+        self.skip_value()?;
+        Some(&self.text[start..self.i])
+    }
+
+    /// A string field: a plain string, or null.
+    fn text_field(&mut self) -> Option<Option<Cow<'a, str>>> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(None);
+        }
+        self.plain_string().map(|s| Some(Cow::Borrowed(s)))
+    }
+
+    fn volume(&mut self) -> Option<WireVolume<'a>> {
+        Some(match self.peek()? {
+            b'"' => WireVolume::Text(Cow::Borrowed(self.plain_string()?)),
+            b'n' => {
+                self.literal(b"null")?;
+                WireVolume::Absent
+            }
+            b't' => {
+                self.literal(b"true")?;
+                WireVolume::Number(Volume::Int(1))
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                WireVolume::Number(Volume::Int(0))
+            }
+            b'{' | b'[' => {
+                self.skip_value()?;
+                WireVolume::Other
+            }
+            _ => {
+                let n = self.number()?;
+                if n.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+                    // Out-of-range floats are errors on the general path.
+                    WireVolume::Number(Volume::Float(
+                        n.parse::<f64>().ok().filter(|f| f.is_finite())?,
+                    ))
+                } else {
+                    match n.parse::<i64>() {
+                        Ok(i) => WireVolume::Number(Volume::Int(i)),
+                        // Integers beyond 64 bits: the general path's rounding decides.
+                        Err(_) => WireVolume::Number(Volume::Float(n.parse::<u64>().ok()? as f64)),
+                    }
+                }
+            }
+        })
+    }
+
+    /// One sample field; unknown keys are skipped. Returns whether it was a sample key.
+    fn field(&mut self, key: &str, s: &mut WireSample<'a>) -> Option<bool> {
+        // Length and one byte pick the only candidate; one comparison confirms it.
+        let b = key.as_bytes();
+        let candidate = match (
+            b.len(),
+            b.first().copied().unwrap_or(0),
+            b.get(8).copied().unwrap_or(0),
+        ) {
+            (6, _, _) => "source",
+            (7, _, _) => "user_id",
+            (9, _, _) => "timestamp",
+            (10, b'p', _) => "project_id",
+            (10, b'm', _) => "message_id",
+            (11, _, _) => "resource_id",
+            (12, _, b'n') => "counter_name",
+            (12, _, b't') => "counter_type",
+            (12, _, b'u') => "counter_unit",
+            (14, b'c', _) => "counter_volume",
+            (14, b'm', _) => "monotonic_time",
+            (17, b'r', _) => "resource_metadata",
+            _ => "",
+        };
+        if candidate != key {
+            self.skip_value()?;
+            return Some(false);
+        }
+        match candidate {
+            "counter_name" => s.counter_name = self.text_field()?,
+            "counter_type" => s.counter_type = self.text_field()?,
+            "counter_unit" => s.counter_unit = self.text_field()?,
+            "counter_volume" => s.counter_volume = self.volume()?,
+            "user_id" => s.user_id = self.text_field()?,
+            "project_id" => s.project_id = self.text_field()?,
+            "resource_id" => s.resource_id = self.text_field()?,
+            "timestamp" => s.timestamp = self.text_field()?,
+            "resource_metadata" => s.resource_metadata = Some(self.raw_value()?),
+            "source" => s.source = self.text_field()?,
+            "message_id" => s.message_id = self.text_field()?,
+            "monotonic_time" => {
+                s.monotonic_time = match self.peek()? {
+                    b'n' => {
+                        self.literal(b"null")?;
+                        None
+                    }
+                    _ => Some(
+                        self.number()?
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|f| f.is_finite())?,
+                    ),
+                }
+            }
+            _ => {
+                self.skip_value()?;
+                return Some(false);
+            }
+        }
+        s.any = true;
+        Some(true)
+    }
+
+    /// Runs `each` for every `"key": value` of an object (the callback consumes the value).
+    fn object(&mut self, mut each: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        self.enter()?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+        } else {
+            loop {
+                let key = self.plain_string()?;
+                self.eat(b':')?;
+                each(self, key)?;
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b'}' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(())
+    }
+
+    fn sample(&mut self) -> Option<WireSample<'a>> {
+        let mut s = WireSample::default();
+        self.object(|this, key| this.field(key, &mut s).map(|_| ()))?;
+        Some(s)
+    }
+
+    fn samples(&mut self, out: &mut Vec<WireSample<'a>>) -> Option<()> {
+        self.eat(b'[')?;
+        self.enter()?;
+        if self.peek()? == b']' {
+            self.i += 1;
+        } else {
+            loop {
+                if self.peek()? != b'{' {
+                    return None;
+                }
+                out.push(self.sample()?);
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b']' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(())
+    }
+
+    fn top(&mut self) -> Option<Fast<'a>> {
+        let mut event_type: Option<&'a str> = None;
+        let mut samples: Option<Vec<WireSample<'a>>> = None;
+        let mut payloads = 0;
+        let mut bare = WireSample::default();
+        self.object(|this, key| match key {
+            // A repeated event type or payload is left to the general path.
+            "event_type" if event_type.is_none() => {
+                event_type = Some(this.plain_string()?);
+                Some(())
+            }
+            "event_type" => None,
+            "payload" => {
+                payloads += 1;
+                let et = event_type.filter(|_| payloads == 1)?;
+                if !carries_samples(et) {
+                    return this.skip_value();
+                }
+                let mut out = Vec::with_capacity(64);
+                match this.peek()? {
+                    b'[' => this.samples(&mut out)?,
+                    b'{' => this.object(|this, key| {
+                        if key == "samples" {
+                            this.samples(&mut out)
+                        } else {
+                            this.skip_value()
+                        }
+                    })?,
+                    _ => return None,
+                }
+                samples = Some(out);
+                Some(())
+            }
+            "oslo.message" | "oslo.version" => None,
+            other => this.field(other, &mut bare).map(|_| ()),
+        })?;
+        match (event_type, samples) {
+            (Some(et), Some(samples)) if carries_samples(et) => Some(Fast::Notification(samples)),
+            (Some(et), _) if !carries_samples(et) => Some(Fast::Service(et)),
+            (None, None) if bare.any => Some(Fast::Bare(Box::new(bare))),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::super::{decode_general, decode_line, Decoded};
+
+    const SAMPLE: &str = r#"{"counter_name": "cpu", "counter_type": "cumulative", "counter_unit": "ns", "counter_volume": 230454583686, "user_id": "user-1", "project_id": null, "resource_id": "e111babf", "timestamp": "2021-07-30T02:00:00.624803", "resource_metadata": {"display_name": "inst-0", "flavor": {"name": "m1.large", "ram": 4096, "x": [1, -2.5e3, true, null, "\u00e9\"\\"]}, "cpu_number": 2}, "source": "openstack", "message_id": "fbfb51b4", "message_signature": "33d2", "monotonic_time": null}"#;
+
+    fn corpus() -> Vec<String> {
+        let second = SAMPLE
+            .replace("230454583686", "\"12.5\"")
+            .replace("\"user-1\"", "null")
+            .replace("\"monotonic_time\": null", "\"monotonic_time\": 12.25");
+        let odd = SAMPLE
+            .replace("230454583686", "1.5e-3")
+            .replace("e111babf", "e111\\u0062abf");
+        vec![
+            format!(r#"{{"event_type": "telemetry.polling", "priority": "SAMPLE", "payload": {{"samples": [{SAMPLE}, {second}]}}, "timestamp": "2021-07-30 02:00:00"}}"#),
+            format!(r#"{{"event_type": "metering", "payload": [{SAMPLE}, {odd}, 7]}}"#),
+            format!(r#"{{"payload": {{"samples": [{SAMPLE}]}}, "event_type": "telemetry.polling"}}"#),
+            format!(r#"{{"event_type": "compute.instance.create.end", "payload": {{"samples": [{SAMPLE}]}}}}"#),
+            SAMPLE.to_owned(),
+            SAMPLE.replace("230454583686", "18446744073709551616").replace("\"cpu\"", "\"cpu.x\""),
+            SAMPLE.replace("230454583686", "true").replace("\"counter_unit\": \"ns\", ", ""),
+            serde_json::json!({"oslo.version": "2.0", "oslo.message": format!(r#"{{"event_type": "telemetry.polling", "payload": {{"samples": [{SAMPLE}]}}}}"#)}).to_string(),
+        ]
+    }
+
+    type Outcome = (Result<String, String>, Vec<Decoded>);
+
+    fn both(line: &str) -> (Outcome, Outcome) {
+        let bytes = Bytes::copy_from_slice(line.as_bytes());
+        let mut a = Vec::new();
+        let ra = decode_line(&bytes, &mut |d| a.push(d))
+            .map(|k| format!("{k:?}"))
+            .map_err(|e| e.to_string());
+        let mut b = Vec::new();
+        let rb = decode_general(&bytes, line, &mut |d| b.push(d))
+            .map(|k| format!("{k:?}"))
+            .map_err(|e| e.to_string());
+        ((ra, a), (rb, b))
+    }
+
+    #[test]
+    fn special_finds_the_first_quote_backslash_or_control() {
+        for text in [
+            "",
+            "abc",
+            "abcdefgh\"",
+            "abcdefghijklmnop\\x",
+            "a\u{1}b",
+            "\"",
+            "0123456789abcdef0123456\"",
+        ] {
+            let expect = text
+                .bytes()
+                .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f));
+            assert_eq!(super::special(text.as_bytes(), 0), expect, "{text:?}");
+        }
+        let all: Vec<u8> = (0u8..=255).collect();
+        for from in 0..all.len() {
+            let expect = all[from..]
+                .iter()
+                .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))
+                .map(|p| p + from);
+            assert_eq!(super::special(&all, from), expect);
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_the_common_shapes_and_agrees() {
+        for (i, line) in corpus().iter().enumerate() {
+            let (fast, general) = both(line);
+            assert_eq!(fast, general, "corpus line {i}");
+        }
+        // The common shapes really take the fast path.
+        assert!(
+            matches!(super::scan(&corpus()[0]), Some(super::Fast::Notification(s)) if s.len() == 2)
+        );
+        assert!(matches!(
+            super::scan(&corpus()[3]),
+            Some(super::Fast::Service(_))
+        ));
+        assert!(matches!(
+            super::scan(&corpus()[4]),
+            Some(super::Fast::Bare(_))
+        ));
+        assert!(
+            super::scan(&corpus()[2]).is_none(),
+            "payload first goes the general way"
+        );
+    }
+
+    fn mutate(line: &str, edits: &[(usize, u8, usize)]) -> Option<String> {
+        const BYTES: &[u8] = b"{}[]\",:\\ 0123456789.eE+-ntfaul\x01/";
+        let mut b = line.as_bytes().to_vec();
+        for &(pos, kind, choice) in edits {
+            if b.is_empty() {
+                break;
+            }
+            let pos = pos % b.len();
+            let c = BYTES[choice % BYTES.len()];
+            match kind % 3 {
+                0 => {
+                    b.remove(pos);
+                }
+                1 => b.insert(pos, c),
+                _ => b[pos] = c,
+            }
+        }
+        String::from_utf8(b).ok()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fast_and_general_paths_agree_on_mutated_lines(
+            which in 0usize..8,
+            edits in prop::collection::vec((0usize..100_000, 0u8..3, 0usize..64), 1..4),
+        ) {
+            let base = &corpus()[which];
+            if let Some(line) = mutate(base, &edits) {
+                let (fast, general) = both(&line);
+                prop_assert_eq!(fast, general, "line: {}", line);
+            }
+        }
+    }
+}
