@@ -169,73 +169,45 @@ fn stdin_input_and_multiple_inputs_in_order() {
 #[test]
 fn whole_run_failures_exit_non_zero_with_one_clear_line() {
     let s = setup(PIPELINE);
+    let pipeline = s.pipeline.to_str().unwrap();
     let missing = s.dir.path().join("missing.jsonl");
-    let out = meterflow(&[
-        "run",
-        s.pipeline.to_str().unwrap(),
-        "--input",
-        missing.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot open input"),
-        "{}",
-        text(&out)
+    assert_fails_with(
+        &["run", pipeline, "--input", missing.to_str().unwrap()],
+        "cannot open input",
     );
-
-    let out = meterflow(&[
-        "run",
-        s.pipeline.to_str().unwrap(),
-        "--input",
-        "kafka://localhost:9092/notifications.sample",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not yet supported"),
-        "{}",
-        text(&out)
+    assert_fails_with(
+        &[
+            "run",
+            pipeline,
+            "--input",
+            "kafka://localhost:9092/notifications.sample",
+        ],
+        "not yet supported",
     );
-
-    let out = meterflow(&[
-        "run",
-        s.pipeline.to_str().unwrap(),
-        "--input",
-        "-",
-        "--workers",
-        "0",
-    ]);
-    assert!(!out.status.success());
+    assert_fails_with(
+        &["run", pipeline, "--input", "-", "--workers", "0"],
+        "--workers must be at least 1",
+    );
 
     let broken = s.dir.path().join("broken.yaml");
     std::fs::write(&broken, "sources: [\n").unwrap();
-    for cmd in ["validate", "run"] {
-        let mut args = vec![cmd, broken.to_str().unwrap()];
-        if cmd == "run" {
-            args.extend(["--input", "-"]);
-        }
-        let out = meterflow(&args);
-        assert!(!out.status.success());
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("not valid YAML"),
-            "{}",
-            text(&out)
-        );
-    }
+    let broken = broken.to_str().unwrap();
+    assert_fails_with(&["validate", broken], "not valid YAML");
+    assert_fails_with(&["run", broken, "--input", "-"], "not valid YAML");
 
-    let out = meterflow(&["validate", s.dir.path().join("nope.yaml").to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read pipeline definition"));
+    let nope = s.dir.path().join("nope.yaml");
+    assert_fails_with(
+        &["validate", nope.to_str().unwrap()],
+        "cannot read pipeline definition",
+    );
 }
 
 #[test]
 fn unwritable_publisher_fails_before_reading() {
     let s = setup(&PIPELINE.replace("file://OUTPUT", "file:///nonexistent-dir/out.jsonl"));
-    let out = meterflow(&["run", s.pipeline.to_str().unwrap(), "--input", "-"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("directory exists"),
-        "{}",
-        text(&out)
+    assert_fails_with(
+        &["run", s.pipeline.to_str().unwrap(), "--input", "-"],
+        "directory exists",
     );
 }
 

@@ -86,44 +86,26 @@ impl Volume {
     }
 }
 
-impl std::ops::Sub for Volume {
-    type Output = Volume;
-    /// Python-style: two ints stay an int (unless it overflows).
-    fn sub(self, other: Volume) -> Volume {
-        match (self, other) {
-            (Volume::Int(a), Volume::Int(b)) => a
-                .checked_sub(b)
-                .map_or(Volume::Float(a as f64 - b as f64), Volume::Int),
-            (a, b) => Volume::Float(a.as_f64() - b.as_f64()),
+/// Python's arithmetic on two volumes: two ints stay an int (unless the result overflows).
+macro_rules! python_op {
+    ($trait:ident, $method:ident, $checked:ident, $op:tt) => {
+        impl std::ops::$trait for Volume {
+            type Output = Volume;
+            fn $method(self, other: Volume) -> Volume {
+                match (self, other) {
+                    (Volume::Int(a), Volume::Int(b)) => a
+                        .$checked(b)
+                        .map_or(Volume::Float(a as f64 $op b as f64), Volume::Int),
+                    (a, b) => Volume::Float(a.as_f64() $op b.as_f64()),
+                }
+            }
         }
-    }
+    };
 }
 
-impl std::ops::Add for Volume {
-    type Output = Volume;
-    /// Python-style: two ints stay an int (unless it overflows).
-    fn add(self, other: Volume) -> Volume {
-        match (self, other) {
-            (Volume::Int(a), Volume::Int(b)) => a
-                .checked_add(b)
-                .map_or(Volume::Float(a as f64 + b as f64), Volume::Int),
-            (a, b) => Volume::Float(a.as_f64() + b.as_f64()),
-        }
-    }
-}
-
-impl std::ops::Mul for Volume {
-    type Output = Volume;
-    /// Python-style: two ints stay an int (unless it overflows).
-    fn mul(self, other: Volume) -> Volume {
-        match (self, other) {
-            (Volume::Int(a), Volume::Int(b)) => a
-                .checked_mul(b)
-                .map_or(Volume::Float(a as f64 * b as f64), Volume::Int),
-            (a, b) => Volume::Float(a.as_f64() * b.as_f64()),
-        }
-    }
-}
+python_op!(Add, add, checked_add, +);
+python_op!(Sub, sub, checked_sub, -);
+python_op!(Mul, mul, checked_mul, *);
 
 impl PartialOrd for Volume {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {

@@ -195,55 +195,45 @@ impl<'a> Scanner<'a> {
     fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.skip_string(),
-            b'{' => {
-                self.enter()?;
-                self.i += 1;
-                if self.peek()? == b'}' {
-                    self.i += 1;
-                } else {
-                    loop {
-                        self.skip_string()?;
-                        self.eat(b':')?;
-                        self.skip_value()?;
-                        match self.peek()? {
-                            b',' => self.i += 1,
-                            b'}' => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Some(())
-            }
-            b'[' => {
-                self.enter()?;
-                self.i += 1;
-                if self.peek()? == b']' {
-                    self.i += 1;
-                } else {
-                    loop {
-                        self.skip_value()?;
-                        match self.peek()? {
-                            b',' => self.i += 1,
-                            b']' => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Some(())
-            }
+            b'{' => self.sequence(b'{', b'}', |this| {
+                this.skip_string()?;
+                this.eat(b':')?;
+                this.skip_value()
+            }),
+            b'[' => self.sequence(b'[', b']', Self::skip_value),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             _ => self.number().map(|_| ()),
         }
+    }
+
+    /// Runs `each` for every element of an object or array delimited by `open` and `close`.
+    fn sequence(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut each: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
+        self.enter()?;
+        if self.peek()? == close {
+            self.i += 1;
+        } else {
+            loop {
+                each(self)?;
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    c if c == close => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(())
     }
 
     fn enter(&mut self) -> Option<()> {
@@ -369,27 +359,11 @@ impl<'a> Scanner<'a> {
 
     /// Runs `each` for every `"key": value` of an object (the callback consumes the value).
     fn object(&mut self, mut each: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        self.enter()?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-        } else {
-            loop {
-                let key = self.plain_string()?;
-                self.eat(b':')?;
-                each(self, key)?;
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        self.depth -= 1;
-        Some(())
+        self.sequence(b'{', b'}', |this| {
+            let key = this.plain_string()?;
+            this.eat(b':')?;
+            each(this, key)
+        })
     }
 
     fn sample(&mut self) -> Option<WireSample<'a>> {
@@ -399,28 +373,13 @@ impl<'a> Scanner<'a> {
     }
 
     fn samples(&mut self, out: &mut Vec<WireSample<'a>>) -> Option<()> {
-        self.eat(b'[')?;
-        self.enter()?;
-        if self.peek()? == b']' {
-            self.i += 1;
-        } else {
-            loop {
-                if self.peek()? != b'{' {
-                    return None;
-                }
-                out.push(self.sample()?);
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    b']' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
+        self.sequence(b'[', b']', |this| {
+            if this.peek()? != b'{' {
+                return None;
             }
-        }
-        self.depth -= 1;
-        Some(())
+            out.push(this.sample()?);
+            Some(())
+        })
     }
 
     fn top(&mut self) -> Option<Fast<'a>> {

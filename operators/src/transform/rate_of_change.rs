@@ -218,7 +218,11 @@ mod tests {
     fn bad_parameters() {
         assert!(build_err("rate_of_change", "{target: {scale: '100 / '}}").contains("target.scale"));
         assert!(build_err("rate_of_change", "{target: {type: rate}}").contains("target.type"));
-        assert!(build_err("rate_of_change", "{source: {map_from: {name: '(unclosed'}}, target: {map_to: {name: x}}}").contains("source.map_from.name"));
+        assert!(build_err(
+            "rate_of_change",
+            "{source: {map_from: {name: '(unclosed'}}, target: {map_to: {name: x}}}"
+        )
+        .contains("source.map_from.name"));
         assert!(build_err("rate_of_change", "{growth_only: true}").contains("growth_only"));
     }
 

@@ -21,6 +21,17 @@ pub fn meterflow(args: &[&str]) -> Output {
         .expect("the meterflow binary runs")
 }
 
+/// Runs the binary and asserts it fails with `needle` in its stderr.
+pub fn assert_fails_with(args: &[&str], needle: &str) {
+    let out = meterflow(args);
+    assert!(!out.status.success(), "expected failure: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(needle),
+        "expected {needle:?} in stderr: {}",
+        text(&out)
+    );
+}
+
 /// Stdout and stderr of a run, as text, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
