@@ -650,7 +650,7 @@ sinks:
             "sources[2].name: Required field name not specified",
             "Included meters specified with wildcard",
             "sources[2].sinks: Required field sinks not specified",
-            "sinks[0].transformers[0].name: no transformer named \"rate_of_chnage\"",
+            "sinks[0].transformers[0].name: No transformer named rate_of_chnage loaded",
             "sinks[0].transformers[1].parameters.target.scale: invalid expression",
             "sinks[0].publishers[0]: publisher \"gnocchi\" is not yet supported",
             "sinks[0].publishers[1]: unknown publisher scheme \"smtp\"",

@@ -236,7 +236,7 @@ sinks:
         "sources[0].meters",
         "sources[0].sinks[0]: Dangling sink missing",
         "sinks[0].transformers[0].parameters.target.scale",
-        "sinks[0].transformers[1].name: no transformer named \"no_such\" (known: accumulator, aggregator, arithmetic, delta, rate_of_change, unit_conversion)",
+        "sinks[0].transformers[1].name: No transformer named no_such loaded; known transformers: accumulator, aggregator, arithmetic, delta, rate_of_change, unit_conversion",
         "sinks[0].publishers[0]: publisher \"udp\" is not yet supported",
     ] {
         assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");

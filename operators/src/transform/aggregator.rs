@@ -40,11 +40,12 @@ use super::{ConfigProblem, Partition, Transform, TransformerConfig};
 #[serde(deny_unknown_fields)]
 pub struct AggregatorConfig {
     /// Release when this many samples are held across all keys (default 1 unless
-    /// `retention_time` is set).
-    #[serde(default)]
+    /// `retention_time` is set). A numeric string is accepted, as Ceilometer's `int(size)` does.
+    #[serde(default, deserialize_with = "number_or_numeric_string")]
     pub size: Option<f64>,
-    /// Release when the first held sample is older than this many seconds.
-    #[serde(default)]
+    /// Release when the first held sample is older than this many seconds (a number or a
+    /// numeric string, as Ceilometer's `float(retention_time)` accepts).
+    #[serde(default, deserialize_with = "number_or_numeric_string")]
     pub retention_time: Option<f64>,
     /// `first` or `last`: merge across users keeping that one; absent: group by user.
     #[serde(default)]
@@ -64,6 +65,26 @@ pub struct AggregatorConfig {
     /// `name`, `unit`, `type`, `scale`, `max`, `map_to` applied to each input.
     #[serde(default)]
     pub target: TargetSpec,
+}
+
+fn number_or_numeric_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Number(f64),
+        Text(String),
+    }
+    match Option::<Lenient>::deserialize(d)? {
+        None => Ok(None),
+        Some(Lenient::Number(n)) => Ok(Some(n)),
+        Some(Lenient::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number"))),
+    }
 }
 
 fn default_last() -> String {
@@ -417,6 +438,21 @@ mod tests {
     }
 
     #[test]
+    fn numeric_strings_are_accepted_like_ceilometer_int_and_float() {
+        let mut t = build("aggregator", "{size: '2', retention_time: '3600'}");
+        let (out, _) = run(
+            &mut *t,
+            vec![vec![gauge("m", "r", 1.0, "2999-01-01T00:00:00")]],
+        );
+        assert!(out.is_empty());
+        let (out, _) = run(
+            &mut *t,
+            vec![vec![gauge("m", "r", 3.0, "2999-01-01T00:00:00")]],
+        );
+        assert_eq!(volumes(&out), [2.0]);
+    }
+
+    #[test]
     fn retention_time_releases_old_samples() {
         let mut t = build("aggregator", "{retention_time: 1}");
         let (out, _) = run(&mut *t, vec![vec![gauge("m", "r", 1.0, T)]]);
@@ -442,6 +478,7 @@ mod tests {
     fn bad_parameters() {
         assert!(build_err("aggregator", "{size: -3}").contains("size"));
         assert!(build_err("aggregator", "{size: lots}").contains("size"));
+        assert!(build_err("aggregator", "{retention_time: [1]}").contains("retention_time"));
         assert!(build_err("aggregator", "{window: 3}").contains("window"));
     }
 }

@@ -194,7 +194,7 @@ pub fn build_chain(specs: &[TransformerSpec]) -> Result<Chain, Vec<ChainProblem>
                 index,
                 path: "name".into(),
                 message: format!(
-                    "no transformer named {:?} (known: {})",
+                    "No transformer named {} loaded; known transformers: {}",
                     spec.name,
                     known_names()
                 ),
