@@ -10,12 +10,18 @@
 use std::borrow::Cow;
 
 use super::{carries_samples, WireSample, WireVolume};
+use crate::model::notification::TELEMETRY_POLLING;
 use crate::model::Volume;
 
 /// What the fast path made of a line.
 pub(super) enum Fast<'a> {
-    /// A sample-carrying notification and its samples.
-    Notification(Vec<WireSample<'a>>),
+    /// A sample-carrying notification and its samples; `polling` for `telemetry.polling`.
+    Notification {
+        /// The samples, in order.
+        samples: Vec<WireSample<'a>>,
+        /// Whether the event type is `telemetry.polling`.
+        polling: bool,
+    },
     /// A service notification with this event type.
     Service(&'a str),
     /// A bare sample.
@@ -419,7 +425,10 @@ impl<'a> Scanner<'a> {
             other => this.field(other, &mut bare).map(|_| ()),
         })?;
         match (event_type, samples) {
-            (Some(et), Some(samples)) if carries_samples(et) => Some(Fast::Notification(samples)),
+            (Some(et), Some(samples)) if carries_samples(et) => Some(Fast::Notification {
+                samples,
+                polling: et == TELEMETRY_POLLING,
+            }),
             (Some(et), _) if !carries_samples(et) => Some(Fast::Service(et)),
             (None, None) if bare.any => Some(Fast::Bare(Box::new(bare))),
             _ => None,
@@ -505,7 +514,7 @@ mod tests {
         }
         // The common shapes really take the fast path.
         assert!(
-            matches!(super::scan(&corpus()[0]), Some(super::Fast::Notification(s)) if s.len() == 2)
+            matches!(super::scan(&corpus()[0]), Some(super::Fast::Notification { samples, polling: true }) if samples.len() == 2)
         );
         assert!(matches!(
             super::scan(&corpus()[3]),

@@ -92,8 +92,11 @@ pub fn decode_line(line: &Bytes, emit: &mut Emit<'_>) -> Result<LineKind, LineEr
     // One UTF-8 check per line, so the parsers need not check each string they borrow.
     let text = std::str::from_utf8(line).map_err(LineError::NotUtf8)?;
     match fast::scan(text) {
-        Some(fast::Fast::Notification(samples)) => {
-            for s in samples {
+        Some(fast::Fast::Notification { samples, polling }) => {
+            for mut s in samples {
+                if polling {
+                    s.monotonic_time = None;
+                }
                 emit(s.into_decoded(line));
             }
             Ok(LineKind::SampleNotification)
@@ -128,8 +131,12 @@ fn decode_general(line: &Bytes, text: &str, emit: &mut Emit<'_>) -> Result<LineK
                     Payload::Streamed => {}
                     Payload::Raw(raw) => {
                         let mut de = serde_json::Deserializer::from_str(raw.get());
-                        PayloadSeed { buf: line, emit }
-                            .deserialize(&mut de)
+                        PayloadSeed {
+                            buf: line,
+                            emit,
+                            polling: event_type == TELEMETRY_POLLING,
+                        }
+                        .deserialize(&mut de)
                             .map_err(LineError::BadJson)?;
                     }
                     Payload::Absent => {
@@ -206,6 +213,7 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_, '_> {
                             map.next_value_seed(PayloadSeed {
                                 buf: self.buf,
                                 emit: &mut *self.emit,
+                                polling: et == TELEMETRY_POLLING,
                             })?;
                             Payload::Streamed
                         }
@@ -230,6 +238,8 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_, '_> {
 struct PayloadSeed<'b, 'e, 'f> {
     buf: &'b Bytes,
     emit: &'e mut Emit<'f>,
+    /// A `telemetry.polling` payload: like Ceilometer's polling endpoint, drop `monotonic_time`.
+    polling: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for PayloadSeed<'_, '_, '_> {
@@ -249,6 +259,7 @@ impl<'de> Visitor<'de> for PayloadSeed<'_, '_, '_> {
             .next_element_seed(ElementSeed {
                 buf: self.buf,
                 emit: &mut *self.emit,
+                polling: self.polling,
             })?
             .is_some()
         {}
@@ -260,6 +271,7 @@ impl<'de> Visitor<'de> for PayloadSeed<'_, '_, '_> {
                 map.next_value_seed(PayloadSeed {
                     buf: self.buf,
                     emit: &mut *self.emit,
+                    polling: self.polling,
                 })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -277,6 +289,7 @@ impl<'de> Visitor<'de> for PayloadSeed<'_, '_, '_> {
 struct ElementSeed<'b, 'e, 'f> {
     buf: &'b Bytes,
     emit: &'e mut Emit<'f>,
+    polling: bool,
 }
 
 impl ElementSeed<'_, '_, '_> {
@@ -305,6 +318,9 @@ impl<'de> Visitor<'de> for ElementSeed<'_, '_, '_> {
         let mut s = WireSample::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
             s.accept(&key.0, &mut map)?;
+        }
+        if self.polling {
+            s.monotonic_time = None;
         }
         (self.emit)(s.into_decoded(self.buf));
         Ok(())
@@ -637,6 +653,35 @@ mod tests {
         assert_eq!(s.user_id, None);
         assert_eq!(s.resource_metadata.as_str(), r#"{"cpu_number": 2}"#);
         assert_eq!(s.message_id.as_ref().unwrap().as_str(), "m1");
+    }
+
+    #[test]
+    fn polling_notifications_drop_monotonic_time_like_ceilometer() {
+        let with_mono = SAMPLE.replace("\"monotonic_time\": null", "\"monotonic_time\": 12.5");
+        let mono = |line: String| {
+            let (_, out) = decode(&line);
+            match &out[0] {
+                Decoded::Sample(s) => s.monotonic_time,
+                Decoded::Rejected(r) => panic!("{r:?}"),
+            }
+        };
+        for line in [
+            format!(
+                r#"{{"event_type": "telemetry.polling", "payload": {{"samples": [{with_mono}]}}}}"#
+            ),
+            format!(
+                r#"{{"payload": {{"samples": [{with_mono}]}}, "event_type": "telemetry.polling"}}"#
+            ),
+        ] {
+            assert_eq!(mono(line), None);
+        }
+        assert_eq!(
+            mono(format!(
+                r#"{{"event_type": "metering", "payload": [{with_mono}]}}"#
+            )),
+            Some(12.5)
+        );
+        assert_eq!(mono(with_mono.clone()), Some(12.5));
     }
 
     #[test]
