@@ -26,5 +26,6 @@
 //! assert_eq!(out[0].kind, SampleType::Delta);
 //! ```
 
+pub mod aggregate;
 pub mod expr;
 pub mod transform;

@@ -1,0 +1,300 @@
+//! One metric's state: Gnocchi's raw buffer plus one aggregate series per (granularity, method).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::method::Method;
+use super::policy::ArchivePolicy;
+
+/// A measure or an aggregate: (timestamp in nanoseconds since the epoch, value).
+pub type Point = (i64, f64);
+
+/// What one batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Measures merged into the raw buffer.
+    pub accepted: usize,
+    /// Measures older than `back_window` allows, dropped (Gnocchi drops them silently;
+    /// meterflow counts them).
+    pub late: usize,
+    /// Measures sharing a timestamp with another of the same batch (the smallest value is kept).
+    pub duplicates: usize,
+    /// Measures that are NaN or infinite, dropped.
+    pub invalid: usize,
+}
+
+/// A metric aggregated by an archive policy, batch by batch, exactly as Gnocchi's storage does:
+/// each batch is sorted, measures older than `floor(last, block) − block × back_window` are
+/// dropped, the rest merged into the raw buffer (a new measure replaces an old one at the same
+/// timestamp), every bucket from the first new measure on is recomputed from the raw points,
+/// the buffer is cut back to the window, and each series keeps the points newer than its last
+/// point minus its timespan.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use meterflow_operators::aggregate::{ArchivePolicy, Metric};
+/// let policy = ArchivePolicy::from_json(&serde_json::json!({
+///     "name": "p", "aggregation_methods": ["mean", "count"], "definition": [{"granularity": 60, "points": 10}]})).unwrap();
+/// let mut m = Metric::new(Arc::new(policy));
+/// let s = 1_000_000_000i64;
+/// m.add_batch(vec![(0, 1.0), (30 * s, 3.0), (60 * s, 10.0)]);
+/// let mean = m.measures("mean".parse().unwrap(), None);
+/// assert_eq!(mean, [(0, 60.0, 2.0), (60 * s, 60.0, 10.0)]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Metric {
+    policy: Arc<ArchivePolicy>,
+    raw: Vec<Point>,
+    /// Indexed `[granule][method]`, like `policy.definition` and `policy.methods`.
+    series: Vec<Vec<BTreeMap<i64, f64>>>,
+}
+
+fn floor(ts: i64, g: i64) -> i64 {
+    ts.div_euclid(g) * g
+}
+
+impl Metric {
+    /// An empty metric under `policy`.
+    pub fn new(policy: Arc<ArchivePolicy>) -> Metric {
+        let series = vec![vec![BTreeMap::new(); policy.methods.len()]; policy.definition.len()];
+        Metric {
+            policy,
+            raw: Vec::new(),
+            series,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &ArchivePolicy {
+        &self.policy
+    }
+
+    /// Adds one batch of measures (one notification's worth, for `back_window` purposes).
+    pub fn add_batch(&mut self, mut batch: Vec<Point>) -> BatchOutcome {
+        let mut outcome = BatchOutcome::default();
+        let before = batch.len();
+        batch.retain(|p| p.1.is_finite());
+        outcome.invalid = before - batch.len();
+        if batch.is_empty() {
+            return outcome;
+        }
+        batch.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let before = batch.len();
+        batch.dedup_by_key(|p| p.0);
+        outcome.duplicates = before - batch.len();
+        let first_in_batch = batch[0].0;
+        let block = self.policy.block();
+        let window = block.saturating_mul(self.policy.effective_back_window() as i64);
+        if let Some(&(last, _)) = self.raw.last() {
+            let cutoff = floor(last, block) - window;
+            let before = batch.len();
+            batch.retain(|p| p.0 >= cutoff);
+            outcome.late = before - batch.len();
+        }
+        if batch.is_empty() {
+            return outcome;
+        }
+        outcome.accepted = batch.len();
+        self.merge(batch);
+        let from = self.raw[0].0.max(first_in_batch);
+        for gi in 0..self.policy.definition.len() {
+            self.recompute(gi, from);
+        }
+        let last = self.raw.last().map_or(0, |p| p.0);
+        let keep_from = floor(last, block) - window;
+        let cut = self.raw.partition_point(|p| p.0 < keep_from);
+        self.raw.drain(..cut);
+        for (gi, granule) in self.policy.definition.iter().enumerate() {
+            if let Some(span) = granule.timespan() {
+                for series in &mut self.series[gi] {
+                    retain_newest(series, span);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Merges sorted, unique new points into the raw buffer; a new point replaces an old one
+    /// at the same timestamp.
+    fn merge(&mut self, new: Vec<Point>) {
+        if self.raw.last().is_none_or(|l| l.0 < new[0].0) {
+            self.raw.extend(new);
+            return;
+        }
+        let old = std::mem::take(&mut self.raw);
+        let mut merged = Vec::with_capacity(old.len() + new.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            if j == new.len() || (i < old.len() && old[i].0 < new[j].0) {
+                merged.push(old[i]);
+                i += 1;
+            } else {
+                if i < old.len() && old[i].0 == new[j].0 {
+                    i += 1;
+                }
+                merged.push(new[j]);
+                j += 1;
+            }
+        }
+        self.raw = merged;
+    }
+
+    /// Recomputes every bucket of granule `gi` from the one holding `from`.
+    fn recompute(&mut self, gi: usize, from: i64) {
+        let g = self.policy.definition[gi].granularity;
+        let start = floor(from, g);
+        let first = self.raw.partition_point(|p| p.0 < start);
+        // For rate: methods, the differences also use the point(s) up to one granularity earlier.
+        let rate_first = self.raw.partition_point(|p| p.0 < start - g);
+        let diffs: Vec<Point> = if self.policy.methods.iter().any(|m| m.rate) {
+            self.raw[rate_first..]
+                .windows(2)
+                .map(|w| (w[1].0, w[1].1 - w[0].1))
+                .filter(|d| d.0 >= start)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut values = Vec::new();
+        for (mi, method) in self.policy.methods.iter().enumerate() {
+            let points: &[Point] = if method.rate {
+                &diffs
+            } else {
+                &self.raw[first..]
+            };
+            let series = &mut self.series[gi][mi];
+            for bucket in points.chunk_by(|a, b| floor(a.0, g) == floor(b.0, g)) {
+                values.clear();
+                values.extend(bucket.iter().map(|p| p.1));
+                // A bucket with no value (std of one point) keeps what was stored, as Gnocchi does.
+                if let Some(v) = method.reduce(&values) {
+                    series.insert(floor(bucket[0].0, g), v);
+                }
+            }
+        }
+    }
+
+    /// The aggregates of `method`, at `granularity` (nanoseconds) or at every granularity
+    /// (coarsest first), as `(timestamp ns, granularity seconds, value)`, oldest first.
+    /// Empty when the policy has no such method or granularity.
+    pub fn measures(&self, method: Method, granularity: Option<i64>) -> Vec<(i64, f64, f64)> {
+        let Some(mi) = self.policy.methods.iter().position(|m| *m == method) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (gi, granule) in self.policy.definition.iter().enumerate() {
+            if granularity.is_some_and(|g| g != granule.granularity) {
+                continue;
+            }
+            let series = &self.series[gi][mi];
+            let oldest = match (granule.timespan(), series.keys().next_back()) {
+                (Some(span), Some(&last)) => last - span,
+                _ => i64::MIN,
+            };
+            out.extend(
+                series
+                    .range(oldest.saturating_add(1)..)
+                    .map(|(&t, &v)| (t, granule.seconds(), v)),
+            );
+        }
+        out
+    }
+
+    /// Raw measures currently buffered (for tests and metrics).
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+}
+
+/// Keeps the points strictly newer than the last point minus `span`.
+fn retain_newest(series: &mut BTreeMap<i64, f64>, span: i64) {
+    if let Some(&last) = series.keys().next_back() {
+        let keep = series.split_off(&(last - span).saturating_add(1));
+        *series = keep;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn metric(policy: serde_json::Value) -> Metric {
+        Metric::new(Arc::new(ArchivePolicy::from_json(&policy).unwrap()))
+    }
+
+    fn values(m: &Metric, method: &str) -> Vec<(i64, f64)> {
+        m.measures(method.parse().unwrap(), None)
+            .into_iter()
+            .map(|(t, _, v)| (t / S, v))
+            .collect()
+    }
+
+    #[test]
+    fn late_measures_follow_back_window_of_the_largest_granularity() {
+        // Policy low-like: g = block = 300 s, back_window 0 (SEMANTICS-UPSTREAM §4.4 example).
+        let mut m = metric(
+            serde_json::json!({"name": "x", "aggregation_methods": ["sum"], "definition": [{"granularity": 300, "points": 100}]}),
+        );
+        let t = |h: i64, mi: i64| (h * 3600 + mi * 60) * S;
+        m.add_batch(vec![(t(12, 7), 1.0)]);
+        let out = m.add_batch(vec![(t(12, 4), 7.0), (t(12, 8), 9.0)]);
+        assert_eq!((out.accepted, out.late), (1, 1));
+        let out = m.add_batch(vec![(t(12, 6), 3.0)]);
+        assert_eq!(out.late, 0, "late but inside the current block");
+        m.add_batch(vec![(t(12, 11), 5.0)]);
+        let out = m.add_batch(vec![(t(12, 9), 100.0)]);
+        assert_eq!(out.late, 1, "the block moved on");
+        assert_eq!(
+            values(&m, "sum"),
+            [(t(12, 5) / S, 13.0), (t(12, 10) / S, 5.0)]
+        );
+    }
+
+    #[test]
+    fn duplicates_keep_the_smallest_and_later_batches_override() {
+        let mut m = metric(
+            serde_json::json!({"name": "x", "aggregation_methods": ["sum", "count"], "definition": [{"granularity": 60}]}),
+        );
+        let out = m.add_batch(vec![(10 * S, 5.0), (10 * S, 2.0), (20 * S, 1.0)]);
+        assert_eq!(out.duplicates, 1);
+        assert_eq!(values(&m, "sum"), [(0, 3.0)]);
+        m.add_batch(vec![(10 * S, 7.0)]);
+        assert_eq!(values(&m, "sum"), [(0, 8.0)]);
+        assert_eq!(values(&m, "count"), [(0, 2.0)]);
+    }
+
+    #[test]
+    fn rate_uses_differences_including_the_point_before_the_bucket() {
+        let mut m = metric(
+            serde_json::json!({"name": "x", "aggregation_methods": ["rate:mean", "rate:sum", "rate:last"], "definition": [{"granularity": 300}]}),
+        );
+        let t = |mi: i64| (12 * 3600 + mi * 60) * S;
+        m.add_batch(vec![(t(-1), 8.0)]);
+        m.add_batch(vec![(t(1), 10.0), (t(2), 15.0), (t(3), 25.0), (t(4), 26.0)]);
+        let bucket = t(0) / S;
+        assert_eq!(values(&m, "rate:sum"), [(bucket, 18.0)]);
+        assert_eq!(values(&m, "rate:last"), [(bucket, 1.0)]);
+        assert_eq!(values(&m, "rate:mean"), [(bucket, 4.5)]);
+    }
+
+    #[test]
+    fn retention_keeps_points_newer_than_last_minus_timespan() {
+        let mut m = metric(
+            serde_json::json!({"name": "x", "aggregation_methods": ["last"], "definition": [{"granularity": 1, "points": 3}]}),
+        );
+        m.add_batch((0..10).map(|i| (i * S, i as f64)).collect());
+        assert_eq!(values(&m, "last"), [(7, 7.0), (8, 8.0), (9, 9.0)]);
+    }
+
+    #[test]
+    fn invalid_values_are_counted_not_stored() {
+        let mut m = metric(
+            serde_json::json!({"name": "x", "aggregation_methods": ["count"], "definition": [{"granularity": 1}]}),
+        );
+        let out = m.add_batch(vec![(0, f64::NAN), (S, f64::INFINITY), (2 * S, 1.0)]);
+        assert_eq!((out.invalid, out.accepted), (2, 1));
+    }
+}
