@@ -20,6 +20,7 @@
 
 pub mod file;
 pub mod log;
+pub mod poll;
 mod url;
 
 use std::sync::Arc;
@@ -141,6 +142,7 @@ pub const INPUTS: &[Scheme] = &[
         Status::Supported,
     ),
     scheme("-", "standard input, JSONL", Status::Supported),
+    scheme("poll", "built-in pollsters: poll://host?interval=SECONDS[&count=N] samples this machine from /proc", Status::Supported),
     scheme(
         "kafka",
         "Kafka topics (oslo.messaging's 2.0 envelope)",

@@ -258,6 +258,7 @@ fn list_names_every_registry_entry() {
         "file://",
         "log://",
         "kafka://",
+        "poll://",
     ] {
         assert!(stdout.contains(name), "{name} missing from\n{stdout}");
     }
@@ -279,4 +280,35 @@ fn bench_runs_and_reports_a_rate() {
     assert!(stdout.contains("samples/s:"), "{stdout}");
     assert!(stdout.contains("20000 samples"), "{stdout}");
     assert!(stdout.contains("machine:"), "{stdout}");
+}
+
+#[test]
+fn host_pollster_runs_the_ceilometer_cpu_util_pipeline_on_live_data() {
+    let pipeline = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/rate-and-delta.yaml"
+    ))
+    .unwrap()
+    .replace("file://meterflow-samples.jsonl", "file://OUTPUT");
+    let s = setup(&pipeline);
+    let out = meterflow(&[
+        "run",
+        s.pipeline.to_str().unwrap(),
+        "--input",
+        "poll://host?interval=0.2&count=3",
+        "--summary-json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = std::fs::read_to_string(&s.output).unwrap();
+    let util: Vec<f64> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["counter_name"] == "cpu_util")
+        .map(|v| v["counter_volume"].as_f64().unwrap())
+        .collect();
+    // Three polls: the first sets the baseline, the next two give a rate each.
+    assert_eq!(util.len(), 2, "{lines}");
+    assert!(util.iter().all(|u| (0.0..=100.5).contains(u)), "{util:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["notifications"], 3);
 }

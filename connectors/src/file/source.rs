@@ -7,19 +7,22 @@ use std::path::PathBuf;
 use bytes::{Bytes, BytesMut};
 use meterflow_engine::chunk::Chunk;
 
+use crate::poll::PollSpec;
 use crate::{Status, Url, INPUTS};
 
 /// A validated `--input`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum InputSpec {
     /// A JSONL file.
     File(PathBuf),
     /// Standard input.
     Stdin,
+    /// A built-in pollster (`poll://host?...`).
+    Poll(PollSpec),
 }
 
 impl InputSpec {
-    /// Parses `-`, a path, or `file://PATH`; other schemes say when they land.
+    /// Parses `-`, a path, `file://PATH` or `poll://host?...`; other schemes say when they land.
     pub fn parse(text: &str) -> Result<InputSpec, String> {
         if text == "-" {
             return Ok(InputSpec::Stdin);
@@ -29,6 +32,7 @@ impl InputSpec {
         }
         let url = Url::parse(text)?;
         match INPUTS.iter().find(|s| s.scheme == url.scheme) {
+            Some(s) if s.scheme == "poll" => PollSpec::from_url(&url).map(InputSpec::Poll),
             Some(s) if s.scheme == "file" => {
                 url.reject_options(&[])?;
                 if url.target.is_empty() {
@@ -37,11 +41,11 @@ impl InputSpec {
                 Ok(InputSpec::File(PathBuf::from(&url.target)))
             }
             Some(Scheme { status: Status::Planned(by), .. }) => Err(format!(
-                "input {text:?}: {}:// is not yet supported by this build; it lands with {by}. Supported now: a path, file://PATH, -",
+                "input {text:?}: {}:// is not yet supported by this build; it lands with {by}. Supported now: a path, file://PATH, -, poll://host",
                 url.scheme
             )),
             _ => Err(format!(
-                "input {text:?}: unknown scheme {:?} (known: a path, file://PATH, -)",
+                "input {text:?}: unknown scheme {:?} (known: a path, file://PATH, -, poll://host)",
                 url.scheme
             )),
         }
@@ -52,6 +56,7 @@ impl InputSpec {
         match self {
             InputSpec::File(p) => p.display().to_string(),
             InputSpec::Stdin => "<stdin>".into(),
+            InputSpec::Poll(_) => "poll://host".into(),
         }
     }
 
@@ -59,7 +64,7 @@ impl InputSpec {
     pub fn size_bytes(&self) -> Option<u64> {
         match self {
             InputSpec::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
-            InputSpec::Stdin => None,
+            InputSpec::Stdin | InputSpec::Poll(_) => None,
         }
     }
 
@@ -70,6 +75,7 @@ impl InputSpec {
                 io::Error::new(e.kind(), format!("cannot open input {}: {e}", p.display()))
             })?),
             InputSpec::Stdin => Box::new(io::stdin()),
+            InputSpec::Poll(spec) => Box::new(spec.open()?),
         };
         Ok(ChunkReader::new(reader, input))
     }
