@@ -19,6 +19,7 @@
 //! ```
 
 pub mod file;
+pub mod kafka;
 pub mod log;
 pub mod poll;
 mod url;

@@ -42,6 +42,21 @@ impl Chunk {
     }
 }
 
+/// Where chunks come from: a file, stdin, a pollster, a Kafka consumer.
+pub trait ChunkSource: Send {
+    /// The next chunk, tagged `seq`; `None` at the end of a bounded input. A source with
+    /// nothing new for a while may return an empty chunk, so the dataflow keeps moving.
+    fn next_chunk(&mut self, seq: u64) -> std::io::Result<Option<Chunk>>;
+
+    /// Every chunk up to and including `seq` has been processed and its output written by
+    /// every publisher: a source with offsets commits them now. Called again with larger
+    /// `seq`s; `u64::MAX` at the end of the run.
+    fn processed_through(&mut self, seq: u64) -> std::io::Result<()> {
+        let _ = seq;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
-use meterflow_engine::chunk::Chunk;
+use meterflow_connectors::PublisherSpec;
+use meterflow_engine::chunk::{Chunk, ChunkSource};
 use meterflow_engine::component::{Publisher, PublisherFactory};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, Diag, DropReason};
@@ -31,7 +32,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::{Operator, Probe};
+use timely::dataflow::operators::{Capability, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::plan::Plan;
@@ -284,17 +285,24 @@ impl Transformer {
 /// Runs `plan` over `inputs` to their end.
 pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    // With an input that commits offsets, output must be on disk before a commit.
+    let durable = inputs.iter().any(|i| matches!(i, InputSpec::Kafka(_)));
     let factories: Vec<Arc<dyn PublisherFactory>> = plan
         .publishers
         .iter()
-        .map(|p| p.spec.open(&p.url).map_err(anyhow::Error::msg))
+        .map(|p| {
+            let mut spec = p.spec.clone();
+            if let PublisherSpec::File(options) = &mut spec {
+                options.fsync |= durable;
+            }
+            spec.open(&p.url).map_err(anyhow::Error::msg)
+        })
         .collect::<anyhow::Result<_>>()?;
     let readers = inputs
         .iter()
         .enumerate()
         .map(|(i, spec)| {
-            spec.open(i as u32)
-                .map(|r| r.with_target(options.chunk_bytes))
+            spec.open(i as u32, options.chunk_bytes)
                 .with_context(|| format!("input {}", spec.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -345,12 +353,18 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     Exchange::new(|r: &Routed| r.route),
                     "Transform",
                     move |_, _| {
-                        let mut stash: BTreeMap<u64, Vec<Vec<Routed>>> = BTreeMap::new();
+                        // Each epoch's data waits here, with a capability that holds the
+                        // output frontier back until the epoch is processed and published:
+                        // the probe passing an epoch means its output is written.
+                        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Vec<Routed>>)> =
+                            BTreeMap::new();
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
                                 if let Some(time) = cap.least() {
-                                    let held = stash.entry(*time).or_default();
-                                    held.extend(data.map(std::mem::take));
+                                    let held = stash
+                                        .entry(*time)
+                                        .or_insert_with(|| (cap.delayed(time, 0), Vec::new()));
+                                    held.1.extend(data.map(std::mem::take));
                                 }
                             });
                             let mut diag = transform_diag.borrow_mut();
@@ -358,12 +372,14 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 if frontier.less_equal(entry.key()) {
                                     break;
                                 }
-                                for batch in entry.remove() {
+                                let (capability, batches) = entry.remove();
+                                for batch in batches {
                                     for r in batch {
                                         transformer.handle(r, &mut diag);
                                     }
                                 }
                                 transformer.end_epoch(&mut diag);
+                                drop(capability);
                             }
                         }
                     },
@@ -375,15 +391,18 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         if index == 0 {
             result = feed(
                 worker,
-                &mut input,
+                input,
                 &probe,
                 &readers,
                 progress.then_some(total_bytes),
                 peers,
             );
+        } else {
+            drop(input);
+            // (Worker 0 runs the dataflow to its end inside `feed`; once no dataflow is left,
+            // `step_or_park(None)` would park for good, so each worker loops exactly once.)
+            while worker.step_or_park(None) {}
         }
-        drop(input);
-        while worker.step_or_park(None) {}
         let counters = diag.borrow().counters.clone();
         result.map(|bytes| (counters, bytes))
     })
@@ -407,19 +426,20 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     })
 }
 
-type Readers = Arc<Mutex<Option<Vec<ChunkReader>>>>;
+type Readers = Arc<Mutex<Option<Vec<Box<dyn ChunkSource>>>>>;
 
 /// Worker 0's loop: reads every input in order, one epoch per chunk, keeping a bounded number
-/// of chunks in flight.
+/// of chunks in flight, and tells each source which chunks are fully processed (so a Kafka
+/// source commits only offsets whose output is written); then runs the dataflow to its end.
 fn feed(
     worker: &mut timely::worker::Worker,
-    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
+    mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
     probe: &ProbeHandle<u64>,
     readers: &Readers,
     progress_total: Option<Option<u64>>,
     peers: u64,
 ) -> Result<u64, String> {
-    let readers = readers
+    let mut sources = readers
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
@@ -441,12 +461,37 @@ fn feed(
     let in_flight = 2 * peers + 2;
     let mut seq = 0u64;
     let mut bytes = 0u64;
-    for mut reader in readers {
+    let mut committed = None;
+    let report = |sources: &mut [Box<dyn ChunkSource>], committed: &mut Option<u64>| {
+        // Every epoch before the probe's frontier has been processed and published.
+        let through = probe.with_frontier(|f| match f.first() {
+            None => Some(u64::MAX),
+            Some(0) => None,
+            Some(t) => Some(t - 1),
+        });
+        let Some(through) = through else {
+            return Ok(());
+        };
+        if *committed == Some(through) {
+            return Ok(());
+        }
+        *committed = Some(through);
+        sources
+            .iter_mut()
+            .try_for_each(|s| s.processed_through(through))
+            .map_err(|e| format!("committing input progress failed: {e}"))
+    };
+    let mut failure = None;
+    'inputs: for current in 0..sources.len() {
         loop {
-            let chunk = reader
-                .next_chunk(seq)
-                .map_err(|e| format!("reading input failed: {e}"))?;
-            let Some(chunk) = chunk else { break };
+            let chunk = match sources[current].next_chunk(seq) {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(format!("reading input failed: {e}"));
+                    break 'inputs;
+                }
+            };
             bytes += chunk.data.len() as u64;
             if let Some(bar) = &bar {
                 bar.inc(chunk.data.len() as u64);
@@ -458,8 +503,20 @@ fn feed(
             while probe.less_than(&seq.saturating_sub(in_flight)) {
                 worker.step();
             }
+            if let Err(e) = report(&mut sources, &mut committed) {
+                failure = Some(e);
+                break 'inputs;
+            }
         }
     }
+    // Whatever happened, let every worker finish what was sent (and publish it) before
+    // returning; only then is it safe to commit the last input progress.
+    drop(input);
+    while worker.step_or_park(None) {}
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    report(&mut sources, &mut committed)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

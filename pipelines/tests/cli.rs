@@ -176,13 +176,8 @@ fn whole_run_failures_exit_non_zero_with_one_clear_line() {
         "cannot open input",
     );
     assert_fails_with(
-        &[
-            "run",
-            pipeline,
-            "--input",
-            "kafka://localhost:9092/notifications.sample",
-        ],
-        "not yet supported",
+        &["run", pipeline, "--input", "ftp://host/file"],
+        "unknown scheme",
     );
     assert_fails_with(
         &["run", pipeline, "--input", "-", "--workers", "0"],

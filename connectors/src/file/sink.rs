@@ -23,12 +23,15 @@ pub struct FileOptions {
     pub path: PathBuf,
     /// Whether to write `message_id`.
     pub message_id: bool,
+    /// Whether each flush also reaches the disk (`fsync=true`; always on when an input
+    /// commits offsets, so a commit never runs ahead of the output).
+    pub fsync: bool,
 }
 
 impl FileOptions {
     /// Reads the options from a `file://PATH?...` URL.
     pub fn from_url(url: &Url) -> Result<FileOptions, String> {
-        url.reject_options(&["message_id", "max_bytes", "backup_count"])?;
+        url.reject_options(&["message_id", "fsync", "max_bytes", "backup_count"])?;
         if url.target.is_empty() {
             return Err(
                 "file:// needs a path: file:///abs/path.jsonl or file://relative/path.jsonl".into(),
@@ -42,9 +45,15 @@ impl FileOptions {
             Some("true") | Some("1") | Some("") => true,
             Some(other) => return Err(format!("message_id={other:?}: use true or false")),
         };
+        let fsync = match url.option("fsync") {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(other) => return Err(format!("fsync={other:?}: use true or false")),
+        };
         Ok(FileOptions {
             path: PathBuf::from(&url.target),
             message_id,
+            fsync,
         })
     }
 }
@@ -119,7 +128,10 @@ impl Publisher for FileHandle {
             return Ok(());
         }
         let mut file = self.shared.file.lock().unwrap_or_else(|p| p.into_inner());
-        let result = file.write_all(&self.buffer);
+        let mut result = file.write_all(&self.buffer);
+        if result.is_ok() && self.shared.options.fsync {
+            result = file.sync_data();
+        }
         self.buffer.clear();
         result.map_err(|e| PublishError {
             target: self.shared.url.clone(),

@@ -1,0 +1,99 @@
+//! Kafka: oslo.messaging's notification topics as an input (publishing to Kafka lands next).
+
+pub mod source;
+
+use crate::Url;
+
+/// A validated `kafka://` input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSpec {
+    /// `HOST:PORT[,HOST:PORT]`.
+    pub brokers: String,
+    /// Topics to consume (oslo services write `notifications.info`, polling agents
+    /// `notifications.sample`).
+    pub topics: Vec<String>,
+    /// Consumer group; committed offsets are kept per group.
+    pub group: String,
+    /// Stop once every assigned partition is read to its end (bounded runs, tests, replays).
+    pub eof: bool,
+    /// Where a group with no committed offset starts: `earliest` (default) or `latest`.
+    pub offset: String,
+}
+
+impl KafkaSpec {
+    /// Parses `kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]?group=NAME[&eof=true][&offset=...]`.
+    pub fn from_url(url: &Url) -> Result<KafkaSpec, String> {
+        url.reject_options(&["group", "eof", "offset"])?;
+        let (brokers, topics) = url
+            .target
+            .split_once('/')
+            .unwrap_or((url.target.as_str(), ""));
+        if brokers.is_empty() {
+            return Err("kafka:// needs brokers: kafka://HOST:PORT/TOPIC?group=NAME".into());
+        }
+        let topics: Vec<String> = topics
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if topics.is_empty() {
+            return Err(format!("kafka://{brokers}: name the topic(s) after the brokers, e.g. kafka://{brokers}/notifications.sample"));
+        }
+        let eof = match url.option("eof") {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(other) => return Err(format!("kafka://: eof={other:?}: use true or false")),
+        };
+        let offset = match url.option("offset") {
+            None => "earliest".to_owned(),
+            Some(o @ ("earliest" | "latest")) => o.to_owned(),
+            Some(other) => {
+                return Err(format!(
+                    "kafka://: offset={other:?}: use earliest or latest"
+                ))
+            }
+        };
+        Ok(KafkaSpec {
+            brokers: brokers.to_owned(),
+            topics,
+            group: url
+                .option("group")
+                .filter(|g| !g.is_empty())
+                .unwrap_or("meterflow")
+                .to_owned(),
+            eof,
+            offset,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kafka_urls() {
+        let spec = KafkaSpec::from_url(
+            &Url::parse(
+                "kafka://a:9092,b:9092/notifications.info,notifications.sample?group=mf&eof=true",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(spec.brokers, "a:9092,b:9092");
+        assert_eq!(spec.topics, ["notifications.info", "notifications.sample"]);
+        assert_eq!(
+            (spec.group.as_str(), spec.eof, spec.offset.as_str()),
+            ("mf", true, "earliest")
+        );
+        for (bad, needle) in [
+            ("kafka://a:9092", "name the topic"),
+            ("kafka:///t", "needs brokers"),
+            ("kafka://a:9092/t?offset=middle", "earliest or latest"),
+            ("kafka://a:9092/t?partition=3", "unknown option"),
+        ] {
+            let err = KafkaSpec::from_url(&Url::parse(bad).unwrap()).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! End to end against a real Kafka-protocol broker (`KAFKA_BOOTSTRAP`, started by `.ci/run`):
+//! oslo-enveloped notifications in, the same output as the file run, offsets committed only
+//! after output, and a restart resuming where the last run stopped.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+fn bootstrap() -> Option<String> {
+    match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var("CI").is_ok_and(|c| c == "true") => {
+            panic!("KAFKA_BOOTSTRAP is not set in CI: .ci/run must start the broker")
+        }
+        _ => {
+            eprintln!("skipping: set KAFKA_BOOTSTRAP=HOST:PORT to run the broker tests");
+            None
+        }
+    }
+}
+
+fn create_topic(bootstrap: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let results = futures::executor::block_on(admin.create_topics(
+        &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces each line as oslo.messaging's Kafka driver writes notifications.
+fn produce(bootstrap: &str, topic: &str, lines: &[&str]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    for line in lines {
+        let mut inner: serde_json::Value = serde_json::from_str(line).unwrap();
+        inner["_context"] = serde_json::json!({});
+        let value = serde_json::json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})
+            .to_string();
+        loop {
+            match producer.send(BaseRecord::<(), _>::to(topic).payload(&value)) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    producer.poll(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+#[test]
+fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let case = golden_dir().join("roc_cpu_util");
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let topic = format!("mf-test-{}-{nanos}", std::process::id());
+    create_topic(&bootstrap, &topic);
+    let input = std::fs::read_to_string(case.join("input.jsonl")).unwrap();
+    let lines: Vec<&str> = input.lines().collect();
+    produce(&bootstrap, &topic, &lines);
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.jsonl");
+    let pipeline = pipeline_with_output(&case.join("pipeline.yaml"), dir.path(), &output);
+    let url = format!("kafka://{bootstrap}/{topic}?group=mf-{nanos}&eof=true");
+    let run = || {
+        meterflow(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--input",
+            &url,
+            "--summary-json",
+        ])
+    };
+
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out));
+    compare(&case.join("expected.jsonl"), &output)
+        .unwrap_or_else(|d| panic!("{d}\n{}", text(&out)));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["notifications"], lines.len());
+
+    // Same group again: everything was committed, nothing is read twice.
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["notifications"], 0, "{}", text(&out));
+    compare(&case.join("expected.jsonl"), &output).unwrap();
+
+    // New data: only it is read.
+    produce(&bootstrap, &topic, &lines[..1]);
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["notifications"], 1, "{}", text(&out));
+}
