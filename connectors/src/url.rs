@@ -52,6 +52,18 @@ impl Url {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A boolean option: absent, `false`, `0` → false; `true`, `1` or a bare `key` → true.
+    pub fn flag(&self, key: &str) -> Result<bool, String> {
+        match self.option(key) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(format!(
+                "{}://: {key}={other:?}: use true or false",
+                self.scheme
+            )),
+        }
+    }
+
     /// Errors on any option not in `known`, listing the known ones.
     pub fn reject_options(&self, known: &[&str]) -> Result<(), String> {
         for (k, _) in &self.options {
@@ -84,5 +96,11 @@ mod tests {
         assert_eq!(Url::parse("gnocchi").unwrap().scheme, "gnocchi");
         assert!(Url::parse("").is_err());
         assert!(Url::parse("/abs/path").is_err());
+        let u = Url::parse("x://t?a&b=false&c=maybe").unwrap();
+        assert_eq!(
+            (u.flag("a"), u.flag("b"), u.flag("none")),
+            (Ok(true), Ok(false), Ok(false))
+        );
+        assert!(u.flag("c").unwrap_err().contains("use true or false"));
     }
 }

@@ -40,20 +40,10 @@ impl FileOptions {
         if url.option("max_bytes").is_some() || url.option("backup_count").is_some() {
             tracing::warn!("file://{}: max_bytes/backup_count (rotation) are ignored; the file grows without rotation", url.target);
         }
-        let message_id = match url.option("message_id") {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") | Some("") => true,
-            Some(other) => return Err(format!("message_id={other:?}: use true or false")),
-        };
-        let fsync = match url.option("fsync") {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") | Some("") => true,
-            Some(other) => return Err(format!("fsync={other:?}: use true or false")),
-        };
         Ok(FileOptions {
             path: PathBuf::from(&url.target),
-            message_id,
-            fsync,
+            message_id: url.flag("message_id")?,
+            fsync: url.flag("fsync")?,
         })
     }
 }

@@ -39,11 +39,7 @@ impl KafkaSpec {
         if topics.is_empty() {
             return Err(format!("kafka://{brokers}: name the topic(s) after the brokers, e.g. kafka://{brokers}/notifications.sample"));
         }
-        let eof = match url.option("eof") {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") | Some("") => true,
-            Some(other) => return Err(format!("kafka://: eof={other:?}: use true or false")),
-        };
+        let eof = url.flag("eof")?;
         let offset = match url.option("offset") {
             None => "earliest".to_owned(),
             Some(o @ ("earliest" | "latest")) => o.to_owned(),
