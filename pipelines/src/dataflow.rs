@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use meterflow_connectors::file::deadletter::{DeadLetter, DeadLetterHandle};
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
 use meterflow_connectors::PublisherSpec;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
@@ -59,6 +60,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Chunk size for inputs (bytes).
     pub chunk_bytes: usize,
+    /// Where rejected input records go (JSONL), if anywhere.
+    pub dead_letter: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -67,6 +70,7 @@ impl Default for RunOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: false,
             chunk_bytes: ChunkReader::TARGET_BYTES,
+            dead_letter: None,
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct Decoder {
     plan: Arc<Plan>,
     routes: FxHashMap<Sym, Box<[u16]>>,
     inputs: Arc<Vec<String>>,
+    dead: Option<DeadLetterHandle>,
 }
 
 impl Decoder {
@@ -109,7 +114,14 @@ impl Decoder {
             plan,
             routes: FxHashMap::default(),
             inputs,
+            dead: None,
         }
+    }
+
+    /// Also writes every rejected record to a dead-letter file.
+    pub fn with_dead_letter(mut self, dead: Option<DeadLetterHandle>) -> Decoder {
+        self.dead = dead;
+        self
     }
 
     fn routes<'r>(
@@ -128,6 +140,7 @@ impl Decoder {
             plan,
             routes,
             inputs,
+            dead,
         } = self;
         let input = inputs
             .get(chunk.input as usize)
@@ -174,6 +187,9 @@ impl Decoder {
                         return;
                     }
                     diag.drop(r.reason, || format!("{input}:{line_no}: {}", r.detail));
+                    if let Some(dead) = dead.as_mut() {
+                        dead.record(input, line_no, r.reason, &r.detail, &line);
+                    }
                 }
             });
             match kind {
@@ -182,11 +198,31 @@ impl Decoder {
                 }
                 Ok(LineKind::ServiceNotification { event_type }) => {
                     diag.counters.notifications += 1;
+                    let detail = format!("notification {event_type:?} skipped: turning service notifications into samples needs meter definitions (meters.yaml), which land with the OpenStack ingestion work");
+                    if let Some(dead) = dead.as_mut() {
+                        dead.record(
+                            input,
+                            line_no,
+                            DropReason::NoMeterDefinition,
+                            &detail,
+                            &line,
+                        );
+                    }
                     diag.drop(DropReason::NoMeterDefinition, || {
-                        format!("{input}:{line_no}: notification {event_type:?} skipped: turning service notifications into samples needs meter definitions (meters.yaml), which land with the OpenStack ingestion work")
+                        format!("{input}:{line_no}: {detail}")
                     });
                 }
-                Err(e) => diag.drop(e.reason(), || format!("{input}:{line_no}: {e}")),
+                Err(e) => {
+                    if let Some(dead) = dead.as_mut() {
+                        dead.record(input, line_no, e.reason(), &e.to_string(), &line);
+                    }
+                    diag.drop(e.reason(), || format!("{input}:{line_no}: {e}"));
+                }
+            }
+        }
+        if let Some(dead) = dead.as_mut() {
+            if let Err(e) = dead.flush() {
+                tracing::error!("{e}");
             }
         }
     }
@@ -298,6 +334,12 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             spec.open(&p.url).map_err(anyhow::Error::msg)
         })
         .collect::<anyhow::Result<_>>()?;
+    let dead_letter = options
+        .dead_letter
+        .as_deref()
+        .map(|p| DeadLetter::open(p, durable))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let readers = inputs
         .iter()
         .enumerate()
@@ -324,9 +366,11 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         let plan = plan.clone();
         let factories = factories.clone();
         let names = names.clone();
+        let dead_letter = dead_letter.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let decode_diag = diag.clone();
-            let mut decoder = Decoder::new(plan.clone(), names);
+            let mut decoder = Decoder::new(plan.clone(), names)
+                .with_dead_letter(dead_letter.as_ref().map(|d| d.handle()));
             let routed = input
                 .to_stream(scope)
                 .unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(

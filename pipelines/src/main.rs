@@ -41,6 +41,10 @@ enum Command {
         /// Never draw a progress bar (it is drawn only when stderr is a terminal anyway).
         #[arg(long)]
         no_progress: bool,
+        /// Append every rejected input record (bad JSON, bad samples, notifications without a
+        /// meter definition) to this JSONL file, with its place and reason.
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
     },
     /// Check a pipeline definition and report every problem with its place.
     Validate {
@@ -126,6 +130,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             store: _,
             summary_json,
             no_progress,
+            dead_letter,
         } => {
             let plan = load(&pipeline)?;
             let inputs = inputs
@@ -135,9 +140,23 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let options = RunOptions {
                 workers: workers(n)?,
                 progress: !no_progress && std::io::stderr().is_terminal(),
+                dead_letter: dead_letter.clone(),
                 ..RunOptions::default()
             };
             let report = dataflow::run(plan, &inputs, &options)?;
+            let decoding_drops = report.counters.dropped_total()
+                - report
+                    .counters
+                    .dropped(meterflow_engine::metrics::DropReason::ExpressionError)
+                - report
+                    .counters
+                    .dropped(meterflow_engine::metrics::DropReason::BadTimestamp)
+                - report
+                    .counters
+                    .dropped(meterflow_engine::metrics::DropReason::PublishError);
+            if dead_letter.is_none() && decoding_drops > 0 && !summary_json {
+                eprintln!("meterflow: {decoding_drops} input records were rejected; pass --dead-letter FILE to keep them for repair and replay");
+            }
             if summary_json {
                 writeln!(stdout, "{}", summary::json(&report))?;
             } else {

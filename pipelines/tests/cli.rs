@@ -76,15 +76,43 @@ fn bad_lines_are_reported_by_line_and_good_samples_survive() {
         sample("\"40\"", "2021-07-30T02:02:00"),
     ];
     std::fs::write(&input, lines.join("\n")).unwrap();
+    let dead = s.dir.path().join("dead.jsonl");
     let out = meterflow(&[
         "run",
         s.pipeline.to_str().unwrap(),
         "--input",
         input.to_str().unwrap(),
         "--summary-json",
+        "--dead-letter",
+        dead.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(volumes(&s.output), [15.0, 15.0], "{}", text(&out));
+    // Every rejected record is kept with its line and reason.
+    let kept: Vec<(u64, String)> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(!v["record"].as_str().unwrap().is_empty());
+            (
+                v["line"].as_u64().unwrap(),
+                v["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = [
+        (2, "bad_json"),
+        (3, "not_a_notification"),
+        (4, "volume_missing"),
+        (5, "volume_not_a_number"),
+        (6, "missing_field"),
+        (7, "no_meter_definition"),
+    ]
+    .iter()
+    .map(|(l, r)| (*l, r.to_string()))
+    .collect();
+    assert_eq!(kept, expected);
     let stderr = String::from_utf8_lossy(&out.stderr);
     for needle in [
         "in.jsonl:2: not valid JSON",
@@ -136,6 +164,7 @@ fn text_summary_names_sinks_and_reasons() {
     );
     assert!(stderr.contains("sink cpu_sink: 1 in, 0 out"), "{stderr}");
     assert!(stderr.contains("volume_missing: 1"), "{stderr}");
+    assert!(stderr.contains("pass --dead-letter FILE"), "{stderr}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
 //! Files and standard input: JSONL in ([`source`]), JSONL out ([`sink`]).
 
+pub mod deadletter;
 pub mod sink;
 pub mod source;

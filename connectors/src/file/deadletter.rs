@@ -1,0 +1,125 @@
+//! The dead-letter file: every input record meterflow could not use, with where it came from
+//! and why, one JSON object per line, so nothing rejected is lost and it can be fixed and
+//! replayed.
+//!
+//! A record: `{"input": "in.jsonl", "line": 12, "reason": "bad_json", "detail": "...",
+//! "record": "<the input line as received>"}`. For a sample rejected inside a notification the
+//! record is the whole notification line and `detail` names the sample.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use meterflow_engine::metrics::DropReason;
+
+/// An open dead-letter file shared by all workers.
+pub struct DeadLetter {
+    path: PathBuf,
+    file: Mutex<File>,
+    fsync: bool,
+}
+
+impl DeadLetter {
+    /// Opens (creating, appending) the file; `fsync` syncs every flush.
+    pub fn open(path: &Path, fsync: bool) -> Result<Arc<DeadLetter>, String> {
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+            format!(
+                "cannot open dead-letter file {} for appending: {e}; check that the directory exists and is writable",
+                path.display()
+            )
+        })?;
+        Ok(Arc::new(DeadLetter {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+            fsync,
+        }))
+    }
+
+    /// A worker's buffered handle.
+    pub fn handle(self: &Arc<Self>) -> DeadLetterHandle {
+        DeadLetterHandle {
+            shared: self.clone(),
+            buffer: Vec::new(),
+        }
+    }
+}
+
+/// One worker's buffer of dead-letter records.
+pub struct DeadLetterHandle {
+    shared: Arc<DeadLetter>,
+    buffer: Vec<u8>,
+}
+
+impl DeadLetterHandle {
+    /// Buffers one record.
+    pub fn record(&mut self, input: &str, line: u64, reason: DropReason, detail: &str, raw: &[u8]) {
+        let value = serde_json::json!({
+            "input": input,
+            "line": line,
+            "reason": reason.as_str(),
+            "detail": detail,
+            "record": String::from_utf8_lossy(raw),
+        });
+        if serde_json::to_writer(&mut self.buffer, &value).is_ok() {
+            self.buffer.push(b'\n');
+        }
+    }
+
+    /// Writes the buffered records.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.shared.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut result = file.write_all(&self.buffer);
+        if result.is_ok() && self.shared.fsync {
+            result = file.sync_data();
+        }
+        self.buffer.clear();
+        result.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "writing dead-letter file {} failed: {e}",
+                    self.shared.path.display()
+                ),
+            )
+        })
+    }
+}
+
+impl Drop for DeadLetterHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_json_lines_with_the_raw_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let dl = DeadLetter::open(&path, false).unwrap();
+        let mut h = dl.handle();
+        h.record(
+            "in.jsonl",
+            3,
+            DropReason::BadJson,
+            "not valid JSON",
+            b"{oops\xff",
+        );
+        drop(h);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["line"], 3);
+        assert_eq!(v["reason"], "bad_json");
+        assert!(v["record"].as_str().unwrap().starts_with("{oops"));
+        assert!(DeadLetter::open(Path::new("/nonexistent-dir/x"), false).is_err());
+    }
+}
