@@ -37,6 +37,8 @@ pub enum PublisherSpec {
     File(file::sink::FileOptions),
     /// `log://`: each sample logged on stderr.
     Log,
+    /// `kafka://HOST:PORT?topic=T`: samples as oslo notifications on a Kafka topic.
+    Kafka(kafka::sink::KafkaPublisherOptions),
 }
 
 impl PublisherSpec {
@@ -48,6 +50,9 @@ impl PublisherSpec {
                 options.clone(),
             )?)),
             PublisherSpec::Log => Ok(Arc::new(log::LogPublisher::new(url))),
+            PublisherSpec::Kafka(options) => {
+                Ok(Arc::new(kafka::sink::KafkaPublisher::open(url, options)?))
+            }
         }
     }
 }
@@ -95,8 +100,8 @@ pub const PUBLISHERS: &[Scheme] = &[
     ),
     scheme(
         "kafka",
-        "a Kafka topic",
-        Status::Planned("the Kafka backbone (issue 4)"),
+        "kafka://HOST:PORT?topic=T[&compression=lz4|snappy|gzip|none]: oslo metering notifications keyed by resource, acknowledged before input offsets are committed",
+        Status::Supported,
     ),
     scheme(
         "notifier",
@@ -146,8 +151,8 @@ pub const INPUTS: &[Scheme] = &[
     scheme("poll", "built-in pollsters: poll://host?interval=SECONDS[&count=N] samples this machine from /proc", Status::Supported),
     scheme(
         "kafka",
-        "Kafka topics (oslo.messaging's 2.0 envelope)",
-        Status::Planned("the Kafka backbone (issue 4)"),
+        "kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]?group=NAME[&eof=true][&offset=earliest|latest]: oslo notifications (2.0 envelope) or plain JSON; offsets committed once the output is durable",
+        Status::Supported,
     ),
 ];
 
@@ -170,14 +175,18 @@ pub fn parse_publisher(text: &str) -> Result<PublisherSpec, String> {
     };
     match (entry.status, entry.scheme) {
         (Status::Planned(by), _) => Err(format!(
-            "publisher {:?} is not yet supported by this build; it lands with {by}. Supported now: file://PATH, log://",
+            "publisher {:?} is not yet supported by this build; it lands with {by}. Supported now: file://PATH, log://, kafka://HOST:PORT?topic=T",
             url.scheme
         )),
         (Status::Supported, "file") => file::sink::FileOptions::from_url(&url).map(PublisherSpec::File),
-        (Status::Supported, _) => {
+        (Status::Supported, "kafka") => kafka::sink::KafkaPublisherOptions::from_url(&url).map(PublisherSpec::Kafka),
+        (Status::Supported, "log") => {
             url.reject_options(&[])?;
             Ok(PublisherSpec::Log)
         }
+        (Status::Supported, other) => Err(format!(
+            "publisher {other}:// is registered but has no builder (a bug: please report it)"
+        )),
     }
 }
 

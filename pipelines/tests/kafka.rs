@@ -112,3 +112,57 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["notifications"], 1, "{}", text(&out));
 }
+
+#[test]
+fn kafka_publisher_round_trips_through_a_topic() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let case = golden_dir().join("roc_cpu_util");
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let (input_topic, output_topic) = (format!("mf-in-{nanos}"), format!("mf-out-{nanos}"));
+    create_topic(&bootstrap, &input_topic);
+    create_topic(&bootstrap, &output_topic);
+    let input = std::fs::read_to_string(case.join("input.jsonl")).unwrap();
+    produce(&bootstrap, &input_topic, &input.lines().collect::<Vec<_>>());
+
+    // Stage 1: the case's pipeline, publishing to a Kafka topic.
+    let dir = tempfile::tempdir().unwrap();
+    let stage1 = dir.path().join("stage1.yaml");
+    let yaml = std::fs::read_to_string(case.join("pipeline.yaml"))
+        .unwrap()
+        .replace(
+            "file://OUTPUT",
+            &format!("kafka://{bootstrap}?topic={output_topic}"),
+        );
+    std::fs::write(&stage1, yaml).unwrap();
+    let out = meterflow(&[
+        "run",
+        stage1.to_str().unwrap(),
+        "--input",
+        &format!("kafka://{bootstrap}/{input_topic}?group=s1-{nanos}&eof=true"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Stage 2: read that topic back and write it to a file, unchanged.
+    let output = dir.path().join("out.jsonl");
+    let stage2 = dir.path().join("stage2.yaml");
+    std::fs::write(
+        &stage2,
+        format!(
+            "sources: [{{name: all, meters: ['*'], sinks: [copy]}}]\nsinks: [{{name: copy, publishers: ['file://{}']}}]\n",
+            output.display()
+        ),
+    )
+    .unwrap();
+    let out = meterflow(&[
+        "run",
+        stage2.to_str().unwrap(),
+        "--input",
+        &format!("kafka://{bootstrap}/{output_topic}?group=s2-{nanos}&eof=true"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    compare(&case.join("expected.jsonl"), &output)
+        .unwrap_or_else(|d| panic!("{d}\n{}", text(&out)));
+}

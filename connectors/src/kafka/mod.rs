@@ -1,5 +1,7 @@
-//! Kafka: oslo.messaging's notification topics as an input (publishing to Kafka lands next).
+//! Kafka: oslo.messaging's notification topics as an input, and a publisher writing samples
+//! as notifications in the same format.
 
+pub mod sink;
 pub mod source;
 
 use crate::Url;
