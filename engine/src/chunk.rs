@@ -13,9 +13,29 @@ pub struct Chunk {
     pub first_line: u64,
     /// The bytes: whole lines, each ending in `\n` except possibly the input's last.
     pub data: Bytes,
+    /// Where each line came from, when the input has better positions than line numbers
+    /// (Kafka: `topic/partition@offset`), indexed by line number − `first_line`.
+    pub positions: Option<Vec<String>>,
 }
 
 impl Chunk {
+    /// The input's own position of line `line_no`, when it has one (Kafka).
+    pub fn position(&self, line_no: u64) -> Option<&str> {
+        self.positions
+            .as_ref()?
+            .get(line_no.checked_sub(self.first_line)? as usize)
+            .map(String::as_str)
+    }
+
+    /// Where line `line_no` (as numbered by [`Chunk::lines`]) came from: `input:line`, or the
+    /// input's own position (`input topic/partition@offset`).
+    pub fn place(&self, input: &str, line_no: u64) -> String {
+        match self.position(line_no) {
+            Some(p) => format!("{input} {p}"),
+            None => format!("{input}:{line_no}"),
+        }
+    }
+
     /// Iterates over `(line number, line)` pairs, skipping blank lines; lines keep no `\n`/`\r`.
     pub fn lines(&self) -> impl Iterator<Item = (u64, Bytes)> + '_ {
         let mut start = 0usize;
@@ -68,6 +88,7 @@ mod tests {
             input: 0,
             first_line: 7,
             data: Bytes::from_static(b"a\r\n\n  \nb\nc"),
+            positions: None,
         };
         let lines: Vec<_> = chunk.lines().map(|(n, l)| (n, l.to_vec())).collect();
         assert_eq!(

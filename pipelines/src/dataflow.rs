@@ -186,9 +186,12 @@ impl Decoder {
                         diag.counters.samples_unrouted += 1;
                         return;
                     }
-                    diag.drop(r.reason, || format!("{input}:{line_no}: {}", r.detail));
+                    diag.drop(r.reason, || {
+                        format!("{}: {}", chunk.place(input, line_no), r.detail)
+                    });
                     if let Some(dead) = dead.as_mut() {
-                        dead.record(input, line_no, r.reason, &r.detail, &line);
+                        let position = chunk.position(line_no);
+                        dead.record(input, line_no, position, r.reason, &r.detail, &line);
                     }
                 }
             });
@@ -200,23 +203,22 @@ impl Decoder {
                     diag.counters.notifications += 1;
                     let detail = format!("notification {event_type:?} skipped: turning service notifications into samples needs meter definitions (meters.yaml), which land with the OpenStack ingestion work");
                     if let Some(dead) = dead.as_mut() {
-                        dead.record(
-                            input,
-                            line_no,
-                            DropReason::NoMeterDefinition,
-                            &detail,
-                            &line,
-                        );
+                        let position = chunk.position(line_no);
+                        let reason = DropReason::NoMeterDefinition;
+                        dead.record(input, line_no, position, reason, &detail, &line);
                     }
                     diag.drop(DropReason::NoMeterDefinition, || {
-                        format!("{input}:{line_no}: {detail}")
+                        format!("{}: {detail}", chunk.place(input, line_no))
                     });
                 }
                 Err(e) => {
                     if let Some(dead) = dead.as_mut() {
-                        dead.record(input, line_no, e.reason(), &e.to_string(), &line);
+                        let position = chunk.position(line_no);
+                        dead.record(input, line_no, position, e.reason(), &e.to_string(), &line);
                     }
-                    diag.drop(e.reason(), || format!("{input}:{line_no}: {e}"));
+                    diag.drop(e.reason(), || {
+                        format!("{}: {e}", chunk.place(input, line_no))
+                    });
                 }
             }
         }

@@ -319,7 +319,7 @@ fn host_pollster_runs_the_ceilometer_cpu_util_pipeline_on_live_data() {
         "run",
         s.pipeline.to_str().unwrap(),
         "--input",
-        "poll://host?interval=0.2&count=3",
+        "poll://host?interval=0.5&count=3",
         "--summary-json",
     ]);
     assert!(out.status.success(), "{}", text(&out));
@@ -332,7 +332,8 @@ fn host_pollster_runs_the_ceilometer_cpu_util_pipeline_on_live_data() {
         .collect();
     // Three polls: the first sets the baseline, the next two give a rate each.
     assert_eq!(util.len(), 2, "{lines}");
-    assert!(util.iter().all(|u| (0.0..=100.5).contains(u)), "{util:?}");
+    // A percentage, give or take the 10 ms resolution of /proc/stat over a 0.5 s interval.
+    assert!(util.iter().all(|u| (0.0..=110.0).contains(u)), "{util:?}");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["notifications"], 3);
 }

@@ -63,6 +63,18 @@ fn produce(bootstrap: &str, topic: &str, lines: &[&str]) {
     producer.flush(Duration::from_secs(10)).expect("flush");
 }
 
+fn produce_raw(bootstrap: &str, topic: &str, value: &str) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    producer
+        .send(BaseRecord::<(), _>::to(topic).payload(value))
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
 #[test]
 fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -76,9 +88,11 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let input = std::fs::read_to_string(case.join("input.jsonl")).unwrap();
     let lines: Vec<&str> = input.lines().collect();
     produce(&bootstrap, &topic, &lines);
+    produce_raw(&bootstrap, &topic, "{a poison message");
 
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.jsonl");
+    let dead = dir.path().join("dead.jsonl");
     let pipeline = pipeline_with_output(&case.join("pipeline.yaml"), dir.path(), &output);
     let url = format!("kafka://{bootstrap}/{topic}?group=mf-{nanos}&eof=true");
     let run = || {
@@ -88,6 +102,8 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
             "--input",
             &url,
             "--summary-json",
+            "--dead-letter",
+            dead.to_str().unwrap(),
         ])
     };
 
@@ -95,6 +111,12 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     assert!(out.status.success(), "{}", text(&out));
     compare(&case.join("expected.jsonl"), &output)
         .unwrap_or_else(|d| panic!("{d}\n{}", text(&out)));
+    // The poison message is counted, kept with its offset, and consumption went on.
+    let dead_records = std::fs::read_to_string(&dead).unwrap();
+    let record: serde_json::Value = serde_json::from_str(dead_records.trim()).unwrap();
+    assert_eq!(record["reason"], "bad_json");
+    assert_eq!(record["position"], format!("{topic}/0@{}", lines.len()));
+    assert_eq!(record["record"], "{a poison message");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["notifications"], lines.len());
 
@@ -104,6 +126,11 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["notifications"], 0, "{}", text(&out));
     compare(&case.join("expected.jsonl"), &output).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&dead).unwrap(),
+        dead_records,
+        "nothing read twice"
+    );
 
     // New data: only it is read.
     produce(&bootstrap, &topic, &lines[..1]);

@@ -3,7 +3,8 @@
 //! replayed.
 //!
 //! A record: `{"input": "in.jsonl", "line": 12, "reason": "bad_json", "detail": "...",
-//! "record": "<the input line as received>"}`. For a sample rejected inside a notification the
+//! "record": "<the input line as received>"}`, plus `"position": "topic/partition@offset"` for
+//! Kafka inputs. For a sample rejected inside a notification the
 //! record is the whole notification line and `detail` names the sample.
 
 use std::fs::{File, OpenOptions};
@@ -52,15 +53,26 @@ pub struct DeadLetterHandle {
 }
 
 impl DeadLetterHandle {
-    /// Buffers one record.
-    pub fn record(&mut self, input: &str, line: u64, reason: DropReason, detail: &str, raw: &[u8]) {
-        let value = serde_json::json!({
+    /// Buffers one record; `position` is the input's own (Kafka `topic/partition@offset`).
+    pub fn record(
+        &mut self,
+        input: &str,
+        line: u64,
+        position: Option<&str>,
+        reason: DropReason,
+        detail: &str,
+        raw: &[u8],
+    ) {
+        let mut value = serde_json::json!({
             "input": input,
             "line": line,
             "reason": reason.as_str(),
             "detail": detail,
             "record": String::from_utf8_lossy(raw),
         });
+        if let Some(p) = position {
+            value["position"] = p.into();
+        }
         if serde_json::to_writer(&mut self.buffer, &value).is_ok() {
             self.buffer.push(b'\n');
         }
@@ -110,13 +122,25 @@ mod tests {
         h.record(
             "in.jsonl",
             3,
+            None,
             DropReason::BadJson,
             "not valid JSON",
             b"{oops\xff",
         );
+        h.record(
+            "kafka://b/t",
+            4,
+            Some("t/0@7"),
+            DropReason::BadJson,
+            "x",
+            b"y",
+        );
         drop(h);
         let text = std::fs::read_to_string(&path).unwrap();
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let k: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(k["position"], "t/0@7");
+        assert!(v.get("position").is_none());
         assert_eq!(v["line"], 3);
         assert_eq!(v["reason"], "bad_json");
         assert!(v["record"].as_str().unwrap().starts_with("{oops"));

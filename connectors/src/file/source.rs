@@ -194,6 +194,7 @@ impl ChunkReader {
             input: self.input,
             first_line,
             data,
+            positions: None,
         }
     }
 }

@@ -99,6 +99,7 @@ impl ChunkSource for KafkaSource {
     fn next_chunk(&mut self, seq: u64) -> io::Result<Option<Chunk>> {
         let mut data = BytesMut::new();
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut positions = Vec::new();
         let first_line = self.messages + 1;
         loop {
             match self.consumer.poll(POLL) {
@@ -114,6 +115,7 @@ impl ChunkSource for KafkaSource {
                     }));
                     data.extend_from_slice(b"\n");
                     self.messages += 1;
+                    positions.push(format!("{}/{}@{}", m.topic(), m.partition(), m.offset()));
                     let key = (m.topic().to_owned(), m.partition());
                     let offset = offsets.entry(key).or_insert(m.offset());
                     *offset = (*offset).max(m.offset());
@@ -168,6 +170,7 @@ impl ChunkSource for KafkaSource {
             input: self.input,
             first_line,
             data: data.freeze(),
+            positions: Some(positions),
         }))
     }
 

@@ -64,12 +64,13 @@ impl HostPollster {
 
     /// One `telemetry.polling` notification line (with its `\n`) holding every reading.
     pub fn poll_line(&self) -> io::Result<Vec<u8>> {
+        // Stamp the readings right after taking them (the CPU counter is read first).
+        let readings = self.readings();
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| io::Error::other(format!("clock before 1970: {e}")))?
             .as_micros() as i64;
         let timestamp = format_iso_naive(micros);
-        let readings = self.readings();
         let cpus = readings.iter().find(|r| r.0 == "vcpus").map_or(1, |r| r.3);
         let samples: Vec<serde_json::Value> = readings
             .iter()
