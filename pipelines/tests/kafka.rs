@@ -271,8 +271,13 @@ fn a_killed_engine_loses_nothing_on_restart() {
     }
     let missing: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == 0).collect();
     let replayed: u32 = seen.iter().map(|&n| n.saturating_sub(1)).sum();
-    eprintln!("{after_kill} lines written before SIGKILL, {replayed} samples replayed after restart");
-    assert!(after_kill < lines.len(), "the kill came too late to test anything");
+    eprintln!(
+        "{after_kill} lines written before SIGKILL, {replayed} samples replayed after restart"
+    );
+    assert!(
+        after_kill < lines.len(),
+        "the kill came too late to test anything"
+    );
     assert!(
         missing.is_empty(),
         "{} samples lost (first {:?}); {after_kill} lines before the kill",

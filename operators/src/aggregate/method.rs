@@ -156,6 +156,11 @@ impl Method {
 fn percentile(values: &[f64], q: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
+    percentile_sorted(&sorted, q)
+}
+
+/// [`percentile`] over values already sorted ascending (not empty).
+pub(super) fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     let pos = (sorted.len() - 1) as f64 * q / 100.0;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;

@@ -8,6 +8,7 @@
 mod method;
 mod metric;
 mod policy;
+mod running;
 
 pub use method::{Method, MethodError};
 pub use metric::{BatchOutcome, Metric, Point};
