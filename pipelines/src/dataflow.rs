@@ -294,9 +294,7 @@ impl Transformer {
             self.publish(k, diag);
         }
         for (p, url) in self.publishers.iter_mut().zip(&self.urls) {
-            if let Err(e) = p.flush() {
-                diag.drop(DropReason::PublishError, || format!("{url}: {e}"));
-            }
+            flush_with_retry(p.as_mut(), url, diag);
         }
         diag.counters.held = self.sinks.iter().map(|s| s.chain.held() as u64).sum();
     }
@@ -317,6 +315,34 @@ impl Transformer {
             }
         }
         sink.out.clear();
+    }
+}
+
+/// How long a publisher that fails with a retryable error (a full disk, a broker away) is
+/// retried before its buffered samples are counted as dropped.
+const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(300);
+
+/// Flushes a publisher, retrying retryable failures with exponential backoff. While it retries
+/// the worker waits, so the whole dataflow pauses and a Kafka input stops consuming and
+/// committing: nothing is acknowledged that is not written.
+fn flush_with_retry(publisher: &mut dyn Publisher, url: &str, diag: &mut Diag) {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match publisher.flush() {
+            Ok(()) => return,
+            Err(e) if e.retry && started.elapsed() < PUBLISH_RETRY_LIMIT => {
+                tracing::warn!("{url}: {e}; retrying in {} ms", backoff.as_millis());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                diag.drop(DropReason::PublishError, || {
+                    format!("{url}: {e}; not retrying now (what is buffered is tried again at the next flush)")
+                });
+                return;
+            }
+        }
     }
 }
 
@@ -567,4 +593,59 @@ fn feed(
         bar.finish_and_clear();
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterflow_engine::component::PublishError;
+
+    struct Flaky {
+        failures: u32,
+        retry: bool,
+        calls: u32,
+    }
+
+    impl Publisher for Flaky {
+        fn publish(&mut self, _: &[Sample]) -> Result<(), PublishError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), PublishError> {
+            self.calls += 1;
+            if self.calls <= self.failures {
+                return Err(PublishError {
+                    target: "test://".into(),
+                    message: "disk full".into(),
+                    retry: self.retry,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn retryable_flush_failures_are_retried_until_they_succeed() {
+        let mut diag = Diag::with_sinks(0);
+        let mut p = Flaky {
+            failures: 3,
+            retry: true,
+            calls: 0,
+        };
+        flush_with_retry(&mut p, "test://", &mut diag);
+        assert_eq!(p.calls, 4);
+        assert_eq!(diag.counters.dropped_total(), 0);
+    }
+
+    #[test]
+    fn permanent_flush_failures_are_counted() {
+        let mut diag = Diag::with_sinks(0);
+        let mut p = Flaky {
+            failures: 1,
+            retry: false,
+            calls: 0,
+        };
+        flush_with_retry(&mut p, "test://", &mut diag);
+        assert_eq!(p.calls, 1);
+        assert_eq!(diag.counters.dropped(DropReason::PublishError), 1);
+    }
 }

@@ -88,6 +88,7 @@ impl PublisherFactory for FilePublisher {
             },
             shared: self,
             buffer: Vec::with_capacity(FileHandle::FLUSH_BYTES + 4096),
+            written: 0,
         })
     }
 }
@@ -96,6 +97,8 @@ struct FileHandle {
     shared: Arc<FilePublisher>,
     encode: EncodeOptions,
     buffer: Vec<u8>,
+    /// How much of `buffer` a failed flush already wrote.
+    written: usize,
 }
 
 impl FileHandle {
@@ -113,16 +116,35 @@ impl Publisher for FileHandle {
         Ok(())
     }
 
+    /// Writes the buffer; on failure keeps what was not written, so a retry neither loses nor
+    /// repeats a byte.
     fn flush(&mut self) -> Result<(), PublishError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         let mut file = self.shared.file.lock().unwrap_or_else(|p| p.into_inner());
-        let mut result = file.write_all(&self.buffer);
+        let mut result = Ok(());
+        while self.written < self.buffer.len() {
+            match file.write(&self.buffer[self.written..]) {
+                Ok(0) => {
+                    result = Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
         if result.is_ok() && self.shared.options.fsync {
             result = file.sync_data();
         }
-        self.buffer.clear();
+        if result.is_ok() {
+            self.buffer.clear();
+            self.written = 0;
+        }
         result.map_err(|e| PublishError {
             target: self.shared.url.clone(),
             message: format!("writing {} failed: {e}", self.shared.options.path.display()),
