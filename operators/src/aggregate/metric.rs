@@ -133,28 +133,41 @@ impl Metric {
         // Gnocchi recomputes from the batch's first measure, late ones included; a batch that
         // dropped late measures so recomputes older buckets and takes the general path.
         let appends = outcome.late == 0 && self.raw.last().is_none_or(|l| l.0 < batch[0].0);
+        // Granules whose newest bucket moved: only their series can have points to retire.
+        let mut moved = vec![true; self.policy.definition.len()];
         if appends && self.incremental {
             let first_new = self.raw.len();
             self.raw.extend(batch);
-            for gi in 0..self.policy.definition.len() {
+            for (gi, moved) in moved.iter_mut().enumerate() {
+                let before = self.open[gi].as_ref().map(|o| o.bucket);
                 self.append(gi, first_new);
+                *moved = self.open[gi].as_ref().map(|o| o.bucket) != before;
             }
         } else {
+            // Store what the open buckets show first: a recompute that yields no value for a
+            // bucket keeps what was stored, as Gnocchi does.
+            for gi in 0..self.policy.definition.len() {
+                if let Some(open) = self.open[gi].take() {
+                    self.write(gi, &open);
+                }
+            }
             self.merge(batch);
             let from = self.raw[0].0.max(first_in_batch);
             for gi in 0..self.policy.definition.len() {
                 self.recompute(gi, from);
             }
-            self.open.iter_mut().for_each(|o| *o = None);
         }
         let last = self.raw.last().map_or(0, |p| p.0);
         let keep_from = floor(last, block) - window;
         let cut = self.raw.partition_point(|p| p.0 < keep_from);
         self.raw.drain(..cut);
         for (gi, granule) in self.policy.definition.iter().enumerate() {
-            if let Some(span) = granule.timespan() {
-                for series in &mut self.series[gi] {
-                    retain_newest(series, span);
+            if let Some(span) = granule.timespan().filter(|_| moved[gi]) {
+                for (mi, method) in self.policy.methods.iter().enumerate() {
+                    let open = self.open[gi]
+                        .as_ref()
+                        .filter(|o| o.value(*method).is_some());
+                    retain_newest(&mut self.series[gi][mi], span, open.map(|o| o.bucket));
                 }
             }
         }
@@ -194,7 +207,12 @@ impl Metric {
         let start = floor(self.raw[first_new].0, g);
         let mut open = match self.open[gi].take() {
             Some(o) if o.bucket == start && !o.stale => o,
-            _ => self.rebuild(g, start, first_new),
+            Some(o) => {
+                // An older (or stale) bucket: store what it shows, then start over from raw.
+                self.write(gi, &o);
+                self.rebuild(g, start, first_new)
+            }
+            None => self.rebuild(g, start, first_new),
         };
         for j in first_new..self.raw.len() {
             let (t, v) = self.raw[j];
@@ -220,7 +238,7 @@ impl Metric {
                 }
             }
         }
-        self.write(gi, &open);
+        // The newest bucket's values are read from `open` (see `values`), written when it closes.
         self.open[gi] = Some(open);
     }
 
@@ -246,8 +264,7 @@ impl Metric {
     /// Stores the values of `open`'s bucket (a method with no value keeps what was stored).
     fn write(&mut self, gi: usize, open: &Open) {
         for (mi, method) in self.policy.methods.iter().enumerate() {
-            let running = if method.rate { &open.rate } else { &open.plain };
-            if let Some(v) = running.value(*method) {
+            if let Some(v) = open.value(*method) {
                 self.series[gi][mi].insert(open.bucket, v);
             }
         }
@@ -301,15 +318,27 @@ impl Metric {
                 continue;
             }
             let series = &self.series[gi][mi];
-            let oldest = match (granule.timespan(), series.keys().next_back()) {
-                (Some(span), Some(&last)) => last - span,
+            // The newest bucket's value lives in `open` while the bucket is being appended to.
+            let open = self.open[gi]
+                .as_ref()
+                .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
+            let last = match open {
+                Some((bucket, _)) => Some(bucket),
+                None => series.keys().next_back().copied(),
+            };
+            let oldest = match (granule.timespan(), last) {
+                (Some(span), Some(last)) => last - span,
                 _ => i64::MIN,
             };
+            let stored_until = open.map_or(i64::MAX, |(bucket, _)| bucket);
             out.extend(
                 series
-                    .range(oldest.saturating_add(1)..)
+                    .range(oldest.saturating_add(1)..stored_until)
                     .map(|(&t, &v)| (t, granule.seconds(), v)),
             );
+            if let Some((bucket, v)) = open {
+                out.push((bucket, granule.seconds(), v));
+            }
         }
         out
     }
@@ -320,15 +349,29 @@ impl Metric {
     }
 }
 
-/// Keeps the points strictly newer than the last point minus `span`.
-fn retain_newest(series: &mut BTreeMap<i64, f64>, span: i64) {
-    let (Some(&first), Some(&last)) = (series.keys().next(), series.keys().next_back()) else {
-        return;
+/// Keeps the points strictly newer than the last point minus `span`; `open` is a newer bucket
+/// held outside the map.
+fn retain_newest(series: &mut BTreeMap<i64, f64>, span: i64, open: Option<i64>) {
+    let last = match (series.keys().next_back(), open) {
+        (_, Some(o)) => o,
+        (Some(&l), None) => l,
+        (None, None) => return,
     };
     let keep_from = (last - span).saturating_add(1);
-    if first < keep_from {
+    if series.keys().next().is_some_and(|&first| first < keep_from) {
         let keep = series.split_off(&keep_from);
         *series = keep;
+    }
+}
+
+impl Open {
+    /// The bucket's current value of `method`.
+    fn value(&self, method: Method) -> Option<f64> {
+        if method.rate {
+            self.rate.value(method)
+        } else {
+            self.plain.value(method)
+        }
     }
 }
 
