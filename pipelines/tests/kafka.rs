@@ -40,12 +40,16 @@ fn create_topic(bootstrap: &str, topic: &str) {
     }
 }
 
-/// Produces each line as oslo.messaging's Kafka driver writes notifications.
-fn produce(bootstrap: &str, topic: &str, lines: &[&str]) {
-    let producer: BaseProducer = ClientConfig::new()
+fn producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
-        .expect("producer");
+        .expect("producer")
+}
+
+/// Produces each line as oslo.messaging's Kafka driver writes notifications.
+fn produce(bootstrap: &str, topic: &str, lines: &[&str]) {
+    let producer = producer(bootstrap);
     for line in lines {
         let mut inner: serde_json::Value = serde_json::from_str(line).unwrap();
         inner["_context"] = serde_json::json!({});
@@ -64,10 +68,7 @@ fn produce(bootstrap: &str, topic: &str, lines: &[&str]) {
 }
 
 fn produce_raw(bootstrap: &str, topic: &str, value: &str) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("producer");
+    let producer = producer(bootstrap);
     producer
         .send(BaseRecord::<(), _>::to(topic).payload(value))
         .map_err(|(e, _)| e)

@@ -7,33 +7,24 @@
 //! Kafka inputs. For a sample rejected inside a notification the
 //! record is the whole notification line and `detail` names the sample.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
 
 use meterflow_engine::metrics::DropReason;
 
+use super::append::AppendFile;
+
 /// An open dead-letter file shared by all workers.
 pub struct DeadLetter {
-    path: PathBuf,
-    file: Mutex<File>,
-    fsync: bool,
+    file: AppendFile,
 }
 
 impl DeadLetter {
     /// Opens (creating, appending) the file; `fsync` syncs every flush.
     pub fn open(path: &Path, fsync: bool) -> Result<Arc<DeadLetter>, String> {
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-            format!(
-                "cannot open dead-letter file {} for appending: {e}; check that the directory exists and is writable",
-                path.display()
-            )
-        })?;
         Ok(Arc::new(DeadLetter {
-            path: path.to_owned(),
-            file: Mutex::new(file),
-            fsync,
+            file: AppendFile::open(path, fsync, "dead-letter file")?,
         }))
     }
 
@@ -42,6 +33,7 @@ impl DeadLetter {
         DeadLetterHandle {
             shared: self.clone(),
             buffer: Vec::new(),
+            written: 0,
         }
     }
 }
@@ -50,6 +42,7 @@ impl DeadLetter {
 pub struct DeadLetterHandle {
     shared: Arc<DeadLetter>,
     buffer: Vec<u8>,
+    written: usize,
 }
 
 impl DeadLetterHandle {
@@ -78,26 +71,24 @@ impl DeadLetterHandle {
         }
     }
 
-    /// Writes the buffered records.
+    /// Writes the buffered records (what a failed write left is tried again next time).
     pub fn flush(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let mut file = self.shared.file.lock().unwrap_or_else(|p| p.into_inner());
-        let mut result = file.write_all(&self.buffer);
-        if result.is_ok() && self.shared.fsync {
-            result = file.sync_data();
-        }
-        self.buffer.clear();
-        result.map_err(|e| {
+        let file = &self.shared.file;
+        file.append(&self.buffer, &mut self.written).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
                     "writing dead-letter file {} failed: {e}",
-                    self.shared.path.display()
+                    file.path().display()
                 ),
             )
-        })
+        })?;
+        self.buffer.clear();
+        self.written = 0;
+        Ok(())
     }
 }
 

@@ -5,15 +5,14 @@
 //! also writes `message_id` (fresh UUIDs for built samples). Ceilometer's `max_bytes` and
 //! `backup_count` (log rotation) are accepted and ignored with a warning.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_engine::Sample;
 
+use super::append::AppendFile;
 use crate::Url;
 
 /// Options of a `file://` publisher.
@@ -52,26 +51,17 @@ impl FileOptions {
 pub struct FilePublisher {
     url: String,
     options: FileOptions,
-    file: Mutex<File>,
+    file: AppendFile,
 }
 
 impl FilePublisher {
     /// Opens (creating, appending) the file.
     pub fn open(url: &str, options: FileOptions) -> Result<FilePublisher, String> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&options.path)
-            .map_err(|e| {
-                format!(
-                    "publisher {url}: cannot open {} for appending: {e}; check that the directory exists and is writable",
-                    options.path.display()
-                )
-            })?;
+        let file = AppendFile::open(&options.path, options.fsync, &format!("publisher {url}"))?;
         Ok(FilePublisher {
             url: url.to_owned(),
             options,
-            file: Mutex::new(file),
+            file,
         })
     }
 }
@@ -122,34 +112,18 @@ impl Publisher for FileHandle {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let mut file = self.shared.file.lock().unwrap_or_else(|p| p.into_inner());
-        let mut result = Ok(());
-        while self.written < self.buffer.len() {
-            match file.write(&self.buffer[self.written..]) {
-                Ok(0) => {
-                    result = Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
-                    break;
-                }
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+        match self.shared.file.append(&self.buffer, &mut self.written) {
+            Ok(()) => {
+                self.buffer.clear();
+                self.written = 0;
+                Ok(())
             }
+            Err(e) => Err(PublishError {
+                target: self.shared.url.clone(),
+                message: format!("writing {} failed: {e}", self.shared.options.path.display()),
+                retry: e.kind() != std::io::ErrorKind::PermissionDenied,
+            }),
         }
-        if result.is_ok() && self.shared.options.fsync {
-            result = file.sync_data();
-        }
-        if result.is_ok() {
-            self.buffer.clear();
-            self.written = 0;
-        }
-        result.map_err(|e| PublishError {
-            target: self.shared.url.clone(),
-            message: format!("writing {} failed: {e}", self.shared.options.path.display()),
-            retry: e.kind() != std::io::ErrorKind::PermissionDenied,
-        })
     }
 }
 
