@@ -82,15 +82,9 @@ pub fn parse_micros(text: &str) -> Option<i64> {
 
 /// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS+00:00` (whole seconds).
 pub fn format_seconds_utc(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
+        "{}+00:00",
+        format_iso_naive(micros - micros.rem_euclid(1_000_000))
     )
 }
 

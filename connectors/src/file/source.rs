@@ -9,7 +9,7 @@ use meterflow_engine::chunk::{Chunk, ChunkSource};
 
 use crate::kafka::KafkaSpec;
 use crate::poll::PollSpec;
-use crate::{Status, Url, INPUTS};
+use crate::{Scheme, Status, Url, INPUTS};
 
 /// A validated `--input`.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,8 +102,6 @@ impl InputSpec {
         Ok(ChunkReader::new(reader, input))
     }
 }
-
-use crate::Scheme;
 
 /// Cuts a byte stream into [`Chunk`]s of whole lines, counting lines as it goes.
 pub struct ChunkReader {

@@ -149,8 +149,8 @@ impl KafkaHandle {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         let inner = format!(
-            r#"{{"message_id": "{:032x}", "publisher_id": "meterflow.publisher", "event_type": "metering", "priority": "SAMPLE", "timestamp": "{}", "payload": {}, "_context": {{}}}}"#,
-            fastrand::u128(..),
+            r#"{{"message_id": "{}", "publisher_id": "meterflow.publisher", "event_type": "metering", "priority": "SAMPLE", "timestamp": "{}", "payload": {}, "_context": {{}}}}"#,
+            meterflow_engine::wire::encode::uuid4(),
             meterflow_engine::time::format_iso_naive(now).replacen('T', " ", 1),
             String::from_utf8_lossy(&self.payload)
         );

@@ -20,6 +20,7 @@ use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meterflow_engine::time::format_iso_naive;
+use meterflow_engine::wire::encode::uuid4;
 
 /// Linux reports `/proc/stat` in `USER_HZ` ticks, 100 per second on every architecture.
 const USER_HZ: u64 = 100;
@@ -92,19 +93,6 @@ impl HostPollster {
         bytes.push(b'\n');
         Ok(bytes)
     }
-}
-
-fn uuid4() -> String {
-    let b = fastrand::u128(..).to_be_bytes();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
 }
 
 /// `cpu` (busy time, ns) and `vcpus` from `/proc/stat`.

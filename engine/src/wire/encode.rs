@@ -108,6 +108,14 @@ pub fn write_str(text: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// A random (version 4) UUID in its usual text form, for message ids meterflow makes.
+pub fn uuid4() -> String {
+    let mut out = Vec::with_capacity(38);
+    write_uuid4(&mut out);
+    String::from_utf8_lossy(&out[1..out.len() - 1]).into_owned()
+}
+
+/// Appends a random UUID as a JSON string.
 fn write_uuid4(out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = fastrand::u128(..).to_be_bytes();
@@ -155,6 +163,18 @@ mod tests {
             let back: String = serde_json::from_slice(&out).unwrap();
             proptest::prop_assert_eq!(back, text);
         }
+    }
+
+    #[test]
+    fn uuids_have_the_version_4_form() {
+        let u = uuid4();
+        let parts: Vec<&str> = u.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert_ne!(uuid4(), u);
     }
 
     #[test]

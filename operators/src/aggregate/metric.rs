@@ -342,11 +342,6 @@ impl Metric {
         }
         out
     }
-
-    /// Raw measures currently buffered (for tests and metrics).
-    pub fn raw_len(&self) -> usize {
-        self.raw.len()
-    }
 }
 
 /// Keeps the points strictly newer than the last point minus `span`; `open` is a newer bucket
