@@ -4,7 +4,8 @@
 //! Sources turn an input URL into [`meterflow_engine::chunk::Chunk`]s of whole lines
 //! ([`file::source`]); publishers turn a publisher URL from a sink into a
 //! [`meterflow_engine::component::PublisherFactory`] that hands each worker its own buffered
-//! writer ([`file::sink`], [`log`]). Both registries are explicit lists ([`INPUTS`],
+//! writer ([`file::sink`], [`log`]); `gnocchi://` feeds the dataflow's aggregation operator,
+//! which writes the embedded store ([`gnocchi::store`]). Both registries are explicit lists ([`INPUTS`],
 //! [`PUBLISHERS`]) that the planner validates against and `meterflow list` prints; schemes
 //! whose connector has not landed yet are listed with the issue that adds them and fail
 //! validation with that message.
@@ -15,10 +16,12 @@
 //! let url = Url::parse("file:///tmp/out.jsonl?message_id=true").unwrap();
 //! assert_eq!(url.scheme, "file");
 //! assert!(parse_publisher("file:///tmp/out.jsonl").is_ok());
-//! assert!(parse_publisher("gnocchi://").unwrap_err().contains("not yet supported"));
+//! assert!(parse_publisher("gnocchi://?archive_policy=low").is_ok());
+//! assert!(parse_publisher("udp://127.0.0.1:4952").unwrap_err().contains("not yet supported"));
 //! ```
 
 pub mod file;
+pub mod gnocchi;
 pub mod kafka;
 pub mod log;
 pub mod poll;
@@ -39,21 +42,25 @@ pub enum PublisherSpec {
     Log,
     /// `kafka://HOST:PORT?topic=T`: samples as oslo notifications on a Kafka topic.
     Kafka(kafka::sink::KafkaPublisherOptions),
+    /// `gnocchi://`: samples become measures aggregated into the embedded store. The dataflow
+    /// routes them to its aggregation operator; there is nothing to open here.
+    Gnocchi(gnocchi::GnocchiOptions),
 }
 
 impl PublisherSpec {
-    /// Opens the publisher (creates the file, ...).
-    pub fn open(&self, url: &str) -> Result<Arc<dyn PublisherFactory>, String> {
-        match self {
-            PublisherSpec::File(options) => Ok(Arc::new(file::sink::FilePublisher::open(
-                url,
-                options.clone(),
-            )?)),
-            PublisherSpec::Log => Ok(Arc::new(log::LogPublisher::new(url))),
-            PublisherSpec::Kafka(options) => {
-                Ok(Arc::new(kafka::sink::KafkaPublisher::open(url, options)?))
+    /// Opens the publisher (creates the file, ...); `None` for `gnocchi://`, which the
+    /// dataflow's aggregation operator serves.
+    pub fn open(&self, url: &str) -> Result<Option<Arc<dyn PublisherFactory>>, String> {
+        Ok(Some(match self {
+            PublisherSpec::File(options) => {
+                Arc::new(file::sink::FilePublisher::open(url, options.clone())?)
             }
-        }
+            PublisherSpec::Log => Arc::new(log::LogPublisher::new(url)),
+            PublisherSpec::Kafka(options) => {
+                Arc::new(kafka::sink::KafkaPublisher::open(url, options)?)
+            }
+            PublisherSpec::Gnocchi(_) => return Ok(None),
+        }))
     }
 }
 
@@ -95,8 +102,8 @@ pub const PUBLISHERS: &[Scheme] = &[
     scheme("log", "each sample logged on stderr", Status::Supported),
     scheme(
         "gnocchi",
-        "the embedded Gnocchi-style store",
-        Status::Planned("Gnocchi-style storage (issue 5)"),
+        "gnocchi://[?archive_policy=NAME][&filter_project=ID][&resource_type=T]: measures aggregated by archive policy into the embedded store (--store DIR)",
+        Status::Supported,
     ),
     scheme(
         "kafka",
@@ -175,11 +182,12 @@ pub fn parse_publisher(text: &str) -> Result<PublisherSpec, String> {
     };
     match (entry.status, entry.scheme) {
         (Status::Planned(by), _) => Err(format!(
-            "publisher {:?} is not yet supported by this build; it lands with {by}. Supported now: file://PATH, log://, kafka://HOST:PORT?topic=T",
+            "publisher {:?} is not yet supported by this build; it lands with {by}. Supported now: file://PATH, log://, kafka://HOST:PORT?topic=T, gnocchi://",
             url.scheme
         )),
         (Status::Supported, "file") => file::sink::FileOptions::from_url(&url).map(PublisherSpec::File),
         (Status::Supported, "kafka") => kafka::sink::KafkaPublisherOptions::from_url(&url).map(PublisherSpec::Kafka),
+        (Status::Supported, "gnocchi") => gnocchi::GnocchiOptions::from_url(&url).map(PublisherSpec::Gnocchi),
         (Status::Supported, "log") => {
             url.reject_options(&[])?;
             Ok(PublisherSpec::Log)

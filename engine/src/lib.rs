@@ -30,6 +30,7 @@ pub mod intern;
 pub mod json;
 pub mod metrics;
 pub mod model;
+pub mod partition;
 pub mod time;
 pub mod wire;
 

@@ -33,11 +33,16 @@ pub enum DropReason {
     ExpressionError,
     /// A publisher failed to write.
     PublishError,
+    /// A measure older than its archive policy's `back_window` allows (Gnocchi drops these
+    /// silently; meterflow counts them).
+    LateMeasure,
+    /// A measure whose value is NaN or infinite, or whose time is before 1970.
+    InvalidMeasure,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::BadJson,
         DropReason::NotANotification,
         DropReason::NoMeterDefinition,
@@ -48,6 +53,8 @@ impl DropReason {
         DropReason::BadTimestamp,
         DropReason::ExpressionError,
         DropReason::PublishError,
+        DropReason::LateMeasure,
+        DropReason::InvalidMeasure,
     ];
 
     /// The metric label.
@@ -63,6 +70,8 @@ impl DropReason {
             DropReason::BadTimestamp => "bad_timestamp",
             DropReason::ExpressionError => "expression_error",
             DropReason::PublishError => "publish_error",
+            DropReason::LateMeasure => "late_measure",
+            DropReason::InvalidMeasure => "invalid_measure",
         }
     }
 
@@ -103,6 +112,10 @@ pub struct Counters {
     pub sinks: Vec<SinkCounts>,
     /// Samples still held by transformers (accumulator, aggregator, arithmetic) at the end.
     pub held: u64,
+    /// Measures handed to the embedded store (`gnocchi://`).
+    pub measures: u64,
+    /// Bucket values written to the store.
+    pub buckets_written: u64,
 }
 
 impl Counters {
@@ -134,6 +147,8 @@ impl Counters {
         self.lines += other.lines;
         self.notifications += other.notifications;
         self.samples_in += other.samples_in;
+        self.measures += other.measures;
+        self.buckets_written += other.buckets_written;
         self.samples_unrouted += other.samples_unrouted;
         self.held += other.held;
         for (a, b) in self.dropped.iter_mut().zip(other.dropped) {

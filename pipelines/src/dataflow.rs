@@ -5,6 +5,9 @@
 //!    ──(sink, notification, sample) exchanged by resource (or to one worker for sinks whose
 //!      transformers keep cross-resource state)──> Transform: per sink, in epoch order,
 //!      sample by sample through the chain, flushed at every notification boundary, published
+//!    ──measures for gnocchi:// publishers, exchanged by resource──> Aggregate: per metric,
+//!      one batch per notification, Gnocchi's aggregation; final buckets and checkpoints to
+//!      the store
 //! ```
 //! Each epoch is one chunk of input parsed by one worker, so a (resource, meter) key sees its
 //! samples in input order: the channel from that worker is FIFO and Transform processes epochs
@@ -13,7 +16,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meterflow_connectors::file::deadletter::{DeadLetter, DeadLetterHandle};
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
+use meterflow_connectors::gnocchi::{resource_key, GnocchiOptions};
 use meterflow_connectors::PublisherSpec;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
 use meterflow_engine::component::{Publisher, PublisherFactory};
@@ -29,7 +32,7 @@ use meterflow_engine::metrics::{Counters, Diag, DropReason};
 use meterflow_engine::wire::{decode_line, Decoded, LineKind};
 use meterflow_engine::Sample;
 use meterflow_operators::transform::{Chain, Partition};
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -37,6 +40,7 @@ use timely::dataflow::operators::{Capability, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::plan::Plan;
+use crate::storage::{load_shares, open_store, Aggregator, Measure, Share};
 
 /// A sample on its way to one sink.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +66,8 @@ pub struct RunOptions {
     pub chunk_bytes: usize,
     /// Where rejected input records go (JSONL), if anywhere.
     pub dead_letter: Option<std::path::PathBuf>,
+    /// The embedded store `gnocchi://` publishers write to.
+    pub store: std::path::PathBuf,
 }
 
 impl Default for RunOptions {
@@ -71,6 +77,7 @@ impl Default for RunOptions {
             progress: false,
             chunk_bytes: ChunkReader::TARGET_BYTES,
             dead_letter: None,
+            store: std::path::PathBuf::from("data"),
         }
     }
 }
@@ -92,11 +99,7 @@ pub struct RunReport {
 
 /// The stable hash that spreads resources over workers (the same in every process).
 pub fn resource_route(resource: Sym) -> u64 {
-    let mut h = FxHasher::default();
-    resource.as_str().hash(&mut h);
-    let x = h.finish();
-    // Mix so that low bits (timely takes a modulus) depend on every input bit.
-    (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (x >> 32)
+    meterflow_engine::partition::route(resource.as_str())
 }
 
 /// Turns chunks into routed samples; counts and reports bad input.
@@ -238,19 +241,56 @@ struct SinkRuntime {
     out: Vec<Sample>,
 }
 
+/// Where a sink's published samples go.
+enum Target {
+    /// A publisher that writes them.
+    Io(Box<dyn Publisher>),
+    /// `gnocchi://`: they become measures for the Aggregate operator.
+    Store(u16, GnocchiOptions),
+}
+
 /// Runs the transformer chains of every sink a worker is responsible for.
 pub struct Transformer {
     sinks: Vec<SinkRuntime>,
-    publishers: Vec<Box<dyn Publisher>>,
+    publishers: Vec<Target>,
     urls: Vec<String>,
+    /// Measures for the store, handed downstream at the end of each epoch.
+    measures: Vec<Measure>,
+    /// Resource ids as Gnocchi keys them (`/` replaced), by resource.
+    resource_keys: FxHashMap<Sym, Sym>,
+    /// Whether some sink publishes to the store (publish at every notification boundary, so
+    /// each notification is one batch of measures).
+    per_notification: Vec<bool>,
 }
 
 impl Transformer {
     const PUBLISH_BATCH: usize = 1024;
 
-    /// A worker's transformers and publisher handles for `plan`.
-    pub fn new(plan: &Plan, factories: &[Arc<dyn PublisherFactory>]) -> Transformer {
+    /// A worker's transformers and publisher handles for `plan` (`None`: `gnocchi://`).
+    pub fn new(plan: &Plan, factories: &[Option<Arc<dyn PublisherFactory>>]) -> Transformer {
+        let publishers: Vec<Target> = factories
+            .iter()
+            .zip(&plan.publishers)
+            .enumerate()
+            .map(|(i, (f, p))| match (f, &p.spec) {
+                (Some(f), _) => Target::Io(f.clone().handle()),
+                (None, PublisherSpec::Gnocchi(options)) => Target::Store(i as u16, options.clone()),
+                (None, _) => unreachable!("only gnocchi:// has no factory"),
+            })
+            .collect();
+        let per_notification = plan
+            .sinks
+            .iter()
+            .map(|s| {
+                s.publishers
+                    .iter()
+                    .any(|&p| matches!(publishers[p], Target::Store(..)))
+            })
+            .collect();
         Transformer {
+            measures: Vec::new(),
+            resource_keys: FxHashMap::default(),
+            per_notification,
             sinks: plan
                 .build_chains()
                 .into_iter()
@@ -262,9 +302,14 @@ impl Transformer {
                     out: Vec::new(),
                 })
                 .collect(),
-            publishers: factories.iter().map(|f| f.clone().handle()).collect(),
-            urls: factories.iter().map(|f| f.url().to_owned()).collect(),
+            publishers,
+            urls: plan.publishers.iter().map(|p| p.url.clone()).collect(),
         }
+    }
+
+    /// Takes the measures published for the store so far.
+    pub fn take_measures(&mut self) -> Vec<Measure> {
+        std::mem::take(&mut self.measures)
     }
 
     /// Handles one routed sample (flushing the sink first when a new notification starts).
@@ -272,15 +317,19 @@ impl Transformer {
         let k = usize::from(r.sink);
         let sink = &mut self.sinks[k];
         if sink.notification != Some(r.notification) {
-            if sink.notification.is_some() {
+            if let Some(previous) = sink.notification {
                 sink.chain.flush(&mut sink.out, diag);
+                if self.per_notification[k] {
+                    self.publish(k, previous, diag);
+                }
             }
-            sink.notification = Some(r.notification);
+            self.sinks[k].notification = Some(r.notification);
         }
+        let sink = &mut self.sinks[k];
         diag.counters.sinks[k].samples_in += 1;
         sink.chain.handle(r.sample, &mut sink.out, diag);
         if sink.out.len() >= Self::PUBLISH_BATCH {
-            self.publish(k, diag);
+            self.publish(k, r.notification, diag);
         }
     }
 
@@ -288,33 +337,103 @@ impl Transformer {
     pub fn end_epoch(&mut self, diag: &mut Diag) {
         for k in 0..self.sinks.len() {
             let sink = &mut self.sinks[k];
-            if sink.notification.take().is_some() {
+            let notification = sink.notification.take();
+            if notification.is_some() {
                 sink.chain.flush(&mut sink.out, diag);
             }
-            self.publish(k, diag);
+            // Samples an earlier epoch left held (none today) would publish as their own batch.
+            self.publish(k, notification.unwrap_or(u64::MAX), diag);
         }
         for (p, url) in self.publishers.iter_mut().zip(&self.urls) {
-            flush_with_retry(p.as_mut(), url, diag);
+            if let Target::Io(p) = p {
+                flush_with_retry(p.as_mut(), url, diag);
+            }
         }
         diag.counters.held = self.sinks.iter().map(|s| s.chain.held() as u64).sum();
     }
 
-    fn publish(&mut self, k: usize, diag: &mut Diag) {
+    fn publish(&mut self, k: usize, notification: u64, diag: &mut Diag) {
         let sink = &mut self.sinks[k];
         if sink.out.is_empty() {
             return;
         }
         diag.counters.sinks[k].samples_out += sink.out.len() as u64;
         for &p in &sink.publishers {
-            if let Err(e) = self.publishers[p].publish(&sink.out) {
-                for _ in 0..sink.out.len() {
-                    diag.drop(DropReason::PublishError, || {
-                        format!("{}: {e}", self.urls[p])
-                    });
+            match &mut self.publishers[p] {
+                Target::Io(publisher) => {
+                    if let Err(e) = publisher.publish(&sink.out) {
+                        for _ in 0..sink.out.len() {
+                            diag.drop(DropReason::PublishError, || {
+                                format!("{}: {e}", self.urls[p])
+                            });
+                        }
+                    }
                 }
+                Target::Store(index, options) => to_measures(
+                    &sink.out,
+                    (notification, k as u16, *index),
+                    options,
+                    &mut self.resource_keys,
+                    &mut self.measures,
+                    diag,
+                ),
             }
         }
         sink.out.clear();
+    }
+}
+
+/// Samples published to `gnocchi://` as measures of (resource, meter), as Ceilometer's
+/// gnocchi publisher posts them (`/` in resource ids replaced, the project filter applied).
+fn to_measures(
+    samples: &[Sample],
+    (batch, sink, publisher): (u64, u16, u16),
+    options: &GnocchiOptions,
+    keys: &mut FxHashMap<Sym, Sym>,
+    out: &mut Vec<Measure>,
+    diag: &mut Diag,
+) {
+    for s in samples {
+        if options
+            .filter_project
+            .as_deref()
+            .is_some_and(|p| s.project_id.is_some_and(|q| q.as_str() == p))
+        {
+            continue;
+        }
+        let Some(micros) = s.timestamp.micros() else {
+            diag.drop(DropReason::BadTimestamp, || {
+                format!("meter {} of resource {}: timestamp {:?} is not ISO 8601, so it cannot be stored; write e.g. 2021-07-30T02:37:21.211598", s.name, s.resource_id, s.timestamp.as_str())
+            });
+            continue;
+        };
+        if micros < 0 {
+            diag.drop(DropReason::InvalidMeasure, || {
+                format!("meter {} of resource {}: timestamp {} is before 1970, which Gnocchi does not store", s.name, s.resource_id, s.timestamp.as_str())
+            });
+            continue;
+        }
+        let resource_key = *keys.entry(s.resource_id).or_insert_with(|| {
+            if s.resource_id.as_str().contains('/') {
+                Sym::new(&resource_key(s.resource_id.as_str()))
+            } else {
+                s.resource_id
+            }
+        });
+        out.push(Measure {
+            route: resource_route(resource_key),
+            batch,
+            sink,
+            publisher,
+            resource_key,
+            resource_id: s.resource_id,
+            name: s.name,
+            unit: s.unit,
+            user_id: s.user_id,
+            project_id: s.project_id,
+            timestamp_ns: micros * 1000,
+            value: s.volume.as_f64(),
+        });
     }
 }
 
@@ -351,7 +470,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let started = Instant::now();
     // With an input that commits offsets, output must be on disk before a commit.
     let durable = inputs.iter().any(|i| matches!(i, InputSpec::Kafka(_)));
-    let factories: Vec<Arc<dyn PublisherFactory>> = plan
+    let factories: Vec<Option<Arc<dyn PublisherFactory>>> = plan
         .publishers
         .iter()
         .map(|p| {
@@ -362,6 +481,26 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             spec.open(&p.url).map_err(anyhow::Error::msg)
         })
         .collect::<anyhow::Result<_>>()?;
+    let workers = options.workers.max(1);
+    let store = if plan.uses_store() {
+        let store = open_store(&plan, &options.store)?;
+        let shares = load_shares(&store, workers)?;
+        Some((
+            store,
+            Arc::new(Mutex::new(shares.into_iter().map(Some).collect::<Vec<_>>())),
+        ))
+    } else {
+        None
+    };
+    let gnocchi_options: Arc<Vec<Option<GnocchiOptions>>> = Arc::new(
+        plan.publishers
+            .iter()
+            .map(|p| match &p.spec {
+                PublisherSpec::Gnocchi(o) => Some(o.clone()),
+                _ => None,
+            })
+            .collect(),
+    );
     let dead_letter = options
         .dead_letter
         .as_deref()
@@ -383,7 +522,6 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let plan = Arc::new(plan);
     let readers = Arc::new(Mutex::new(Some(readers)));
     let progress = options.progress;
-    let workers = options.workers.max(1);
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
@@ -395,6 +533,18 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         let factories = factories.clone();
         let names = names.clone();
         let dead_letter = dead_letter.clone();
+        let aggregator = store.as_ref().map(|(store, shares)| {
+            let share: Share = shares.lock().unwrap_or_else(|p| p.into_inner())[index]
+                .take()
+                .unwrap_or_default();
+            Rc::new(RefCell::new(Aggregator::new(
+                store.clone(),
+                plan.clone(),
+                share,
+                durable,
+            )))
+        });
+        let gnocchi_options = gnocchi_options.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let decode_diag = diag.clone();
             let mut decoder = Decoder::new(plan.clone(), names)
@@ -420,8 +570,8 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 );
             let transform_diag = diag.clone();
             let mut transformer = Transformer::new(&plan, &factories);
-            routed
-                .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            let measures = routed
+                .unary_frontier::<CapacityContainerBuilder<Vec<Measure>>, _, _, _>(
                     Exchange::new(|r: &Routed| r.route),
                     "Transform",
                     move |_, _| {
@@ -430,7 +580,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                         // the probe passing an epoch means its output is written.
                         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Vec<Routed>>)> =
                             BTreeMap::new();
-                        move |(input, frontier), _output| {
+                        move |(input, frontier), output| {
                             input.for_each_stamp(|cap, data| {
                                 if let Some(time) = cap.least() {
                                     let held = stash
@@ -451,12 +601,74 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                     }
                                 }
                                 transformer.end_epoch(&mut diag);
+                                let mut measures = transformer.take_measures();
+                                if !measures.is_empty() {
+                                    output.session(&capability).give_container(&mut measures);
+                                }
                                 drop(capability);
                             }
                         }
                     },
-                )
-                .probe_with(&probe);
+                );
+            match aggregator.clone() {
+                None => {
+                    measures.probe_with(&probe);
+                }
+                Some(aggregator) => {
+                    let aggregate_diag = diag.clone();
+                    measures
+                        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                            Exchange::new(|m: &Measure| m.route),
+                            "Aggregate",
+                            move |default, _| {
+                                // Held until the store has the last epoch: the probe passing
+                                // the end means every checkpoint is committed.
+                                let mut last = Some(default);
+                                let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Measure>)> =
+                                    BTreeMap::new();
+                                move |(input, frontier), _output| {
+                                    input.for_each_stamp(|cap, data| {
+                                        if let Some(time) = cap.least() {
+                                            let held = stash.entry(*time).or_insert_with(|| {
+                                                (cap.delayed(time, 0), Vec::new())
+                                            });
+                                            for batch in data {
+                                                held.1.append(batch);
+                                            }
+                                        }
+                                    });
+                                    let mut diag = aggregate_diag.borrow_mut();
+                                    let mut aggregator = aggregator.borrow_mut();
+                                    while let Some(entry) = stash.first_entry() {
+                                        if frontier.less_equal(entry.key()) {
+                                            break;
+                                        }
+                                        let (capability, mut measures) = entry.remove();
+                                        aggregator.process(
+                                            &mut measures,
+                                            &gnocchi_options,
+                                            &mut diag,
+                                        );
+                                        drop(capability);
+                                    }
+                                    if frontier.is_empty() {
+                                        if let Some(cap) = last.take() {
+                                            aggregator.checkpoint_all(&mut diag);
+                                            drop(cap);
+                                        }
+                                    } else if let (Some(cap), Some(t)) =
+                                        (last.as_mut(), frontier.frontier().first())
+                                    {
+                                        if cap.time() < t {
+                                            cap.downgrade(t);
+                                        }
+                                    }
+                                }
+                            },
+                        )
+                        .probe_with(&probe);
+                }
+            }
         });
 
         let mut result = Ok(0);
@@ -476,6 +688,12 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             while worker.step_or_park(None) {}
         }
         let counters = diag.borrow().counters.clone();
+        if let Some(e) = aggregator
+            .as_ref()
+            .and_then(|a| a.borrow().failure().map(str::to_owned))
+        {
+            result = result.and(Err(e));
+        }
         result.map(|bytes| (counters, bytes))
     })
     .map_err(|e| anyhow::anyhow!("cannot start {workers} workers: {e}"))?;

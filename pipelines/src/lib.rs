@@ -5,7 +5,8 @@
 //! every problem with its key path); [`dataflow::run`] turns the plan into a timely dataflow
 //! over `--workers` threads and runs it to the end of its inputs; [`sequential::run`] is the
 //! plain one-loop reference the dataflow is tested against; [`bench`] generates synthetic
-//! telemetry and measures throughput. The binary in `src/main.rs` only parses arguments and
+//! telemetry and measures throughput. `gnocchi://` publishers feed [`storage`]'s aggregation
+//! operator, which writes the embedded store; [`query`] reads it back as Gnocchi does. The binary in `src/main.rs` only parses arguments and
 //! calls these.
 //!
 //! # Example
@@ -25,5 +26,7 @@ pub mod bench;
 pub mod dataflow;
 pub mod matcher;
 pub mod plan;
+pub mod query;
 pub mod sequential;
+pub mod storage;
 pub mod summary;

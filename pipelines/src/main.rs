@@ -10,7 +10,7 @@ use meterflow_connectors::file::source::InputSpec;
 use meterflow_pipelines::bench::{self, BenchOptions};
 use meterflow_pipelines::dataflow::{self, RunOptions};
 use meterflow_pipelines::plan::{Plan, PlanError};
-use meterflow_pipelines::summary;
+use meterflow_pipelines::{query, summary};
 
 /// meterflow: Ceilometer pipelines, Gnocchi aggregation and Aodh alarms in one dataflow engine.
 #[derive(Parser)]
@@ -32,7 +32,7 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long, short = 'w')]
         workers: Option<usize>,
-        /// Directory of the embedded store (used by gnocchi:// publishers once they land).
+        /// Directory of the embedded store that gnocchi:// publishers write to.
         #[arg(long, default_value = "./data")]
         store: PathBuf,
         /// Print the summary as JSON on stdout instead of text on stderr.
@@ -45,6 +45,30 @@ enum Command {
         /// meter definition) to this JSONL file, with its place and reason.
         #[arg(long)]
         dead_letter: Option<PathBuf>,
+    },
+    /// Print a metric's measures from the store as Gnocchi's JSON: [[timestamp, granularity, value], ...].
+    Measures {
+        /// Directory of the store.
+        #[arg(long, default_value = "./data")]
+        store: PathBuf,
+        /// The resource id (as the samples carry it, as Gnocchi keys it, or its UUID).
+        #[arg(long)]
+        resource: String,
+        /// The metric (meter) name.
+        #[arg(long)]
+        metric: String,
+        /// The aggregation method (mean, sum, min, max, first, last, count, std, median, NNpct, rate:M).
+        #[arg(long, default_value = "mean")]
+        aggregation: String,
+        /// Only this granularity, in seconds.
+        #[arg(long)]
+        granularity: Option<f64>,
+        /// Only buckets from this time on (ISO 8601 or epoch seconds; rounded down to the granularity).
+        #[arg(long)]
+        start: Option<String>,
+        /// Only buckets before this time (exclusive).
+        #[arg(long)]
+        stop: Option<String>,
     },
     /// Check a pipeline definition and report every problem with its place.
     Validate {
@@ -127,7 +151,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             inputs,
             workers: n,
-            store: _,
+            store,
             summary_json,
             no_progress,
             dead_letter,
@@ -141,6 +165,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 workers: workers(n)?,
                 progress: !no_progress && std::io::stderr().is_terminal(),
                 dead_letter: dead_letter.clone(),
+                store,
                 ..RunOptions::default()
             };
             let report = dataflow::run(plan, &inputs, &options)?;
@@ -153,7 +178,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     .dropped(meterflow_engine::metrics::DropReason::BadTimestamp)
                 - report
                     .counters
-                    .dropped(meterflow_engine::metrics::DropReason::PublishError);
+                    .dropped(meterflow_engine::metrics::DropReason::PublishError)
+                - report
+                    .counters
+                    .dropped(meterflow_engine::metrics::DropReason::LateMeasure)
+                - report
+                    .counters
+                    .dropped(meterflow_engine::metrics::DropReason::InvalidMeasure);
             if dead_letter.is_none() && decoding_drops > 0 && !summary_json {
                 eprintln!("meterflow: {decoding_drops} input records were rejected; pass --dead-letter FILE to keep them for repair and replay");
             }
@@ -162,6 +193,27 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 eprint!("{}", summary::render(&report));
             }
+        }
+        Command::Measures {
+            store,
+            resource,
+            metric,
+            aggregation,
+            granularity,
+            start,
+            stop,
+        } => {
+            let store = meterflow_connectors::gnocchi::store::Store::open(&store)?;
+            let query = query::MeasuresQuery {
+                resource,
+                metric,
+                aggregation: Some(aggregation),
+                granularity,
+                start: start.as_deref().map(query::parse_time).transpose()?,
+                stop: stop.as_deref().map(query::parse_time).transpose()?,
+            };
+            let points = query::measures(&store, &query)?;
+            writeln!(stdout, "{}", query::to_json(&points))?;
         }
         Command::Validate { pipeline } => {
             let plan = load(&pipeline)?;

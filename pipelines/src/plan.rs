@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::Path;
 
 use meterflow_connectors::{parse_publisher, PublisherSpec};
+use meterflow_operators::aggregate::ArchivePolicy;
 use meterflow_operators::transform::{
     build_chain, chain_partition, Chain, Partition, TransformerSpec,
 };
@@ -105,8 +106,37 @@ pub struct Plan {
     pub sinks: Vec<SinkPlan>,
     /// Distinct publishers.
     pub publishers: Vec<PublisherPlan>,
+    /// The definition's `archive_policies` (Gnocchi's built-ins are available besides).
+    pub archive_policies: Vec<ArchivePolicy>,
+    /// The definition's `archive_policy_rules`, in Gnocchi's matching order, ending with
+    /// Gnocchi's `default` rule (`*` → `low`) unless a rule already matches everything.
+    pub archive_policy_rules: Vec<ArchivePolicyRule>,
     /// Non-fatal remarks (unused sinks, ignored keys).
     pub warnings: Vec<Problem>,
+}
+
+/// Gnocchi's archive-policy rule: metrics whose name matches `metric_pattern` (fnmatch) and
+/// that are created without a policy get `archive_policy_name`.
+#[derive(Clone, Debug)]
+pub struct ArchivePolicyRule {
+    /// The rule's name.
+    pub name: String,
+    /// The fnmatch pattern.
+    pub metric_pattern: String,
+    /// The policy it gives.
+    pub archive_policy_name: String,
+    matcher: MeterMatcher,
+}
+
+impl ArchivePolicyRule {
+    fn new(name: &str, metric_pattern: &str, archive_policy_name: &str) -> ArchivePolicyRule {
+        ArchivePolicyRule {
+            name: name.to_owned(),
+            metric_pattern: metric_pattern.to_owned(),
+            archive_policy_name: archive_policy_name.to_owned(),
+            matcher: MeterMatcher::new(&[metric_pattern.to_owned()]),
+        }
+    }
 }
 
 /// Reading a definition file failed.
@@ -183,6 +213,32 @@ impl Plan {
             }
         }
         sinks.into_iter().collect()
+    }
+
+    /// The archive policy called `name`: the definition's, else Gnocchi's or Ceilometer's
+    /// built-in one.
+    pub fn archive_policy(&self, name: &str) -> Option<ArchivePolicy> {
+        self.archive_policies
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .or_else(|| ArchivePolicy::builtin(name))
+    }
+
+    /// The policy Gnocchi's rules give a new metric called `metric`: rules are tried by
+    /// `metric_pattern` descending (as strings), then name; the first match wins.
+    pub fn policy_for_metric(&self, metric: &str) -> Option<&str> {
+        self.archive_policy_rules
+            .iter()
+            .find(|r| r.matcher.accepts(metric))
+            .map(|r| r.archive_policy_name.as_str())
+    }
+
+    /// Whether any sink publishes to the embedded store.
+    pub fn uses_store(&self) -> bool {
+        self.publishers
+            .iter()
+            .any(|p| matches!(p.spec, PublisherSpec::Gnocchi(_)))
     }
 
     /// Fresh transformer chains, one per sink (each worker builds its own).
@@ -287,14 +343,14 @@ impl Validator {
         };
         for key in root.keys() {
             match key.as_str() {
-                Some("sources" | "sinks") => {}
-                Some(k @ ("archive_policies" | "alarms")) => self.problem(
+                Some("sources" | "sinks" | "archive_policies" | "archive_policy_rules") => {}
+                Some(k @ "alarms") => self.problem(
                     k,
-                    format!("{k} are not yet supported by this build (they land with the Gnocchi storage and Aodh alarm issues)"),
+                    format!("{k} are not yet supported by this build (they land with the Aodh alarm issue)"),
                 ),
                 _ => self.problem(
                     key.as_str().unwrap_or("?"),
-                    format!("unknown top-level key {} (known: sources, sinks)", describe(key)),
+                    format!("unknown top-level key {} (known: sources, sinks, archive_policies, archive_policy_rules)", describe(key)),
                 ),
             }
         }
@@ -302,7 +358,22 @@ impl Validator {
             self.problem("", "Both sources & sinks are required: a pipeline definition needs a sources: list and a sinks: list");
             return None;
         };
-        let sinks = self.sinks(sinks_v);
+        let archive_policies = self.archive_policies(root.get("archive_policies"));
+        let known_policy = |name: &str| {
+            archive_policies.iter().any(|p| p.name == name)
+                || ArchivePolicy::builtin(name).is_some()
+        };
+        let policy_names = || {
+            let mut names: Vec<&str> = archive_policies.iter().map(|p| p.name.as_str()).collect();
+            names.extend(ArchivePolicy::BUILTIN);
+            names.join(", ")
+        };
+        let archive_policy_rules = self.archive_policy_rules(
+            root.get("archive_policy_rules"),
+            &known_policy,
+            &policy_names,
+        );
+        let sinks = self.sinks(sinks_v, &known_policy, &policy_names);
         let sources = self.sources(sources_v, &sinks);
         let mut used = vec![false; sinks.len()];
         for s in &sources {
@@ -339,11 +410,115 @@ impl Validator {
             sources,
             sinks,
             publishers,
+            archive_policies,
+            archive_policy_rules,
             warnings: Vec::new(),
         })
     }
 
-    fn sinks(&mut self, v: &Value) -> Vec<(SinkPlan, Vec<(String, PublisherSpec)>)> {
+    fn archive_policies(&mut self, v: Option<&Value>) -> Vec<ArchivePolicy> {
+        let mut out: Vec<ArchivePolicy> = Vec::new();
+        let Some(items) = self.list(
+            v,
+            "archive_policies",
+            "archive policies in Gnocchi's JSON form",
+        ) else {
+            return out;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("archive_policies[{i}]");
+            let json = match serde_json::to_value(item) {
+                Ok(json) => json,
+                Err(e) => {
+                    self.problem(path, format!("not representable as JSON: {e}"));
+                    continue;
+                }
+            };
+            match ArchivePolicy::from_json(&json) {
+                Ok(p) if out.iter().any(|q| q.name == p.name) => self.problem(
+                    format!("{path}.name"),
+                    format!("Archive policy {} already exists (defined twice)", p.name),
+                ),
+                Ok(p) => out.push(p),
+                Err(e) => self.problem(
+                    path,
+                    format!("{e}; a policy is {{name, back_window, aggregation_methods, definition: [{{granularity, points | timespan}}]}}"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn archive_policy_rules(
+        &mut self,
+        v: Option<&Value>,
+        known_policy: &dyn Fn(&str) -> bool,
+        policy_names: &dyn Fn() -> String,
+    ) -> Vec<ArchivePolicyRule> {
+        let mut out: Vec<ArchivePolicyRule> = Vec::new();
+        if let Some(items) = self.list(
+            v,
+            "archive_policy_rules",
+            "{name, metric_pattern, archive_policy_name}",
+        ) {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("archive_policy_rules[{i}]");
+                let field = |key: &str| {
+                    item.get(key)
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                };
+                let (Some(name), Some(pattern), Some(policy)) = (
+                    field("name"),
+                    field("metric_pattern"),
+                    field("archive_policy_name"),
+                ) else {
+                    self.problem(path, "an archive policy rule needs name, metric_pattern and archive_policy_name (strings)");
+                    continue;
+                };
+                if let Value::Mapping(map) = item {
+                    self.unknown_keys(
+                        map,
+                        &path,
+                        &["name", "metric_pattern", "archive_policy_name"],
+                    );
+                }
+                if !known_policy(policy) {
+                    self.problem(
+                        format!("{path}.archive_policy_name"),
+                        format!(
+                            "archive policy {policy:?} does not exist; known: {}",
+                            policy_names()
+                        ),
+                    );
+                }
+                if out.iter().any(|r| r.name == name) {
+                    self.problem(
+                        format!("{path}.name"),
+                        format!("Archive policy rule {name} already exists"),
+                    );
+                }
+                out.push(ArchivePolicyRule::new(name, pattern, policy));
+            }
+        }
+        // Gnocchi's order: metric_pattern descending as a string, then name ascending.
+        out.sort_by(|a, b| {
+            b.metric_pattern
+                .cmp(&a.metric_pattern)
+                .then(a.name.cmp(&b.name))
+        });
+        if !out.iter().any(|r| r.metric_pattern == "*") {
+            out.push(ArchivePolicyRule::new("default", "*", "low"));
+        }
+        out
+    }
+
+    fn sinks(
+        &mut self,
+        v: &Value,
+        known_policy: &dyn Fn(&str) -> bool,
+        policy_names: &dyn Fn() -> String,
+    ) -> Vec<(SinkPlan, Vec<(String, PublisherSpec)>)> {
         let mut out = Vec::new();
         let Some(items) = self.list(Some(v), "sinks", "sinks") else {
             self.problem("sinks", "needs at least one sink");
@@ -410,6 +585,18 @@ impl Validator {
                             continue;
                         };
                         match parse_publisher(url) {
+                            Ok(PublisherSpec::Gnocchi(options))
+                                if options.archive_policy.as_deref().is_some_and(|n| !known_policy(n)) =>
+                            {
+                                self.problem(
+                                    ppath,
+                                    format!(
+                                        "archive policy {:?} does not exist; define it under archive_policies: or use one of: {}",
+                                        options.archive_policy.unwrap_or_default(),
+                                        policy_names()
+                                    ),
+                                );
+                            }
                             Ok(spec) => publishers.push((url.to_owned(), spec)),
                             Err(e) => self.problem(ppath, e),
                         }
@@ -635,7 +822,7 @@ sinks:
       - name: rate_of_chnage
       - name: unit_conversion
         parameters: {target: {scale: '1 +'}}
-    publishers: [gnocchi://, 'smtp://x']
+    publishers: [udp://, 'smtp://x', 'gnocchi://?archive_policy=nope']
   - name: s
     publishers: []
 ",
@@ -652,8 +839,9 @@ sinks:
             "sources[2].sinks: Required field sinks not specified",
             "sinks[0].transformers[0].name: No transformer named rate_of_chnage loaded",
             "sinks[0].transformers[1].parameters.target.scale: invalid expression",
-            "sinks[0].publishers[0]: publisher \"gnocchi\" is not yet supported",
+            "sinks[0].publishers[0]: publisher \"udp\" is not yet supported",
             "sinks[0].publishers[1]: unknown publisher scheme \"smtp\"",
+            "sinks[0].publishers[2]: archive policy \"nope\" does not exist",
             "sinks[1].name: Duplicated sink names: s",
             "sinks[1].publishers: No publisher specified",
         ] {

@@ -29,6 +29,13 @@ pub fn render(report: &RunReport) -> String {
             sink.samples_in, sink.samples_out
         );
     }
+    if c.measures > 0 || c.buckets_written > 0 {
+        let _ = writeln!(
+            s,
+            "  store: {} measures aggregated, {} bucket values written",
+            c.measures, c.buckets_written
+        );
+    }
     if c.samples_unrouted > 0 {
         let _ = writeln!(s, "  not selected by any source: {}", c.samples_unrouted);
     }
@@ -77,6 +84,8 @@ pub fn json(report: &RunReport) -> serde_json::Value {
         "samples_in": c.samples_in,
         "unrouted": c.samples_unrouted,
         "held": c.held,
+        "measures": c.measures,
+        "buckets_written": c.buckets_written,
         "sinks": sinks,
         "dropped": dropped,
         "seconds": report.elapsed.as_secs_f64(),

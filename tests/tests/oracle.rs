@@ -109,7 +109,7 @@ fn dataflow_output(lines: &[String], workers: usize, chunk_bytes: usize) -> Vec<
         workers,
         progress: false,
         chunk_bytes,
-        dead_letter: None,
+        ..RunOptions::default()
     };
     dataflow::run(plan, &[InputSpec::File(input)], &options).unwrap();
     names

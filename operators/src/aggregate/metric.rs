@@ -22,6 +22,8 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     /// Measures that are NaN or infinite, dropped.
     pub invalid: usize,
+    /// Measures already held with the same value (a replayed batch), ignored.
+    pub replayed: usize,
 }
 
 /// A metric aggregated by an archive policy, batch by batch, exactly as Gnocchi's storage does:
@@ -129,6 +131,13 @@ impl Metric {
         if batch.is_empty() {
             return outcome;
         }
+        // A batch whose every measure is already held with the same value (a replay after a
+        // restart, at-least-once delivery) changes nothing; Gnocchi would still recompute from
+        // it, which for `rate:` methods can lose the difference across the buffer's start.
+        if self.raw.len() >= batch.len() && batch.iter().all(|p| self.holds(*p)) {
+            outcome.replayed = batch.len();
+            return outcome;
+        }
         outcome.accepted = batch.len();
         // Gnocchi recomputes from the batch's first measure, late ones included; a batch that
         // dropped late measures so recomputes older buckets and takes the general path.
@@ -172,6 +181,13 @@ impl Metric {
             }
         }
         outcome
+    }
+
+    /// Whether the raw buffer holds exactly this point.
+    fn holds(&self, p: Point) -> bool {
+        self.raw
+            .binary_search_by_key(&p.0, |q| q.0)
+            .is_ok_and(|i| self.raw[i].1.to_bits() == p.1.to_bits())
     }
 
     /// Merges sorted, unique new points into the raw buffer; a new point replaces an old one
@@ -303,6 +319,82 @@ impl Metric {
                 }
             }
         }
+    }
+
+    /// The start of the oldest bucket of granule `gi` that a later batch can still change
+    /// (buckets before it are final), or `None` before the first measure. Later measures older
+    /// than `floor(last, block) − block × back_window` are dropped, and the raw buffer starts
+    /// there, so no recompute reaches back past this.
+    pub fn open_from(&self, gi: usize) -> Option<i64> {
+        let last = self.raw.last()?.0;
+        let block = self.policy.block();
+        let window = block.saturating_mul(self.policy.effective_back_window() as i64);
+        Some(floor(
+            floor(last, block) - window,
+            self.policy.definition[gi].granularity,
+        ))
+    }
+
+    /// Moves every final bucket out of memory, calling `out(granule, method, bucket, value)`
+    /// for each (indices into the policy's `definition` and `methods`), oldest first per series.
+    pub fn take_final(&mut self, out: &mut dyn FnMut(usize, usize, i64, f64)) {
+        for gi in 0..self.policy.definition.len() {
+            let Some(from) = self.open_from(gi) else {
+                return;
+            };
+            for (mi, series) in self.series[gi].iter_mut().enumerate() {
+                if series.keys().next().is_some_and(|&t| t < from) {
+                    let open = series.split_off(&from);
+                    for (t, v) in std::mem::replace(series, open) {
+                        out(gi, mi, t, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The value of every bucket still held in memory (those a later batch may change), as
+    /// `out(granule, method, bucket, value)`.
+    pub fn provisional(&self, out: &mut dyn FnMut(usize, usize, i64, f64)) {
+        for (gi, by_method) in self.series.iter().enumerate() {
+            for (mi, series) in by_method.iter().enumerate() {
+                let method = self.policy.methods[mi];
+                let open = self.open[gi]
+                    .as_ref()
+                    .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
+                let until = open.map_or(i64::MAX, |(bucket, _)| bucket);
+                for (&t, &v) in series.range(..until) {
+                    out(gi, mi, t, v);
+                }
+                if let Some((bucket, v)) = open {
+                    out(gi, mi, bucket, v);
+                }
+            }
+        }
+    }
+
+    /// The raw measures kept for later batches (those inside the back window), oldest first.
+    pub fn raw(&self) -> &[Point] {
+        &self.raw
+    }
+
+    /// A metric resumed from what [`Metric::raw`] and [`Metric::provisional`] gave: later
+    /// batches aggregate exactly as they would have on the original.
+    pub fn restore(
+        policy: Arc<ArchivePolicy>,
+        mut raw: Vec<Point>,
+        buckets: impl IntoIterator<Item = (usize, usize, i64, f64)>,
+    ) -> Metric {
+        let mut metric = Metric::new(policy);
+        raw.sort_by_key(|p| p.0);
+        raw.dedup_by_key(|p| p.0);
+        metric.raw = raw;
+        for (gi, mi, t, v) in buckets {
+            if let Some(series) = metric.series.get_mut(gi).and_then(|s| s.get_mut(mi)) {
+                series.insert(t, v);
+            }
+        }
+        metric
     }
 
     /// The aggregates of `method`, at `granularity` (nanoseconds) or at every granularity

@@ -208,7 +208,46 @@ impl ArchivePolicy {
     /// Gnocchi's built-in policies (`bool`, `low`, `medium`, `high`) and Ceilometer's
     /// (`ceilometer-low`, `ceilometer-low-rate`, `ceilometer-high`, `ceilometer-high-rate`).
     pub fn builtin(name: &str) -> Option<ArchivePolicy> {
-        let json = match name {
+        ArchivePolicy::from_json(&Self::builtin_json(name)?).ok()
+    }
+
+    /// Names of the built-in policies.
+    pub const BUILTIN: [&'static str; 8] = [
+        "bool",
+        "low",
+        "medium",
+        "high",
+        "ceilometer-low",
+        "ceilometer-low-rate",
+        "ceilometer-high",
+        "ceilometer-high-rate",
+    ];
+
+    /// The policy in Gnocchi's API JSON form, every field explicit (what the store records).
+    ///
+    /// # Examples
+    /// ```
+    /// use meterflow_operators::aggregate::ArchivePolicy;
+    /// let low = ArchivePolicy::builtin("low").unwrap();
+    /// assert_eq!(ArchivePolicy::from_json(&low.to_json()).unwrap(), low);
+    /// assert_eq!(low.to_json()["definition"][0]["timespan"], 2_592_000.0);
+    /// ```
+    pub fn to_json(&self) -> serde_json::Value {
+        let seconds = |ns: i64| ns as f64 / NANOS as f64;
+        serde_json::json!({
+            "name": self.name,
+            "back_window": self.back_window,
+            "aggregation_methods": self.methods.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            "definition": self.definition.iter().map(|g| serde_json::json!({
+                "granularity": seconds(g.granularity),
+                "points": g.points,
+                "timespan": g.timespan().map(seconds),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn builtin_json(name: &str) -> Option<serde_json::Value> {
+        Some(match name {
             "bool" => {
                 serde_json::json!({"name": "bool", "back_window": 3600, "aggregation_methods": ["last"],
                 "definition": [{"granularity": 1, "points": 31_536_000}]})
@@ -235,8 +274,7 @@ impl ArchivePolicy {
                 {"granularity": 1, "timespan": 3600}, {"granularity": 60, "timespan": 86_400}, {"granularity": 3600, "timespan": 31_536_000}]})
             }
             _ => return None,
-        };
-        ArchivePolicy::from_json(&json).ok()
+        })
     }
 
     /// The largest granularity (Gnocchi's block size for late measures), in nanoseconds.

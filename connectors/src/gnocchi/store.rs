@@ -1,0 +1,888 @@
+//! The embedded store under `--store DIR`: metrics, their aggregates and the state that later
+//! measures can still change, as Parquet files that a manifest makes visible atomically.
+//!
+//! ```text
+//! DIR/manifest.json                      the commit point: format, generation, archive policies, files
+//! DIR/metrics/g000000000007-p0of2.parquet    one row per metric (id, resource, name, unit, policy, ...)
+//! DIR/aggregates/g000000000007-p0of2.parquet bucket values: resource_id, metric_name, aggregation,
+//!                                            granularity_seconds, timestamp, value, generation
+//! DIR/state/g000000000007-p0of2.parquet      per metric, the raw measures inside the back window
+//!                                            (aggregation null) and the buckets still open
+//! ```
+//! Each checkpoint of each worker writes one file per table (temp file, fsync, rename) and then
+//! a new manifest (temp file, fsync, rename, directory fsync): a crash before the manifest
+//! leaves files that no manifest names, which the next writer deletes; nothing half-written is
+//! ever visible. Files are partitioned by the resource hash that spread metrics over workers
+//! (`p{index}of{count}`), so reading one metric opens one file per checkpoint. Rows of a newer
+//! generation override older rows with the same key, so replaying input (after a crash, or the
+//! same file twice) never counts a measure twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::{
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use meterflow_engine::intern::Sym;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+/// What `manifest.json` says it is.
+pub const FORMAT: &str = "meterflow-store";
+/// The layout version this build reads and writes.
+pub const VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const LOCK: &str = ".lock";
+
+/// A store operation failed. Every message names the path and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory has files but no meterflow manifest.
+    #[error("{dir} is not a meterflow store (it is not empty and has no manifest.json with format {FORMAT:?}); give an empty or new directory with --store")]
+    NotOurs {
+        /// The directory.
+        dir: String,
+    },
+    /// No store at that path (reading).
+    #[error("no meterflow store at {dir} (no manifest.json); run `meterflow run` with a gnocchi:// publisher and --store {dir} first")]
+    Missing {
+        /// The directory.
+        dir: String,
+    },
+    /// Another process holds the store.
+    #[error("store {dir} is in use by another meterflow process (it holds {dir}/.lock); stop it or give another --store")]
+    Locked {
+        /// The directory.
+        dir: String,
+    },
+    /// A file could not be read or written.
+    #[error("{what} {path}: {source}; check that the store directory is writable and the disk has space")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file is not what the manifest says.
+    #[error(
+        "store file {path} is damaged: {message}; restore it from a backup or remove the store"
+    )]
+    Corrupt {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (a full disk may clear; a foreign directory will not).
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Io { .. })
+    }
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.display().to_string();
+    move |source| StoreError::Io { what, path, source }
+}
+
+/// The store's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    /// One row per metric.
+    Metrics,
+    /// Bucket values.
+    Aggregates,
+    /// Raw measures and open buckets, for resuming.
+    State,
+}
+
+impl Table {
+    const ALL: [Table; 3] = [Table::Metrics, Table::Aggregates, Table::State];
+
+    fn dir(self) -> &'static str {
+        match self {
+            Table::Metrics => "metrics",
+            Table::Aggregates => "aggregates",
+            Table::State => "state",
+        }
+    }
+}
+
+/// Which worker's share of the metrics a file holds: resources whose route modulo `count` is
+/// `index`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// The worker.
+    pub index: u32,
+    /// The number of workers of the run that wrote it.
+    pub count: u32,
+}
+
+impl Partition {
+    /// Whether a resource with this route belongs here.
+    pub fn holds(&self, route: u64) -> bool {
+        self.count <= 1 || route % u64::from(self.count) == u64::from(self.index)
+    }
+}
+
+/// One file the manifest makes visible.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the store directory.
+    pub path: String,
+    /// Its table.
+    pub table: Table,
+    /// The checkpoint that wrote it; newer generations override older rows with the same key.
+    pub generation: u64,
+    /// The resources it holds.
+    pub partition: Partition,
+    /// Rows in it.
+    pub rows: u64,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The layout version.
+    pub version: u32,
+    /// The newest checkpoint.
+    pub generation: u64,
+    /// Archive policies by name, in Gnocchi's JSON form.
+    #[serde(default)]
+    pub archive_policies: BTreeMap<String, serde_json::Value>,
+    /// The visible files.
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    fn new() -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            generation: 0,
+            archive_policies: BTreeMap::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
+/// A metric as the store records it (Gnocchi's metric plus its resource's identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricRecord {
+    /// The metric's UUID (derived from resource and name, so re-runs give the same id).
+    pub metric_id: String,
+    /// The resource id as Gnocchi keys it (`/` replaced by `_`).
+    pub resource_id: String,
+    /// The resource id as the samples carry it.
+    pub original_resource_id: String,
+    /// The metric name (the meter).
+    pub metric_name: String,
+    /// The unit of the first sample.
+    pub unit: String,
+    /// The archive policy it is aggregated by.
+    pub archive_policy_name: String,
+    /// The resource type (`generic` unless a resource definition says otherwise).
+    pub resource_type: String,
+    /// The user of the first sample.
+    pub user_id: Option<String>,
+    /// The project of the first sample.
+    pub project_id: Option<String>,
+}
+
+/// Rows of the aggregates or state table, column by column (no allocation per row).
+#[derive(Clone, Debug, Default)]
+pub struct Points {
+    /// Resource (Gnocchi form).
+    pub resource_id: Vec<Sym>,
+    /// Metric name.
+    pub metric_name: Vec<Sym>,
+    /// Aggregation method; `None` for a raw measure.
+    pub aggregation: Vec<Option<Sym>>,
+    /// Granularity in nanoseconds; 0 for a raw measure.
+    pub granularity_ns: Vec<i64>,
+    /// Bucket start (or measure time), nanoseconds since the epoch.
+    pub timestamp_ns: Vec<i64>,
+    /// The value.
+    pub value: Vec<f64>,
+}
+
+impl Points {
+    /// Adds a row.
+    pub fn push(
+        &mut self,
+        resource: Sym,
+        metric: Sym,
+        aggregation: Option<Sym>,
+        granularity_ns: i64,
+        timestamp_ns: i64,
+        value: f64,
+    ) {
+        self.resource_id.push(resource);
+        self.metric_name.push(metric);
+        self.aggregation.push(aggregation);
+        self.granularity_ns.push(granularity_ns);
+        self.timestamp_ns.push(timestamp_ns);
+        self.value.push(value);
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
+    fn clear(&mut self) {
+        *self = Points::default();
+    }
+}
+
+/// What one worker hands the store at a checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    /// Metrics created (or first seen by this store).
+    pub metrics: Vec<MetricRecord>,
+    /// Bucket values: every bucket that closed, and the current value of every open bucket of
+    /// the metrics that changed.
+    pub aggregates: Points,
+    /// The whole state of every metric that changed: raw measures and open buckets.
+    pub state: Points,
+}
+
+impl Checkpoint {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.metrics.is_empty() && self.aggregates.is_empty() && self.state.is_empty()
+    }
+
+    /// Rows held, over all tables.
+    pub fn rows(&self) -> usize {
+        self.metrics.len() + self.aggregates.len() + self.state.len()
+    }
+}
+
+/// One stored value of a metric, read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredPoint {
+    /// Aggregation method; `None` for a raw measure.
+    pub aggregation: Option<String>,
+    /// Granularity in nanoseconds (0 for a raw measure).
+    pub granularity_ns: i64,
+    /// Timestamp, nanoseconds since the epoch.
+    pub timestamp_ns: i64,
+    /// The value.
+    pub value: f64,
+}
+
+/// A metric's state read back for resuming: its raw measures and open buckets.
+pub type MetricState = Vec<StoredPoint>;
+
+/// An open store.
+pub struct Store {
+    dir: PathBuf,
+    manifest: Mutex<Manifest>,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating when missing or empty) a store to write to. Fails on a directory that
+    /// holds other files, one that is not writable, and one another process is writing.
+    /// Files a crashed writer left that no manifest names are removed.
+    pub fn create(dir: &Path) -> Result<Arc<Store>, StoreError> {
+        fs::create_dir_all(dir).map_err(io_error("cannot create store directory", dir))?;
+        let manifest = match read_manifest(dir)? {
+            Some(m) => m,
+            None => {
+                let foreign = fs::read_dir(dir)
+                    .map_err(io_error("cannot list store directory", dir))?
+                    .filter_map(Result::ok)
+                    .any(|e| e.file_name() != LOCK);
+                if foreign {
+                    return Err(StoreError::NotOurs {
+                        dir: dir.display().to_string(),
+                    });
+                }
+                Manifest::new()
+            }
+        };
+        let lock_path = dir.join(LOCK);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(
+                "cannot write to the store (creating its lock file)",
+                &lock_path,
+            ))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    dir: dir.display().to_string(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_error("cannot lock", &lock_path)(e));
+            }
+        }
+        for table in Table::ALL {
+            let sub = dir.join(table.dir());
+            fs::create_dir_all(&sub).map_err(io_error("cannot create", &sub))?;
+        }
+        let store = Store {
+            dir: dir.to_owned(),
+            manifest: Mutex::new(manifest),
+            _lock: Some(lock),
+        };
+        {
+            let manifest = store.lock_manifest();
+            store.write_manifest(&manifest)?;
+            store.remove_orphans(&manifest)?;
+        }
+        Ok(Arc::new(store))
+    }
+
+    /// Opens an existing store to read.
+    pub fn open(dir: &Path) -> Result<Arc<Store>, StoreError> {
+        let manifest = read_manifest(dir)?.ok_or_else(|| StoreError::Missing {
+            dir: dir.display().to_string(),
+        })?;
+        Ok(Arc::new(Store {
+            dir: dir.to_owned(),
+            manifest: Mutex::new(manifest),
+            _lock: None,
+        }))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock_manifest(&self) -> std::sync::MutexGuard<'_, Manifest> {
+        self.manifest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The archive policies recorded in the store, by name (Gnocchi's JSON form).
+    pub fn archive_policies(&self) -> BTreeMap<String, serde_json::Value> {
+        self.lock_manifest().archive_policies.clone()
+    }
+
+    /// Records archive policies (by name; a name already recorded is replaced).
+    pub fn put_archive_policies(
+        &self,
+        policies: impl IntoIterator<Item = (String, serde_json::Value)>,
+    ) -> Result<(), StoreError> {
+        let mut manifest = self.lock_manifest();
+        let mut next = manifest.clone();
+        next.archive_policies.extend(policies);
+        self.write_manifest(&next)?;
+        *manifest = next;
+        Ok(())
+    }
+
+    /// The newest committed generation.
+    pub fn generation(&self) -> u64 {
+        self.lock_manifest().generation
+    }
+
+    /// Writes a worker's checkpoint: its files, then the manifest that makes them visible.
+    /// On error nothing becomes visible and the checkpoint is left as it was, to be retried.
+    pub fn commit(
+        &self,
+        partition: Partition,
+        checkpoint: &mut Checkpoint,
+    ) -> Result<u64, StoreError> {
+        if checkpoint.is_empty() {
+            return Ok(self.generation());
+        }
+        let mut manifest = self.lock_manifest();
+        let generation = manifest.generation + 1;
+        let mut entries = Vec::new();
+        let name = format!(
+            "g{generation:012}-p{}of{}.parquet",
+            partition.index, partition.count
+        );
+        let tables: [(Table, usize); 3] = [
+            (Table::Metrics, checkpoint.metrics.len()),
+            (Table::Aggregates, checkpoint.aggregates.len()),
+            (Table::State, checkpoint.state.len()),
+        ];
+        for (table, rows) in tables {
+            if rows == 0 {
+                continue;
+            }
+            let batch = match table {
+                Table::Metrics => metrics_batch(&checkpoint.metrics, generation),
+                Table::Aggregates => points_batch(&checkpoint.aggregates, generation, false),
+                Table::State => points_batch(&checkpoint.state, generation, true),
+            };
+            let rel = format!("{}/{name}", table.dir());
+            self.write_parquet(&rel, &batch)?;
+            entries.push(FileEntry {
+                path: rel,
+                table,
+                generation,
+                partition,
+                rows: rows as u64,
+            });
+        }
+        let mut next = manifest.clone();
+        next.generation = generation;
+        next.files.extend(entries);
+        self.write_manifest(&next)?;
+        *manifest = next;
+        checkpoint.metrics.clear();
+        checkpoint.aggregates.clear();
+        checkpoint.state.clear();
+        Ok(generation)
+    }
+
+    fn write_parquet(&self, rel: &str, batch: &RecordBatch) -> Result<(), StoreError> {
+        let path = self.dir.join(rel);
+        let tmp = path.with_extension("parquet.tmp");
+        let file = File::create(&tmp).map_err(io_error("cannot create", &tmp))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(256 * 1024))
+            .build();
+        let parquet_error = |e: parquet::errors::ParquetError| StoreError::Io {
+            what: "cannot write",
+            path: tmp.display().to_string(),
+            source: io::Error::other(e.to_string()),
+        };
+        let mut writer =
+            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_error)?;
+        writer.write(batch).map_err(parquet_error)?;
+        let file = writer.into_inner().map_err(parquet_error)?;
+        file.sync_all().map_err(io_error("cannot sync", &tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io_error("cannot rename into place", &path))?;
+        Ok(())
+    }
+
+    fn write_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let path = self.dir.join(MANIFEST);
+        let tmp = self.dir.join("manifest.json.tmp");
+        let text = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
+        let mut file = File::create(&tmp).map_err(io_error("cannot write", &tmp))?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("cannot write", &tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io_error("cannot rename into place", &path))?;
+        // Make the rename itself durable.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn remove_orphans(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let known: std::collections::HashSet<&str> =
+            manifest.files.iter().map(|f| f.path.as_str()).collect();
+        for table in Table::ALL {
+            let sub = self.dir.join(table.dir());
+            for entry in fs::read_dir(&sub).map_err(io_error("cannot list", &sub))? {
+                let entry = entry.map_err(io_error("cannot list", &sub))?;
+                let rel = format!("{}/{}", table.dir(), entry.file_name().to_string_lossy());
+                if !known.contains(rel.as_str()) {
+                    tracing::info!(file = %rel, "removing a file an interrupted checkpoint left");
+                    fs::remove_file(entry.path())
+                        .map_err(io_error("cannot remove", &entry.path()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn files(&self, table: Table, route: Option<u64>) -> Vec<FileEntry> {
+        let mut files: Vec<FileEntry> = self
+            .lock_manifest()
+            .files
+            .iter()
+            .filter(|f| f.table == table && route.is_none_or(|r| f.partition.holds(r)))
+            .cloned()
+            .collect();
+        files.sort_by_key(|f| f.generation);
+        files
+    }
+
+    fn batches(&self, entry: &FileEntry) -> Result<Vec<RecordBatch>, StoreError> {
+        let path = self.dir.join(&entry.path);
+        let file = File::open(&path).map_err(io_error("cannot open", &path))?;
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| corrupt(&e))?
+            .build()
+            .map_err(|e| corrupt(&e))?;
+        reader
+            .map(|b| b.map_err(|e| corrupt(&e)))
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    /// Every metric, newest record first wins; `route` limits it to one partition's resources
+    /// (`None`: all).
+    pub fn metrics(&self, holds: &dyn Fn(&str) -> bool) -> Result<Vec<MetricRecord>, StoreError> {
+        let mut out: BTreeMap<(String, String), MetricRecord> = BTreeMap::new();
+        for entry in self.files(Table::Metrics, None) {
+            for batch in self.batches(&entry)? {
+                let col = |name: &str| strings(&batch, name, &entry.path);
+                let (ids, res, orig, names, units, policies, types, users, projects) = (
+                    col("metric_id")?,
+                    col("resource_id")?,
+                    col("original_resource_id")?,
+                    col("metric_name")?,
+                    col("unit")?,
+                    col("archive_policy_name")?,
+                    col("resource_type")?,
+                    col("user_id")?,
+                    col("project_id")?,
+                );
+                for i in 0..batch.num_rows() {
+                    if !holds(res.value(i)) {
+                        continue;
+                    }
+                    let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_owned());
+                    let record = MetricRecord {
+                        metric_id: ids.value(i).to_owned(),
+                        resource_id: res.value(i).to_owned(),
+                        original_resource_id: orig.value(i).to_owned(),
+                        metric_name: names.value(i).to_owned(),
+                        unit: units.value(i).to_owned(),
+                        archive_policy_name: policies.value(i).to_owned(),
+                        resource_type: types.value(i).to_owned(),
+                        user_id: opt(users),
+                        project_id: opt(projects),
+                    };
+                    out.insert(
+                        (record.resource_id.clone(), record.metric_name.clone()),
+                        record,
+                    );
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// The stored bucket values of one metric, each key's newest generation, sorted by
+    /// (aggregation, granularity, timestamp). `route` is the resource's partition route.
+    pub fn aggregates(
+        &self,
+        resource_id: &str,
+        metric_name: &str,
+        route: u64,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
+        let mut newest: BTreeMap<(String, i64, i64), f64> = BTreeMap::new();
+        for entry in self.files(Table::Aggregates, Some(route)) {
+            for batch in self.batches(&entry)? {
+                for p in points_of(&batch, &entry.path, |r, m| {
+                    r == resource_id && m == metric_name
+                })? {
+                    let key = (
+                        p.aggregation.unwrap_or_default(),
+                        p.granularity_ns,
+                        p.timestamp_ns,
+                    );
+                    newest.insert(key, p.value);
+                }
+            }
+        }
+        Ok(newest
+            .into_iter()
+            .map(
+                |((aggregation, granularity_ns, timestamp_ns), value)| StoredPoint {
+                    aggregation: Some(aggregation),
+                    granularity_ns,
+                    timestamp_ns,
+                    value,
+                },
+            )
+            .collect())
+    }
+
+    /// The newest state of every metric whose resource `holds` accepts, by (resource, metric).
+    pub fn states(
+        &self,
+        holds: &dyn Fn(&str) -> bool,
+    ) -> Result<HashMap<(String, String), MetricState>, StoreError> {
+        // A metric's state is written whole at each checkpoint: keep its newest generation only.
+        let mut out: HashMap<(String, String), (u64, MetricState)> = HashMap::new();
+        for entry in self.files(Table::State, None) {
+            for batch in self.batches(&entry)? {
+                let res = strings(&batch, "resource_id", &entry.path)?;
+                let names = strings(&batch, "metric_name", &entry.path)?;
+                let points = points_of(&batch, &entry.path, |r, _| holds(r))?;
+                let mut rows = (0..batch.num_rows()).filter(|&i| holds(res.value(i)));
+                for p in points {
+                    let i = rows.next().expect("one point per kept row");
+                    let key = (res.value(i).to_owned(), names.value(i).to_owned());
+                    let slot = out.entry(key).or_insert((entry.generation, Vec::new()));
+                    if slot.0 < entry.generation {
+                        *slot = (entry.generation, Vec::new());
+                    }
+                    slot.1.push(p);
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Option<Manifest>, StoreError> {
+    let path = dir.join(MANIFEST);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("cannot read", &path)(e)),
+    };
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|_| StoreError::NotOurs {
+        dir: dir.display().to_string(),
+    })?;
+    if manifest.format != FORMAT {
+        return Err(StoreError::NotOurs {
+            dir: dir.display().to_string(),
+        });
+    }
+    if manifest.version != VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: format!(
+                "layout version {} but this build reads version {VERSION}",
+                manifest.version
+            ),
+        });
+    }
+    Ok(Some(manifest))
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+fn metrics_batch(rows: &[MetricRecord], generation: u64) -> RecordBatch {
+    let text = |f: fn(&MetricRecord) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let opt = |f: fn(&MetricRecord) -> Option<&str>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let schema = Schema::new(vec![
+        Field::new("metric_id", DataType::Utf8, false),
+        Field::new("resource_id", DataType::Utf8, false),
+        Field::new("original_resource_id", DataType::Utf8, false),
+        Field::new("metric_name", DataType::Utf8, false),
+        Field::new("unit", DataType::Utf8, false),
+        Field::new("archive_policy_name", DataType::Utf8, false),
+        Field::new("resource_type", DataType::Utf8, false),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("project_id", DataType::Utf8, true),
+        Field::new("generation", DataType::UInt64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        text(|r| &r.metric_id),
+        text(|r| &r.resource_id),
+        text(|r| &r.original_resource_id),
+        text(|r| &r.metric_name),
+        text(|r| &r.unit),
+        text(|r| &r.archive_policy_name),
+        text(|r| &r.resource_type),
+        opt(|r| r.user_id.as_deref()),
+        opt(|r| r.project_id.as_deref()),
+        Arc::new(UInt64Array::from(vec![generation; rows.len()])),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
+}
+
+fn points_batch(points: &Points, generation: u64, state: bool) -> RecordBatch {
+    let syms = |v: &[Sym]| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(v.iter().map(|s| s.as_str())))
+    };
+    let aggregation: ArrayRef = Arc::new(
+        points
+            .aggregation
+            .iter()
+            .map(|a| a.map(|s| s.as_str()))
+            .collect::<StringArray>(),
+    );
+    let granularity: ArrayRef = Arc::new(
+        points
+            .granularity_ns
+            .iter()
+            .map(|&g| (g > 0).then_some(g as f64 / 1e9))
+            .collect::<Float64Array>(),
+    );
+    let schema = Schema::new(vec![
+        Field::new("resource_id", DataType::Utf8, false),
+        Field::new("metric_name", DataType::Utf8, false),
+        Field::new("aggregation", DataType::Utf8, state),
+        Field::new("granularity_seconds", DataType::Float64, state),
+        Field::new("timestamp", timestamp_type(), false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("generation", DataType::UInt64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        syms(&points.resource_id),
+        syms(&points.metric_name),
+        aggregation,
+        granularity,
+        Arc::new(TimestampNanosecondArray::from(points.timestamp_ns.clone()).with_timezone("UTC")),
+        Arc::new(Float64Array::from(points.value.clone())),
+        Arc::new(UInt64Array::from(vec![generation; points.len()])),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
+}
+
+fn column<'b, T: 'static>(
+    batch: &'b RecordBatch,
+    name: &str,
+    path: &str,
+) -> Result<&'b T, StoreError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| StoreError::Corrupt {
+            path: path.to_owned(),
+            message: format!("column {name} is missing or of the wrong type"),
+        })
+}
+
+fn strings<'b>(
+    batch: &'b RecordBatch,
+    name: &str,
+    path: &str,
+) -> Result<&'b StringArray, StoreError> {
+    column::<StringArray>(batch, name, path)
+}
+
+/// The rows of an aggregates or state batch whose (resource, metric) `keep` accepts.
+fn points_of(
+    batch: &RecordBatch,
+    path: &str,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<StoredPoint>, StoreError> {
+    let res = strings(batch, "resource_id", path)?;
+    let names = strings(batch, "metric_name", path)?;
+    let aggregation = strings(batch, "aggregation", path)?;
+    let granularity = column::<Float64Array>(batch, "granularity_seconds", path)?;
+    let ts = column::<TimestampNanosecondArray>(batch, "timestamp", path)?;
+    let value = column::<Float64Array>(batch, "value", path)?;
+    let mut out = Vec::new();
+    for i in 0..batch.num_rows() {
+        if !keep(res.value(i), names.value(i)) {
+            continue;
+        }
+        out.push(StoredPoint {
+            aggregation: aggregation
+                .is_valid(i)
+                .then(|| aggregation.value(i).to_owned()),
+            granularity_ns: if granularity.is_valid(i) {
+                (granularity.value(i) * 1e9).round() as i64
+            } else {
+                0
+            },
+            timestamp_ns: ts.value(i),
+            value: value.value(i),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(value: f64) -> Checkpoint {
+        let (r, m) = (Sym::new("res-1"), Sym::new("cpu"));
+        let mut cp = Checkpoint::default();
+        cp.metrics.push(MetricRecord {
+            metric_id: "id".into(),
+            resource_id: "res-1".into(),
+            original_resource_id: "res/1".into(),
+            metric_name: "cpu".into(),
+            unit: "ns".into(),
+            archive_policy_name: "low".into(),
+            resource_type: "generic".into(),
+            user_id: None,
+            project_id: Some("p".into()),
+        });
+        cp.aggregates
+            .push(r, m, Some(Sym::new("mean")), 300_000_000_000, 0, value);
+        cp.state.push(r, m, None, 0, 5, value);
+        cp
+    }
+
+    #[test]
+    fn newer_generations_override_and_orphans_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = Partition { index: 0, count: 1 };
+        {
+            let store = Store::create(dir.path()).unwrap();
+            store.commit(part, &mut checkpoint(1.0)).unwrap();
+            store.commit(part, &mut checkpoint(2.0)).unwrap();
+            assert!(matches!(
+                Store::create(dir.path()).unwrap_err(),
+                StoreError::Locked { .. }
+            ));
+        }
+        fs::write(
+            dir.path().join("aggregates/g999-p0of1.parquet.tmp"),
+            b"half",
+        )
+        .unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        assert!(!dir
+            .path()
+            .join("aggregates/g999-p0of1.parquet.tmp")
+            .exists());
+        let points = store.aggregates("res-1", "cpu", 0).unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].value, 2.0);
+        let states = store.states(&|_| true).unwrap();
+        assert_eq!(states[&("res-1".to_owned(), "cpu".to_owned())].len(), 1);
+        let metrics = store.metrics(&|_| true).unwrap();
+        assert_eq!(metrics.len(), 1);
+        assert_eq!(metrics[0].project_id.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn foreign_and_missing_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let err = Store::create(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is not a meterflow store"), "{err}");
+        let err = Store::open(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no meterflow store"), "{err}");
+    }
+}

@@ -1,0 +1,413 @@
+//! The `gnocchi://` publisher's runtime: measures aggregated per metric by archive policy,
+//! exactly as Gnocchi's storage does (`meterflow_operators::aggregate::Metric`), with final
+//! buckets and resumable state checkpointed into the embedded store.
+//!
+//! Each notification a sink publishes is one batch of measures per metric (what `back_window`
+//! counts in). A bucket is final once the metric's own newest measure has moved so far on that
+//! no later measure can reach it (`floor(last, block) − block × back_window`); final buckets
+//! leave memory for the store. At a checkpoint (every epoch with an input that commits
+//! offsets, and at the end of the input) every changed metric's open buckets and raw measures
+//! are written too, so the store shows the newest values and a later run resumes exactly.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use meterflow_connectors::gnocchi::store::{
+    Checkpoint, MetricRecord, MetricState, Partition, Store, StoreError,
+};
+use meterflow_connectors::gnocchi::{metric_uuid, GnocchiOptions};
+use meterflow_engine::intern::Sym;
+use meterflow_engine::metrics::{Diag, DropReason};
+use meterflow_engine::partition::route;
+use meterflow_operators::aggregate::{ArchivePolicy, Metric};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+
+/// A sample on its way to the store: one measure of metric (resource, meter).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Measure {
+    /// Exchange key: the route of `resource_key`.
+    pub route: u64,
+    /// The notification it was published for (one batch, for `back_window`).
+    pub batch: u64,
+    /// The sink that published it.
+    pub sink: u16,
+    /// The `gnocchi://` publisher (index into the plan's publishers).
+    pub publisher: u16,
+    /// The resource id as Gnocchi keys it (`/` replaced by `_`).
+    pub resource_key: Sym,
+    /// The resource id as the sample carried it.
+    pub resource_id: Sym,
+    /// The metric (the meter name).
+    pub name: Sym,
+    /// The sample's unit.
+    pub unit: Sym,
+    /// The sample's user.
+    pub user_id: Option<Sym>,
+    /// The sample's project.
+    pub project_id: Option<Sym>,
+    /// Nanoseconds since the epoch.
+    pub timestamp_ns: i64,
+    /// The value.
+    pub value: f64,
+}
+
+/// Opens the store a plan writes to: refuses a foreign, read-only or busy directory and a
+/// definition whose archive policy contradicts one the store already holds, then records the
+/// plan's and the built-in policies.
+pub fn open_store(plan: &Plan, dir: &Path) -> anyhow::Result<Arc<Store>> {
+    let store = Store::create(dir)?;
+    let stored = store.archive_policies();
+    let mut record = Vec::new();
+    for name in ArchivePolicy::BUILTIN {
+        if let Some(p) = ArchivePolicy::builtin(name) {
+            record.push(p);
+        }
+    }
+    for policy in &plan.archive_policies {
+        record.retain(|p| p.name != policy.name);
+        record.push(policy.clone());
+    }
+    for policy in &record {
+        if let Some(json) = stored.get(&policy.name) {
+            let existing = ArchivePolicy::from_json(json).with_context(|| {
+                format!("store {}: archive policy {}", dir.display(), policy.name)
+            })?;
+            if existing != *policy {
+                anyhow::bail!(
+                    "archive policy {:?} in store {} differs from the one in the definition (stored: {}; defined: {}); Gnocchi never changes a policy under existing metrics: give the new one another name, or use another --store",
+                    policy.name,
+                    dir.display(),
+                    json,
+                    policy.to_json()
+                );
+            }
+        }
+    }
+    store.put_archive_policies(
+        record
+            .iter()
+            .filter(|p| !stored.contains_key(&p.name))
+            .map(|p| (p.name.clone(), p.to_json())),
+    )?;
+    Ok(store)
+}
+
+/// One worker's share of what the store holds: its resources' metrics and their state.
+#[derive(Default)]
+pub struct Share {
+    partition: Partition,
+    known: HashMap<(String, String), MetricRecord>,
+    states: HashMap<(String, String), MetricState>,
+}
+
+/// Reads the store's metrics and state once and splits them over `peers` workers by the
+/// route that sends each resource's measures to its worker.
+pub fn load_shares(store: &Store, peers: usize) -> Result<Vec<Share>, StoreError> {
+    let mut shares: Vec<Share> = (0..peers)
+        .map(|index| Share {
+            partition: Partition {
+                index: index as u32,
+                count: peers as u32,
+            },
+            ..Share::default()
+        })
+        .collect();
+    let worker = |resource: &str| (route(resource) % peers as u64) as usize;
+    for record in store.metrics(&|_| true)? {
+        let key = (record.resource_id.clone(), record.metric_name.clone());
+        shares[worker(&key.0)].known.insert(key, record);
+    }
+    for (key, state) in store.states(&|_| true)? {
+        shares[worker(&key.0)].states.insert(key, state);
+    }
+    Ok(shares)
+}
+
+/// A policy with its method names interned for the store's rows.
+struct Policy {
+    policy: Arc<ArchivePolicy>,
+    methods: Vec<Sym>,
+}
+
+struct Entry {
+    metric: Metric,
+    policy: Arc<Policy>,
+    dirty: bool,
+}
+
+/// One worker's share of the metrics: aggregation state, checkpoints into the store.
+pub struct Aggregator {
+    store: Arc<Store>,
+    partition: Partition,
+    plan: Arc<Plan>,
+    policies: HashMap<String, Arc<Policy>>,
+    metrics: FxHashMap<(Sym, Sym), Entry>,
+    known: HashMap<(String, String), MetricRecord>,
+    states: HashMap<(String, String), MetricState>,
+    checkpoint: Checkpoint,
+    durable: bool,
+    failure: Option<String>,
+}
+
+impl Aggregator {
+    /// Final buckets buffered before a checkpoint writes them out (bounds memory).
+    const MAX_BUFFERED_ROWS: usize = 1 << 20;
+
+    /// Worker `share.partition.index`: the metrics and state of its resources come from
+    /// [`load_shares`]. `durable`: checkpoint every epoch (an input commits offsets after each).
+    pub fn new(store: Arc<Store>, plan: Arc<Plan>, share: Share, durable: bool) -> Aggregator {
+        let Share {
+            partition,
+            known,
+            states,
+        } = share;
+        Aggregator {
+            store,
+            partition,
+            plan,
+            policies: HashMap::new(),
+            metrics: FxHashMap::default(),
+            known,
+            states,
+            checkpoint: Checkpoint::default(),
+            durable,
+            failure: None,
+        }
+    }
+
+    /// Why the store could not be written, if it could not.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    fn policy(&mut self, name: &str) -> Option<Arc<Policy>> {
+        if let Some(p) = self.policies.get(name) {
+            return Some(p.clone());
+        }
+        let policy = self.plan.archive_policy(name).or_else(|| {
+            let stored = self.store.archive_policies();
+            ArchivePolicy::from_json(stored.get(name)?).ok()
+        })?;
+        let policy = Arc::new(Policy {
+            methods: policy
+                .methods
+                .iter()
+                .map(|m| Sym::new(&m.to_string()))
+                .collect(),
+            policy: Arc::new(policy),
+        });
+        self.policies.insert(name.to_owned(), policy.clone());
+        Some(policy)
+    }
+
+    /// Makes sure `m`'s metric is in memory: resumed from the store, or new. False when its
+    /// archive policy does not exist.
+    fn ensure(&mut self, m: &Measure, options: &GnocchiOptions) -> bool {
+        let key = (m.resource_key, m.name);
+        if !self.metrics.contains_key(&key) {
+            let skey = (
+                m.resource_key.as_str().to_owned(),
+                m.name.as_str().to_owned(),
+            );
+            let policy_name = match self.known.get(&skey) {
+                Some(record) => record.archive_policy_name.clone(),
+                None => options
+                    .archive_policy
+                    .clone()
+                    .or_else(|| {
+                        self.plan
+                            .policy_for_metric(m.name.as_str())
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| "low".to_owned()),
+            };
+            let Some(policy) = self.policy(&policy_name) else {
+                return false;
+            };
+            if !self.known.contains_key(&skey) {
+                let record = MetricRecord {
+                    metric_id: metric_uuid(&skey.0, &skey.1),
+                    resource_id: skey.0.clone(),
+                    original_resource_id: m.resource_id.as_str().to_owned(),
+                    metric_name: skey.1.clone(),
+                    unit: m.unit.as_str().to_owned(),
+                    archive_policy_name: policy_name,
+                    resource_type: options.resource_type.clone(),
+                    user_id: m.user_id.map(|s| s.as_str().to_owned()),
+                    project_id: m.project_id.map(|s| s.as_str().to_owned()),
+                };
+                self.checkpoint.metrics.push(record.clone());
+                self.known.insert(skey.clone(), record);
+            }
+            let metric = match self.states.remove(&skey) {
+                Some(state) => resume(&policy, state),
+                None => Metric::new(policy.policy.clone()),
+            };
+            self.metrics.insert(
+                key,
+                Entry {
+                    metric,
+                    policy,
+                    dirty: false,
+                },
+            );
+        }
+        true
+    }
+
+    /// Aggregates one epoch's measures: each (sink, notification, metric) is one batch, in
+    /// notification order.
+    pub fn process(
+        &mut self,
+        measures: &mut Vec<Measure>,
+        options: &[Option<GnocchiOptions>],
+        diag: &mut Diag,
+    ) {
+        let ptr = |s: Sym| s.as_str().as_ptr() as usize;
+        measures.sort_by_key(|m| (m.batch, m.sink, ptr(m.resource_key), ptr(m.name)));
+        let mut points = Vec::new();
+        for group in measures.chunk_by(|a, b| {
+            (a.batch, a.sink, a.resource_key, a.name) == (b.batch, b.sink, b.resource_key, b.name)
+        }) {
+            let m = &group[0];
+            let Some(options) = options
+                .get(usize::from(m.publisher))
+                .and_then(Option::as_ref)
+            else {
+                continue;
+            };
+            diag.counters.measures += group.len() as u64;
+            points.clear();
+            points.extend(group.iter().map(|m| (m.timestamp_ns, m.value)));
+            if !self.ensure(m, options) {
+                for _ in group {
+                    diag.drop(DropReason::PublishError, || {
+                        format!("metric {} of resource {}: its archive policy is not defined; define it under archive_policies:", m.name, m.resource_id)
+                    });
+                }
+                continue;
+            }
+            let entry = self
+                .metrics
+                .get_mut(&(m.resource_key, m.name))
+                .expect("ensured above");
+            let outcome = entry.metric.add_batch(std::mem::take(&mut points));
+            for _ in 0..outcome.late {
+                diag.drop(DropReason::LateMeasure, || {
+                    format!("metric {} of resource {}: a measure older than archive policy {}'s back_window allows was dropped (Gnocchi drops these too); raise back_window to accept later data", m.name, m.resource_id, entry.policy.policy.name)
+                });
+            }
+            for _ in 0..outcome.invalid {
+                diag.drop(DropReason::InvalidMeasure, || {
+                    format!(
+                        "metric {} of resource {}: a NaN or infinite value cannot be stored",
+                        m.name, m.resource_id
+                    )
+                });
+            }
+            entry.dirty = true;
+            let (resource, name, methods) = (m.resource_key, m.name, &entry.policy.methods);
+            let definition = &entry.policy.policy.definition;
+            let rows = &mut self.checkpoint.aggregates;
+            entry.metric.take_final(&mut |gi, mi, t, v| {
+                rows.push(
+                    resource,
+                    name,
+                    Some(methods[mi]),
+                    definition[gi].granularity,
+                    t,
+                    v,
+                );
+            });
+        }
+        measures.clear();
+        if self.durable {
+            self.checkpoint_all(diag);
+        } else if self.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
+            self.commit(diag);
+        }
+    }
+
+    /// Writes every changed metric's open buckets and state, then commits.
+    pub fn checkpoint_all(&mut self, diag: &mut Diag) {
+        for (&(resource, name), entry) in self.metrics.iter_mut().filter(|(_, e)| e.dirty) {
+            entry.dirty = false;
+            let methods = &entry.policy.methods;
+            let definition = &entry.policy.policy.definition;
+            let (aggregates, state) = (&mut self.checkpoint.aggregates, &mut self.checkpoint.state);
+            entry.metric.provisional(&mut |gi, mi, t, v| {
+                let g = definition[gi].granularity;
+                aggregates.push(resource, name, Some(methods[mi]), g, t, v);
+                state.push(resource, name, Some(methods[mi]), g, t, v);
+            });
+            for &(t, v) in entry.metric.raw() {
+                state.push(resource, name, None, 0, t, v);
+            }
+        }
+        self.commit(diag);
+    }
+
+    /// Commits what is buffered, retrying a failing disk with backoff for a while; what
+    /// finally fails is reported as the run's failure (nothing is acknowledged past it).
+    fn commit(&mut self, diag: &mut Diag) {
+        if self.checkpoint.is_empty() || self.failure.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let rows = self.checkpoint.aggregates.len() as u64;
+        loop {
+            match self.store.commit(self.partition, &mut self.checkpoint) {
+                Ok(_) => {
+                    diag.counters.buckets_written += rows;
+                    return;
+                }
+                Err(e) if e.retryable() && started.elapsed() < RETRY_LIMIT => {
+                    tracing::warn!(
+                        "store {}: {e}; retrying in {} ms",
+                        self.store.dir().display(),
+                        backoff.as_millis()
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    self.failure = Some(format!("cannot write the store: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long a store that fails with a retryable error (a full disk) is retried.
+const RETRY_LIMIT: Duration = Duration::from_secs(60);
+
+/// A metric resumed from its stored state (raw measures, open buckets).
+fn resume(policy: &Policy, state: MetricState) -> Metric {
+    let mut raw = Vec::new();
+    let mut buckets = Vec::new();
+    for p in state {
+        match p.aggregation {
+            None => raw.push((p.timestamp_ns, p.value)),
+            Some(name) => {
+                let gi = policy
+                    .policy
+                    .definition
+                    .iter()
+                    .position(|g| g.granularity == p.granularity_ns);
+                let mi = policy.methods.iter().position(|m| m.as_str() == name);
+                if let (Some(gi), Some(mi)) = (gi, mi) {
+                    buckets.push((gi, mi, p.timestamp_ns, p.value));
+                }
+            }
+        }
+    }
+    Metric::restore(policy.policy.clone(), raw, buckets)
+}
