@@ -585,6 +585,69 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Moving final buckets out after every batch and resuming from raw + provisional at
+        /// random points gives the same series as one uninterrupted metric; final buckets never
+        /// change after they are taken; replayed batches change nothing.
+        #[test]
+        fn final_buckets_and_resumes_match_an_uninterrupted_metric(
+            batches in prop::collection::vec(
+                prop::collection::vec((0i64..30, -50i64..50, 0u8..8), 1..6),
+                1..30,
+            ),
+            resume_at in prop::collection::vec(any::<bool>(), 30),
+        ) {
+            let policy = serde_json::json!({"name": "p", "back_window": 1,
+                "aggregation_methods": ["mean", "count", "std", "last", "rate:sum"],
+                "definition": [{"granularity": 10, "points": 40}, {"granularity": 60, "points": 8}]});
+            let mut whole = metric(policy.clone());
+            let mut parts = metric(policy);
+            let mut finals: BTreeMap<(usize, usize, i64), f64> = BTreeMap::new();
+            let mut clock = 0i64;
+            for (i, batch) in batches.iter().enumerate() {
+                let points: Vec<Point> = batch.iter().map(|&(step, v, kind)| {
+                    let t = if kind == 0 { clock - step * 3 } else { clock + step };
+                    clock = clock.max(t);
+                    (t * S, v as f64)
+                }).collect();
+                whole.add_batch(points.clone());
+                parts.add_batch(points.clone());
+                let mut twice = Vec::new();
+                parts.take_final(&mut |gi, mi, t, v| {
+                    if finals.insert((gi, mi, t), v).is_some() {
+                        twice.push(t);
+                    }
+                });
+                prop_assert!(twice.is_empty(), "buckets taken twice: {:?}", twice);
+                let replay = parts.add_batch(points.clone());
+                prop_assert_eq!(replay.accepted, 0, "a replayed batch is a no-op");
+                if resume_at[i] {
+                    let mut buckets = Vec::new();
+                    parts.provisional(&mut |gi, mi, t, v| buckets.push((gi, mi, t, v)));
+                    parts = Metric::restore(parts.policy.clone(), parts.raw().to_vec(), buckets);
+                }
+            }
+            let mut all = finals.clone();
+            parts.provisional(&mut |gi, mi, t, v| { all.insert((gi, mi, t), v); });
+            for (mi, method) in whole.policy().methods.clone().into_iter().enumerate() {
+                for (gi, granule) in whole.policy().definition.clone().into_iter().enumerate() {
+                    let want = whole.measures(method, Some(granule.granularity));
+                    let series: Vec<(i64, f64)> = all.range((gi, mi, i64::MIN)..=(gi, mi, i64::MAX)).map(|(k, v)| (k.2, *v)).collect();
+                    let last = series.last().map_or(0, |p| p.0);
+                    let oldest = granule.timespan().map_or(i64::MIN, |s| last - s);
+                    let got: Vec<(i64, f64)> = series.into_iter().filter(|p| p.0 > oldest).collect();
+                    prop_assert_eq!(got.len(), want.len(), "{}@{}", method, granule.granularity / S);
+                    for (g, w) in got.iter().zip(&want) {
+                        let close = (g.1 - w.2).abs() <= 1e-9 * g.1.abs().max(w.2.abs()).max(1.0);
+                        prop_assert!(g.0 == w.0 && close, "{} at {}: {} vs {}", method, g.0 / S, g.1, w.2);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn invalid_values_are_counted_not_stored() {
         let mut m = metric(
