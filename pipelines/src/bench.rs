@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub run: RunOptions,
     /// Where file publishers write (default: a temporary file, removed afterwards).
     pub output: Option<PathBuf>,
+    /// Where gnocchi:// publishers write (default: a temporary store, removed afterwards).
+    pub store: Option<PathBuf>,
 }
 
 /// Writes `samples` synthetic samples as polling notifications of `batch` samples to `out`.
@@ -141,7 +143,12 @@ pub fn run(mut plan: Plan, options: &BenchOptions) -> anyhow::Result<(RunReport,
         .unwrap_or_else(|| dir.path().join("bench-output.jsonl"));
     redirect_files(&mut plan, &output);
     let input_bytes = std::fs::metadata(&input_path)?.len();
-    let report = dataflow::run(plan, &[InputSpec::File(input_path)], &options.run)?;
+    let mut run = options.run.clone();
+    run.store = options
+        .store
+        .clone()
+        .unwrap_or_else(|| dir.path().join("bench-store"));
+    let report = dataflow::run(plan, &[InputSpec::File(input_path)], &run)?;
     Ok((report, input_bytes))
 }
 

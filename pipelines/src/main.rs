@@ -97,6 +97,9 @@ enum Command {
         /// Where file publishers write (default: a temporary file).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Where gnocchi:// publishers write (default: a temporary store).
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -259,6 +262,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             batch,
             workers: n,
             output,
+            store,
         } => {
             let plan = match &pipeline {
                 Some(p) => load(p)?,
@@ -275,6 +279,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ..RunOptions::default()
                 },
                 output,
+                store,
             };
             let (report, bytes) = bench::run(plan, &options)?;
             let secs = report.elapsed.as_secs_f64();
@@ -305,6 +310,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 "samples/s: {rate:.0} ({:.0} per worker); samples out: {out}",
                 rate / report.workers as f64
             )?;
+            if report.counters.measures > 0 {
+                writeln!(
+                    stdout,
+                    "measures/s into the store: {:.0} ({} measures, {} bucket values written)",
+                    report.counters.measures as f64 / secs,
+                    report.counters.measures,
+                    report.counters.buckets_written
+                )?;
+            }
             if report.counters.dropped_total() > 0 {
                 eprint!("{}", summary::render(&report));
             }
