@@ -26,7 +26,7 @@ use meterflow_connectors::file::source::{ChunkReader, InputSpec};
 use meterflow_connectors::gnocchi::{resource_key, GnocchiOptions};
 use meterflow_connectors::PublisherSpec;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
-use meterflow_engine::component::{Publisher, PublisherFactory};
+use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, Diag, DropReason};
 use meterflow_engine::wire::{decode_line, Decoded, LineKind};
@@ -441,27 +441,88 @@ fn to_measures(
 /// retried before its buffered samples are counted as dropped.
 const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(300);
 
-/// Flushes a publisher, retrying retryable failures with exponential backoff. While it retries
-/// the worker waits, so the whole dataflow pauses and a Kafka input stops consuming and
-/// committing: nothing is acknowledged that is not written.
-fn flush_with_retry(publisher: &mut dyn Publisher, url: &str, diag: &mut Diag) {
+/// Each epoch's data held until the input frontier has passed the epoch, with a capability
+/// that holds the output frontier back until the epoch is processed: the probe passing an
+/// epoch means its output is written. Epochs come out oldest first.
+struct EpochStash<T> {
+    epochs: BTreeMap<u64, (Capability<u64>, Vec<T>)>,
+}
+
+impl<T> Default for EpochStash<T> {
+    fn default() -> Self {
+        EpochStash {
+            epochs: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> EpochStash<T> {
+    /// Holds `items` of epoch `time` (`capability` is called for an epoch's first items).
+    fn hold(
+        &mut self,
+        time: u64,
+        capability: impl FnOnce() -> Capability<u64>,
+        items: impl IntoIterator<Item = T>,
+    ) {
+        let held = self
+            .epochs
+            .entry(time)
+            .or_insert_with(|| (capability(), Vec::new()));
+        held.1.extend(items);
+    }
+
+    /// The oldest epoch the input frontier has passed, with its capability.
+    fn next_ready(
+        &mut self,
+        frontier: &timely::progress::frontier::MutableAntichain<u64>,
+    ) -> Option<(Capability<u64>, Vec<T>)> {
+        let entry = self.epochs.first_entry()?;
+        if frontier.less_equal(entry.key()) {
+            return None;
+        }
+        Some(entry.remove())
+    }
+}
+
+/// Calls `attempt` until it succeeds, fails with an error `retryable` rejects, or `limit` has
+/// passed, sleeping with exponential backoff (50 ms, doubling up to 5 s) after each retryable
+/// failure. While it retries the worker waits, so the whole dataflow pauses and a Kafka input
+/// stops consuming and committing: nothing is acknowledged that is not written.
+pub(crate) fn retry_with_backoff<E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    retryable: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match publisher.flush() {
-            Ok(()) => return,
-            Err(e) if e.retry && started.elapsed() < PUBLISH_RETRY_LIMIT => {
-                tracing::warn!("{url}: {e}; retrying in {} ms", backoff.as_millis());
+        match attempt() {
+            Err(e) if retryable(&e) && started.elapsed() < limit => {
+                tracing::warn!("{what}: {e}; retrying in {} ms", backoff.as_millis());
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => {
-                diag.drop(DropReason::PublishError, || {
-                    format!("{url}: {e}; not retrying now (what is buffered is tried again at the next flush)")
-                });
-                return;
-            }
+            result => return result,
         }
+    }
+}
+
+/// Flushes a publisher, retrying retryable failures (see [`retry_with_backoff`]); what
+/// finally fails is counted and tried again at the next flush.
+fn flush_with_retry(publisher: &mut dyn Publisher, url: &str, diag: &mut Diag) {
+    let flushed = retry_with_backoff(
+        url,
+        PUBLISH_RETRY_LIMIT,
+        |e: &PublishError| e.retry,
+        || publisher.flush(),
+    );
+    if let Err(e) = flushed {
+        diag.drop(DropReason::PublishError, || {
+            format!(
+                "{url}: {e}; not retrying now (what is buffered is tried again at the next flush)"
+            )
+        });
     }
 }
 
@@ -578,23 +639,19 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                         // Each epoch's data waits here, with a capability that holds the
                         // output frontier back until the epoch is processed and published:
                         // the probe passing an epoch means its output is written.
-                        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Vec<Routed>>)> =
-                            BTreeMap::new();
+                        let mut stash = EpochStash::default();
                         move |(input, frontier), output| {
                             input.for_each_stamp(|cap, data| {
                                 if let Some(time) = cap.least() {
-                                    let held = stash
-                                        .entry(*time)
-                                        .or_insert_with(|| (cap.delayed(time, 0), Vec::new()));
-                                    held.1.extend(data.map(std::mem::take));
+                                    stash.hold(
+                                        *time,
+                                        || cap.delayed(time, 0),
+                                        data.map(std::mem::take),
+                                    );
                                 }
                             });
                             let mut diag = transform_diag.borrow_mut();
-                            while let Some(entry) = stash.first_entry() {
-                                if frontier.less_equal(entry.key()) {
-                                    break;
-                                }
-                                let (capability, batches) = entry.remove();
+                            while let Some((capability, batches)) = stash.next_ready(frontier) {
                                 for batch in batches {
                                     for r in batch {
                                         transformer.handle(r, &mut diag);
@@ -624,26 +681,19 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 // Held until the store has the last epoch: the probe passing
                                 // the end means every checkpoint is committed.
                                 let mut last = Some(default);
-                                let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Measure>)> =
-                                    BTreeMap::new();
+                                let mut stash = EpochStash::default();
                                 move |(input, frontier), _output| {
                                     input.for_each_stamp(|cap, data| {
                                         if let Some(time) = cap.least() {
-                                            let held = stash.entry(*time).or_insert_with(|| {
-                                                (cap.delayed(time, 0), Vec::new())
-                                            });
-                                            for batch in data {
-                                                held.1.append(batch);
-                                            }
+                                            let measures = data.flat_map(|batch| batch.drain(..));
+                                            stash.hold(*time, || cap.delayed(time, 0), measures);
                                         }
                                     });
                                     let mut diag = aggregate_diag.borrow_mut();
                                     let mut aggregator = aggregator.borrow_mut();
-                                    while let Some(entry) = stash.first_entry() {
-                                        if frontier.less_equal(entry.key()) {
-                                            break;
-                                        }
-                                        let (capability, mut measures) = entry.remove();
+                                    while let Some((capability, mut measures)) =
+                                        stash.next_ready(frontier)
+                                    {
                                         aggregator.process(
                                             &mut measures,
                                             &gnocchi_options,
@@ -816,7 +866,6 @@ fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meterflow_engine::component::PublishError;
 
     struct Flaky {
         failures: u32,

@@ -87,8 +87,10 @@ pub fn find_metric(
     metric: &str,
 ) -> Result<MetricRecord, QueryError> {
     let key = resource_key(resource);
+    // Only an id that is itself a UUID can name a resource by its UUID.
+    let by_uuid = resource_uuid(resource) == resource;
     store
-        .metrics(&|r| r == key || resource_uuid(r) == resource)?
+        .metrics(&|r| r == key || (by_uuid && resource_uuid(r) == resource))?
         .into_iter()
         .find(|m| m.metric_name == metric)
         .ok_or_else(|| QueryError::MetricNotFound {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use meterflow_connectors::gnocchi::store::{
@@ -26,6 +26,7 @@ use meterflow_operators::aggregate::{ArchivePolicy, Metric};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::retry_with_backoff;
 use crate::plan::Plan;
 
 /// A sample on its way to the store: one measure of metric (resource, meter).
@@ -359,29 +360,15 @@ impl Aggregator {
         if self.checkpoint.is_empty() || self.failure.is_some() {
             return;
         }
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
         let rows = self.checkpoint.aggregates.len() as u64;
-        loop {
-            match self.store.commit(self.partition, &mut self.checkpoint) {
-                Ok(_) => {
-                    diag.counters.buckets_written += rows;
-                    return;
-                }
-                Err(e) if e.retryable() && started.elapsed() < RETRY_LIMIT => {
-                    tracing::warn!(
-                        "store {}: {e}; retrying in {} ms",
-                        self.store.dir().display(),
-                        backoff.as_millis()
-                    );
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    self.failure = Some(format!("cannot write the store: {e}"));
-                    return;
-                }
-            }
+        let (store, partition, checkpoint) = (&self.store, self.partition, &mut self.checkpoint);
+        let what = format!("store {}", store.dir().display());
+        let committed = retry_with_backoff(&what, RETRY_LIMIT, StoreError::retryable, || {
+            store.commit(partition, checkpoint).map(drop)
+        });
+        match committed {
+            Ok(()) => diag.counters.buckets_written += rows,
+            Err(e) => self.failure = Some(format!("cannot write the store: {e}")),
         }
     }
 }

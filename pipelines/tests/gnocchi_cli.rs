@@ -63,6 +63,21 @@ fn run(pipeline: &Path, input: &Path, store: &Path, workers: &str) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// `meterflow run PIPELINE --input INPUT --store STORE` must fail with `needle` in its stderr.
+fn run_fails_with(pipeline: &Path, input: &Path, store: &Path, needle: &str) {
+    assert_fails_with(
+        &[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        needle,
+    );
+}
+
 fn measures(
     store: &Path,
     resource: &str,
@@ -340,46 +355,23 @@ fn bad_measures_and_bad_stores_fail_clearly() {
         POLICY.replace("\"back_window\": 1", "\"back_window\": 2"),
     )
     .unwrap();
-    let changed_pipeline = pipeline_for(&changed, &dir.path().join("changed-dir").tap_mkdir());
-    assert_fails_with(
-        &[
-            "run",
-            changed_pipeline.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--store",
-            s,
-        ],
+    let changed_dir = dir.path().join("changed-dir");
+    std::fs::create_dir(&changed_dir).unwrap();
+    let changed_pipeline = pipeline_for(&changed, &changed_dir);
+    run_fails_with(
+        &changed_pipeline,
+        &input,
+        &store,
         "differs from the one in the definition",
     );
     let foreign = dir.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
-    assert_fails_with(
-        &[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--store",
-            foreign.to_str().unwrap(),
-        ],
-        "is not a meterflow store",
-    );
+    run_fails_with(&pipeline, &input, &foreign, "is not a meterflow store");
     assert!(foreign.join("notes.txt").exists());
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
-    assert_fails_with(
-        &[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--store",
-            file.to_str().unwrap(),
-        ],
-        "cannot create store directory",
-    );
+    run_fails_with(&pipeline, &input, &file, "cannot create store directory");
     assert_fails_with(
         &[
             "measures",
@@ -394,17 +386,6 @@ fn bad_measures_and_bad_stores_fail_clearly() {
     );
     // The first store is intact after all that.
     assert_eq!(measures(&store, "vm", "cpu_util", "count", "60").len(), 1);
-}
-
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
-}
-
-impl TapMkdir for PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
-    }
 }
 
 #[test]

@@ -250,10 +250,6 @@ impl Points {
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
     }
-
-    fn clear(&mut self) {
-        *self = Points::default();
-    }
 }
 
 /// What one worker hands the store at a checkpoint.
@@ -458,9 +454,7 @@ impl Store {
         next.files.extend(entries);
         self.write_manifest(&next)?;
         *manifest = next;
-        checkpoint.metrics.clear();
-        checkpoint.aggregates.clear();
-        checkpoint.state.clear();
+        *checkpoint = Checkpoint::default();
         Ok(generation)
     }
 
@@ -605,7 +599,7 @@ impl Store {
         let mut newest: BTreeMap<(String, i64, i64), f64> = BTreeMap::new();
         for entry in self.files(Table::Aggregates, Some(route)) {
             for batch in self.batches(&entry)? {
-                for p in points_of(&batch, &entry.path, |r, m| {
+                for (_, p) in points_of(&batch, &entry.path, |r, m| {
                     r == resource_id && m == metric_name
                 })? {
                     let key = (
@@ -641,10 +635,7 @@ impl Store {
             for batch in self.batches(&entry)? {
                 let res = strings(&batch, "resource_id", &entry.path)?;
                 let names = strings(&batch, "metric_name", &entry.path)?;
-                let points = points_of(&batch, &entry.path, |r, _| holds(r))?;
-                let mut rows = (0..batch.num_rows()).filter(|&i| holds(res.value(i)));
-                for p in points {
-                    let i = rows.next().expect("one point per kept row");
+                for (i, p) in points_of(&batch, &entry.path, |r, _| holds(r))? {
                     let key = (res.value(i).to_owned(), names.value(i).to_owned());
                     let slot = out.entry(key).or_insert((entry.generation, Vec::new()));
                     if slot.0 < entry.generation {
@@ -784,12 +775,13 @@ fn strings<'b>(
     column::<StringArray>(batch, name, path)
 }
 
-/// The rows of an aggregates or state batch whose (resource, metric) `keep` accepts.
+/// The rows of an aggregates or state batch whose (resource, metric) `keep` accepts, with
+/// their row numbers.
 fn points_of(
     batch: &RecordBatch,
     path: &str,
     keep: impl Fn(&str, &str) -> bool,
-) -> Result<Vec<StoredPoint>, StoreError> {
+) -> Result<Vec<(usize, StoredPoint)>, StoreError> {
     let res = strings(batch, "resource_id", path)?;
     let names = strings(batch, "metric_name", path)?;
     let aggregation = strings(batch, "aggregation", path)?;
@@ -801,18 +793,21 @@ fn points_of(
         if !keep(res.value(i), names.value(i)) {
             continue;
         }
-        out.push(StoredPoint {
-            aggregation: aggregation
-                .is_valid(i)
-                .then(|| aggregation.value(i).to_owned()),
-            granularity_ns: if granularity.is_valid(i) {
-                (granularity.value(i) * 1e9).round() as i64
-            } else {
-                0
+        out.push((
+            i,
+            StoredPoint {
+                aggregation: aggregation
+                    .is_valid(i)
+                    .then(|| aggregation.value(i).to_owned()),
+                granularity_ns: if granularity.is_valid(i) {
+                    (granularity.value(i) * 1e9).round() as i64
+                } else {
+                    0
+                },
+                timestamp_ns: ts.value(i),
+                value: value.value(i),
             },
-            timestamp_ns: ts.value(i),
-            value: value.value(i),
-        });
+        ));
     }
     Ok(out)
 }
