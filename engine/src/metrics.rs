@@ -116,6 +116,13 @@ pub struct Counters {
     pub measures: u64,
     /// Bucket values written to the store.
     pub buckets_written: u64,
+    /// Metrics held in memory by the store's aggregation (a gauge).
+    pub metrics_open: u64,
+    /// Buckets held in memory, not yet final (a gauge).
+    pub buckets_open: u64,
+    /// Per input (by its position; the API's ingest after the inputs), the newest event time
+    /// seen, microseconds since the epoch (`i64::MIN` before the first).
+    pub newest_event_us: Vec<i64>,
 }
 
 impl Counters {
@@ -125,6 +132,16 @@ impl Counters {
             sinks: vec![SinkCounts::default(); sinks],
             ..Counters::default()
         }
+    }
+
+    /// Records that input `input` carried an event at `micros`.
+    #[inline]
+    pub fn saw_event(&mut self, input: usize, micros: i64) {
+        if self.newest_event_us.len() <= input {
+            self.newest_event_us.resize(input + 1, i64::MIN);
+        }
+        let newest = &mut self.newest_event_us[input];
+        *newest = (*newest).max(micros);
     }
 
     /// Counts one drop.
@@ -151,6 +168,11 @@ impl Counters {
         self.buckets_written += other.buckets_written;
         self.samples_unrouted += other.samples_unrouted;
         self.held += other.held;
+        self.metrics_open += other.metrics_open;
+        self.buckets_open += other.buckets_open;
+        for (i, &t) in other.newest_event_us.iter().enumerate() {
+            self.saw_event(i, t);
+        }
         for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
             *a += b;
         }

@@ -36,9 +36,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::{Capability, Operator, Probe};
+use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
+use crate::api::{IngestRequest, ListenOptions, Live, Server};
 use crate::plan::Plan;
 use crate::storage::{load_shares, open_store, Aggregator, Measure, Share};
 
@@ -68,6 +69,9 @@ pub struct RunOptions {
     pub dead_letter: Option<std::path::PathBuf>,
     /// The embedded store `gnocchi://` publishers write to.
     pub store: std::path::PathBuf,
+    /// Serve Gnocchi's API (and `/metrics`) while running, and keep running after the inputs
+    /// end until SIGINT or SIGTERM.
+    pub listen: Option<ListenOptions>,
 }
 
 impl Default for RunOptions {
@@ -78,6 +82,7 @@ impl Default for RunOptions {
             chunk_bytes: ChunkReader::TARGET_BYTES,
             dead_letter: None,
             store: std::path::PathBuf::from("data"),
+            listen: None,
         }
     }
 }
@@ -154,6 +159,9 @@ impl Decoder {
             let kind = decode_line(&line, &mut |decoded| match decoded {
                 Decoded::Sample(sample) => {
                     diag.counters.samples_in += 1;
+                    if let Some(micros) = sample.timestamp.micros() {
+                        diag.counters.saw_event(chunk.input as usize, micros);
+                    }
                     let sinks = Self::routes(routes, plan, sample.name);
                     if sinks.is_empty() {
                         diag.counters.samples_unrouted += 1;
@@ -431,6 +439,7 @@ fn to_measures(
             unit: s.unit,
             user_id: s.user_id,
             project_id: s.project_id,
+            policy: None,
             timestamp_ns: micros * 1000,
             value: s.volume.as_f64(),
         });
@@ -543,7 +552,8 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         })
         .collect::<anyhow::Result<_>>()?;
     let workers = options.workers.max(1);
-    let store = if plan.uses_store() {
+    let listening = options.listen.is_some();
+    let store = if plan.uses_store() || listening {
         let store = open_store(&plan, &options.store)?;
         let shares = load_shares(&store, workers)?;
         Some((
@@ -553,6 +563,9 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     } else {
         None
     };
+    // The API's measures count as one more gnocchi:// publisher, after the plan's: the
+    // archive-policy rules pick the policy of metrics a request does not give one.
+    let api_publisher = plan.publishers.len() as u16;
     let gnocchi_options: Arc<Vec<Option<GnocchiOptions>>> = Arc::new(
         plan.publishers
             .iter()
@@ -560,6 +573,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 PublisherSpec::Gnocchi(o) => Some(o.clone()),
                 _ => None,
             })
+            .chain(std::iter::once(Some(GnocchiOptions {
+                resource_type: "generic".into(),
+                ..GnocchiOptions::default()
+            })))
             .collect(),
     );
     let dead_letter = options
@@ -583,12 +600,34 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let plan = Arc::new(plan);
     let readers = Arc::new(Mutex::new(Some(readers)));
     let progress = options.progress;
+    let live = Arc::new(Live::new(workers, names.to_vec(), sink_names.clone()));
+    let mut server = None;
+    let mut api_requests = None;
+    if let (Some(listen), Some((store, _))) = (&options.listen, &store) {
+        let (s, rx) = Server::start(
+            listen,
+            store.clone(),
+            plan.clone(),
+            live.clone(),
+            api_publisher,
+        )?;
+        eprintln!(
+            "meterflow: serving the Gnocchi API and /metrics on http://{} (SIGINT or SIGTERM stops)",
+            s.addr()
+        );
+        server = Some(s);
+        api_requests = Some(rx);
+    }
+    let api_requests = Arc::new(Mutex::new(api_requests));
+    let worker_live = live.clone();
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let peers = worker.peers() as u64;
+        let live = worker_live.clone();
         let diag = Rc::new(RefCell::new(Diag::with_sinks(sink_count)));
         let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Chunk>>>::new();
+        let mut api_input = InputHandle::<u64, CapacityContainerBuilder<Vec<Measure>>>::new();
         let probe = ProbeHandle::new();
         let plan = plan.clone();
         let factories = factories.clone();
@@ -598,14 +637,14 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             let share: Share = shares.lock().unwrap_or_else(|p| p.into_inner())[index]
                 .take()
                 .unwrap_or_default();
-            Rc::new(RefCell::new(Aggregator::new(
-                store.clone(),
-                plan.clone(),
-                share,
-                durable,
-            )))
+            let mut aggregator = Aggregator::new(store.clone(), plan.clone(), share, durable);
+            if listening {
+                aggregator.checkpoint_every(CHECKPOINT_EVERY);
+            }
+            Rc::new(RefCell::new(aggregator))
         });
         let gnocchi_options = gnocchi_options.clone();
+        let aggregate_live = live.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let decode_diag = diag.clone();
             let mut decoder = Decoder::new(plan.clone(), names)
@@ -673,7 +712,9 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 }
                 Some(aggregator) => {
                     let aggregate_diag = diag.clone();
+                    let live = aggregate_live;
                     measures
+                        .concat(api_input.to_stream(scope))
                         .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
                             Exchange::new(|m: &Measure| m.route),
                             "Aggregate",
@@ -699,11 +740,18 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                             &gnocchi_options,
                                             &mut diag,
                                         );
+                                        if let Some(why) = aggregator.failure() {
+                                            live.fail(why);
+                                        }
                                         drop(capability);
                                     }
+                                    aggregator.checkpoint_if_due(&mut diag);
                                     if frontier.is_empty() {
                                         if let Some(cap) = last.take() {
                                             aggregator.checkpoint_all(&mut diag);
+                                            if let Some(why) = aggregator.failure() {
+                                                live.fail(why);
+                                            }
                                             drop(cap);
                                         }
                                     } else if let (Some(cap), Some(t)) =
@@ -723,21 +771,41 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
 
         let mut result = Ok(0);
         if index == 0 {
+            let api = api_requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .map(|rx| ApiFeed {
+                    requests: rx,
+                    input: api_input,
+                    pending: Vec::new(),
+                });
             result = feed(
                 worker,
                 input,
+                api,
                 &probe,
                 &readers,
                 progress.then_some(total_bytes),
                 peers,
+                &live,
+                &diag,
             );
         } else {
             drop(input);
+            drop(api_input);
             // (Worker 0 runs the dataflow to its end inside `feed`; once no dataflow is left,
-            // `step_or_park(None)` would park for good, so each worker loops exactly once.)
-            while worker.step_or_park(None) {}
+            // `step_or_park` returns false, so each worker loops exactly once more.)
+            let mut published = Instant::now();
+            while worker.step_or_park(Some(Duration::from_millis(100))) {
+                if published.elapsed() >= PUBLISH_EVERY {
+                    live.publish(index, &diag.borrow().counters);
+                    published = Instant::now();
+                }
+            }
         }
         let counters = diag.borrow().counters.clone();
+        live.publish(index, &counters);
         if let Some(e) = aggregator
             .as_ref()
             .and_then(|a| a.borrow().failure().map(str::to_owned))
@@ -750,7 +818,11 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
 
     let mut counters = Counters::with_sinks(sink_count);
     let mut bytes = 0;
-    for result in guards.join() {
+    let results = guards.join();
+    if let Some(server) = server {
+        server.shutdown();
+    }
+    for result in results {
         let (c, b) = result
             .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?
             .map_err(anyhow::Error::msg)?;
@@ -768,16 +840,80 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
 
 type Readers = Arc<Mutex<Option<Vec<Box<dyn ChunkSource>>>>>;
 
+/// How often workers hand their counters to the API's `/metrics`.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// How often an idle, listening engine moves its epoch on.
+const TICK_EVERY: Duration = Duration::from_millis(500);
+
+/// How often a listening engine checkpoints what the store's operator holds.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The API's side of worker 0's loop: accepted POSTs come in on `requests`, go into the
+/// dataflow through `input`, and are answered once the probe has passed their epoch.
+struct ApiFeed {
+    requests: tokio::sync::mpsc::Receiver<IngestRequest>,
+    input: InputHandle<u64, CapacityContainerBuilder<Vec<Measure>>>,
+    pending: Vec<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+}
+
+impl ApiFeed {
+    /// Requests handed in at once (one epoch); more wait for the next.
+    const MAX_PER_EPOCH: usize = 256;
+
+    /// Sends waiting requests into epoch `seq`, each its own batch; true if any.
+    fn take(&mut self, seq: u64, api_input: usize, diag: &RefCell<Diag>) -> bool {
+        let mut taken = 0usize;
+        while taken < Self::MAX_PER_EPOCH {
+            let Ok(mut request) = self.requests.try_recv() else {
+                break;
+            };
+            let batch = (seq << 32) | (1 << 31) | taken as u64;
+            let mut diag = diag.borrow_mut();
+            for m in &mut request.measures {
+                m.batch = batch;
+                diag.counters
+                    .saw_event(api_input, m.timestamp_ns.div_euclid(1000));
+            }
+            self.input.send_batch(&mut request.measures);
+            self.pending.push((seq, request.reply));
+            taken += 1;
+        }
+        taken > 0
+    }
+
+    /// Answers every request whose epoch the probe has passed (its checkpoint is committed).
+    /// Call only after checking for a failure since the last step: a failing commit is
+    /// reported before its epoch can pass.
+    fn answer(&mut self, probe: &ProbeHandle<u64>) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if probe.less_equal(&self.pending[i].0) {
+                i += 1;
+            } else {
+                let (_, reply) = self.pending.swap_remove(i);
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+}
+
 /// Worker 0's loop: reads every input in order, one epoch per chunk, keeping a bounded number
 /// of chunks in flight, and tells each source which chunks are fully processed (so a Kafka
-/// source commits only offsets whose output is written); then runs the dataflow to its end.
+/// source commits only offsets whose output is written). With the API, measures it accepted
+/// go in as epochs of their own, and the loop goes on after the inputs end until asked to
+/// stop. Then it runs the dataflow to its end.
+#[allow(clippy::too_many_arguments)]
 fn feed(
     worker: &mut timely::worker::Worker,
     mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
+    mut api: Option<ApiFeed>,
     probe: &ProbeHandle<u64>,
     readers: &Readers,
     progress_total: Option<Option<u64>>,
     peers: u64,
+    live: &Live,
+    diag: &RefCell<Diag>,
 ) -> Result<u64, String> {
     let mut sources = readers
         .lock()
@@ -821,38 +957,104 @@ fn feed(
             .try_for_each(|s| s.processed_through(through))
             .map_err(|e| format!("committing input progress failed: {e}"))
     };
+    let api_input_index = sources.len();
     let mut failure = None;
-    'inputs: for current in 0..sources.len() {
-        loop {
-            let chunk = match sources[current].next_chunk(seq) {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
+    let mut current = 0;
+    let mut published = Instant::now();
+    let mut ticked = Instant::now();
+    loop {
+        let mut sent = api
+            .as_mut()
+            .is_some_and(|api| api.take(seq, api_input_index, diag));
+        if current < sources.len() && !live.stopping() {
+            match sources[current].next_chunk(seq) {
+                Ok(Some(chunk)) => {
+                    bytes += chunk.data.len() as u64;
+                    if let Some(bar) = &bar {
+                        bar.inc(chunk.data.len() as u64);
+                    }
+                    input.send(chunk);
+                    sent = true;
+                }
+                Ok(None) => current += 1,
                 Err(e) => {
                     failure = Some(format!("reading input failed: {e}"));
-                    break 'inputs;
+                    break;
                 }
-            };
-            bytes += chunk.data.len() as u64;
-            if let Some(bar) = &bar {
-                bar.inc(chunk.data.len() as u64);
             }
-            input.send(chunk);
+        }
+        if sent {
             seq += 1;
             input.advance_to(seq);
-            worker.step();
-            while probe.less_than(&seq.saturating_sub(in_flight)) {
-                worker.step();
+            if let Some(api) = api.as_mut() {
+                api.input.advance_to(seq);
             }
-            if let Err(e) = report(&mut sources, &mut committed) {
-                failure = Some(e);
-                break 'inputs;
+        }
+        worker.step();
+        while probe.less_than(&seq.saturating_sub(in_flight)) {
+            worker.step();
+        }
+        if let Err(e) = report(&mut sources, &mut committed) {
+            failure = Some(e);
+            break;
+        }
+        if let Some(why) = live.failure() {
+            failure = Some(why);
+            break;
+        }
+        if let Some(api) = api.as_mut() {
+            api.answer(probe);
+        }
+        if published.elapsed() >= PUBLISH_EVERY {
+            live.publish(0, &diag.borrow().counters);
+            published = Instant::now();
+        }
+        if current >= sources.len() || live.stopping() {
+            match &api {
+                None => break,
+                // Stopping: what was accepted before is taken in; then finish.
+                Some(api) if live.stopping() && !sent && api.requests.is_empty() => break,
+                Some(_) if !sent => {
+                    worker.step_or_park(Some(Duration::from_millis(2)));
+                    // An empty epoch now and then lets the store's operator write what it
+                    // holds (it checkpoints when due, see `Aggregator::checkpoint_if_due`).
+                    if ticked.elapsed() >= TICK_EVERY {
+                        seq += 1;
+                        input.advance_to(seq);
+                        if let Some(api) = api.as_mut() {
+                            api.input.advance_to(seq);
+                        }
+                        ticked = Instant::now();
+                    }
+                }
+                Some(_) => {}
             }
         }
     }
     // Whatever happened, let every worker finish what was sent (and publish it) before
     // returning; only then is it safe to commit the last input progress.
     drop(input);
+    if let Some(api) = api.as_mut() {
+        api.requests.close();
+        // Requests that got in after the loop ended are refused (their senders see an error).
+        while let Ok(request) = api.requests.try_recv() {
+            let _ = request.reply.send(Err(
+                "meterflow stopped before taking these measures in; send them again".into(),
+            ));
+        }
+    }
+    let pending = api.map(|api| {
+        drop(api.input);
+        api.pending
+    });
     while worker.step_or_park(None) {}
+    let failure = failure.or_else(|| live.failure());
+    for (_, reply) in pending.into_iter().flatten() {
+        let _ = reply.send(match &failure {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        });
+    }
     if let Some(e) = failure {
         return Err(e);
     }

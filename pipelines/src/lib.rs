@@ -6,7 +6,8 @@
 //! over `--workers` threads and runs it to the end of its inputs; [`sequential::run`] is the
 //! plain one-loop reference the dataflow is tested against; [`bench`] generates synthetic
 //! telemetry and measures throughput. `gnocchi://` publishers feed [`storage`]'s aggregation
-//! operator, which writes the embedded store; [`query`] reads it back as Gnocchi does. The binary in `src/main.rs` only parses arguments and
+//! operator, which writes the embedded store; [`query`] reads it back as Gnocchi does, and
+//! [`api`] serves Gnocchi's REST API over it (feeding POSTed measures into the same operator). The binary in `src/main.rs` only parses arguments and
 //! calls these.
 //!
 //! # Example
@@ -22,6 +23,7 @@
 //! assert_eq!(out[0].1.volume.as_f64(), 5.0);
 //! ```
 
+pub mod api;
 pub mod bench;
 pub mod dataflow;
 pub mod matcher;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meterflow_connectors::file::source::InputSpec;
+use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
 use meterflow_pipelines::dataflow::{self, RunOptions};
 use meterflow_pipelines::plan::{Plan, PlanError};
@@ -27,7 +28,7 @@ enum Command {
         /// The pipeline definition (Ceilometer's pipeline.yaml format).
         pipeline: PathBuf,
         /// Input URL: a path or file://PATH (JSONL), or - for stdin. Repeatable; read in order.
-        #[arg(long = "input", short = 'i', required = true)]
+        #[arg(long = "input", short = 'i', required_unless_present = "listen")]
         inputs: Vec<String>,
         /// Worker threads (default: all cores).
         #[arg(long, short = 'w')]
@@ -45,6 +46,34 @@ enum Command {
         /// meter definition) to this JSONL file, with its place and reason.
         #[arg(long)]
         dead_letter: Option<PathBuf>,
+        /// Also serve Gnocchi's REST API and /metrics on this address (HOST:PORT or PORT;
+        /// 127.0.0.1 unless a host is given), and keep running after the inputs end until
+        /// SIGINT or SIGTERM.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Require `Authorization: Bearer <token>` on the API, the token being this file's
+        /// first line.
+        #[arg(long, requires = "listen")]
+        token_file: Option<PathBuf>,
+    },
+    /// Serve Gnocchi's REST API over a store (reads, and measures POSTed in, aggregated by the
+    /// same operator `run` uses) until SIGINT or SIGTERM.
+    Serve {
+        /// A definition whose archive_policies and archive_policy_rules apply to metrics the
+        /// API creates (default: Gnocchi's built-in policies and its `*` → low rule).
+        pipeline: Option<PathBuf>,
+        /// Directory of the store.
+        #[arg(long, default_value = "./data")]
+        store: PathBuf,
+        /// Address to listen on (HOST:PORT or PORT; 127.0.0.1 unless a host is given).
+        #[arg(long, default_value = "127.0.0.1:8041")]
+        listen: String,
+        /// Require `Authorization: Bearer <token>`, the token being this file's first line.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Worker threads (default: all cores).
+        #[arg(long, short = 'w')]
+        workers: Option<usize>,
     },
     /// Print a metric's measures from the store as Gnocchi's JSON: [[timestamp, granularity, value], ...].
     Measures {
@@ -69,6 +98,9 @@ enum Command {
         /// Only buckets before this time (exclusive).
         #[arg(long)]
         stop: Option<String>,
+        /// Re-aggregate the --granularity points into buckets of this many seconds.
+        #[arg(long, requires = "granularity")]
+        resample: Option<f64>,
     },
     /// Check a pipeline definition and report every problem with its place.
     Validate {
@@ -158,8 +190,18 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             summary_json,
             no_progress,
             dead_letter,
+            listen,
+            token_file,
         } => {
             let plan = load(&pipeline)?;
+            let listen = listen
+                .map(|addr| -> anyhow::Result<_> {
+                    Ok(ListenOptions {
+                        addr,
+                        token: token_file.as_deref().map(api::read_token).transpose()?,
+                    })
+                })
+                .transpose()?;
             let inputs = inputs
                 .iter()
                 .map(|i| InputSpec::parse(i).map_err(anyhow::Error::msg))
@@ -169,6 +211,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 progress: !no_progress && std::io::stderr().is_terminal(),
                 dead_letter: dead_letter.clone(),
                 store,
+                listen,
                 ..RunOptions::default()
             };
             let report = dataflow::run(plan, &inputs, &options)?;
@@ -205,6 +248,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             granularity,
             start,
             stop,
+            resample,
         } => {
             let store = meterflow_connectors::gnocchi::store::Store::open(&store)?;
             let query = query::MeasuresQuery {
@@ -214,9 +258,34 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 granularity,
                 start: start.as_deref().map(query::parse_time).transpose()?,
                 stop: stop.as_deref().map(query::parse_time).transpose()?,
+                resample,
             };
             let points = query::measures(&store, &query)?;
             writeln!(stdout, "{}", query::to_json(&points))?;
+        }
+        Command::Serve {
+            pipeline,
+            store,
+            listen,
+            token_file,
+            workers: n,
+        } => {
+            let plan = match &pipeline {
+                Some(p) => load(p)?,
+                None => Plan::from_yaml("sources: []\nsinks: []\n", "<no definition>")
+                    .context("the empty definition")?,
+            };
+            let options = RunOptions {
+                workers: workers(n)?,
+                store,
+                listen: Some(ListenOptions {
+                    addr: listen,
+                    token: token_file.as_deref().map(api::read_token).transpose()?,
+                }),
+                ..RunOptions::default()
+            };
+            let report = dataflow::run(plan, &[], &options)?;
+            eprint!("{}", summary::render(&report));
         }
         Command::Validate { pipeline } => {
             let plan = load(&pipeline)?;

@@ -4,7 +4,6 @@
 //! rounded down to the granularity, `stop` exclusive).
 
 use meterflow_connectors::gnocchi::store::{MetricRecord, Store, StoreError};
-use meterflow_connectors::gnocchi::{resource_key, resource_uuid};
 use meterflow_engine::partition::route;
 use meterflow_engine::time::{format_seconds_utc, parse_micros};
 use meterflow_operators::aggregate::{ArchivePolicy, Method, NANOS};
@@ -24,6 +23,9 @@ pub struct MeasuresQuery {
     pub start: Option<i64>,
     /// Only buckets before this time, nanoseconds.
     pub stop: Option<i64>,
+    /// Re-aggregate the chosen granularity's points into buckets of this many seconds with
+    /// the same method (Gnocchi's `resample`; needs `granularity`).
+    pub resample: Option<f64>,
 }
 
 /// Why a query has no answer, in Gnocchi's terms (the HTTP status it maps to is `status`).
@@ -86,13 +88,11 @@ pub fn find_metric(
     resource: &str,
     metric: &str,
 ) -> Result<MetricRecord, QueryError> {
-    let key = resource_key(resource);
-    // Only an id that is itself a UUID can name a resource by its UUID.
-    let by_uuid = resource_uuid(resource) == resource;
-    store
-        .metrics(&|r| r == key || (by_uuid && resource_uuid(r) == resource))?
-        .into_iter()
-        .find(|m| m.metric_name == metric)
+    let catalog = store.catalog()?;
+    catalog
+        .resource(resource)
+        .and_then(|key| catalog.get(key, metric))
+        .cloned()
         .ok_or_else(|| QueryError::MetricNotFound {
             resource: resource.to_owned(),
             metric: metric.to_owned(),
@@ -117,7 +117,30 @@ pub fn policy_of(store: &Store, record: &MetricRecord) -> Result<ArchivePolicy, 
 /// granularities first, oldest first within one.
 pub fn measures(store: &Store, q: &MeasuresQuery) -> Result<Vec<(i64, f64, f64)>, QueryError> {
     let record = find_metric(store, &q.resource, &q.metric)?;
-    let policy = policy_of(store, &record)?;
+    measures_of(store, &record, q)
+}
+
+/// [`measures`] of a metric already found (`q.resource` and `q.metric` are not read).
+pub fn measures_of(
+    store: &Store,
+    record: &MetricRecord,
+    q: &MeasuresQuery,
+) -> Result<Vec<(i64, f64, f64)>, QueryError> {
+    let resample = match q.resample {
+        None => None,
+        Some(_) if q.granularity.is_none() => {
+            return Err(QueryError::Invalid(
+                "A granularity must be specified to resample".into(),
+            ))
+        }
+        Some(r) if !(r.is_finite() && r > 0.0) => {
+            return Err(QueryError::Invalid(format!(
+                "Invalid value for resample: {r}; give a positive number of seconds"
+            )))
+        }
+        Some(r) => Some((r * NANOS as f64).round() as i64),
+    };
+    let policy = policy_of(store, record)?;
     let aggregation = q.aggregation.as_deref().unwrap_or("mean");
     let wanted_g = q.granularity.map(|g| (g * NANOS as f64).round() as i64);
     let known_method = aggregation
@@ -163,14 +186,55 @@ pub fn measures(store: &Store, q: &MeasuresQuery) -> Result<Vec<(i64, f64, f64)>
         let oldest = granule.timespan().map_or(i64::MIN, |span| last - span);
         let start = q.start.map_or(i64::MIN, |s| s.div_euclid(g) * g);
         let stop = q.stop.unwrap_or(i64::MAX);
-        out.extend(
-            series
-                .into_iter()
-                .filter(|&(t, _)| t > oldest && t >= start && t < stop)
-                .map(|(t, v)| (t, granule.seconds(), v)),
-        );
+        let kept = series
+            .into_iter()
+            .filter(|&(t, _)| t > oldest && t >= start && t < stop);
+        match resample {
+            None => out.extend(kept.map(|(t, v)| (t, granule.seconds(), v))),
+            Some(r) => {
+                let method: Method = aggregation.parse().expect("checked above");
+                let points: Vec<(i64, f64)> = kept.collect();
+                out.extend(
+                    resampled(&points, r, method)
+                        .into_iter()
+                        .map(|(t, v)| (t, r as f64 / NANOS as f64, v)),
+                );
+            }
+        }
     }
     Ok(out)
+}
+
+/// Gnocchi's `resample`: points grouped into buckets of `r` ns (rounded down), each reduced
+/// with the method; for `rate:X`, X over the differences between consecutive points (the first
+/// point has none), as Gnocchi derives a grouped series.
+///
+/// # Examples
+/// ```
+/// use meterflow_pipelines::query::resampled;
+/// let points = [(0, 1.0), (60, 3.0), (120, 10.0), (180, 11.0)];
+/// let sum = "sum".parse().unwrap();
+/// assert_eq!(resampled(&points, 120, sum), vec![(0, 4.0), (120, 21.0)]);
+/// let rate = "rate:sum".parse().unwrap();
+/// assert_eq!(resampled(&points, 120, rate), vec![(0, 2.0), (120, 8.0)]);
+/// ```
+pub fn resampled(points: &[(i64, f64)], r: i64, method: Method) -> Vec<(i64, f64)> {
+    let series: Vec<(i64, f64)> = if method.rate {
+        points
+            .windows(2)
+            .map(|w| (w[1].0, w[1].1 - w[0].1))
+            .collect()
+    } else {
+        points.to_vec()
+    };
+    let mut out = Vec::new();
+    for group in series.chunk_by(|a, b| a.0.div_euclid(r) == b.0.div_euclid(r)) {
+        let values: Vec<f64> = group.iter().map(|p| p.1).collect();
+        if let Some(v) = method.reduce(&values) {
+            out.push((group[0].0.div_euclid(r) * r, v));
+        }
+    }
+    out
 }
 
 /// Measures as Gnocchi's JSON: `[["2021-07-30T02:00:00+00:00", 60.0, 1.5], ...]`.

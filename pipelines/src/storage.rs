@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use meterflow_connectors::gnocchi::store::{
@@ -26,6 +26,7 @@ use meterflow_operators::aggregate::{ArchivePolicy, Metric};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::api::API_SINK;
 use crate::dataflow::retry_with_backoff;
 use crate::plan::Plan;
 
@@ -52,6 +53,9 @@ pub struct Measure {
     pub user_id: Option<Sym>,
     /// The sample's project.
     pub project_id: Option<Sym>,
+    /// The archive policy the request that sent it names for the metric, if it names one
+    /// (Gnocchi's batch API); otherwise the publisher's, then the archive-policy rules decide.
+    pub policy: Option<Sym>,
     /// Nanoseconds since the epoch.
     pub timestamp_ns: i64,
     /// The value.
@@ -153,6 +157,9 @@ pub struct Aggregator {
     states: HashMap<(String, String), MetricState>,
     checkpoint: Checkpoint,
     durable: bool,
+    interval: Option<Duration>,
+    last_checkpoint: Instant,
+    changed: bool,
     failure: Option<String>,
 }
 
@@ -178,7 +185,27 @@ impl Aggregator {
             states,
             checkpoint: Checkpoint::default(),
             durable,
+            interval: None,
+            last_checkpoint: Instant::now(),
+            changed: false,
             failure: None,
+        }
+    }
+
+    /// Also checkpoints whenever [`Aggregator::checkpoint_if_due`] finds `interval` passed
+    /// since the last one (a long-running engine whose store is being read).
+    pub fn checkpoint_every(&mut self, interval: Duration) {
+        self.interval = Some(interval);
+    }
+
+    /// Checkpoints if something changed and the interval has passed.
+    pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
+        if self.changed
+            && self
+                .interval
+                .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
+        {
+            self.checkpoint_all(diag);
         }
     }
 
@@ -218,9 +245,10 @@ impl Aggregator {
             );
             let policy_name = match self.known.get(&skey) {
                 Some(record) => record.archive_policy_name.clone(),
-                None => options
-                    .archive_policy
-                    .clone()
+                None => m
+                    .policy
+                    .map(|p| p.as_str().to_owned())
+                    .or_else(|| options.archive_policy.clone())
                     .or_else(|| {
                         self.plan
                             .policy_for_metric(m.name.as_str())
@@ -270,6 +298,9 @@ impl Aggregator {
         options: &[Option<GnocchiOptions>],
         diag: &mut Diag,
     ) {
+        // Measures the API accepted are answered once committed: checkpoint their epoch.
+        let from_api = measures.iter().any(|m| m.sink == API_SINK);
+        self.changed |= !measures.is_empty();
         let ptr = |s: Sym| s.as_str().as_ptr() as usize;
         measures.sort_by_key(|m| (m.batch, m.sink, ptr(m.resource_key), ptr(m.name)));
         let mut points = Vec::new();
@@ -298,6 +329,7 @@ impl Aggregator {
                 .metrics
                 .get_mut(&(m.resource_key, m.name))
                 .expect("ensured above");
+            let held_before = entry.metric.buckets_held() as u64;
             let outcome = entry.metric.add_batch(std::mem::take(&mut points));
             for _ in 0..outcome.late {
                 diag.drop(DropReason::LateMeasure, || {
@@ -326,9 +358,12 @@ impl Aggregator {
                     v,
                 );
             });
+            let held = &mut diag.counters.buckets_open;
+            *held = (*held + entry.metric.buckets_held() as u64).saturating_sub(held_before);
         }
+        diag.counters.metrics_open = self.metrics.len() as u64;
         measures.clear();
-        if self.durable {
+        if self.durable || from_api {
             self.checkpoint_all(diag);
         } else if self.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
             self.commit(diag);
@@ -337,6 +372,8 @@ impl Aggregator {
 
     /// Writes every changed metric's open buckets and state, then commits.
     pub fn checkpoint_all(&mut self, diag: &mut Diag) {
+        self.changed = false;
+        self.last_checkpoint = Instant::now();
         for (&(resource, name), entry) in self.metrics.iter_mut().filter(|(_, e)| e.dirty) {
             entry.dirty = false;
             let methods = &entry.policy.methods;

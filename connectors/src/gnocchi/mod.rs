@@ -86,6 +86,21 @@ pub fn resource_uuid(id: &str) -> String {
     }
 }
 
+/// `id` in canonical UUID form when it is a UUID (in any form Gnocchi accepts), else `None`.
+///
+/// # Examples
+/// ```
+/// use meterflow_connectors::gnocchi::canonical_uuid;
+/// let id = "cf7133e7-ea43-4d00-81b2-253bb3684198";
+/// assert_eq!(canonical_uuid("CF7133E7EA434D0081B2253BB3684198").as_deref(), Some(id));
+/// assert_eq!(canonical_uuid("host-1"), None);
+/// ```
+pub fn canonical_uuid(id: &str) -> Option<String> {
+    uuid::Uuid::try_parse(id)
+        .ok()
+        .map(|u| u.hyphenated().to_string())
+}
+
 /// A metric's id: derived from its resource and name, so every run and every worker gives
 /// the same metric the same id.
 pub fn metric_uuid(resource_key: &str, metric: &str) -> String {

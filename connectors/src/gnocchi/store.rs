@@ -296,7 +296,78 @@ pub type MetricState = Vec<StoredPoint>;
 pub struct Store {
     dir: PathBuf,
     manifest: Mutex<Manifest>,
+    /// Every metric, read on first use and kept current by commits.
+    catalog: Mutex<Option<Arc<Catalog>>>,
     _lock: Option<File>,
+}
+
+/// Every metric of a store, indexed the ways the API looks them up.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    by_key: BTreeMap<(String, String), MetricRecord>,
+    by_metric_id: HashMap<String, (String, String)>,
+    by_resource_uuid: HashMap<String, String>,
+}
+
+impl Catalog {
+    fn insert(&mut self, record: MetricRecord) {
+        let key = (record.resource_id.clone(), record.metric_name.clone());
+        self.by_metric_id
+            .insert(record.metric_id.clone(), key.clone());
+        self.by_resource_uuid
+            .entry(super::resource_uuid(&record.resource_id))
+            .or_insert_with(|| record.resource_id.clone());
+        self.by_key.insert(key, record);
+    }
+
+    /// Every metric, by (resource, metric name).
+    pub fn metrics(&self) -> impl Iterator<Item = &MetricRecord> {
+        self.by_key.values()
+    }
+
+    /// The metric of resource `resource_key` named `name`.
+    pub fn get(&self, resource_key: &str, name: &str) -> Option<&MetricRecord> {
+        self.by_key.get(&(resource_key.to_owned(), name.to_owned()))
+    }
+
+    /// The metric with this UUID.
+    pub fn by_id(&self, metric_id: &str) -> Option<&MetricRecord> {
+        self.by_key.get(self.by_metric_id.get(metric_id)?)
+    }
+
+    /// The resource (its key) named by `id`: its UUID, its id as Gnocchi keys it, or as sent.
+    pub fn resource(&self, id: &str) -> Option<&str> {
+        if let Some(key) = self.by_resource_uuid.get(id) {
+            return Some(key);
+        }
+        let key = super::resource_key(id);
+        self.resource_metrics(&key)
+            .next()
+            .map(|r| r.resource_id.as_str())
+    }
+
+    /// The metrics of one resource (by its key), by name.
+    pub fn resource_metrics<'c>(
+        &'c self,
+        resource_key: &str,
+    ) -> impl Iterator<Item = &'c MetricRecord> + 'c {
+        let from = (resource_key.to_owned(), String::new());
+        let key = resource_key.to_owned();
+        self.by_key
+            .range(from..)
+            .take_while(move |((r, _), _)| *r == key)
+            .map(|(_, m)| m)
+    }
+
+    /// Metrics held.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -354,6 +425,7 @@ impl Store {
         let store = Store {
             dir: dir.to_owned(),
             manifest: Mutex::new(manifest),
+            catalog: Mutex::new(None),
             _lock: Some(lock),
         };
         {
@@ -372,6 +444,7 @@ impl Store {
         Ok(Arc::new(Store {
             dir: dir.to_owned(),
             manifest: Mutex::new(manifest),
+            catalog: Mutex::new(None),
             _lock: None,
         }))
     }
@@ -454,6 +527,16 @@ impl Store {
         next.files.extend(entries);
         self.write_manifest(&next)?;
         *manifest = next;
+        drop(manifest);
+        if !checkpoint.metrics.is_empty() {
+            let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(catalog) = catalog.as_mut() {
+                let catalog = Arc::make_mut(catalog);
+                for record in checkpoint.metrics.drain(..) {
+                    catalog.insert(record);
+                }
+            }
+        }
         *checkpoint = Checkpoint::default();
         Ok(generation)
     }
@@ -542,6 +625,22 @@ impl Store {
         reader
             .map(|b| b.map_err(|e| corrupt(&e)))
             .collect::<Result<Vec<_>, _>>()
+    }
+
+    /// Every metric, indexed: read from the store's files once, then kept current by
+    /// [`Store::commit`].
+    pub fn catalog(&self) -> Result<Arc<Catalog>, StoreError> {
+        let mut cached = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(catalog) = cached.as_ref() {
+            return Ok(catalog.clone());
+        }
+        let mut catalog = Catalog::default();
+        for record in self.metrics(&|_| true)? {
+            catalog.insert(record);
+        }
+        let catalog = Arc::new(catalog);
+        *cached = Some(catalog.clone());
+        Ok(catalog)
     }
 
     /// Every metric, newest record first wins; `route` limits it to one partition's resources

@@ -373,6 +373,13 @@ impl Metric {
         }
     }
 
+    /// How many bucket values [`Metric::provisional`] would give: those still held in memory.
+    pub fn buckets_held(&self) -> usize {
+        let mut n = 0;
+        self.provisional(&mut |_, _, _, _| n += 1);
+        n
+    }
+
     /// The raw measures kept for later batches (those inside the back window), oldest first.
     pub fn raw(&self) -> &[Point] {
         &self.raw

@@ -1,0 +1,1162 @@
+//! Gnocchi's REST API v1 (the part clients use) over the embedded store, plus Prometheus
+//! metrics, served by `meterflow serve` and `meterflow run --listen` while the dataflow runs.
+//!
+//! ```text
+//!  HTTP (tokio, axum) ──GET──> Store's catalog and Parquet files (committed checkpoints)
+//!                     ──POST measures──> validated, then an IngestRequest over a bounded
+//!                        channel to worker 0, which feeds them into the Aggregate operator as
+//!                        one epoch; 202 once that epoch's checkpoint is committed
+//! ```
+//! Reads see what the store has committed; an accepted POST is committed before it is
+//! answered, so a read after a 202 sees it (Gnocchi's `refresh=true` holds without asking).
+//! Errors have Gnocchi's shape: `{"code": 404, "title": "Not Found", "description": ...}`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meterflow_connectors::gnocchi::store::{MetricRecord, Store};
+use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
+use meterflow_engine::intern::Sym;
+use meterflow_engine::metrics::{Counters, DropReason};
+use meterflow_engine::partition::route;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::plan::Plan;
+use crate::query::{self, MeasuresQuery, QueryError};
+use crate::storage::Measure;
+
+/// Where and how to serve the API.
+#[derive(Clone, Debug)]
+pub struct ListenOptions {
+    /// `HOST:PORT`, `:PORT` or `PORT` (host defaults to 127.0.0.1; port 0 picks a free one).
+    pub addr: String,
+    /// The bearer token every request except `/healthcheck` must carry, if any.
+    pub token: Option<String>,
+}
+
+/// Parses `--listen`: `HOST:PORT`, `:PORT` or `PORT`; the host defaults to 127.0.0.1.
+///
+/// # Examples
+/// ```
+/// use meterflow_pipelines::api::listen_addr;
+/// assert_eq!(listen_addr("8041").unwrap().to_string(), "127.0.0.1:8041");
+/// assert_eq!(listen_addr(":0").unwrap().to_string(), "127.0.0.1:0");
+/// assert_eq!(listen_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+/// assert!(listen_addr("localhost").is_err());
+/// ```
+pub fn listen_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    let text = text.trim();
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None if text.parse::<u16>().is_ok() => format!("127.0.0.1:{text}"),
+        None => text.to_owned(),
+    };
+    full.parse().with_context(|| {
+        format!(
+            "--listen {text:?} is not an address; give HOST:PORT (e.g. 127.0.0.1:8041) or a port"
+        )
+    })
+}
+
+/// Reads a token file: its first line, trimmed; an empty file is refused.
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!(
+            "--token-file {} is empty; write the bearer token on its first line",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// What the running dataflow shares with the API: live counters, failure, shutdown.
+#[derive(Debug)]
+pub struct Live {
+    workers: Mutex<Vec<Counters>>,
+    inputs: Vec<String>,
+    sinks: Vec<String>,
+    failure: Mutex<Option<String>>,
+    stopping: AtomicBool,
+    started: Instant,
+}
+
+impl Live {
+    /// Shared state for `workers` workers; `inputs` names the inputs (the API's ingest is the
+    /// input after them), `sinks` the sinks.
+    pub fn new(workers: usize, inputs: Vec<String>, sinks: Vec<String>) -> Live {
+        Live {
+            workers: Mutex::new(vec![Counters::with_sinks(sinks.len()); workers]),
+            inputs,
+            sinks,
+            failure: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    /// The input index the API's ingest counts under.
+    pub fn api_input(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Worker `index` reports its counters.
+    pub fn publish(&self, index: usize, counters: &Counters) {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = workers.get_mut(index) {
+            slot.clone_from(counters);
+        }
+    }
+
+    /// The counters of every worker, merged.
+    pub fn totals(&self) -> Counters {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = Counters::with_sinks(self.sinks.len());
+        for c in workers.iter() {
+            total.merge(c);
+        }
+        total
+    }
+
+    /// Records why the run cannot go on (the first reason wins).
+    pub fn fail(&self, why: &str) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// Why the run cannot go on, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks the run to finish (SIGINT, SIGTERM).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the run was asked to finish.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// Measures a POST carried, on their way to the dataflow; `reply` is answered once they are
+/// committed to the store (or cannot be).
+#[derive(Debug)]
+pub struct IngestRequest {
+    /// The measures (`batch` is set by the feeder; one batch per request and metric).
+    pub measures: Vec<Measure>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// The index the API's measures use as their "sink" (they come from no sink).
+pub const API_SINK: u16 = u16::MAX;
+
+/// A running API server.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `options.addr` and starts serving on a thread of its own; POSTed measures arrive
+    /// on the returned receiver. SIGINT and SIGTERM call [`Live::stop`].
+    pub fn start(
+        options: &ListenOptions,
+        store: Arc<Store>,
+        plan: Arc<Plan>,
+        live: Arc<Live>,
+        api_publisher: u16,
+    ) -> anyhow::Result<(Server, mpsc::Receiver<IngestRequest>)> {
+        let addr = listen_addr(&options.addr)?;
+        let listener = TcpListener::bind(addr).with_context(|| {
+            format!("cannot listen on {addr}; is another server using the port? pick another with --listen")
+        })?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let state = Arc::new(ApiState {
+            store,
+            plan,
+            live: live.clone(),
+            ingest: tx,
+            token: options.token.clone(),
+            api_publisher,
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("meterflow-api")
+            .enable_all()
+            .build()
+            .context("cannot start the API's runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("meterflow-api".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::spawn(stop_on_signals(live));
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("API listener: {e}");
+                            return;
+                        }
+                    };
+                    let app = router(state);
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!("API server: {e}");
+                    }
+                });
+            })
+            .context("cannot start the API thread")?;
+        Ok((
+            Server {
+                addr,
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+            rx,
+        ))
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, finishes the ones in flight, and waits.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn stop_on_signals(live: Arc<Live>) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot watch SIGTERM: {e}");
+                    let _ = interrupt.await;
+                    live.stop();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::warn!("asked to stop: finishing what was accepted, then writing the last checkpoint");
+    live.stop();
+}
+
+struct ApiState {
+    store: Arc<Store>,
+    plan: Arc<Plan>,
+    live: Arc<Live>,
+    ingest: mpsc::Sender<IngestRequest>,
+    token: Option<String>,
+    api_publisher: u16,
+}
+
+type Shared = State<Arc<ApiState>>;
+
+fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/v1/archive_policy", get(archive_policies))
+        .route("/v1/archive_policy/{name}", get(archive_policy))
+        .route("/v1/archive_policy_rule", get(archive_policy_rules))
+        .route("/v1/resource/{kind}", get(resources))
+        .route("/v1/resource/{kind}/{id}", get(resource))
+        .route("/v1/resource/{kind}/{id}/metric", get(resource_metrics))
+        .route(
+            "/v1/resource/{kind}/{id}/metric/{name}/measures",
+            get(resource_measures).post(post_resource_measures),
+        )
+        .route("/v1/metric", get(metrics))
+        .route("/v1/metric/{id}", get(metric))
+        .route(
+            "/v1/metric/{id}/measures",
+            get(metric_measures).post(post_metric_measures),
+        )
+        .route(
+            "/v1/batch/resources/metrics/measures",
+            axum::routing::post(post_batch_resources),
+        )
+        .route(
+            "/v1/batch/metrics/measures",
+            axum::routing::post(post_batch_metrics),
+        )
+        .route("/metrics", get(prometheus))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthcheck", get(|| async { StatusCode::OK }))
+        .merge(api)
+        .with_state(state)
+}
+
+/// An error as Gnocchi answers it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    description: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, description: impl Into<Value>) -> ApiError {
+        ApiError {
+            status,
+            description: description.into(),
+        }
+    }
+
+    fn bad_request(description: impl Into<Value>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, description)
+    }
+
+    fn not_found(description: impl Into<Value>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, description)
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<meterflow_connectors::gnocchi::store::StoreError> for ApiError {
+    fn from(e: meterflow_connectors::gnocchi::store::StoreError) -> ApiError {
+        ApiError::from(QueryError::from(e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "code": self.status.as_u16(),
+            "title": self.status.canonical_reason().unwrap_or(""),
+            "description": self.description,
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "The resource could not be found: {} {} is not part of meterflow's Gnocchi API (see the README for the routes served)",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn auth(State(state): Shared, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "This server requires a bearer token: send the header 'Authorization: Bearer <token>' with the token from the server's --token-file",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Every archive policy the API knows: the store's (which includes the built-ins and the
+/// definition's once a run opened it) and the definition's.
+fn policies(state: &ApiState) -> BTreeMap<String, Value> {
+    let mut all = state.store.archive_policies();
+    for p in &state.plan.archive_policies {
+        all.entry(p.name.clone()).or_insert_with(|| p.to_json());
+    }
+    all
+}
+
+async fn archive_policies(State(state): Shared) -> Json<Value> {
+    Json(Value::Array(policies(&state).into_values().collect()))
+}
+
+async fn archive_policy(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    policies(&state)
+        .remove(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("Archive policy {name} does not exist")))
+}
+
+async fn archive_policy_rules(State(state): Shared) -> Json<Value> {
+    Json(Value::Array(
+        state
+            .plan
+            .archive_policy_rules
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "metric_pattern": r.metric_pattern,
+                    "archive_policy_name": r.archive_policy_name,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// A resource as Gnocchi shows it, from its metrics.
+fn resource_json(metrics: &[&MetricRecord]) -> Value {
+    let first = metrics[0];
+    let by_name: serde_json::Map<String, Value> = metrics
+        .iter()
+        .map(|m| (m.metric_name.clone(), Value::from(m.metric_id.clone())))
+        .collect();
+    json!({
+        "id": resource_uuid(&first.resource_id),
+        "type": first.resource_type,
+        "original_resource_id": first.resource_id,
+        "user_id": first.user_id,
+        "project_id": first.project_id,
+        "started_at": Value::Null,
+        "ended_at": Value::Null,
+        "revision_start": Value::Null,
+        "revision_end": Value::Null,
+        "creator": Value::Null,
+        "created_by_user_id": Value::Null,
+        "created_by_project_id": Value::Null,
+        "metrics": by_name,
+    })
+}
+
+fn known_type(state: &ApiState, kind: &str, catalog_has: bool) -> ApiResult<()> {
+    if kind == "generic" || catalog_has {
+        return Ok(());
+    }
+    let defined = state.plan.publishers.iter().any(|p| {
+        matches!(&p.spec, meterflow_connectors::PublisherSpec::Gnocchi(o) if o.resource_type == kind)
+    });
+    if defined {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "Resource type {kind} does not exist"
+        )))
+    }
+}
+
+async fn resources(State(state): Shared, Path(kind): Path<String>) -> ApiResult<Json<Value>> {
+    let catalog = state.store.catalog()?;
+    let mut out = Vec::new();
+    let mut group: Vec<&MetricRecord> = Vec::new();
+    let mut any_of_kind = false;
+    for m in catalog.metrics() {
+        if group
+            .first()
+            .is_some_and(|g| g.resource_id != m.resource_id)
+        {
+            out.push(std::mem::take(&mut group));
+        }
+        group.push(m);
+    }
+    if !group.is_empty() {
+        out.push(group);
+    }
+    let listed: Vec<Value> = out
+        .iter()
+        .filter(|g| {
+            let of_kind = kind == "generic" || g[0].resource_type == kind;
+            any_of_kind |= of_kind;
+            of_kind
+        })
+        .map(|g| resource_json(g))
+        .collect();
+    known_type(&state, &kind, any_of_kind)?;
+    Ok(Json(Value::Array(listed)))
+}
+
+fn find_resource<'c>(
+    catalog: &'c meterflow_connectors::gnocchi::store::Catalog,
+    kind: &str,
+    id: &str,
+) -> ApiResult<Vec<&'c MetricRecord>> {
+    let metrics: Vec<&MetricRecord> = catalog
+        .resource(id)
+        .map(|key| catalog.resource_metrics(key).collect())
+        .unwrap_or_default();
+    if metrics.is_empty() || (kind != "generic" && metrics[0].resource_type != kind) {
+        return Err(ApiError::not_found(format!("Resource {id} does not exist")));
+    }
+    Ok(metrics)
+}
+
+async fn resource(
+    State(state): Shared,
+    Path((kind, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let catalog = state.store.catalog()?;
+    Ok(Json(resource_json(&find_resource(&catalog, &kind, &id)?)))
+}
+
+async fn resource_metrics(
+    State(state): Shared,
+    Path((kind, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let catalog = state.store.catalog()?;
+    let metrics = find_resource(&catalog, &kind, &id)?;
+    Ok(Json(Value::Array(
+        metrics.iter().map(|m| metric_json(m, None)).collect(),
+    )))
+}
+
+/// A metric as Gnocchi shows it; `policy` (its archive policy) is embedded when given.
+fn metric_json(m: &MetricRecord, policy: Option<Value>) -> Value {
+    let mut v = json!({
+        "id": m.metric_id,
+        "name": m.metric_name,
+        "unit": (!m.unit.is_empty()).then_some(m.unit.as_str()),
+        "archive_policy_name": m.archive_policy_name,
+        "resource_id": resource_uuid(&m.resource_id),
+        "creator": Value::Null,
+        "created_by_user_id": Value::Null,
+        "created_by_project_id": Value::Null,
+    });
+    if let Some(p) = policy {
+        v["archive_policy"] = p;
+    }
+    v
+}
+
+async fn metrics(State(state): Shared) -> ApiResult<Json<Value>> {
+    let catalog = state.store.catalog()?;
+    Ok(Json(Value::Array(
+        catalog.metrics().map(|m| metric_json(m, None)).collect(),
+    )))
+}
+
+fn metric_by_id(state: &ApiState, id: &str) -> ApiResult<MetricRecord> {
+    state
+        .store
+        .catalog()?
+        .by_id(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("Metric {id} does not exist")))
+}
+
+async fn metric(State(state): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let record = metric_by_id(&state, &id)?;
+    let policy = policies(&state).remove(&record.archive_policy_name);
+    Ok(Json(metric_json(&record, policy)))
+}
+
+/// `?aggregation=&granularity=&start=&stop=&resample=&refresh=` as Gnocchi takes them.
+fn measures_query(params: &BTreeMap<String, String>) -> ApiResult<MeasuresQuery> {
+    let seconds = |name: &str| -> ApiResult<Option<f64>> {
+        params
+            .get(name)
+            .map(|text| {
+                parse_timespan(text).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Invalid value for {name}: {text:?} is not a timespan; give seconds (300) or e.g. '5 minutes'"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let time = |name: &str| -> ApiResult<Option<i64>> {
+        params
+            .get(name)
+            .map(|t| query::parse_time(t).map_err(ApiError::from))
+            .transpose()
+    };
+    Ok(MeasuresQuery {
+        aggregation: params.get("aggregation").cloned(),
+        granularity: seconds("granularity")?,
+        start: time("start")?,
+        stop: time("stop")?,
+        resample: seconds("resample")?,
+        ..MeasuresQuery::default()
+    })
+}
+
+/// Seconds from a number or a `N unit` timespan (`5 minutes`, `1h`, `30s`).
+///
+/// # Examples
+/// ```
+/// use meterflow_pipelines::api::parse_timespan;
+/// assert_eq!(parse_timespan("300"), Some(300.0));
+/// assert_eq!(parse_timespan("5 minutes"), Some(300.0));
+/// assert_eq!(parse_timespan("1h"), Some(3600.0));
+/// assert_eq!(parse_timespan("soon"), None);
+/// ```
+pub fn parse_timespan(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if let Ok(v) = text.parse::<f64>() {
+        return v.is_finite().then_some(v);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|&i| i > 0)?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let unit = unit.trim().trim_end_matches('s');
+    let scale = match unit {
+        "" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        "d" | "day" => 86_400.0,
+        "w" | "week" => 604_800.0,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+async fn metric_measures(
+    State(state): Shared,
+    Path(id): Path<String>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let record = metric_by_id(&state, &id)?;
+    let q = measures_query(&params)?;
+    let points = query::measures_of(&state.store, &record, &q)?;
+    Ok(Json(query::to_json(&points)))
+}
+
+async fn resource_measures(
+    State(state): Shared,
+    Path((kind, id, name)): Path<(String, String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let record = resource_metric(&state, &kind, &id, &name)?;
+    let q = measures_query(&params)?;
+    let points = query::measures_of(&state.store, &record, &q)?;
+    Ok(Json(query::to_json(&points)))
+}
+
+fn resource_metric(state: &ApiState, kind: &str, id: &str, name: &str) -> ApiResult<MetricRecord> {
+    let catalog = state.store.catalog()?;
+    let metrics = find_resource(&catalog, kind, id)?;
+    metrics
+        .into_iter()
+        .find(|m| m.metric_name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("Metric {name} does not exist")))
+}
+
+/// One metric's measures in a POST, after validation.
+struct Incoming {
+    resource_key: String,
+    metric: String,
+    unit: Option<String>,
+    policy: Option<String>,
+    points: Vec<(i64, f64)>,
+}
+
+/// Parses a list of `{"timestamp": T, "value": V}`; `place` names it in errors. As in
+/// Gnocchi, the first timestamp decides how all are read: numbers (or numeric strings) are
+/// epoch seconds, anything else ISO 8601.
+fn parse_measures(list: &Value, place: &str) -> ApiResult<Vec<(i64, f64)>> {
+    let items = list.as_array().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Invalid input: {place}: expected a list of {{\"timestamp\": ..., \"value\": ...}}"
+        ))
+    })?;
+    let numeric = |v: &Value| match v {
+        Value::Number(_) => true,
+        Value::String(s) => s.trim().parse::<f64>().is_ok(),
+        _ => false,
+    };
+    let epoch = items
+        .first()
+        .and_then(|m| m.get("timestamp"))
+        .is_some_and(numeric);
+    let mut out = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let at = |what: &str| format!("Invalid input: {place}[{i}]: {what}");
+        let ts = m
+            .get("timestamp")
+            .ok_or_else(|| ApiError::bad_request(at("has no \"timestamp\"")))?;
+        let value = m
+            .get("value")
+            .ok_or_else(|| ApiError::bad_request(at("has no \"value\"")))?;
+        let ns = match (epoch, ts) {
+            (true, Value::Number(n)) => n.as_f64().map(|s| (s * 1e9).round() as i64),
+            (true, Value::String(s)) => s.trim().parse::<f64>().ok().map(|s| (s * 1e9).round() as i64),
+            (false, Value::String(s)) => relative_time(s).or_else(|| query::parse_time(s).ok()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(at(&format!(
+                "timestamp {ts} is not a valid timestamp (the first measure's timestamp decides: epoch seconds, or ISO 8601 such as 2021-07-30T02:00:00+00:00)"
+            )))
+        })?;
+        if ns < 0 {
+            return Err(ApiError::bad_request(at(&format!(
+                "timestamp {ts} is before 1970 (Timestamp must be after Epoch)"
+            ))));
+        }
+        let v = match value {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        }
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| {
+            ApiError::bad_request(at(&format!("value {value} is not a finite number")))
+        })?;
+        out.push((ns, v));
+    }
+    Ok(out)
+}
+
+/// `now`, `-5 minutes`, `+1 hour`: relative to the wall clock.
+fn relative_time(text: &str) -> Option<i64> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos() as i64;
+    let text = text.trim();
+    if text == "now" {
+        return Some(now);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'-' => (-1.0, &text[1..]),
+        b'+' => (1.0, &text[1..]),
+        _ => return None,
+    };
+    let seconds = parse_timespan(rest)?;
+    Some(now + (sign * seconds * 1e9) as i64)
+}
+
+/// A resource id as a batch names it: UUIDs in canonical form, other text as sent.
+fn batch_resource_key(id: &str) -> ApiResult<String> {
+    if id.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input: resource id {id:?}: '/' is not supported in resource id (Ceilometer replaces it with '_')"
+        )));
+    }
+    if id.is_empty() || id.len() > 289 {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input: resource id {id:?} must be 1 to 289 characters"
+        )));
+    }
+    // A UUID in any form Gnocchi accepts names the resource in canonical form.
+    Ok(canonical_uuid(id).unwrap_or_else(|| id.to_owned()))
+}
+
+async fn post_batch_resources(
+    State(state): Shared,
+    Query(params): Query<BTreeMap<String, String>>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let create = params
+        .get("create_metrics")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+    let body = json_body(&body)?;
+    let resources = body.as_object().ok_or_else(|| {
+        ApiError::bad_request(
+            "Invalid input: expected {\"<resource id>\": {\"<metric name>\": [measures] or {\"measures\": [...], \"archive_policy_name\": ..., \"unit\": ...}}}",
+        )
+    })?;
+    let mut incoming = Vec::new();
+    for (rid, metrics) in resources {
+        let key = batch_resource_key(rid)?;
+        let metrics = metrics.as_object().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input: resource {rid}: expected an object of metric name → measures"
+            ))
+        })?;
+        for (name, entry) in metrics {
+            let place = format!("{rid}/{name}");
+            if name.is_empty() || name.contains('/') {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input: metric name {name:?} of resource {rid} must be non-empty and without '/'"
+                )));
+            }
+            let (list, policy, unit) = match entry {
+                Value::Array(_) => (entry, None, None),
+                Value::Object(o) => {
+                    let list = o.get("measures").ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "Invalid input: {place}: an object entry needs \"measures\""
+                        ))
+                    })?;
+                    let text = |k: &str| -> ApiResult<Option<String>> {
+                        match o.get(k) {
+                            None | Some(Value::Null) => Ok(None),
+                            Some(Value::String(s)) => Ok(Some(s.clone())),
+                            Some(other) => Err(ApiError::bad_request(format!(
+                                "Invalid input: {place}: {k} must be a string, not {other}"
+                            ))),
+                        }
+                    };
+                    (list, text("archive_policy_name")?, text("unit")?)
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input: {place}: expected a list of measures or an object with \"measures\""
+                    )))
+                }
+            };
+            if unit.as_ref().is_some_and(|u| u.chars().count() > 31) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input: {place}: unit is longer than 31 characters"
+                )));
+            }
+            incoming.push(Incoming {
+                resource_key: key.clone(),
+                metric: name.clone(),
+                unit,
+                policy,
+                points: parse_measures(list, &place)?,
+            });
+        }
+    }
+    let catalog = state.store.catalog()?;
+    let known = policies(&state);
+    let mut unknown = Vec::new();
+    for m in &mut incoming {
+        if catalog.get(&m.resource_key, &m.metric).is_some() {
+            continue;
+        }
+        if !create {
+            unknown.push(format!("{}/{}", m.resource_key, m.metric));
+            continue;
+        }
+        let policy = match m.policy.take() {
+            Some(p) => p,
+            None => state
+                .plan
+                .policy_for_metric(&m.metric)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "No archive policy rule found for metric {} and no archive_policy_name given; add a rule under archive_policy_rules: or name a policy",
+                        m.metric
+                    ))
+                })?,
+        };
+        if !known.contains_key(&policy) {
+            return Err(ApiError::bad_request(format!(
+                "Archive policy {policy} does not exist (known: {})",
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        m.policy = Some(policy);
+    }
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(json!({
+            "cause": "Unknown metrics",
+            "detail": unknown,
+        })));
+    }
+    ingest(&state, incoming).await
+}
+
+async fn post_batch_metrics(
+    State(state): Shared,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let body = json_body(&body)?;
+    let metrics = body.as_object().ok_or_else(|| {
+        ApiError::bad_request("Invalid input: expected {\"<metric id>\": [measures], ...}")
+    })?;
+    let catalog = state.store.catalog()?;
+    let mut incoming = Vec::new();
+    let mut unknown = Vec::new();
+    for (id, list) in metrics {
+        let points = parse_measures(list, id)?;
+        match catalog.by_id(id) {
+            Some(record) => incoming.push(Incoming {
+                resource_key: record.resource_id.clone(),
+                metric: record.metric_name.clone(),
+                unit: None,
+                policy: None,
+                points,
+            }),
+            None => unknown.push(id.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(json!({
+            "cause": "Unknown metrics",
+            "detail": unknown,
+        })));
+    }
+    ingest(&state, incoming).await
+}
+
+async fn post_metric_measures(
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let record = metric_by_id(&state, &id)?;
+    post_one(&state, record, &body).await
+}
+
+async fn post_resource_measures(
+    State(state): Shared,
+    Path((kind, id, name)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let record = resource_metric(&state, &kind, &id, &name)?;
+    post_one(&state, record, &body).await
+}
+
+async fn post_one(state: &ApiState, record: MetricRecord, body: &[u8]) -> ApiResult<StatusCode> {
+    let body = json_body(body)?;
+    let points = parse_measures(&body, &record.metric_id)?;
+    let incoming = vec![Incoming {
+        resource_key: record.resource_id,
+        metric: record.metric_name,
+        unit: None,
+        policy: None,
+        points,
+    }];
+    ingest(state, incoming).await
+}
+
+fn json_body(body: &[u8]) -> ApiResult<Value> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid input: the body is not JSON: {e}")))
+}
+
+/// Hands validated measures to the dataflow and waits until they are committed.
+async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCode> {
+    let unavailable = |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why);
+    if state.live.stopping() {
+        return Err(unavailable(
+            "meterflow is shutting down and accepts no more measures; send them again to the next run".into(),
+        ));
+    }
+    let mut measures = Vec::new();
+    for m in incoming {
+        let resource_key = Sym::new(&m.resource_key);
+        let name = Sym::new(&m.metric);
+        let unit = Sym::new(m.unit.as_deref().unwrap_or(""));
+        let policy = m.policy.as_deref().map(Sym::new);
+        let r = route(&m.resource_key);
+        measures.extend(m.points.into_iter().map(|(t, v)| Measure {
+            route: r,
+            batch: 0,
+            sink: API_SINK,
+            publisher: state.api_publisher,
+            resource_key,
+            resource_id: resource_key,
+            name,
+            unit,
+            user_id: None,
+            project_id: None,
+            policy,
+            timestamp_ns: t,
+            value: v,
+        }));
+    }
+    if measures.is_empty() {
+        return Ok(StatusCode::ACCEPTED);
+    }
+    let (reply, done) = oneshot::channel();
+    let gone = || {
+        unavailable("the engine is not running any more (it stopped or failed; see its log)".into())
+    };
+    state
+        .ingest
+        .send(IngestRequest { measures, reply })
+        .await
+        .map_err(|_| gone())?;
+    match done.await {
+        Ok(Ok(())) => Ok(StatusCode::ACCEPTED),
+        Ok(Err(why)) => Err(unavailable(format!(
+            "the measures could not be stored: {why}"
+        ))),
+        Err(_) => Err(gone()),
+    }
+}
+
+async fn prometheus(State(state): Shared) -> Response {
+    let text = render_prometheus(&state.live, &state.live.totals());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The live counters in Prometheus' text format.
+pub fn render_prometheus(live: &Live, c: &Counters) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    let label = |k: &str, v: &str| {
+        format!(
+            "{{{k}=\"{}\"}}",
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        )
+    };
+    metric(
+        "meterflow_lines_total",
+        "counter",
+        "Input lines read.",
+        &one(c.lines),
+    );
+    metric(
+        "meterflow_samples_in_total",
+        "counter",
+        "Samples decoded from the inputs, valid or not.",
+        &one(c.samples_in),
+    );
+    metric(
+        "meterflow_samples_unrouted_total",
+        "counter",
+        "Valid samples no source's meter list takes.",
+        &one(c.samples_unrouted),
+    );
+    let sinks: Vec<(String, f64)> = live
+        .sinks
+        .iter()
+        .zip(&c.sinks)
+        .map(|(name, s)| (label("sink", name), s.samples_out as f64))
+        .collect();
+    metric(
+        "meterflow_samples_out_total",
+        "counter",
+        "Samples published, per sink.",
+        &sinks,
+    );
+    let drops: Vec<(String, f64)> = DropReason::ALL
+        .iter()
+        .map(|&r| (label("reason", r.as_str()), c.dropped(r) as f64))
+        .collect();
+    metric(
+        "meterflow_dropped_total",
+        "counter",
+        "Records dropped, by reason.",
+        &drops,
+    );
+    metric(
+        "meterflow_late_measures_total",
+        "counter",
+        "Measures older than their archive policy's back_window allows (dropped).",
+        &one(c.dropped(DropReason::LateMeasure)),
+    );
+    metric(
+        "meterflow_measures_total",
+        "counter",
+        "Measures aggregated into the store.",
+        &one(c.measures),
+    );
+    metric(
+        "meterflow_buckets_written_total",
+        "counter",
+        "Bucket values written to the store.",
+        &one(c.buckets_written),
+    );
+    metric(
+        "meterflow_open_metrics",
+        "gauge",
+        "Metrics held in memory by the aggregation.",
+        &one(c.metrics_open),
+    );
+    metric(
+        "meterflow_open_buckets",
+        "gauge",
+        "Buckets not yet final, held in memory.",
+        &one(c.buckets_open),
+    );
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let names: Vec<&str> = live
+        .inputs
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once("api"))
+        .collect();
+    let (mut watermark, mut lag) = (Vec::new(), Vec::new());
+    for (i, name) in names.iter().enumerate() {
+        if let Some(&t) = c.newest_event_us.get(i).filter(|&&t| t != i64::MIN) {
+            watermark.push((label("input", name), t as f64 / 1e6));
+            lag.push((label("input", name), (now_us - t) as f64 / 1e6));
+        }
+    }
+    metric(
+        "meterflow_watermark_seconds",
+        "gauge",
+        "Newest event time seen per input, seconds since the epoch.",
+        &watermark,
+    );
+    metric(
+        "meterflow_watermark_lag_seconds",
+        "gauge",
+        "Wall clock minus the newest event time seen, per input.",
+        &lag,
+    );
+    metric(
+        "meterflow_uptime_seconds",
+        "gauge",
+        "Seconds since the engine started.",
+        &[(String::new(), live.started.elapsed().as_secs_f64())],
+    );
+    out
+}

@@ -1,0 +1,710 @@
+//! Gnocchi's REST API over real HTTP on 127.0.0.1: `meterflow run --listen` and `meterflow
+//! serve` as child processes, queried and fed with a blocking HTTP client. Reference cases read
+//! back through the API; POSTed measures aggregated by the same operator, committed before the
+//! 202 (they survive a SIGKILL right after); Gnocchi-shaped errors; the bearer token;
+//! `/metrics`; a clean stop on SIGTERM.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// `expected.json`: method → granularity → `[timestamp, granularity, value]` points.
+type Expected = BTreeMap<String, BTreeMap<String, Vec<(String, f64, f64)>>>;
+
+const TOKEN: &str = "s3cret-token";
+
+/// A meterflow process serving the API; killed when dropped.
+struct Engine {
+    child: Child,
+    api: Client,
+    stderr: mpsc::Receiver<String>,
+}
+
+/// An HTTP client of one server, with or without a token.
+struct Client {
+    base: String,
+    token: Option<String>,
+}
+
+impl Engine {
+    /// Starts `meterflow ARGS` (which must listen) and waits until it says where.
+    fn start(args: &[&str], token: Option<&str>) -> Engine {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meterflow"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meterflow starts");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let base = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(at) = line.find("http://") {
+                        let addr = line[at..].split_whitespace().next().unwrap();
+                        break addr.to_owned();
+                    }
+                    seen.push(line);
+                }
+                Err(_) => panic!("meterflow did not start listening: {}", seen.join("\n")),
+            }
+        };
+        Engine {
+            child,
+            api: Client {
+                base,
+                token: token.map(str::to_owned),
+            },
+            stderr: rx,
+        }
+    }
+
+    /// SIGTERM, then the exit status and everything it printed on stderr.
+    fn terminate(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        let mut err = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            err.push(line);
+        }
+        (status.success(), err.join("\n"))
+    }
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.api
+    }
+}
+
+impl Client {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut rb = client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        rb
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.request(reqwest::Method::GET, path).send().unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .request(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-gnocchi");
+    let mut cases: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 4, "gnocchi golden cases missing: {cases:?}");
+    cases
+}
+
+fn definition(dir: &Path, policy: &Value) -> PathBuf {
+    let name = policy["name"].as_str().unwrap();
+    let definition = json!({
+        "archive_policies": [policy],
+        "archive_policy_rules": [{"name": "loads", "metric_pattern": "load*", "archive_policy_name": "medium"}],
+        "sources": [{"name": "all", "meters": ["*"], "sinks": ["store"]}],
+        "sinks": [{"name": "store", "publishers": [format!("gnocchi://?archive_policy={name}")]}],
+    });
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, definition.to_string()).unwrap();
+    path
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    path
+}
+
+/// Every reference case, read back through both measures routes, equals `expected.json`.
+#[test]
+fn reference_cases_read_back_through_the_api() {
+    for case in cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy: Value = serde_json::from_str(
+            &std::fs::read_to_string(case.join("archive_policy.json")).unwrap(),
+        )
+        .unwrap();
+        let expected: Expected =
+            serde_json::from_str(&std::fs::read_to_string(case.join("expected.json")).unwrap())
+                .unwrap();
+        let pipeline = definition(dir.path(), &policy);
+        let store = dir.path().join("store");
+        let input = case.join("input.jsonl");
+        let engine = Engine::start(
+            &[
+                "run",
+                pipeline.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--store",
+                store.to_str().unwrap(),
+                "--workers",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            None,
+        );
+        // The input is read to its end, then the engine keeps serving; wait for its last
+        // checkpoint to show every input measure.
+        let lines = std::fs::read_to_string(&input).unwrap();
+        let samples: usize = lines
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["payload"]["samples"].as_array().map_or(1, Vec::len)
+            })
+            .sum();
+        wait_for(&engine, "meterflow_measures_total", samples as f64);
+        std::thread::sleep(Duration::from_millis(1500));
+        let resources = engine.get_ok("/v1/resource/generic");
+        let resource = &resources[0];
+        let metric_id = resource["metrics"]["cpu_util"].as_str().unwrap().to_owned();
+        let rid = resource["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            engine.get_ok(&format!("/v1/resource/generic/{rid}"))["metrics"]["cpu_util"],
+            metric_id
+        );
+        let metric = engine.get_ok(&format!("/v1/metric/{metric_id}"));
+        assert_eq!(metric["archive_policy"]["name"], policy["name"]);
+        for (method, by_g) in &expected {
+            for (g, points) in by_g {
+                let query = format!("aggregation={}&granularity={g}", method.replace(':', "%3A"));
+                for path in [
+                    format!("/v1/metric/{metric_id}/measures?{query}"),
+                    format!("/v1/resource/generic/{rid}/metric/cpu_util/measures?{query}"),
+                ] {
+                    let got: Vec<(String, f64, f64)> =
+                        serde_json::from_value(engine.get_ok(&path)).unwrap();
+                    assert_eq!(got.len(), points.len(), "{}: {path}", case.display());
+                    for (got, want) in got.iter().zip(points) {
+                        assert!(
+                            got.0 == want.0 && got.1 == want.1 && close(got.2, want.2),
+                            "{}: {path}: expected {want:?}, got {got:?}",
+                            case.display()
+                        );
+                    }
+                }
+            }
+        }
+        let (clean, err) = engine.terminate();
+        assert!(clean, "SIGTERM must stop the engine cleanly: {err}");
+        assert!(err.contains("samples"), "the summary is printed: {err}");
+    }
+}
+
+/// Polls `/metrics` until `name` reaches `at_least`.
+fn wait_for(engine: &Engine, name: &str, at_least: f64) {
+    for _ in 0..600 {
+        let (_, body) = engine.get("/metrics");
+        let value = body
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok());
+        if value.is_some_and(|v| v >= at_least) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{name} never reached {at_least}");
+}
+
+fn series(engine: &Engine, path: &str) -> Vec<(String, f64, f64)> {
+    serde_json::from_value(engine.get_ok(path)).unwrap()
+}
+
+fn p(t: &str, g: f64, v: f64) -> (String, f64, f64) {
+    (t.to_owned(), g, v)
+}
+
+/// The batch call Ceilometer's publisher makes, aggregated exactly, visible right after the
+/// 202; the other ingest routes; every error case answered in Gnocchi's shape; the token.
+#[test]
+fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let token = token_file(dir.path());
+    let policy = json!({"name": "unused", "aggregation_methods": ["mean"], "definition": [{"granularity": 60, "points": 10}]});
+    let pipeline = definition(dir.path(), &policy);
+    let engine = Engine::start(
+        &[
+            "serve",
+            pipeline.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--workers",
+            "2",
+        ],
+        Some(TOKEN),
+    );
+
+    // The token: required everywhere but /healthcheck.
+    let anonymous = Client {
+        base: engine.base.clone(),
+        token: None,
+    };
+    let (status, body) = anonymous.get("/v1/archive_policy");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], 401);
+    assert!(body["description"].as_str().unwrap().contains("Bearer"));
+    let wrong = Client {
+        token: Some("nope".into()),
+        base: engine.base.clone(),
+    };
+    assert_eq!(wrong.get("/metrics").0, 401);
+    assert_eq!(anonymous.get("/healthcheck").0, 200);
+
+    // Archive policies and rules.
+    let policies = engine.get_ok("/v1/archive_policy");
+    let names: Vec<&str> = policies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in ["low", "medium", "high", "bool", "unused"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    assert_eq!(engine.get_ok("/v1/archive_policy/medium")["back_window"], 0);
+    let (status, body) = engine.get("/v1/archive_policy/nope");
+    assert_eq!((status, body["title"].as_str()), (404, Some("Not Found")));
+    assert_eq!(engine.get_ok("/v1/archive_policy_rule")[0]["name"], "loads");
+
+    // Ceilometer's call: create_metrics, policy by entry, by rule, the old bare-list form.
+    let batch = json!({
+        "host-1": {
+            "load": {"unit": "1", "measures": [
+                {"timestamp": "2024-05-01T12:00:10", "value": 1.0},
+                {"timestamp": "2024-05-01T12:00:40+00:00", "value": "3"},
+                {"timestamp": "2024-05-01T12:01:30Z", "value": 5}]},
+            "temp": {"archive_policy_name": "high", "measures": [
+                {"timestamp": 1714564800.5, "value": 20.0}]}
+        },
+        "CF7133E7EA434D0081B2253BB3684198": {
+            "mem": [{"timestamp": "1714564800", "value": 512}]
+        }
+    });
+    let path = "/v1/batch/resources/metrics/measures?create_metrics=true";
+    let (status, body) = engine.post(path, &batch.to_string());
+    assert_eq!(status, 202, "{body}");
+    let load = "/v1/resource/generic/host-1/metric/load/measures";
+    assert_eq!(
+        series(&engine, &format!("{load}?granularity=60")),
+        vec![
+            p("2024-05-01T12:00:00+00:00", 60.0, 2.0),
+            p("2024-05-01T12:01:00+00:00", 60.0, 5.0)
+        ]
+    );
+    assert_eq!(
+        series(&engine, &format!("{load}?aggregation=sum")),
+        vec![
+            p("2024-05-01T12:00:00+00:00", 3600.0, 9.0),
+            p("2024-05-01T12:00:00+00:00", 60.0, 4.0),
+            p("2024-05-01T12:01:00+00:00", 60.0, 5.0)
+        ]
+    );
+    // A later batch reaches back into the open hour (medium: back_window 0, 1 h blocks).
+    let late = json!({"host-1": {"load": [{"timestamp": "2024-05-01T12:00:50", "value": 8.0}]}});
+    assert_eq!(
+        engine
+            .post("/v1/batch/resources/metrics/measures", &late.to_string())
+            .0,
+        202
+    );
+    assert_eq!(
+        series(&engine, &format!("{load}?granularity=60&aggregation=mean")),
+        vec![
+            p("2024-05-01T12:00:00+00:00", 60.0, 4.0),
+            p("2024-05-01T12:01:00+00:00", 60.0, 5.0)
+        ]
+    );
+    // start (rounded down), stop (exclusive), resample.
+    assert_eq!(
+        series(
+            &engine,
+            &format!("{load}?granularity=60&start=2024-05-01T12:01:20&stop=2024-05-01T12:02:00")
+        ),
+        vec![p("2024-05-01T12:01:00+00:00", 60.0, 5.0)]
+    );
+    assert_eq!(
+        series(
+            &engine,
+            &format!("{load}?granularity=60&aggregation=max&resample=3600")
+        ),
+        vec![p("2024-05-01T12:00:00+00:00", 3600.0, 8.0)]
+    );
+    // The resource and metric the batch created, by every id form.
+    let resource = engine.get_ok("/v1/resource/generic/host-1");
+    assert_eq!(resource["original_resource_id"], "host-1");
+    assert_eq!(resource["type"], "generic");
+    let rid = resource["id"].as_str().unwrap();
+    assert_eq!(
+        engine.get_ok(&format!("/v1/resource/generic/{rid}"))["id"],
+        rid
+    );
+    let temp_id = resource["metrics"]["temp"].as_str().unwrap();
+    let temp = engine.get_ok(&format!("/v1/metric/{temp_id}"));
+    assert_eq!(temp["archive_policy_name"], "high");
+    assert_eq!(temp["archive_policy"]["name"], "high");
+    assert_eq!(
+        series(
+            &engine,
+            &format!("/v1/metric/{temp_id}/measures?granularity=1")
+        ),
+        vec![p("2024-05-01T12:00:00+00:00", 1.0, 20.0)]
+    );
+    let load_id = resource["metrics"]["load"].as_str().unwrap();
+    assert_eq!(
+        engine.get_ok(&format!("/v1/metric/{load_id}"))["archive_policy_name"],
+        "medium",
+        "the archive-policy rule load* → medium applies"
+    );
+    let mem = engine.get_ok("/v1/resource/generic/cf7133e7-ea43-4d00-81b2-253bb3684198");
+    assert_eq!(mem["metrics"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        engine.get_ok(&format!(
+            "/v1/metric/{}",
+            mem["metrics"]["mem"].as_str().unwrap()
+        ))["archive_policy_name"],
+        "low",
+        "Gnocchi's default rule"
+    );
+    assert_eq!(engine.get_ok("/v1/metric").as_array().unwrap().len(), 3);
+    assert_eq!(
+        engine
+            .get_ok("/v1/resource/generic/host-1/metric")
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // The other ingest routes.
+    let one = json!([{"timestamp": "2024-05-01T12:01:40", "value": 7.0}]).to_string();
+    assert_eq!(
+        engine
+            .post(&format!("/v1/metric/{load_id}/measures"), &one)
+            .0,
+        202
+    );
+    let one = json!([{"timestamp": "2024-05-01T12:01:50", "value": 9.0}]).to_string();
+    assert_eq!(engine.post(load, &one).0, 202);
+    let by_id = json!({load_id: [{"timestamp": "2024-05-01T12:01:55", "value": 11.0}]});
+    assert_eq!(
+        engine
+            .post("/v1/batch/metrics/measures", &by_id.to_string())
+            .0,
+        202
+    );
+    assert_eq!(
+        series(&engine, &format!("{load}?granularity=60&aggregation=count")),
+        vec![
+            p("2024-05-01T12:00:00+00:00", 60.0, 3.0),
+            p("2024-05-01T12:01:00+00:00", 60.0, 4.0)
+        ]
+    );
+
+    // Errors: status and Gnocchi's shape, nothing taken in.
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/v1/batch/resources/metrics/measures",
+            json!({"host-1": {"unknown": [{"timestamp": 1, "value": 1}]}}).to_string(),
+            400,
+            "Unknown metrics",
+        ),
+        (
+            "/v1/batch/resources/metrics/measures?create_metrics=true",
+            "{not json".into(),
+            400,
+            "not JSON",
+        ),
+        (
+            "/v1/batch/resources/metrics/measures?create_metrics=true",
+            json!({"h": {"x": [{"timestamp": "2024-05-01T12:00:00", "value": "NaN"}]}}).to_string(),
+            400,
+            "not a finite number",
+        ),
+        (
+            "/v1/batch/resources/metrics/measures?create_metrics=true",
+            json!({"h": {"x": [{"timestamp": "yesterday-ish", "value": 1}]}}).to_string(),
+            400,
+            "not a valid timestamp",
+        ),
+        (
+            "/v1/batch/resources/metrics/measures?create_metrics=true",
+            json!({"h": {"x": [{"timestamp": -5, "value": 1}]}}).to_string(),
+            400,
+            "before 1970",
+        ),
+        (
+            "/v1/batch/resources/metrics/measures?create_metrics=true",
+            json!({"h": {"x": {"archive_policy_name": "gold", "measures": []}}}).to_string(),
+            400,
+            "Archive policy gold does not exist",
+        ),
+        (
+            "/v1/batch/resources/metrics/measures?create_metrics=true",
+            json!({"a/b": {"x": []}}).to_string(),
+            400,
+            "'/' is not supported",
+        ),
+        (
+            "/v1/batch/metrics/measures",
+            json!({"0a7a15ff-0000-0000-0000-000000000000": []}).to_string(),
+            400,
+            "Unknown metrics",
+        ),
+        (
+            "/v1/metric/0a7a15ff-0000-0000-0000-000000000000/measures",
+            "[]".into(),
+            404,
+            "does not exist",
+        ),
+    ];
+    for (path, body, want, needle) in cases {
+        let (status, answer) = engine.post(path, &body);
+        assert_eq!(status, want, "POST {path} {body}: {answer}");
+        assert_eq!(answer["code"], want);
+        assert!(
+            answer["description"].to_string().contains(needle),
+            "POST {path} {body}: {answer}"
+        );
+    }
+    for (path, want, needle) in [
+        (
+            "/v1/resource/generic/nope",
+            404,
+            "Resource nope does not exist",
+        ),
+        (
+            "/v1/resource/instance",
+            404,
+            "Resource type instance does not exist",
+        ),
+        ("/v1/metric/nope", 404, "Metric nope does not exist"),
+        (
+            &format!("{load}?aggregation=99pct") as &str,
+            404,
+            "Aggregation method '99pct'",
+        ),
+        (&format!("{load}?granularity=7"), 404, "does not exist"),
+        (
+            &format!("{load}?start=someday"),
+            400,
+            "not a valid timestamp",
+        ),
+        (
+            &format!("{load}?resample=600"),
+            400,
+            "A granularity must be specified",
+        ),
+        (
+            "/v1/resource/generic/host-1/metric/nope/measures",
+            404,
+            "Metric nope does not exist",
+        ),
+        ("/v2/alarms", 404, "not part of meterflow's Gnocchi API"),
+    ] {
+        let (status, answer) = engine.get(path);
+        assert_eq!(status, want, "GET {path}: {answer}");
+        assert!(
+            answer["description"].to_string().contains(needle),
+            "GET {path}: {answer}"
+        );
+    }
+    assert!(engine.get_ok("/v1/metric").as_array().unwrap().len() == 3);
+
+    // Late data is accepted (202) and counted, as Gnocchi drops it silently.
+    let too_late = json!({"host-1": {"load": [{"timestamp": "2024-05-01T10:00:00", "value": 1}]}});
+    assert_eq!(
+        engine
+            .post(
+                "/v1/batch/resources/metrics/measures",
+                &too_late.to_string()
+            )
+            .0,
+        202
+    );
+    wait_for(&engine, "meterflow_late_measures_total", 1.0);
+    let metrics = engine.get_ok("/metrics");
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("meterflow_measures_total 10"), "{metrics}");
+    assert!(
+        metrics.contains("meterflow_watermark_seconds{input=\"api\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meterflow_open_metrics 3"), "{metrics}");
+
+    // A 202 means committed: a SIGKILL right after loses nothing.
+    let last = json!({"host-1": {"load": [{"timestamp": "2024-05-01T12:02:10", "value": 100.0}]}});
+    assert_eq!(
+        engine
+            .post("/v1/batch/resources/metrics/measures", &last.to_string())
+            .0,
+        202
+    );
+    drop(engine);
+    let again = Engine::start(
+        &["serve", "--store", store.to_str().unwrap(), "--listen", "0"],
+        None,
+    );
+    assert_eq!(
+        series(&again, &format!("{load}?granularity=60&aggregation=max")),
+        vec![
+            p("2024-05-01T12:00:00+00:00", 60.0, 8.0),
+            p("2024-05-01T12:01:00+00:00", 60.0, 11.0),
+            p("2024-05-01T12:02:00+00:00", 60.0, 100.0)
+        ]
+    );
+    // And it goes on from the resumed state.
+    let more = json!({"host-1": {"load": [{"timestamp": "2024-05-01T12:02:20", "value": 0.0}]}});
+    assert_eq!(
+        again
+            .post("/v1/batch/resources/metrics/measures", &more.to_string())
+            .0,
+        202
+    );
+    assert_eq!(
+        series(
+            &again,
+            &format!("{load}?granularity=60&aggregation=mean&start=2024-05-01T12:02:00")
+        ),
+        vec![p("2024-05-01T12:02:00+00:00", 60.0, 50.0)]
+    );
+    let (clean, err) = again.terminate();
+    assert!(clean, "{err}");
+    let out = meterflow(&[
+        "measures",
+        "--store",
+        store.to_str().unwrap(),
+        "--resource",
+        "host-1",
+        "--metric",
+        "load",
+        "--granularity",
+        "60",
+        "--aggregation",
+        "max",
+        "--resample",
+        "3600",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, json!([["2024-05-01T12:00:00+00:00", 3600.0, 100.0]]));
+}
+
+/// Bad `--listen`, a busy port and an empty token file fail at start with the fix.
+#[test]
+fn bad_listen_options_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    assert_fails_with(
+        &["serve", "--store", store, "--listen", "localhost"],
+        "is not an address",
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    assert_fails_with(
+        &[
+            "serve",
+            "--store",
+            store,
+            "--listen",
+            "0",
+            "--token-file",
+            empty.to_str().unwrap(),
+        ],
+        "is empty",
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let other = dir.path().join("other");
+    assert_fails_with(
+        &[
+            "serve",
+            "--store",
+            other.to_str().unwrap(),
+            "--listen",
+            &port,
+        ],
+        "cannot listen on 127.0.0.1",
+    );
+}
