@@ -22,6 +22,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_array::{
     Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array,
@@ -39,6 +40,10 @@ pub const FORMAT: &str = "meterflow-store";
 /// The layout version this build reads and writes.
 pub const VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
+/// Compaction merges two files only while together they hold at most this many rows.
+pub const MERGE_MAX_ROWS: u64 = 4 << 20;
+/// How long a file compaction replaced stays on disk for reads that listed it.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(30);
 const LOCK: &str = ".lock";
 
 /// A store operation failed. Every message names the path and what to do.
@@ -241,6 +246,16 @@ impl Points {
         self.value.push(value);
     }
 
+    /// Appends every row of `other`.
+    pub fn extend(&mut self, other: &Points) {
+        self.resource_id.extend_from_slice(&other.resource_id);
+        self.metric_name.extend_from_slice(&other.metric_name);
+        self.aggregation.extend_from_slice(&other.aggregation);
+        self.granularity_ns.extend_from_slice(&other.granularity_ns);
+        self.timestamp_ns.extend_from_slice(&other.timestamp_ns);
+        self.value.extend_from_slice(&other.value);
+    }
+
     /// Rows held.
     pub fn len(&self) -> usize {
         self.value.len()
@@ -298,7 +313,17 @@ pub struct Store {
     manifest: Mutex<Manifest>,
     /// Every metric, read on first use and kept current by commits.
     catalog: Mutex<Option<Arc<Catalog>>>,
+    /// Files compaction took out of the manifest, deleted once readers are done with them.
+    retired: Mutex<Vec<(Instant, PathBuf)>>,
     _lock: Option<File>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self._lock.is_some() {
+            self.remove_retired(true);
+        }
+    }
 }
 
 /// Every metric of a store, indexed the ways the API looks them up.
@@ -426,6 +451,7 @@ impl Store {
             dir: dir.to_owned(),
             manifest: Mutex::new(manifest),
             catalog: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             _lock: Some(lock),
         };
         {
@@ -445,6 +471,7 @@ impl Store {
             dir: dir.to_owned(),
             manifest: Mutex::new(manifest),
             catalog: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             _lock: None,
         }))
     }
@@ -538,7 +565,149 @@ impl Store {
             }
         }
         *checkpoint = Checkpoint::default();
+        self.compact(partition)?;
         Ok(generation)
+    }
+
+    /// Keeps a partition's files few: while the newest two files of a table are of similar
+    /// size (the older at most twice the newer, together under [`MERGE_MAX_ROWS`]), they are
+    /// merged into one, newest row per key. Like a binary counter, a store written in equal
+    /// checkpoints holds O(log n) files per table and partition and each row is rewritten
+    /// O(log n) times. Merged files replace the two in one manifest write; the two are deleted
+    /// [`RETIRE_AFTER`] later, so reads in flight still find them.
+    fn compact(&self, partition: Partition) -> Result<(), StoreError> {
+        for table in Table::ALL {
+            loop {
+                let files: Vec<FileEntry> = self
+                    .files(table, None)
+                    .into_iter()
+                    .filter(|f| f.partition == partition)
+                    .collect();
+                let [.., older, newer] = files.as_slice() else {
+                    break;
+                };
+                if older.rows > 2 * newer.rows || older.rows + newer.rows > MERGE_MAX_ROWS {
+                    break;
+                }
+                self.merge(table, older, newer)?;
+            }
+        }
+        self.remove_retired(false);
+        Ok(())
+    }
+
+    /// Merges two adjacent files of one table and partition into one.
+    fn merge(&self, table: Table, older: &FileEntry, newer: &FileEntry) -> Result<(), StoreError> {
+        let batch = match table {
+            Table::Metrics => {
+                let mut by_key = BTreeMap::new();
+                for entry in [older, newer] {
+                    for record in self.metric_records(entry, &|_| true)? {
+                        by_key.insert(
+                            (record.resource_id.clone(), record.metric_name.clone()),
+                            record,
+                        );
+                    }
+                }
+                let records: Vec<MetricRecord> = by_key.into_values().collect();
+                metrics_batch(&records, newer.generation)
+            }
+            Table::Aggregates => {
+                type Key = (Sym, Sym, Option<Sym>, i64, i64);
+                let mut newest: BTreeMap<Key, f64> = BTreeMap::new();
+                for entry in [older, newer] {
+                    self.rows(entry, &mut |r, m, p| {
+                        let a = p.aggregation.as_deref().map(Sym::new);
+                        newest.insert((r, m, a, p.granularity_ns, p.timestamp_ns), p.value);
+                    })?;
+                }
+                let mut points = Points::default();
+                for ((r, m, a, g, t), v) in newest {
+                    points.push(r, m, a, g, t, v);
+                }
+                points_batch(&points, newer.generation, false)
+            }
+            Table::State => {
+                // A metric's state is whole in each file: the newer file's wins.
+                let mut rows: HashMap<(Sym, Sym), (bool, Points)> = HashMap::new();
+                for (is_newer, entry) in [(false, older), (true, newer)] {
+                    self.rows(entry, &mut |r, m, p| {
+                        let slot = rows.entry((r, m)).or_insert((is_newer, Points::default()));
+                        if is_newer && !slot.0 {
+                            *slot = (true, Points::default());
+                        }
+                        let a = p.aggregation.as_deref().map(Sym::new);
+                        slot.1.push(r, m, a, p.granularity_ns, p.timestamp_ns, p.value);
+                    })?;
+                }
+                let mut points = Points::default();
+                for (_, (_, p)) in rows {
+                    points.extend(&p);
+                }
+                points_batch(&points, newer.generation, true)
+            }
+        };
+        let p = newer.partition;
+        let rel = format!(
+            "{}/g{:012}-p{}of{}-from-g{:012}.parquet",
+            table.dir(),
+            newer.generation,
+            p.index,
+            p.count,
+            older.generation
+        );
+        self.write_parquet(&rel, &batch)?;
+        let mut manifest = self.lock_manifest();
+        let mut next = manifest.clone();
+        next.files
+            .retain(|f| f.path != older.path && f.path != newer.path);
+        next.files.push(FileEntry {
+            path: rel,
+            table,
+            generation: newer.generation,
+            partition: p,
+            rows: batch.num_rows() as u64,
+        });
+        self.write_manifest(&next)?;
+        *manifest = next;
+        drop(manifest);
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in [older, newer] {
+            retired.push((Instant::now(), self.dir.join(&entry.path)));
+        }
+        Ok(())
+    }
+
+    /// Deletes retired files (all of them, or those retired long enough ago).
+    fn remove_retired(&self, all: bool) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|(when, path)| {
+            if !all && when.elapsed() < RETIRE_AFTER {
+                return true;
+            }
+            if let Err(e) = fs::remove_file(path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(file = %path.display(), "cannot remove a compacted file: {e}; the next start removes it");
+                }
+            }
+            false
+        });
+    }
+
+    /// Every row of an aggregates or state file, with its resource and metric.
+    fn rows(
+        &self,
+        entry: &FileEntry,
+        each: &mut dyn FnMut(Sym, Sym, StoredPoint),
+    ) -> Result<(), StoreError> {
+        for batch in self.batches(entry)? {
+            let res = strings(&batch, "resource_id", &entry.path)?;
+            let names = strings(&batch, "metric_name", &entry.path)?;
+            for (i, p) in points_of(&batch, &entry.path, |_, _| true)? {
+                each(Sym::new(res.value(i)), Sym::new(names.value(i)), p);
+            }
+        }
+        Ok(())
     }
 
     fn write_parquet(&self, rel: &str, batch: &RecordBatch) -> Result<(), StoreError> {
@@ -643,53 +812,90 @@ impl Store {
         Ok(catalog)
     }
 
-    /// Every metric, newest record first wins; `route` limits it to one partition's resources
-    /// (`None`: all).
+    /// Every metric whose resource `holds` accepts; the newest record of each wins.
     pub fn metrics(&self, holds: &dyn Fn(&str) -> bool) -> Result<Vec<MetricRecord>, StoreError> {
-        let mut out: BTreeMap<(String, String), MetricRecord> = BTreeMap::new();
-        for entry in self.files(Table::Metrics, None) {
-            for batch in self.batches(&entry)? {
-                let col = |name: &str| strings(&batch, name, &entry.path);
-                let (ids, res, orig, names, units, policies, types, users, projects) = (
-                    col("metric_id")?,
-                    col("resource_id")?,
-                    col("original_resource_id")?,
-                    col("metric_name")?,
-                    col("unit")?,
-                    col("archive_policy_name")?,
-                    col("resource_type")?,
-                    col("user_id")?,
-                    col("project_id")?,
-                );
-                for i in 0..batch.num_rows() {
-                    if !holds(res.value(i)) {
-                        continue;
-                    }
-                    let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_owned());
-                    let record = MetricRecord {
-                        metric_id: ids.value(i).to_owned(),
-                        resource_id: res.value(i).to_owned(),
-                        original_resource_id: orig.value(i).to_owned(),
-                        metric_name: names.value(i).to_owned(),
-                        unit: units.value(i).to_owned(),
-                        archive_policy_name: policies.value(i).to_owned(),
-                        resource_type: types.value(i).to_owned(),
-                        user_id: opt(users),
-                        project_id: opt(projects),
-                    };
+        self.reading(|| {
+            let mut out: BTreeMap<(String, String), MetricRecord> = BTreeMap::new();
+            for entry in self.files(Table::Metrics, None) {
+                for record in self.metric_records(&entry, holds)? {
                     out.insert(
                         (record.resource_id.clone(), record.metric_name.clone()),
                         record,
                     );
                 }
             }
+            Ok(out.into_values().collect())
+        })
+    }
+
+    /// Runs a read, again if a file it listed was compacted away meanwhile.
+    fn reading<T>(&self, read: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut tries = 0;
+        loop {
+            match read() {
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                result => return result,
+            }
         }
-        Ok(out.into_values().collect())
+    }
+
+    /// The metric records of one metrics file whose resource `holds` accepts.
+    fn metric_records(
+        &self,
+        entry: &FileEntry,
+        holds: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<MetricRecord>, StoreError> {
+        let mut out = Vec::new();
+        for batch in self.batches(entry)? {
+            let col = |name: &str| strings(&batch, name, &entry.path);
+            let (ids, res, orig, names, units, policies, types, users, projects) = (
+                col("metric_id")?,
+                col("resource_id")?,
+                col("original_resource_id")?,
+                col("metric_name")?,
+                col("unit")?,
+                col("archive_policy_name")?,
+                col("resource_type")?,
+                col("user_id")?,
+                col("project_id")?,
+            );
+            for i in 0..batch.num_rows() {
+                if !holds(res.value(i)) {
+                    continue;
+                }
+                let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_owned());
+                out.push(MetricRecord {
+                    metric_id: ids.value(i).to_owned(),
+                    resource_id: res.value(i).to_owned(),
+                    original_resource_id: orig.value(i).to_owned(),
+                    metric_name: names.value(i).to_owned(),
+                    unit: units.value(i).to_owned(),
+                    archive_policy_name: policies.value(i).to_owned(),
+                    resource_type: types.value(i).to_owned(),
+                    user_id: opt(users),
+                    project_id: opt(projects),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The stored bucket values of one metric, each key's newest generation, sorted by
     /// (aggregation, granularity, timestamp). `route` is the resource's partition route.
     pub fn aggregates(
+        &self,
+        resource_id: &str,
+        metric_name: &str,
+        route: u64,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
+        self.reading(|| self.aggregates_once(resource_id, metric_name, route))
+    }
+
+    fn aggregates_once(
         &self,
         resource_id: &str,
         metric_name: &str,
@@ -966,6 +1172,90 @@ mod tests {
         let metrics = store.metrics(&|_| true).unwrap();
         assert_eq!(metrics.len(), 1);
         assert_eq!(metrics[0].project_id.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn compaction_keeps_files_few_and_the_newest_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = Partition { index: 0, count: 1 };
+        let (mean, cpu) = (Some(Sym::new("mean")), Sym::new("cpu"));
+        let resources: Vec<Sym> = (0..5).map(|i| Sym::new(&format!("res-{i}"))).collect();
+        let mut expected: BTreeMap<(usize, i64), f64> = BTreeMap::new();
+        let mut expected_state: HashMap<usize, f64> = HashMap::new();
+        let checkpoints = 200;
+        {
+            let store = Store::create(dir.path()).unwrap();
+            for n in 0..checkpoints {
+                let mut cp = Checkpoint::default();
+                for (r, &res) in resources.iter().enumerate() {
+                    if n == r {
+                        cp.metrics.push(MetricRecord {
+                            metric_id: format!("id-{r}"),
+                            resource_id: res.as_str().into(),
+                            original_resource_id: res.as_str().into(),
+                            metric_name: "cpu".into(),
+                            unit: "ns".into(),
+                            archive_policy_name: "low".into(),
+                            resource_type: "generic".into(),
+                            user_id: None,
+                            project_id: None,
+                        });
+                    }
+                    if (n + r) % 3 == 0 {
+                        continue;
+                    }
+                    // Each checkpoint writes this bucket and rewrites the previous one.
+                    for t in [n as i64 - 1, n as i64] {
+                        let v = (n * 10 + r) as f64;
+                        cp.aggregates.push(res, cpu, mean, 60, t.max(0) * 60, v);
+                        expected.insert((r, t.max(0) * 60), v);
+                    }
+                    cp.state.push(res, cpu, None, 0, n as i64, n as f64);
+                    cp.state.push(res, cpu, mean, 60, n as i64, n as f64);
+                    expected_state.insert(r, n as f64);
+                }
+                store.commit(part, &mut cp).unwrap();
+            }
+            let files = store.lock_manifest().files.len();
+            assert!(
+                files <= 3 * 10,
+                "{files} files after {checkpoints} checkpoints"
+            );
+            let check = |store: &Store| {
+                for (r, &res) in resources.iter().enumerate() {
+                    let got: Vec<(i64, f64)> = store
+                        .aggregates(res.as_str(), "cpu", 0)
+                        .unwrap()
+                        .into_iter()
+                        .map(|p| (p.timestamp_ns, p.value))
+                        .collect();
+                    let want: Vec<(i64, f64)> = expected
+                        .iter()
+                        .filter(|((er, _), _)| *er == r)
+                        .map(|(&(_, t), &v)| (t, v))
+                        .collect();
+                    assert_eq!(got, want, "resource {r}");
+                }
+                let states = store.states(&|_| true).unwrap();
+                for (r, &res) in resources.iter().enumerate() {
+                    let state = &states[&(res.as_str().to_owned(), "cpu".to_owned())];
+                    assert_eq!(state.len(), 2, "one checkpoint's state, whole");
+                    assert!(state.iter().all(|p| p.value == expected_state[&r]));
+                }
+                assert_eq!(store.metrics(&|_| true).unwrap().len(), 5);
+            };
+            check(&store);
+            drop(store);
+            let store = Store::create(dir.path()).unwrap();
+            check(&store);
+        }
+        // Only the files the manifest names are left.
+        let on_disk: usize = Table::ALL
+            .iter()
+            .map(|t| fs::read_dir(dir.path().join(t.dir())).unwrap().count())
+            .sum();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(on_disk, store.lock_manifest().files.len());
     }
 
     #[test]
