@@ -637,7 +637,8 @@ impl Store {
                             *slot = (true, Points::default());
                         }
                         let a = p.aggregation.as_deref().map(Sym::new);
-                        slot.1.push(r, m, a, p.granularity_ns, p.timestamp_ns, p.value);
+                        slot.1
+                            .push(r, m, a, p.granularity_ns, p.timestamp_ns, p.value);
                     })?;
                 }
                 let mut points = Points::default();

@@ -1,6 +1,6 @@
 //! One metric's state: Gnocchi's raw buffer plus one aggregate series per (granularity, method).
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::method::{Base, Method};
@@ -50,7 +50,7 @@ pub struct Metric {
     policy: Arc<ArchivePolicy>,
     raw: Vec<Point>,
     /// Indexed `[granule][method]`, like `policy.definition` and `policy.methods`.
-    series: Vec<Vec<BTreeMap<i64, f64>>>,
+    series: Vec<Vec<Series>>,
     /// Per granule, the running aggregates of its newest bucket (see [`Metric::append`]).
     open: Vec<Option<Open>>,
     /// Whether appends may take the running path (every granularity divides the block, so the
@@ -71,6 +71,26 @@ struct Open {
     stale: bool,
 }
 
+/// Stores the values of `open`'s bucket into a granule's series (by method); a method with no
+/// value keeps what was stored.
+fn write_values(methods: &[Method], series: &mut [Series], open: &Open) {
+    for (mi, method) in methods.iter().enumerate() {
+        if let Some(v) = open.value(*method) {
+            series[mi].insert(open.bucket, v);
+        }
+    }
+}
+
+impl Open {
+    /// Empties it for the next bucket, keeping its allocations.
+    fn reset(&mut self, bucket: i64) {
+        self.bucket = bucket;
+        self.plain.clear();
+        self.rate.clear();
+        self.stale = false;
+    }
+}
+
 fn floor(ts: i64, g: i64) -> i64 {
     ts.div_euclid(g) * g
 }
@@ -78,7 +98,7 @@ fn floor(ts: i64, g: i64) -> i64 {
 impl Metric {
     /// An empty metric under `policy`.
     pub fn new(policy: Arc<ArchivePolicy>) -> Metric {
-        let series = vec![vec![BTreeMap::new(); policy.methods.len()]; policy.definition.len()];
+        let series = vec![vec![Series::default(); policy.methods.len()]; policy.definition.len()];
         let block = policy.block();
         Metric {
             open: vec![None; policy.definition.len()],
@@ -134,23 +154,27 @@ impl Metric {
         // A batch whose every measure is already held with the same value (a replay after a
         // restart, at-least-once delivery) changes nothing; Gnocchi would still recompute from
         // it, which for `rate:` methods can lose the difference across the buffer's start.
-        if self.raw.len() >= batch.len() && batch.iter().all(|p| self.holds(*p)) {
+        let after_all = self.raw.last().is_none_or(|l| l.0 < batch[0].0);
+        if !after_all && self.raw.len() >= batch.len() && batch.iter().all(|p| self.holds(*p)) {
             outcome.replayed = batch.len();
             return outcome;
         }
         outcome.accepted = batch.len();
         // Gnocchi recomputes from the batch's first measure, late ones included; a batch that
         // dropped late measures so recomputes older buckets and takes the general path.
-        let appends = outcome.late == 0 && self.raw.last().is_none_or(|l| l.0 < batch[0].0);
+        let appends = outcome.late == 0 && after_all;
         // Granules whose newest bucket moved: only their series can have points to retire.
-        let mut moved = vec![true; self.policy.definition.len()];
+        // (A bit per granule; granules past the 64th always count as moved.)
+        let mut moved: u64 = !0;
         if appends && self.incremental {
             let first_new = self.raw.len();
             self.raw.extend(batch);
-            for (gi, moved) in moved.iter_mut().enumerate() {
+            for gi in 0..self.policy.definition.len() {
                 let before = self.open[gi].as_ref().map(|o| o.bucket);
                 self.append(gi, first_new);
-                *moved = self.open[gi].as_ref().map(|o| o.bucket) != before;
+                if gi < 64 && self.open[gi].as_ref().map(|o| o.bucket) == before {
+                    moved &= !(1 << gi);
+                }
             }
         } else {
             // Store what the open buckets show first: a recompute that yields no value for a
@@ -168,14 +192,15 @@ impl Metric {
         }
         let last = self.raw.last().map_or(0, |p| p.0);
         let keep_from = floor(last, block) - window;
-        let cut = self.raw.partition_point(|p| p.0 < keep_from);
-        self.raw.drain(..cut);
+        if self.raw.first().is_some_and(|p| p.0 < keep_from) {
+            let cut = self.raw.partition_point(|p| p.0 < keep_from);
+            self.raw.drain(..cut);
+        }
         for (gi, granule) in self.policy.definition.iter().enumerate() {
-            if let Some(span) = granule.timespan().filter(|_| moved[gi]) {
+            let granule_moved = gi >= 64 || moved & (1 << gi) != 0;
+            if let Some(span) = granule.timespan().filter(|_| granule_moved) {
                 for (mi, method) in self.policy.methods.iter().enumerate() {
-                    let open = self.open[gi]
-                        .as_ref()
-                        .filter(|o| o.value(*method).is_some());
+                    let open = self.open[gi].as_ref().filter(|o| o.has_value(*method));
                     retain_newest(&mut self.series[gi][mi], span, open.map(|o| o.bucket));
                 }
             }
@@ -221,30 +246,35 @@ impl Metric {
     fn append(&mut self, gi: usize, first_new: usize) {
         let g = self.policy.definition[gi].granularity;
         let start = floor(self.raw[first_new].0, g);
-        let mut open = match self.open[gi].take() {
-            Some(o) if o.bucket == start && !o.stale => o,
-            Some(o) => {
-                // An older (or stale) bucket: store what it shows, then start over from raw.
+        // The open bucket is updated in place (it is large: moving it costs more than the
+        // arithmetic).
+        let reusable = matches!(&self.open[gi], Some(o) if o.bucket == start && !o.stale);
+        if !reusable {
+            // An older (or stale) bucket: store what it shows, then start over from raw.
+            if let Some(o) = self.open[gi].take() {
                 self.write(gi, &o);
-                self.rebuild(g, start, first_new)
             }
-            None => self.rebuild(g, start, first_new),
-        };
-        for j in first_new..self.raw.len() {
-            let (t, v) = self.raw[j];
+            self.open[gi] = Some(self.rebuild(g, start, first_new));
+        }
+        let Metric {
+            raw,
+            series,
+            open,
+            policy,
+            has_rate,
+            ..
+        } = self;
+        let open = open[gi].as_mut().expect("set above");
+        for j in first_new..raw.len() {
+            let (t, v) = raw[j];
             let bucket = floor(t, g);
             if bucket != open.bucket {
-                self.write(gi, &open);
-                open = Open {
-                    bucket,
-                    plain: Running::new(self.keep_sorted),
-                    rate: Running::new(self.keep_sorted),
-                    stale: false,
-                };
+                write_values(&policy.methods, &mut series[gi], open);
+                open.reset(bucket);
             }
             open.plain.push(v);
-            if self.has_rate && j > 0 {
-                let (pt, pv) = self.raw[j - 1];
+            if *has_rate && j > 0 {
+                let (pt, pv) = raw[j - 1];
                 // Recompute from `start` pairs points from `start - g` on.
                 if j > first_new || pt >= start - g {
                     open.rate.push(v - pv);
@@ -255,7 +285,6 @@ impl Metric {
             }
         }
         // The newest bucket's values are read from `open` (see `values`), written when it closes.
-        self.open[gi] = Some(open);
     }
 
     /// Running aggregates of bucket `bucket` from the raw points before index `end`, as a
@@ -279,11 +308,7 @@ impl Metric {
 
     /// Stores the values of `open`'s bucket (a method with no value keeps what was stored).
     fn write(&mut self, gi: usize, open: &Open) {
-        for (mi, method) in self.policy.methods.iter().enumerate() {
-            if let Some(v) = open.value(*method) {
-                self.series[gi][mi].insert(open.bucket, v);
-            }
-        }
+        write_values(&self.policy.methods, &mut self.series[gi], open);
     }
 
     /// Recomputes every bucket of granule `gi` from the one holding `from`.
@@ -343,9 +368,8 @@ impl Metric {
                 return;
             };
             for (mi, series) in self.series[gi].iter_mut().enumerate() {
-                if series.keys().next().is_some_and(|&t| t < from) {
-                    let open = series.split_off(&from);
-                    for (t, v) in std::mem::replace(series, open) {
+                if series.first_key().is_some_and(|t| t < from) {
+                    for (t, v) in series.drain_before(from) {
                         out(gi, mi, t, v);
                     }
                 }
@@ -363,7 +387,7 @@ impl Metric {
                     .as_ref()
                     .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
                 let until = open.map_or(i64::MAX, |(bucket, _)| bucket);
-                for (&t, &v) in series.range(..until) {
+                for (t, v) in series.range(i64::MIN, until) {
                     out(gi, mi, t, v);
                 }
                 if let Some((bucket, v)) = open {
@@ -423,7 +447,7 @@ impl Metric {
                 .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
             let last = match open {
                 Some((bucket, _)) => Some(bucket),
-                None => series.keys().next_back().copied(),
+                None => series.last_key(),
             };
             let oldest = match (granule.timespan(), last) {
                 (Some(span), Some(last)) => last - span,
@@ -432,8 +456,8 @@ impl Metric {
             let stored_until = open.map_or(i64::MAX, |(bucket, _)| bucket);
             out.extend(
                 series
-                    .range(oldest.saturating_add(1)..stored_until)
-                    .map(|(&t, &v)| (t, granule.seconds(), v)),
+                    .range(oldest.saturating_add(1), stored_until)
+                    .map(|(t, v)| (t, granule.seconds(), v)),
             );
             if let Some((bucket, v)) = open {
                 out.push((bucket, granule.seconds(), v));
@@ -445,16 +469,63 @@ impl Metric {
 
 /// Keeps the points strictly newer than the last point minus `span`; `open` is a newer bucket
 /// held outside the map.
-fn retain_newest(series: &mut BTreeMap<i64, f64>, span: i64, open: Option<i64>) {
-    let last = match (series.keys().next_back(), open) {
+fn retain_newest(series: &mut Series, span: i64, open: Option<i64>) {
+    let last = match (series.last_key(), open) {
         (_, Some(o)) => o,
-        (Some(&l), None) => l,
+        (Some(l), None) => l,
         (None, None) => return,
     };
     let keep_from = (last - span).saturating_add(1);
-    if series.keys().next().is_some_and(|&first| first < keep_from) {
-        let keep = series.split_off(&keep_from);
-        *series = keep;
+    if series.first_key().is_some_and(|first| first < keep_from) {
+        series.remove_before(keep_from);
+    }
+}
+
+/// One aggregate series: `(bucket, value)` sorted by bucket. Buckets nearly always arrive
+/// newest last and leave oldest first, so a deque makes both O(1); a late bucket is inserted
+/// in place.
+#[derive(Clone, Debug, Default)]
+struct Series(VecDeque<(i64, f64)>);
+
+impl Series {
+    /// Sets the value of bucket `t`.
+    fn insert(&mut self, t: i64, v: f64) {
+        match self.0.back_mut() {
+            None => self.0.push_back((t, v)),
+            Some(last) if last.0 < t => self.0.push_back((t, v)),
+            Some(last) if last.0 == t => last.1 = v,
+            Some(_) => match self.0.binary_search_by_key(&t, |p| p.0) {
+                Ok(i) => self.0[i].1 = v,
+                Err(i) => self.0.insert(i, (t, v)),
+            },
+        }
+    }
+
+    fn first_key(&self) -> Option<i64> {
+        self.0.front().map(|p| p.0)
+    }
+
+    fn last_key(&self) -> Option<i64> {
+        self.0.back().map(|p| p.0)
+    }
+
+    /// Removes and yields the buckets before `from`, oldest first.
+    fn drain_before(&mut self, from: i64) -> impl Iterator<Item = (i64, f64)> + '_ {
+        let n = self.0.partition_point(|p| p.0 < from);
+        self.0.drain(..n)
+    }
+
+    /// Removes the buckets before `from`.
+    fn remove_before(&mut self, from: i64) {
+        let n = self.0.partition_point(|p| p.0 < from);
+        self.0.drain(..n);
+    }
+
+    /// The buckets in `lo..hi`, oldest first.
+    fn range(&self, lo: i64, hi: i64) -> impl Iterator<Item = (i64, f64)> + '_ {
+        let a = self.0.partition_point(|p| p.0 < lo);
+        let b = self.0.partition_point(|p| p.0 < hi).max(a);
+        self.0.range(a..b).copied()
     }
 }
 
@@ -466,6 +537,12 @@ impl Open {
         } else {
             self.plain.value(method)
         }
+    }
+
+    /// Whether [`Open::value`] gives a value (without computing it).
+    fn has_value(&self, method: Method) -> bool {
+        let running = if method.rate { &self.rate } else { &self.plain };
+        running.has_value(method)
     }
 }
 
@@ -611,7 +688,7 @@ mod tests {
                 "definition": [{"granularity": 10, "points": 40}, {"granularity": 60, "points": 8}]});
             let mut whole = metric(policy.clone());
             let mut parts = metric(policy);
-            let mut finals: BTreeMap<(usize, usize, i64), f64> = BTreeMap::new();
+            let mut finals: std::collections::BTreeMap<(usize, usize, i64), f64> = Default::default();
             let mut clock = 0i64;
             for (i, batch) in batches.iter().enumerate() {
                 let points: Vec<Point> = batch.iter().map(|&(step, v, kind)| {

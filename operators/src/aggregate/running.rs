@@ -15,16 +15,38 @@ pub(super) struct Running {
     last: f64,
     mean: f64,
     m2: f64,
-    /// Kept only when a median or percentile is asked for.
-    sorted: Option<Vec<f64>>,
+    /// The values in arrival order, kept only when a median or percentile is asked for
+    /// (sorted when read: appending stays O(1), a bucket is read about once, when it closes).
+    values: Option<Vec<f64>>,
 }
 
 impl Running {
     /// An empty bucket; `keep_sorted` when order statistics are needed.
     pub(super) fn new(keep_sorted: bool) -> Running {
         Running {
-            sorted: keep_sorted.then(Vec::new),
+            values: keep_sorted.then(Vec::new),
             ..Running::default()
+        }
+    }
+
+    /// Empties it, keeping the allocation of its kept values.
+    pub(super) fn clear(&mut self) {
+        let values = self.values.take().map(|mut v| {
+            v.clear();
+            v
+        });
+        *self = Running {
+            values,
+            ..Running::default()
+        };
+    }
+
+    /// Whether [`Running::value`] gives a value for `method`.
+    pub(super) fn has_value(&self, method: Method) -> bool {
+        match method.base {
+            Base::Std => self.n >= 2,
+            Base::Median | Base::Pct(_) => self.n > 0 && self.values.is_some(),
+            _ => self.n > 0,
         }
     }
 
@@ -49,10 +71,15 @@ impl Running {
         let delta = v - self.mean;
         self.mean += delta / self.n as f64;
         self.m2 += delta * (v - self.mean);
-        if let Some(sorted) = &mut self.sorted {
-            let at = sorted.partition_point(|x| x.total_cmp(&v).is_lt());
-            sorted.insert(at, v);
+        if let Some(values) = &mut self.values {
+            values.push(v);
         }
+    }
+
+    fn sorted(&self) -> Option<Vec<f64>> {
+        let mut sorted = self.values.clone()?;
+        sorted.sort_unstable_by(f64::total_cmp);
+        Some(sorted)
     }
 
     /// The value of `method` for the bucket so far (`None` where `reduce` gives none).
@@ -75,8 +102,8 @@ impl Running {
                 }
                 (self.m2 / (n - 1.0)).sqrt()
             }
-            Base::Median => percentile_sorted(self.sorted.as_ref()?, 50.0),
-            Base::Pct(p) => percentile_sorted(self.sorted.as_ref()?, f64::from(p)),
+            Base::Median => percentile_sorted(&self.sorted()?, 50.0),
+            Base::Pct(p) => percentile_sorted(&self.sorted()?, f64::from(p)),
         })
     }
 }
