@@ -118,7 +118,7 @@ pub struct Counters {
     pub buckets_written: u64,
     /// Metrics held in memory by the store's aggregation (a gauge).
     pub metrics_open: u64,
-    /// Buckets held in memory, not yet final (a gauge).
+    /// Buckets held in memory, not yet final, as of the last checkpoint (a gauge).
     pub buckets_open: u64,
     /// Per input (by its position; the API's ingest after the inputs), the newest event time
     /// seen, microseconds since the epoch (`i64::MIN` before the first).

@@ -1121,7 +1121,7 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
     metric(
         "meterflow_open_buckets",
         "gauge",
-        "Buckets not yet final, held in memory.",
+        "Buckets not yet final, held in memory, as of the last checkpoint.",
         &one(c.buckets_open),
     );
     let now_us = SystemTime::now()

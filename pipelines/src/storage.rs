@@ -144,6 +144,8 @@ struct Entry {
     metric: Metric,
     policy: Arc<Policy>,
     dirty: bool,
+    /// Buckets it held in memory at the last checkpoint (for the `buckets_open` gauge).
+    held: u64,
 }
 
 /// One worker's share of the metrics: aggregation state, checkpoints into the store.
@@ -284,6 +286,7 @@ impl Aggregator {
                     metric,
                     policy,
                     dirty: false,
+                    held: 0,
                 },
             );
         }
@@ -329,8 +332,7 @@ impl Aggregator {
                 .metrics
                 .get_mut(&(m.resource_key, m.name))
                 .expect("ensured above");
-            let held_before = entry.metric.buckets_held() as u64;
-            let outcome = entry.metric.add_batch(std::mem::take(&mut points));
+            let outcome = entry.metric.add_batch_from(&mut points);
             for _ in 0..outcome.late {
                 diag.drop(DropReason::LateMeasure, || {
                     format!("metric {} of resource {}: a measure older than archive policy {}'s back_window allows was dropped (Gnocchi drops these too); raise back_window to accept later data", m.name, m.resource_id, entry.policy.policy.name)
@@ -358,8 +360,6 @@ impl Aggregator {
                     v,
                 );
             });
-            let held = &mut diag.counters.buckets_open;
-            *held = (*held + entry.metric.buckets_held() as u64).saturating_sub(held_before);
         }
         diag.counters.metrics_open = self.metrics.len() as u64;
         measures.clear();
@@ -379,11 +379,16 @@ impl Aggregator {
             let methods = &entry.policy.methods;
             let definition = &entry.policy.policy.definition;
             let (aggregates, state) = (&mut self.checkpoint.aggregates, &mut self.checkpoint.state);
+            let mut held = 0;
             entry.metric.provisional(&mut |gi, mi, t, v| {
                 let g = definition[gi].granularity;
                 aggregates.push(resource, name, Some(methods[mi]), g, t, v);
                 state.push(resource, name, Some(methods[mi]), g, t, v);
+                held += 1;
             });
+            let gauge = &mut diag.counters.buckets_open;
+            *gauge = (*gauge + held).saturating_sub(entry.held);
+            entry.held = held;
             for &(t, v) in entry.metric.raw() {
                 state.push(resource, name, None, 0, t, v);
             }

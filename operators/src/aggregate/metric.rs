@@ -58,6 +58,8 @@ pub struct Metric {
     incremental: bool,
     keep_sorted: bool,
     has_rate: bool,
+    /// The block of the newest measure when [`Metric::take_final`] last ran.
+    taken_at: Option<i64>,
 }
 
 /// The newest bucket of one granule, aggregated as measures are appended.
@@ -111,6 +113,7 @@ impl Metric {
             policy,
             raw: Vec::new(),
             series,
+            taken_at: None,
         }
     }
 
@@ -128,6 +131,18 @@ impl Metric {
 
     /// Adds one batch of measures (one notification's worth, for `back_window` purposes).
     pub fn add_batch(&mut self, mut batch: Vec<Point>) -> BatchOutcome {
+        self.add_batch_from(&mut batch)
+    }
+
+    /// [`Metric::add_batch`] taking the points out of `batch` (left empty, its allocation
+    /// kept for the next batch).
+    pub fn add_batch_from(&mut self, batch: &mut Vec<Point>) -> BatchOutcome {
+        let outcome = self.add_points(batch);
+        batch.clear();
+        outcome
+    }
+
+    fn add_points(&mut self, batch: &mut Vec<Point>) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let before = batch.len();
         batch.retain(|p| p.1.is_finite());
@@ -168,7 +183,7 @@ impl Metric {
         let mut moved: u64 = !0;
         if appends && self.incremental {
             let first_new = self.raw.len();
-            self.raw.extend(batch);
+            self.raw.extend_from_slice(batch);
             for gi in 0..self.policy.definition.len() {
                 let before = self.open[gi].as_ref().map(|o| o.bucket);
                 self.append(gi, first_new);
@@ -217,9 +232,9 @@ impl Metric {
 
     /// Merges sorted, unique new points into the raw buffer; a new point replaces an old one
     /// at the same timestamp.
-    fn merge(&mut self, new: Vec<Point>) {
+    fn merge(&mut self, new: &[Point]) {
         if self.raw.last().is_none_or(|l| l.0 < new[0].0) {
-            self.raw.extend(new);
+            self.raw.extend_from_slice(new);
             return;
         }
         let old = std::mem::take(&mut self.raw);
@@ -363,6 +378,13 @@ impl Metric {
     /// Moves every final bucket out of memory, calling `out(granule, method, bucket, value)`
     /// for each (indices into the policy's `definition` and `methods`), oldest first per series.
     pub fn take_final(&mut self, out: &mut dyn FnMut(usize, usize, i64, f64)) {
+        // What is final only changes when the newest measure enters a new block: every bucket
+        // written since the last call is at or after the cutoff it had then.
+        let block = self.raw.last().map(|p| floor(p.0, self.policy.block()));
+        if block.is_some() && block == self.taken_at {
+            return;
+        }
+        self.taken_at = block;
         for gi in 0..self.policy.definition.len() {
             let Some(from) = self.open_from(gi) else {
                 return;
@@ -395,13 +417,6 @@ impl Metric {
                 }
             }
         }
-    }
-
-    /// How many bucket values [`Metric::provisional`] would give: those still held in memory.
-    pub fn buckets_held(&self) -> usize {
-        let mut n = 0;
-        self.provisional(&mut |_, _, _, _| n += 1);
-        n
     }
 
     /// The raw measures kept for later batches (those inside the back window), oldest first.
