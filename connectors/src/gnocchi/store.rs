@@ -41,7 +41,7 @@ pub const FORMAT: &str = "meterflow-store";
 pub const VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 /// Compaction merges two files only while together they hold at most this many rows.
-pub const MERGE_MAX_ROWS: u64 = 4 << 20;
+pub const MERGE_MAX_ROWS: u64 = 256 << 10;
 /// How long a file compaction replaced stays on disk for reads that listed it.
 pub const RETIRE_AFTER: Duration = Duration::from_secs(30);
 const LOCK: &str = ".lock";
@@ -570,8 +570,9 @@ impl Store {
     }
 
     /// Keeps a partition's files few: while the newest two files of a table are of similar
-    /// size (the older at most twice the newer, together under [`MERGE_MAX_ROWS`]), they are
-    /// merged into one, newest row per key. Like a binary counter, a store written in equal
+    /// size (the older at most twice the newer, together under [`MERGE_MAX_ROWS`]: frequent
+    /// small checkpoints merge, a bulk load's big ones stay), they are merged into one, newest
+    /// row per key. Like a binary counter, a store written in equal
     /// checkpoints holds O(log n) files per table and partition and each row is rewritten
     /// O(log n) times. Merged files replace the two in one manifest write; the two are deleted
     /// [`RETIRE_AFTER`] later, so reads in flight still find them.
