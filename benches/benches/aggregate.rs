@@ -105,6 +105,8 @@ sinks: [{name: store, publishers: ["gnocchi://?archive_policy=bench"]}]
                 unit,
                 user_id: None,
                 project_id: None,
+                resource_type: None,
+                attributes: None,
                 policy: None,
                 timestamp_ns: (1_627_610_400 + e * 10 + (i as i64 % 10)) * NANOS,
                 value: ((i as i64 * 7919 + e) % 1000) as f64 / 10.0,

@@ -38,11 +38,14 @@ pub enum DropReason {
     LateMeasure,
     /// A measure whose value is NaN or infinite, or whose time is before 1970.
     InvalidMeasure,
+    /// A sample for `gnocchi://` whose meter its resource definitions do not list (Ceilometer
+    /// skips these too).
+    NoResourceDefinition,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::BadJson,
         DropReason::NotANotification,
         DropReason::NoMeterDefinition,
@@ -55,6 +58,7 @@ impl DropReason {
         DropReason::PublishError,
         DropReason::LateMeasure,
         DropReason::InvalidMeasure,
+        DropReason::NoResourceDefinition,
     ];
 
     /// The metric label.
@@ -72,6 +76,7 @@ impl DropReason {
             DropReason::PublishError => "publish_error",
             DropReason::LateMeasure => "late_measure",
             DropReason::InvalidMeasure => "invalid_measure",
+            DropReason::NoResourceDefinition => "no_resource_definition",
         }
     }
 

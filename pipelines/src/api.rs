@@ -461,7 +461,7 @@ fn resource_json(metrics: &[&MetricRecord]) -> Value {
         .iter()
         .map(|m| (m.metric_name.clone(), Value::from(m.metric_id.clone())))
         .collect();
-    json!({
+    let mut resource = json!({
         "id": resource_uuid(&first.resource_id),
         "type": first.resource_type,
         "original_resource_id": first.resource_id,
@@ -475,7 +475,18 @@ fn resource_json(metrics: &[&MetricRecord]) -> Value {
         "created_by_user_id": Value::Null,
         "created_by_project_id": Value::Null,
         "metrics": by_name,
-    })
+    });
+    // The resource type's attributes are fields of the resource, as in Gnocchi.
+    let attributes = metrics
+        .iter()
+        .find_map(|m| m.resource_attributes.as_deref())
+        .and_then(|a| serde_json::from_str::<serde_json::Map<String, Value>>(a).ok());
+    if let (Some(attributes), Value::Object(resource)) = (attributes, &mut resource) {
+        for (k, v) in attributes {
+            resource.entry(k).or_insert(v);
+        }
+    }
+    resource
 }
 
 fn known_type(state: &ApiState, kind: &str, catalog_has: bool) -> ApiResult<()> {
@@ -997,6 +1008,8 @@ async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCo
             unit,
             user_id: None,
             project_id: None,
+            resource_type: None,
+            attributes: None,
             policy,
             timestamp_ns: t,
             value: v,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meterflow_connectors::file::deadletter::{DeadLetter, DeadLetterHandle};
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
+use meterflow_connectors::gnocchi::resources::{ResourceDefinition, ResourceDefinitions};
 use meterflow_connectors::gnocchi::{resource_key, GnocchiOptions};
 use meterflow_connectors::PublisherSpec;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
@@ -264,8 +265,8 @@ pub struct Transformer {
     urls: Vec<String>,
     /// Measures for the store, handed downstream at the end of each epoch.
     measures: Vec<Measure>,
-    /// Resource ids as Gnocchi keys them (`/` replaced), by resource.
-    resource_keys: FxHashMap<Sym, Sym>,
+    /// What turning samples into measures looks up again and again.
+    store_caches: StoreCaches,
     /// Whether some sink publishes to the store (publish at every notification boundary, so
     /// each notification is one batch of measures).
     per_notification: Vec<bool>,
@@ -297,7 +298,7 @@ impl Transformer {
             .collect();
         Transformer {
             measures: Vec::new(),
-            resource_keys: FxHashMap::default(),
+            store_caches: StoreCaches::default(),
             per_notification,
             sinks: plan
                 .build_chains()
@@ -381,7 +382,7 @@ impl Transformer {
                     &sink.out,
                     (notification, k as u16, *index),
                     options,
-                    &mut self.resource_keys,
+                    &mut self.store_caches,
                     &mut self.measures,
                     diag,
                 ),
@@ -397,11 +398,26 @@ fn to_measures(
     samples: &[Sample],
     (batch, sink, publisher): (u64, u16, u16),
     options: &GnocchiOptions,
-    keys: &mut FxHashMap<Sym, Sym>,
+    caches: &mut StoreCaches,
     out: &mut Vec<Measure>,
     diag: &mut Diag,
 ) {
     for s in samples {
+        let (resource_type, policy, attributes) = match &options.resources {
+            None => (None, None, None),
+            Some(definitions) => {
+                let Some(meter) = caches.meter(publisher, s.name, definitions) else {
+                    diag.drop(DropReason::NoResourceDefinition, || {
+                        format!("meter {} is not in resources_definition_file {}, so it is not stored (as in Ceilometer); add it under a resource's metrics:", s.name, definitions.origin)
+                    });
+                    continue;
+                };
+                let attributes = caches.attributes(publisher, s, &definitions.resources[meter.2]);
+                // The publisher's archive_policy overrides the definitions' (Ceilometer's).
+                let policy = meter.1.filter(|_| options.archive_policy.is_none());
+                (Some(meter.0), policy, attributes)
+            }
+        };
         if options
             .filter_project
             .as_deref()
@@ -421,7 +437,7 @@ fn to_measures(
             });
             continue;
         }
-        let resource_key = *keys.entry(s.resource_id).or_insert_with(|| {
+        let resource_key = *caches.keys.entry(s.resource_id).or_insert_with(|| {
             if s.resource_id.as_str().contains('/') {
                 Sym::new(&resource_key(s.resource_id.as_str()))
             } else {
@@ -439,10 +455,90 @@ fn to_measures(
             unit: s.unit,
             user_id: s.user_id,
             project_id: s.project_id,
-            policy: None,
+            resource_type,
+            attributes,
+            policy,
             timestamp_ns: micros * 1000,
             value: s.volume.as_f64(),
         });
+    }
+}
+
+/// Lookups [`to_measures`] keeps per worker.
+#[derive(Default)]
+struct StoreCaches {
+    /// Resource ids as Gnocchi keys them (`/` replaced), by resource.
+    keys: FxHashMap<Sym, Sym>,
+    /// Per (publisher, meter): its resource type, metric policy and definition index.
+    meters: FxHashMap<(u16, Sym), Option<MeterDefinition>>,
+    /// Per (publisher, resource): a hash of what the attributes are taken from, and them.
+    attributes: FxHashMap<(u16, Sym), CachedAttributes>,
+}
+
+/// A hash of what a resource's attributes were taken from, and them.
+type CachedAttributes = (u64, Option<Arc<str>>);
+
+/// A meter's resource type, metric policy and definition index.
+type MeterDefinition = (Sym, Option<Sym>, usize);
+
+impl StoreCaches {
+    fn meter(
+        &mut self,
+        publisher: u16,
+        meter: Sym,
+        definitions: &ResourceDefinitions,
+    ) -> Option<MeterDefinition> {
+        *self.meters.entry((publisher, meter)).or_insert_with(|| {
+            let (definition, policy) = definitions.for_meter(meter.as_str())?;
+            let index = definitions
+                .resources
+                .iter()
+                .position(|d| std::ptr::eq(d, definition))?;
+            Some((
+                Sym::new(&definition.resource_type),
+                policy.map(Sym::new),
+                index,
+            ))
+        })
+    }
+
+    /// The attributes `definition` takes from `s`, reparsed only when the sample's metadata,
+    /// user or project differ from the resource's previous sample.
+    fn attributes(
+        &mut self,
+        publisher: u16,
+        s: &Sample,
+        definition: &ResourceDefinition,
+    ) -> Option<Arc<str>> {
+        if definition.attributes.is_empty() {
+            return None;
+        }
+        let mut hasher = rustc_hash::FxHasher::default();
+        std::hash::Hash::hash(s.resource_metadata.as_str(), &mut hasher);
+        std::hash::Hash::hash(&s.user_id.map(Sym::as_str), &mut hasher);
+        std::hash::Hash::hash(&s.project_id.map(Sym::as_str), &mut hasher);
+        std::hash::Hash::hash(&s.source.as_str(), &mut hasher);
+        let hash = std::hash::Hasher::finish(&hasher);
+        let slot = self
+            .attributes
+            .entry((publisher, s.resource_id))
+            .or_insert((hash.wrapping_add(1), None));
+        if slot.0 != hash {
+            let metadata: serde_json::Value =
+                serde_json::from_str(s.resource_metadata.as_str()).unwrap_or_default();
+            let dict = serde_json::json!({
+                "resource_metadata": metadata,
+                "resource_id": s.resource_id.as_str(),
+                "user_id": s.user_id.map(Sym::as_str),
+                "project_id": s.project_id.map(Sym::as_str),
+                "source": s.source.as_str(),
+                "counter_name": s.name.as_str(),
+                "counter_unit": s.unit.as_str(),
+                "counter_type": s.kind.as_str(),
+            });
+            *slot = (hash, definition.attributes_of(&dict).map(Arc::from));
+        }
+        slot.1.clone()
     }
 }
 

@@ -230,7 +230,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     .dropped(meterflow_engine::metrics::DropReason::LateMeasure)
                 - report
                     .counters
-                    .dropped(meterflow_engine::metrics::DropReason::InvalidMeasure);
+                    .dropped(meterflow_engine::metrics::DropReason::InvalidMeasure)
+                - report
+                    .counters
+                    .dropped(meterflow_engine::metrics::DropReason::NoResourceDefinition);
             if dead_letter.is_none() && decoding_drops > 0 && !summary_json {
                 eprintln!("meterflow: {decoding_drops} input records were rejected; pass --dead-letter FILE to keep them for repair and replay");
             }

@@ -173,11 +173,16 @@ impl Plan {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(Plan::from_yaml(&text, &path.display().to_string())?)
+        let base = path.parent().map(Path::to_path_buf);
+        Ok(Plan::parse(&text, &path.display().to_string(), base)?)
     }
 
     /// Validates a definition; `origin` names it in messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Plan, Problems> {
+        Plan::parse(text, origin, None)
+    }
+
+    fn parse(text: &str, origin: &str, base: Option<std::path::PathBuf>) -> Result<Plan, Problems> {
         let fail = |problems: Vec<Problem>| Problems {
             origin: origin.to_owned(),
             problems,
@@ -192,7 +197,10 @@ impl Plan {
                 message: format!("not valid YAML: {e}"),
             }])
         })?;
-        let mut v = Validator::default();
+        let mut v = Validator {
+            base,
+            ..Validator::default()
+        };
         let plan = v.plan(&root);
         if v.problems.is_empty() {
             let mut plan = plan.expect("a plan when there are no problems");
@@ -254,6 +262,8 @@ impl Plan {
 struct Validator {
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// The directory of the definition file, for files it names by relative path.
+    base: Option<std::path::PathBuf>,
 }
 
 fn describe(v: &Value) -> String {
@@ -375,6 +385,8 @@ impl Validator {
         );
         let sinks = self.sinks(sinks_v, &known_policy, &policy_names);
         let sources = self.sources(sources_v, &sinks);
+        let mut archive_policies = archive_policies;
+        self.resource_definition_policies(&sinks, &mut archive_policies);
         let mut used = vec![false; sinks.len()];
         for s in &sources {
             for &k in &s.sinks {
@@ -414,6 +426,83 @@ impl Validator {
             archive_policy_rules,
             warnings: Vec::new(),
         })
+    }
+
+    /// Adds the policies `gnocchi://` publishers' resource definition files create (as
+    /// Ceilometer creates them when missing), and checks every policy those files name.
+    fn resource_definition_policies(
+        &mut self,
+        sinks: &[(SinkPlan, Vec<(String, PublisherSpec)>)],
+        policies: &mut Vec<ArchivePolicy>,
+    ) {
+        let mut named = Vec::new();
+        for (k, (_, urls)) in sinks.iter().enumerate() {
+            for (j, (_, spec)) in urls.iter().enumerate() {
+                let PublisherSpec::Gnocchi(options) = spec else {
+                    continue;
+                };
+                let Some(definitions) = &options.resources else {
+                    continue;
+                };
+                let path = format!("sinks[{k}].publishers[{j}]");
+                for (i, json) in definitions.archive_policies.iter().enumerate() {
+                    match ArchivePolicy::from_json(json) {
+                        Ok(policy) => match policies.iter().find(|p| p.name == policy.name) {
+                            Some(existing) if *existing != policy => self.problem(
+                                &path,
+                                format!(
+                                    "{}: archive_policies[{i}] defines {:?} differently from the definition's archive_policies; give one of them another name",
+                                    definitions.origin, policy.name
+                                ),
+                            ),
+                            Some(_) => {}
+                            None => policies.push(policy),
+                        },
+                        Err(e) => self.problem(
+                            &path,
+                            format!("{}: archive_policies[{i}]: {e}", definitions.origin),
+                        ),
+                    }
+                }
+                named.extend(
+                    definitions
+                        .policy_names()
+                        .into_iter()
+                        .map(|(name, place)| (path.clone(), name, place)),
+                );
+            }
+        }
+        for (path, name, place) in named {
+            if !policies.iter().any(|p| p.name == name) && ArchivePolicy::builtin(&name).is_none() {
+                let mut known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                known.extend(ArchivePolicy::BUILTIN);
+                self.problem(
+                    path,
+                    format!(
+                        "{place}: archive policy {name:?} does not exist; define it under archive_policies: (in the definition or the file) or use one of: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A `gnocchi://` URL whose `resources_definition_file` is a relative path that exists
+    /// beside the definition file, with that path made absolute (else the working directory's
+    /// file is meant, as given).
+    fn relative_files(&self, url: &str) -> String {
+        const KEY: &str = "resources_definition_file=";
+        let (Some(base), Some(at)) = (&self.base, url.find(KEY)) else {
+            return url.to_owned();
+        };
+        let start = at + KEY.len();
+        let end = url[start..].find('&').map_or(url.len(), |i| start + i);
+        let file = Path::new(&url[start..end]);
+        let beside = base.join(file);
+        if !url.starts_with("gnocchi:") || file.is_absolute() || !beside.is_file() {
+            return url.to_owned();
+        }
+        format!("{}{}{}", &url[..start], beside.display(), &url[end..])
     }
 
     fn archive_policies(&mut self, v: Option<&Value>) -> Vec<ArchivePolicy> {
@@ -584,7 +673,7 @@ impl Validator {
                             self.problem(ppath, format!("must be a URL string, got {}", describe(p)));
                             continue;
                         };
-                        match parse_publisher(url) {
+                        match parse_publisher(&self.relative_files(url)) {
                             Ok(PublisherSpec::Gnocchi(options))
                                 if options.archive_policy.as_deref().is_some_and(|n| !known_policy(n)) =>
                             {

@@ -53,6 +53,10 @@ pub struct Measure {
     pub user_id: Option<Sym>,
     /// The sample's project.
     pub project_id: Option<Sym>,
+    /// The resource type its resource definition gives (else the publisher's).
+    pub resource_type: Option<Sym>,
+    /// The resource attributes its resource definition takes from the sample (JSON object).
+    pub attributes: Option<Arc<str>>,
     /// The archive policy the request that sent it names for the metric, if it names one
     /// (Gnocchi's batch API); otherwise the publisher's, then the archive-policy rules decide.
     pub policy: Option<Sym>,
@@ -146,6 +150,8 @@ struct Entry {
     dirty: bool,
     /// Buckets it held in memory at the last checkpoint (for the `buckets_open` gauge).
     held: u64,
+    /// Its resource's attributes as last recorded.
+    attributes: Option<Arc<str>>,
 }
 
 /// One worker's share of the metrics: aggregation state, checkpoints into the store.
@@ -155,6 +161,8 @@ pub struct Aggregator {
     plan: Arc<Plan>,
     policies: HashMap<String, Arc<Policy>>,
     metrics: FxHashMap<(Sym, Sym), Entry>,
+    /// The metrics in memory of each resource.
+    by_resource: FxHashMap<Sym, Vec<Sym>>,
     known: HashMap<(String, String), MetricRecord>,
     states: HashMap<(String, String), MetricState>,
     checkpoint: Checkpoint,
@@ -183,6 +191,7 @@ impl Aggregator {
             plan,
             policies: HashMap::new(),
             metrics: FxHashMap::default(),
+            by_resource: FxHashMap::default(),
             known,
             states,
             checkpoint: Checkpoint::default(),
@@ -269,17 +278,29 @@ impl Aggregator {
                     metric_name: skey.1.clone(),
                     unit: m.unit.as_str().to_owned(),
                     archive_policy_name: policy_name,
-                    resource_type: options.resource_type.clone(),
+                    resource_type: m
+                        .resource_type
+                        .map_or_else(|| options.resource_type.clone(), |t| t.as_str().to_owned()),
                     user_id: m.user_id.map(|s| s.as_str().to_owned()),
                     project_id: m.project_id.map(|s| s.as_str().to_owned()),
+                    resource_attributes: m.attributes.as_deref().map(str::to_owned),
                 };
                 self.checkpoint.metrics.push(record.clone());
                 self.known.insert(skey.clone(), record);
             }
+            let attributes = self
+                .known
+                .get(&skey)
+                .and_then(|r| r.resource_attributes.as_deref())
+                .map(Arc::from);
             let metric = match self.states.remove(&skey) {
                 Some(state) => resume(&policy, state),
                 None => Metric::new(policy.policy.clone()),
             };
+            self.by_resource
+                .entry(m.resource_key)
+                .or_default()
+                .push(m.name);
             self.metrics.insert(
                 key,
                 Entry {
@@ -287,6 +308,7 @@ impl Aggregator {
                     policy,
                     dirty: false,
                     held: 0,
+                    attributes,
                 },
             );
         }
@@ -332,6 +354,15 @@ impl Aggregator {
                 .metrics
                 .get_mut(&(m.resource_key, m.name))
                 .expect("ensured above");
+            if let Some(new) = m.attributes.clone() {
+                if entry.attributes.as_ref() != Some(&new) {
+                    self.update_attributes(m.resource_key, new);
+                }
+            }
+            let entry = self
+                .metrics
+                .get_mut(&(m.resource_key, m.name))
+                .expect("ensured above");
             let outcome = entry.metric.add_batch_from(&mut points);
             for _ in 0..outcome.late {
                 diag.drop(DropReason::LateMeasure, || {
@@ -367,6 +398,23 @@ impl Aggregator {
             self.checkpoint_all(diag);
         } else if self.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
             self.commit(diag);
+        }
+    }
+
+    /// Ceilometer updates a resource's attributes with every batch: the newest are recorded
+    /// on every metric of the resource (a newer metric record overrides the older).
+    fn update_attributes(&mut self, resource: Sym, attributes: Arc<str>) {
+        for &name in self.by_resource.get(&resource).into_iter().flatten() {
+            if let Some(entry) = self.metrics.get_mut(&(resource, name)) {
+                entry.attributes = Some(attributes.clone());
+            }
+            let key = (resource.as_str().to_owned(), name.as_str().to_owned());
+            if let Some(record) = self.known.get_mut(&key) {
+                if record.resource_attributes.as_deref() != Some(&*attributes) {
+                    record.resource_attributes = Some(attributes.to_string());
+                    self.checkpoint.metrics.push(record.clone());
+                }
+            }
         }
     }
 

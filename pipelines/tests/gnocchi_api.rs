@@ -708,3 +708,146 @@ fn bad_listen_options_fail_clearly() {
         "cannot listen on 127.0.0.1",
     );
 }
+
+/// Ceilometer-style resource definitions: resource types, per-meter policies, attributes taken
+/// from the samples (the newest wins), unlisted meters not stored; bad files fail validation.
+#[test]
+fn resource_definitions_give_types_policies_and_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let definitions = dir.path().join("gnocchi_resources.yaml");
+    std::fs::write(
+        &definitions,
+        r#"
+archive_policy_default: ceilometer-low
+archive_policies:
+  - {name: fast, aggregation_methods: [mean, max], back_window: 0, definition: [{granularity: 60, points: 60}]}
+resources:
+  - resource_type: instance
+    metrics:
+      cpu: {archive_policy_name: ceilometer-low-rate}
+      memory.usage:
+      vcpus: {archive_policy_name: fast}
+    attributes:
+      display_name: resource_metadata.display_name
+      flavor_name: resource_metadata.(instance_type|(flavor.name)|flavor_name)
+      host: resource_metadata.(instance_host|host)
+"#,
+    )
+    .unwrap();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        json!({
+            "sources": [{"name": "all", "meters": ["*"], "sinks": ["store"]}],
+            "sinks": [{"name": "store", "publishers": [format!("gnocchi://?resources_definition_file={}", definitions.display())]}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let sample = |meter: &str, volume: f64, t: &str, metadata: Value| {
+        json!({"counter_name": meter, "counter_type": "gauge", "counter_unit": "1",
+               "counter_volume": volume, "resource_id": "vm-1", "user_id": "u", "project_id": "p",
+               "timestamp": t, "resource_metadata": metadata})
+        .to_string()
+    };
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(
+        &input,
+        [
+            sample("vcpus", 2.0, "2024-05-01T12:00:05", json!({"display_name": "web-1", "flavor": {"name": "m1.small"}})),
+            sample("memory.usage", 512.0, "2024-05-01T12:00:05", json!({"display_name": "web-1", "flavor": {"name": "m1.small"}})),
+            sample("disk.usage", 1.0, "2024-05-01T12:00:05", json!({})),
+            sample("vcpus", 4.0, "2024-05-01T12:01:05", json!({"display_name": "web-1-renamed", "instance_type": "m1.large", "host": "cmp-3"})),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let engine = Engine::start(
+        &[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "0",
+        ],
+        None,
+    );
+    wait_for(&engine, "meterflow_measures_total", 3.0);
+    wait_for(
+        &engine,
+        "meterflow_dropped_total{reason=\"no_resource_definition\"}",
+        1.0,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let resource = engine.get_ok("/v1/resource/instance/vm-1");
+    assert_eq!(resource["type"], "instance");
+    assert_eq!(resource["display_name"], "web-1-renamed", "{resource}");
+    assert_eq!(resource["flavor_name"], "m1.large", "{resource}");
+    assert_eq!(resource["host"], "cmp-3", "{resource}");
+    let metrics = resource["metrics"].as_object().unwrap();
+    assert_eq!(
+        metrics.len(),
+        2,
+        "disk.usage is not listed, so not stored: {resource}"
+    );
+    let policy_of = |name: &str| {
+        engine.get_ok(&format!("/v1/metric/{}", metrics[name].as_str().unwrap()))
+            ["archive_policy_name"]
+            .clone()
+    };
+    assert_eq!(policy_of("vcpus"), "fast");
+    assert_eq!(policy_of("memory.usage"), "ceilometer-low");
+    assert_eq!(
+        engine
+            .get_ok("/v1/resource/instance")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        engine
+            .get_ok("/v1/resource/generic")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(engine.get("/v1/resource/volume").0, 404);
+    assert_eq!(
+        series(
+            &engine,
+            "/v1/resource/instance/vm-1/metric/vcpus/measures?aggregation=max"
+        ),
+        vec![
+            p("2024-05-01T12:00:00+00:00", 60.0, 2.0),
+            p("2024-05-01T12:01:00+00:00", 60.0, 4.0)
+        ]
+    );
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+    assert!(err.contains("no_resource_definition"), "{err}");
+
+    // Bad files are validation errors naming the file and the place.
+    for (text, needle) in [
+        ("resources: [{metrics: [cpu]}]", "resource_type"),
+        ("resources: [{resource_type: instance, metrics: {cpu: {archive_policy_name: gold}}}]", "archive policy \"gold\" does not exist"),
+        ("resources: [{resource_type: instance, metrics: [cpu], attributes: {host: 'resource_metadata.(host'}}]", "attribute path"),
+        ("resources: [: bad", "not valid YAML"),
+    ] {
+        std::fs::write(&definitions, text).unwrap();
+        let out = meterflow(&["validate", pipeline.to_str().unwrap()]);
+        assert!(!out.status.success(), "{text}: {}", text_of(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{text}: {stderr}");
+        assert!(stderr.contains("gnocchi_resources.yaml"), "{stderr}");
+    }
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    text(out)
+}

@@ -2,7 +2,10 @@
 //! embedded Parquet store ([`store`]) that the aggregation operator writes and `meterflow
 //! measures` / `serve` read.
 
+pub mod resources;
 pub mod store;
+
+use std::sync::Arc;
 
 use crate::url::Url;
 
@@ -15,24 +18,32 @@ pub struct GnocchiOptions {
     /// Samples of this project id are not stored (Ceilometer's `filter_project`, which names
     /// Gnocchi's own project; there is no Keystone to look the name up in, so give the id).
     pub filter_project: Option<String>,
-    /// The resource type of new resources (default `generic`).
+    /// The resource type of new resources (default `generic`) when no resource definitions
+    /// are given.
     pub resource_type: String,
+    /// Ceilometer's `resources_definition_file` (a `gnocchi_resources.yaml`): resource types,
+    /// metric policies and attributes per meter; meters it does not list are not stored.
+    pub resources: Option<Arc<resources::ResourceDefinitions>>,
 }
 
 impl GnocchiOptions {
     /// Options Ceilometer's gnocchi publisher takes that have no meaning here (no remote
     /// Gnocchi, no Keystone); accepted and ignored so an unmodified pipeline.yaml validates.
-    const IGNORED: [&'static str; 5] = [
+    const IGNORED: [&'static str; 4] = [
         "timeout",
         "enable_filter_project",
         "filter_domain",
-        "resources_definition_file",
         "archive_policy_default",
     ];
 
     /// Reads the options of a `gnocchi://` URL.
     pub fn from_url(url: &Url) -> Result<GnocchiOptions, String> {
-        let mut known = vec!["archive_policy", "filter_project", "resource_type"];
+        let mut known = vec![
+            "archive_policy",
+            "filter_project",
+            "resource_type",
+            "resources_definition_file",
+        ];
         known.extend(Self::IGNORED);
         url.reject_options(&known)?;
         if !url.target.is_empty() && url.target != "/" {
@@ -51,6 +62,9 @@ impl GnocchiOptions {
             archive_policy: non_empty("archive_policy")?,
             filter_project: non_empty("filter_project")?,
             resource_type: non_empty("resource_type")?.unwrap_or_else(|| "generic".into()),
+            resources: non_empty("resources_definition_file")?
+                .map(|path| resources::ResourceDefinitions::from_path(&path).map(Arc::new))
+                .transpose()?,
         })
     }
 }

@@ -208,6 +208,9 @@ pub struct MetricRecord {
     pub user_id: Option<String>,
     /// The project of the first sample.
     pub project_id: Option<String>,
+    /// The resource's attributes (a JSON object) from its resource definition, newest first
+    /// wins; `None` without attributes.
+    pub resource_attributes: Option<String>,
 }
 
 /// Rows of the aggregates or state table, column by column (no allocation per row).
@@ -865,6 +868,10 @@ impl Store {
                 col("user_id")?,
                 col("project_id")?,
             );
+            // (Absent in files written before resource definitions.)
+            let attributes = batch
+                .column_by_name("resource_attributes")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>());
             for i in 0..batch.num_rows() {
                 if !holds(res.value(i)) {
                     continue;
@@ -880,6 +887,7 @@ impl Store {
                     resource_type: types.value(i).to_owned(),
                     user_id: opt(users),
                     project_id: opt(projects),
+                    resource_attributes: attributes.and_then(opt),
                 });
             }
         }
@@ -1004,6 +1012,7 @@ fn metrics_batch(rows: &[MetricRecord], generation: u64) -> RecordBatch {
         Field::new("resource_type", DataType::Utf8, false),
         Field::new("user_id", DataType::Utf8, true),
         Field::new("project_id", DataType::Utf8, true),
+        Field::new("resource_attributes", DataType::Utf8, true),
         Field::new("generation", DataType::UInt64, false),
     ]);
     let columns: Vec<ArrayRef> = vec![
@@ -1016,6 +1025,7 @@ fn metrics_batch(rows: &[MetricRecord], generation: u64) -> RecordBatch {
         text(|r| &r.resource_type),
         opt(|r| r.user_id.as_deref()),
         opt(|r| r.project_id.as_deref()),
+        opt(|r| r.resource_attributes.as_deref()),
         Arc::new(UInt64Array::from(vec![generation; rows.len()])),
     ];
     RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
@@ -1136,6 +1146,7 @@ mod tests {
             resource_type: "generic".into(),
             user_id: None,
             project_id: Some("p".into()),
+            resource_attributes: None,
         });
         cp.aggregates
             .push(r, m, Some(Sym::new("mean")), 300_000_000_000, 0, value);
@@ -1201,6 +1212,7 @@ mod tests {
                             resource_type: "generic".into(),
                             user_id: None,
                             project_id: None,
+                            resource_attributes: None,
                         });
                     }
                     if (n + r) % 3 == 0 {
