@@ -6,7 +6,8 @@
 //! dataflow wrappers in `meterflow-pipelines` only feed it batches. [`transform`] holds
 //! Ceilometer's six transformers and the [`transform::Chain`] that runs a sink's transformers
 //! with Ceilometer's per-notification flush; [`expr`] is the safe Python-expression subset
-//! their `scale` and `expr` parameters use.
+//! their `scale` and `expr` parameters use; [`aggregate`] is Gnocchi's aggregation by archive
+//! policy; [`alarm`] is Aodh's alarm decision.
 //!
 //! # Example
 //! ```
@@ -27,5 +28,6 @@
 //! ```
 
 pub mod aggregate;
+pub mod alarm;
 pub mod expr;
 pub mod transform;
