@@ -29,6 +29,7 @@ use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, DropReason};
 use meterflow_engine::partition::route;
+use meterflow_operators::aggregate::parse_timespan;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -106,11 +107,6 @@ impl Live {
             stopping: AtomicBool::new(false),
             started: Instant::now(),
         }
-    }
-
-    /// The input index the API's ingest counts under.
-    pub fn api_input(&self) -> usize {
-        self.inputs.len()
     }
 
     /// Worker `index` reports its counters.
@@ -611,11 +607,11 @@ async fn metric(State(state): Shared, Path(id): Path<String>) -> ApiResult<Json<
 
 /// `?aggregation=&granularity=&start=&stop=&resample=&refresh=` as Gnocchi takes them.
 fn measures_query(params: &BTreeMap<String, String>) -> ApiResult<MeasuresQuery> {
-    let seconds = |name: &str| -> ApiResult<Option<f64>> {
+    let timespan = |name: &str| -> ApiResult<Option<f64>> {
         params
             .get(name)
             .map(|text| {
-                parse_timespan(text).ok_or_else(|| {
+                seconds(text).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "Invalid value for {name}: {text:?} is not a timespan; give seconds (300) or e.g. '5 minutes'"
                     ))
@@ -631,44 +627,17 @@ fn measures_query(params: &BTreeMap<String, String>) -> ApiResult<MeasuresQuery>
     };
     Ok(MeasuresQuery {
         aggregation: params.get("aggregation").cloned(),
-        granularity: seconds("granularity")?,
+        granularity: timespan("granularity")?,
         start: time("start")?,
         stop: time("stop")?,
-        resample: seconds("resample")?,
+        resample: timespan("resample")?,
         ..MeasuresQuery::default()
     })
 }
 
-/// Seconds from a number or a `N unit` timespan (`5 minutes`, `1h`, `30s`).
-///
-/// # Examples
-/// ```
-/// use meterflow_pipelines::api::parse_timespan;
-/// assert_eq!(parse_timespan("300"), Some(300.0));
-/// assert_eq!(parse_timespan("5 minutes"), Some(300.0));
-/// assert_eq!(parse_timespan("1h"), Some(3600.0));
-/// assert_eq!(parse_timespan("soon"), None);
-/// ```
-pub fn parse_timespan(text: &str) -> Option<f64> {
-    let text = text.trim();
-    if let Ok(v) = text.parse::<f64>() {
-        return v.is_finite().then_some(v);
-    }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .filter(|&i| i > 0)?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let unit = unit.trim().trim_end_matches('s');
-    let scale = match unit {
-        "" | "sec" | "second" => 1.0,
-        "m" | "min" | "minute" => 60.0,
-        "h" | "hour" => 3600.0,
-        "d" | "day" => 86_400.0,
-        "w" | "week" => 604_800.0,
-        _ => return None,
-    };
-    Some(number * scale)
+/// Seconds from a number or a timespan (Gnocchi's forms); `None` when not finite.
+fn seconds(text: &str) -> Option<f64> {
+    parse_timespan(text).filter(|v| v.is_finite())
 }
 
 async fn metric_measures(
@@ -784,8 +753,8 @@ fn relative_time(text: &str) -> Option<i64> {
         b'+' => (1.0, &text[1..]),
         _ => return None,
     };
-    let seconds = parse_timespan(rest)?;
-    Some(now + (sign * seconds * 1e9) as i64)
+    let span = seconds(rest)?;
+    Some(now + (sign * span * 1e9) as i64)
 }
 
 /// A resource id as a batch names it: UUIDs in canonical form, other text as sent.

@@ -489,13 +489,9 @@ impl StoreCaches {
         definitions: &ResourceDefinitions,
     ) -> Option<MeterDefinition> {
         *self.meters.entry((publisher, meter)).or_insert_with(|| {
-            let (definition, policy) = definitions.for_meter(meter.as_str())?;
-            let index = definitions
-                .resources
-                .iter()
-                .position(|d| std::ptr::eq(d, definition))?;
+            let (index, policy) = definitions.for_meter(meter.as_str())?;
             Some((
-                Sym::new(&definition.resource_type),
+                Sym::new(&definitions.resources[index].resource_type),
                 policy.map(Sym::new),
                 index,
             ))

@@ -165,8 +165,8 @@ impl ResourceDefinitions {
     ///     metrics: {cpu: {archive_policy_name: ceilometer-low-rate}, memory.usage: }
     ///     attributes: {host: resource_metadata.host}
     /// ", "inline").unwrap();
-    /// let (def, policy) = d.for_meter("cpu").unwrap();
-    /// assert_eq!((def.resource_type.as_str(), policy), ("instance", Some("ceilometer-low-rate")));
+    /// let (i, policy) = d.for_meter("cpu").unwrap();
+    /// assert_eq!((d.resources[i].resource_type.as_str(), policy), ("instance", Some("ceilometer-low-rate")));
     /// assert_eq!(d.for_meter("memory.usage").unwrap().1, Some("low"));
     /// assert!(d.for_meter("disk.usage").is_none());
     /// ```
@@ -308,12 +308,12 @@ impl ResourceDefinitions {
         })
     }
 
-    /// The definition of `meter`'s resource and its metric's policy (its own, else the
-    /// default), or `None` when no definition lists it.
-    pub fn for_meter(&self, meter: &str) -> Option<(&ResourceDefinition, Option<&str>)> {
+    /// The index (into `resources`) of the definition of `meter`'s resource and its metric's
+    /// policy (its own, else the default), or `None` when no definition lists it.
+    pub fn for_meter(&self, meter: &str) -> Option<(usize, Option<&str>)> {
         let (i, policy) = self.by_meter.get(meter)?;
         Some((
-            &self.resources[*i],
+            *i,
             policy.as_deref().or(self.archive_policy_default.as_deref()),
         ))
     }

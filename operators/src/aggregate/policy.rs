@@ -86,7 +86,7 @@ impl Span {
     fn nanos(&self) -> Result<i64, String> {
         let seconds = match self {
             Span::Seconds(s) => *s,
-            Span::Text(t) => parse_span(t).ok_or_else(|| format!("{t:?} is not a timespan; write seconds (300) or text like \"5 minutes\", \"1 hour\", \"30 days\""))?,
+            Span::Text(t) => parse_timespan(t).ok_or_else(|| format!("{t:?} is not a timespan; write seconds (300) or text like \"5 minutes\", \"1 hour\", \"30 days\""))?,
         };
         if !(seconds.is_finite() && seconds > 0.0) {
             return Err(format!("{seconds} must be a positive number of seconds"));
@@ -95,7 +95,18 @@ impl Span {
     }
 }
 
-fn parse_span(text: &str) -> Option<f64> {
+/// Seconds from a number or a `N unit` timespan as Gnocchi takes them (`300`, `5 minutes`,
+/// `1h`, `30 days`, `1 year`).
+///
+/// # Examples
+/// ```
+/// use meterflow_operators::aggregate::parse_timespan;
+/// assert_eq!(parse_timespan("300"), Some(300.0));
+/// assert_eq!(parse_timespan("5 minutes"), Some(300.0));
+/// assert_eq!(parse_timespan("1h"), Some(3600.0));
+/// assert_eq!(parse_timespan("soon"), None);
+/// ```
+pub fn parse_timespan(text: &str) -> Option<f64> {
     let t = text.trim();
     if let Ok(s) = t.parse::<f64>() {
         return Some(s);
