@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,9 +14,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-/// `expected.json`: method → granularity → `[timestamp, granularity, value]` points.
-type Expected = BTreeMap<String, BTreeMap<String, Vec<(String, f64, f64)>>>;
 
 const TOKEN: &str = "s3cret-token";
 
@@ -128,6 +124,12 @@ impl Client {
         body
     }
 
+    /// POSTs `body` to Gnocchi's batch-by-resource route (without create_metrics); the status.
+    fn batch(&self, body: &Value) -> u16 {
+        self.post("/v1/batch/resources/metrics/measures", &body.to_string())
+            .0
+    }
+
     fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let response = self
             .request(reqwest::Method::POST, path)
@@ -151,18 +153,6 @@ impl Drop for Engine {
     }
 }
 
-fn cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-gnocchi");
-    let mut cases: Vec<_> = std::fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 4, "gnocchi golden cases missing: {cases:?}");
-    cases
-}
-
 fn definition(dir: &Path, policy: &Value) -> PathBuf {
     let name = policy["name"].as_str().unwrap();
     let definition = json!({
@@ -176,10 +166,6 @@ fn definition(dir: &Path, policy: &Value) -> PathBuf {
     path
 }
 
-fn close(a: f64, b: f64) -> bool {
-    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
-}
-
 fn token_file(dir: &Path) -> PathBuf {
     let path = dir.join("token");
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
@@ -189,13 +175,13 @@ fn token_file(dir: &Path) -> PathBuf {
 /// Every reference case, read back through both measures routes, equals `expected.json`.
 #[test]
 fn reference_cases_read_back_through_the_api() {
-    for case in cases() {
+    for case in gnocchi_cases() {
         let dir = tempfile::tempdir().unwrap();
         let policy: Value = serde_json::from_str(
             &std::fs::read_to_string(case.join("archive_policy.json")).unwrap(),
         )
         .unwrap();
-        let expected: Expected =
+        let expected: GnocchiExpected =
             serde_json::from_str(&std::fs::read_to_string(case.join("expected.json")).unwrap())
                 .unwrap();
         let pipeline = definition(dir.path(), &policy);
@@ -250,7 +236,7 @@ fn reference_cases_read_back_through_the_api() {
                     assert_eq!(got.len(), points.len(), "{}: {path}", case.display());
                     for (got, want) in got.iter().zip(points) {
                         assert!(
-                            got.0 == want.0 && got.1 == want.1 && close(got.2, want.2),
+                            same_point(got, want),
                             "{}: {path}: expected {want:?}, got {got:?}",
                             case.display()
                         );
@@ -382,12 +368,7 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
     );
     // A later batch reaches back into the open hour (medium: back_window 0, 1 h blocks).
     let late = json!({"host-1": {"load": [{"timestamp": "2024-05-01T12:00:50", "value": 8.0}]}});
-    assert_eq!(
-        engine
-            .post("/v1/batch/resources/metrics/measures", &late.to_string())
-            .0,
-        202
-    );
+    assert_eq!(engine.batch(&late), 202);
     assert_eq!(
         series(&engine, &format!("{load}?granularity=60&aggregation=mean")),
         vec![
@@ -593,15 +574,7 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
 
     // Late data is accepted (202) and counted, as Gnocchi drops it silently.
     let too_late = json!({"host-1": {"load": [{"timestamp": "2024-05-01T10:00:00", "value": 1}]}});
-    assert_eq!(
-        engine
-            .post(
-                "/v1/batch/resources/metrics/measures",
-                &too_late.to_string()
-            )
-            .0,
-        202
-    );
+    assert_eq!(engine.batch(&too_late), 202);
     wait_for(&engine, "meterflow_late_measures_total", 1.0);
     let metrics = engine.get_ok("/metrics");
     let metrics = metrics.as_str().unwrap();
@@ -614,12 +587,7 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
 
     // A 202 means committed: a SIGKILL right after loses nothing.
     let last = json!({"host-1": {"load": [{"timestamp": "2024-05-01T12:02:10", "value": 100.0}]}});
-    assert_eq!(
-        engine
-            .post("/v1/batch/resources/metrics/measures", &last.to_string())
-            .0,
-        202
-    );
+    assert_eq!(engine.batch(&last), 202);
     drop(engine);
     let again = Engine::start(
         &["serve", "--store", store.to_str().unwrap(), "--listen", "0"],
@@ -635,12 +603,7 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
     );
     // And it goes on from the resumed state.
     let more = json!({"host-1": {"load": [{"timestamp": "2024-05-01T12:02:20", "value": 0.0}]}});
-    assert_eq!(
-        again
-            .post("/v1/batch/resources/metrics/measures", &more.to_string())
-            .0,
-        202
-    );
+    assert_eq!(again.batch(&more), 202);
     assert_eq!(
         series(
             &again,

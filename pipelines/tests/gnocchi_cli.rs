@@ -5,25 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-
-/// `expected.json`: method → granularity → `[timestamp, granularity, value]` points.
-type Expected = BTreeMap<String, BTreeMap<String, Vec<(String, f64, f64)>>>;
-
-fn cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-gnocchi");
-    let mut cases: Vec<_> = std::fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 4, "gnocchi golden cases missing: {cases:?}");
-    cases
-}
 
 /// A definition with the case's policy and one `gnocchi://` publisher using it.
 fn pipeline_for(policy: &Path, dir: &Path) -> PathBuf {
@@ -102,7 +86,7 @@ fn measures(
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn check(expected: &Expected, store: &Path, resource: &str) -> Vec<String> {
+fn check(expected: &GnocchiExpected, store: &Path, resource: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for (method, by_granularity) in expected {
         for (g, points) in by_granularity {
@@ -116,9 +100,7 @@ fn check(expected: &Expected, store: &Path, resource: &str) -> Vec<String> {
                 continue;
             }
             for (got, want) in got.iter().zip(points) {
-                let close = got.2 == want.2
-                    || (got.2 - want.2).abs() <= 1e-9 * got.2.abs().max(want.2.abs());
-                if got.0 != want.0 || got.1 != want.1 || !close {
+                if !same_point(got, want) {
                     problems.push(format!("{method}@{g}: expected {want:?}, got {got:?}"));
                 }
             }
@@ -130,8 +112,8 @@ fn check(expected: &Expected, store: &Path, resource: &str) -> Vec<String> {
 #[test]
 fn gnocchi_reference_cases_pass_through_run_and_measures() {
     let mut failures = Vec::new();
-    for case in cases() {
-        let expected: Expected =
+    for case in gnocchi_cases() {
+        let expected: GnocchiExpected =
             serde_json::from_str(&std::fs::read_to_string(case.join("expected.json")).unwrap())
                 .unwrap();
         let input = case.join("input.jsonl");

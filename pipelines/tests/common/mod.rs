@@ -151,3 +151,27 @@ pub fn pipeline_with_output(pipeline: &Path, dir: &Path, output: &Path) -> PathB
     .unwrap();
     path
 }
+
+/// A Gnocchi reference case's `expected.json`: method → granularity → `[timestamp,
+/// granularity, value]` points.
+pub type GnocchiExpected = BTreeMap<String, BTreeMap<String, Vec<(String, f64, f64)>>>;
+
+/// The Gnocchi reference cases (`tests/golden-gnocchi/*/`), sorted.
+pub fn gnocchi_cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-gnocchi");
+    let mut cases: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 4, "gnocchi golden cases missing: {cases:?}");
+    cases
+}
+
+/// Whether a measure read back matches the expected one: timestamp and granularity equal,
+/// value within 1e-9 relative.
+pub fn same_point(got: &(String, f64, f64), want: &(String, f64, f64)) -> bool {
+    let close = got.2 == want.2 || (got.2 - want.2).abs() <= 1e-9 * got.2.abs().max(want.2.abs());
+    got.0 == want.0 && got.1 == want.1 && close
+}
