@@ -419,6 +419,43 @@ impl Metric {
         }
     }
 
+    /// The newest measure's timestamp, if any: buckets of granularity `g` before
+    /// `floor(newest, g)` are closed in the metric's event time.
+    pub fn newest(&self) -> Option<i64> {
+        self.raw.last().map(|p| p.0)
+    }
+
+    /// The values of granule `gi`, method `mi` for the buckets in `[from, until)` still held
+    /// in memory (the newest bucket's current value included), oldest first.
+    pub fn values_in(
+        &self,
+        gi: usize,
+        mi: usize,
+        (from, until): (i64, i64),
+        out: &mut dyn FnMut(i64, f64),
+    ) {
+        let Some(series) = self.series.get(gi).and_then(|s| s.get(mi)) else {
+            return;
+        };
+        let method = self.policy.methods[mi];
+        let open = self.open[gi]
+            .as_ref()
+            .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
+        let stored_until = open.map_or(until, |(bucket, _)| bucket.min(until));
+        for (t, v) in series.range(from, stored_until) {
+            out(t, v);
+        }
+        if let Some((bucket, v)) = open.filter(|&(b, _)| b >= from && b < until) {
+            out(bucket, v);
+        }
+        if let Some((bucket, _)) = open {
+            let rest = if bucket >= from { bucket + 1 } else { from };
+            for (t, v) in series.range(rest, until) {
+                out(t, v);
+            }
+        }
+    }
+
     /// The raw measures kept for later batches (those inside the back window), oldest first.
     pub fn raw(&self) -> &[Point] {
         &self.raw

@@ -1,6 +1,8 @@
-//! Aodh's alarm semantics as pure functions: [`threshold`] holds the decision its evaluator
-//! makes for gnocchi threshold rules (the comparison over the last `evaluation_periods`
-//! values, the transition with `repeat_actions`, the reason text and `reason_data`). The
-//! dataflow that feeds it closed buckets, the definitions and the notifiers land next.
+//! Aodh's alarms: definitions in Aodh's API JSON form ([`definition`]), the decision its
+//! evaluator makes for threshold rules ([`threshold`]) and that decision driven by closed
+//! buckets in event time ([`evaluator`]).
 
+pub mod constraints;
+pub mod definition;
+pub mod evaluator;
 pub mod threshold;

@@ -10,13 +10,16 @@ use std::str::FromStr;
 use serde_json::{json, Value};
 
 /// An alarm's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AlarmState {
     /// `ok`.
+    #[serde(rename = "ok")]
     Ok,
     /// `alarm`.
+    #[serde(rename = "alarm")]
     Alarm,
     /// `insufficient data`.
+    #[serde(rename = "insufficient data")]
     InsufficientData,
 }
 

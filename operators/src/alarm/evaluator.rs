@@ -1,0 +1,260 @@
+//! One threshold alarm's evaluation in event time: each time a bucket of the rule's
+//! granularity closes (the metric's newest measure reaches the bucket's end), Aodh's
+//! decision runs as if Aodh had polled at that instant — over the window
+//! `[now − granularity × (evaluation_periods + 1), now)` of closed buckets, keeping the newest
+//! `evaluation_periods` values — and the alarm moves as Aodh's `_refresh` moves it.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::definition::ThresholdRule;
+use super::threshold::{decide, evaluate, AlarmState, Evaluation, Refresh};
+
+/// What one evaluation did to an alarm (a transition, or with `repeat_actions` a refresh).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The event time the evaluation ran at (the end of the bucket that closed), ns.
+    pub at_ns: i64,
+    /// The state before.
+    pub previous: AlarmState,
+    /// The decision.
+    pub refresh: Refresh,
+}
+
+/// The memory of one alarm's evaluation: its state and the closed buckets its next
+/// evaluations need. Plain data, so it is checkpointed with the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluator {
+    /// The alarm's state.
+    pub state: AlarmState,
+    /// The reason of the last transition.
+    pub state_reason: String,
+    /// `reason_data` of the last transition.
+    pub reason_data: Value,
+    /// The bucket boundary (ns) evaluated last; `None` before the first closed bucket.
+    pub through: Option<i64>,
+    /// Closed buckets still inside the evaluation window: (bucket start ns, value), oldest
+    /// first.
+    pub recent: VecDeque<(i64, f64)>,
+}
+
+impl Evaluator {
+    /// A fresh evaluation starting in `state`.
+    pub fn new(state: AlarmState, state_reason: &str) -> Evaluator {
+        Evaluator {
+            state,
+            state_reason: state_reason.to_owned(),
+            reason_data: Value::Null,
+            through: None,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The buckets of `rule` closed by a metric whose newest measure is at `newest_ns`:
+    /// `[from, until)`, where `from` is where the last call stopped (`None`: from the oldest
+    /// bucket held). Empty when nothing new closed.
+    pub fn closing(&self, rule: &ThresholdRule, newest_ns: i64) -> Option<(Option<i64>, i64)> {
+        let g = granularity_ns(rule);
+        let until = newest_ns.div_euclid(g) * g;
+        match self.through {
+            Some(through) if through >= until => None,
+            through => Some((through, until)),
+        }
+    }
+
+    /// Takes the buckets that closed (`closed`, oldest first, the range [`Evaluator::closing`]
+    /// gave) and evaluates at every bucket boundary up to `until`, calling `out` for each
+    /// outcome. `evaluate` is false for disabled alarms or outside their time constraints
+    /// (the buckets are remembered, nothing is decided). `allowed(at_ns)` tells whether the
+    /// time constraints allow an evaluation at an event time.
+    pub fn advance(
+        &mut self,
+        rule: &ThresholdRule,
+        repeat: bool,
+        until: i64,
+        closed: &mut dyn Iterator<Item = (i64, f64)>,
+        allowed: &dyn Fn(i64) -> bool,
+        out: &mut dyn FnMut(Outcome),
+    ) {
+        let g = granularity_ns(rule);
+        let periods = rule.evaluation_periods;
+        let span = g.saturating_mul(periods as i64 + 1);
+        let mut first = None;
+        for (t, v) in closed {
+            if t >= until {
+                break;
+            }
+            if self.recent.back().is_some_and(|&(last, _)| last >= t) {
+                continue;
+            }
+            first.get_or_insert(t);
+            self.recent.push_back((t, v));
+        }
+        let start = match (self.through, first) {
+            (Some(through), _) => through,
+            // The first buckets ever: evaluate from the end of the oldest one.
+            (None, Some(t)) => t,
+            (None, None) => {
+                self.through = Some(until);
+                return;
+            }
+        };
+        let mut now = start + g;
+        let mut values = Vec::with_capacity(periods + 1);
+        let mut was_empty = false;
+        while now <= until {
+            let from = now - span;
+            values.clear();
+            values.extend(
+                self.recent
+                    .iter()
+                    .filter(|&&(t, _)| t >= from && t < now)
+                    .map(|&(_, v)| v),
+            );
+            // Past the data every window is empty and every answer the same: evaluate the
+            // first empty window, then only the last boundary.
+            let empty = values.is_empty();
+            if empty && was_empty && now < until {
+                now = until;
+                continue;
+            }
+            was_empty = empty;
+            if allowed(now) {
+                let evaluation = evaluate(&values, periods, rule.comparison, rule.threshold);
+                self.apply(now, repeat, &evaluation, out);
+            }
+            now += g;
+        }
+        self.through = Some(until.max(start));
+        let keep_from = until - span;
+        while self.recent.front().is_some_and(|&(t, _)| t < keep_from) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Runs Aodh's transition step for `evaluation` at event time `at_ns`.
+    pub fn apply(
+        &mut self,
+        at_ns: i64,
+        repeat: bool,
+        evaluation: &Evaluation,
+        out: &mut dyn FnMut(Outcome),
+    ) {
+        if let Some(refresh) = decide(self.state, repeat, evaluation) {
+            let previous = self.state;
+            if refresh.changed {
+                self.state = refresh.state;
+                self.state_reason = refresh.reason.clone();
+                self.reason_data = refresh.reason_data.clone();
+            }
+            out(Outcome {
+                at_ns,
+                previous,
+                refresh,
+            });
+        }
+    }
+}
+
+/// The rule's granularity in nanoseconds.
+pub fn granularity_ns(rule: &ThresholdRule) -> i64 {
+    rule.granularity as i64 * 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alarm::definition::Target;
+    use crate::alarm::threshold::Comparison;
+
+    const S: i64 = 1_000_000_000;
+
+    fn rule(periods: usize) -> ThresholdRule {
+        ThresholdRule {
+            target: Target::Metrics { metrics: vec![] },
+            comparison: Comparison::Gt,
+            threshold: 80.0,
+            aggregation_method: "mean".parse().unwrap(),
+            aggregation_method_name: "mean".into(),
+            evaluation_periods: periods,
+            granularity: 300,
+        }
+    }
+
+    fn run(
+        e: &mut Evaluator,
+        r: &ThresholdRule,
+        repeat: bool,
+        newest: i64,
+        closed: &[(i64, f64)],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some((_, until)) = e.closing(r, newest) else {
+            return out;
+        };
+        e.advance(
+            r,
+            repeat,
+            until,
+            &mut closed.iter().copied(),
+            &|_| true,
+            &mut |o| {
+                out.push(format!(
+                    "{}@{} {}",
+                    o.refresh.state,
+                    o.at_ns / S,
+                    o.refresh.reason
+                ))
+            },
+        );
+        out
+    }
+
+    #[test]
+    fn the_worked_example_at_each_bucket_close() {
+        let r = rule(3);
+        let mut e = Evaluator::new(AlarmState::InsufficientData, "Not evaluated yet");
+        // Buckets 0 (60), 300 (85), 600 (90), 900 (70) close when a measure at 1200 arrives.
+        let closed = [(0, 60.0), (300 * S, 85.0), (600 * S, 90.0), (900 * S, 70.0)];
+        let out = run(&mut e, &r, false, 1200 * S, &closed);
+        assert_eq!(
+            out,
+            // [60] and [60, 85] are too few (already insufficient data: nothing); [60, 85, 90]
+            // is mixed and the newest breaches, so insufficient data moves to the trend.
+            ["alarm@900 Transition to alarm due to 2 samples outside threshold, most recent: 90.0"]
+        );
+        // [85, 90, 70] at 1200: mixed, state alarm, no repeat → nothing.
+        assert_eq!(e.state, AlarmState::Alarm);
+        let out = run(&mut e, &r, false, 1500 * S, &[(1200 * S, 60.0)]);
+        assert!(out.is_empty(), "{out:?}");
+        let out = run(&mut e, &r, false, 1800 * S, &[(1500 * S, 50.0)]);
+        assert_eq!(
+            out,
+            ["ok@1800 Transition to ok due to 3 samples inside threshold, most recent: 50.0"]
+        );
+    }
+
+    #[test]
+    fn gaps_go_to_insufficient_data_once_and_repeat_refreshes() {
+        let r = rule(1);
+        let mut e = Evaluator::new(AlarmState::InsufficientData, "");
+        let out = run(&mut e, &r, false, 600 * S, &[(0, 90.0), (300 * S, 95.0)]);
+        assert_eq!(out, ["alarm@300 Transition to alarm due to 1 samples outside threshold, most recent: 90.0"]);
+        // A measure far later: the windows in between are empty.
+        let out = run(&mut e, &r, false, 30_000 * S, &[]);
+        assert_eq!(out, ["insufficient data@1200 1 datapoints are unknown"]);
+        let mut e = Evaluator::new(AlarmState::Alarm, "");
+        let out = run(&mut e, &r, true, 1500 * S, &[(0, 90.0), (300 * S, 95.0)]);
+        assert_eq!(out.len(), 5, "{out:?}");
+        assert!(out[0].starts_with("alarm@300 Remaining as alarm due to 1 samples outside"));
+        assert_eq!(out[3], "insufficient data@1200 1 datapoints are unknown");
+        assert!(
+            out[4].starts_with(
+                "insufficient data@1500 Remaining as insufficient data due to 0 samples"
+            ),
+            "{out:?}"
+        );
+    }
+}
