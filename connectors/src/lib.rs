@@ -24,6 +24,7 @@ pub mod file;
 pub mod gnocchi;
 pub mod kafka;
 pub mod log;
+pub mod notify;
 pub mod poll;
 mod url;
 

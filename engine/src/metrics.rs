@@ -125,6 +125,14 @@ pub struct Counters {
     pub metrics_open: u64,
     /// Buckets held in memory, not yet final, as of the last checkpoint (a gauge).
     pub buckets_open: u64,
+    /// Alarm evaluations made (one per alarm per closed bucket boundary).
+    pub alarm_evaluations: u64,
+    /// Alarm state transitions.
+    pub alarm_transitions: u64,
+    /// Alarm notifications handed to the notifiers (one per action URL).
+    pub alarm_notifications: u64,
+    /// Alarms held (a gauge).
+    pub alarms: u64,
     /// Per input (by its position; the API's ingest after the inputs), the newest event time
     /// seen, microseconds since the epoch (`i64::MIN` before the first).
     pub newest_event_us: Vec<i64>,
@@ -175,6 +183,10 @@ impl Counters {
         self.held += other.held;
         self.metrics_open += other.metrics_open;
         self.buckets_open += other.buckets_open;
+        self.alarm_evaluations += other.alarm_evaluations;
+        self.alarm_transitions += other.alarm_transitions;
+        self.alarm_notifications += other.alarm_notifications;
+        self.alarms += other.alarms;
         for (i, &t) in other.newest_event_us.iter().enumerate() {
             self.saw_event(i, t);
         }

@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use meterflow_connectors::file::deadletter::{DeadLetter, DeadLetterHandle};
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
 use meterflow_connectors::gnocchi::resources::{ResourceDefinition, ResourceDefinitions};
 use meterflow_connectors::gnocchi::{resource_key, GnocchiOptions};
+use meterflow_connectors::notify::{Notifier, NotifierOptions};
 use meterflow_connectors::PublisherSpec;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
@@ -40,6 +42,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
+use crate::alarms::{stored_alarms, Alarms};
 use crate::api::{IngestRequest, ListenOptions, Live, Server};
 use crate::plan::Plan;
 use crate::storage::{load_shares, open_store, Aggregator, Measure, Share};
@@ -101,7 +104,24 @@ pub struct RunReport {
     pub workers: usize,
     /// Bytes read.
     pub bytes: u64,
+    /// What the alarm notifiers did, when alarms ran.
+    pub notifier: Option<NotifierTotals>,
 }
+
+/// What the alarm notifiers did in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotifierTotals {
+    /// Notifications handed to the notifiers.
+    pub sent: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Written to the dead-letter file.
+    pub dead_lettered: u64,
+}
+
+/// How long the end of a run waits for alarm notifications to be delivered; what is still
+/// undelivered then stays in the notifier's journal and is sent at the next start.
+pub const NOTIFY_GRACE: Duration = Duration::from_secs(15);
 
 /// The stable hash that spreads resources over workers (the same in every process).
 pub fn resource_route(resource: Sym) -> u64 {
@@ -655,6 +675,21 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     } else {
         None
     };
+    let stored_alarms = match &store {
+        Some((store, _)) => Arc::new(stored_alarms(&store.alarms()?)),
+        None => Arc::default(),
+    };
+    let notifier = match &store {
+        Some((store, _)) if !plan.alarms.is_empty() || !stored_alarms.is_empty() => Some(Arc::new(
+            Notifier::start(NotifierOptions {
+                dir: Some(store.dir().join("notifier")),
+                ..NotifierOptions::default()
+            })
+            .map_err(anyhow::Error::msg)?,
+        )),
+        _ => None,
+    };
+    let notifier_stats = notifier.as_ref().map(|n| n.stats());
     // The API's measures count as one more gnocchi:// publisher, after the plan's: the
     // archive-policy rules pick the policy of metrics a request does not give one.
     let api_publisher = plan.publishers.len() as u16;
@@ -712,6 +747,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     }
     let api_requests = Arc::new(Mutex::new(api_requests));
     let worker_live = live.clone();
+    let worker_notifier = notifier.clone();
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
@@ -729,7 +765,14 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             let share: Share = shares.lock().unwrap_or_else(|p| p.into_inner())[index]
                 .take()
                 .unwrap_or_default();
-            let mut aggregator = Aggregator::new(store.clone(), plan.clone(), share, durable);
+            let alarms = Alarms::load(
+                (&plan.alarms, plan.alarms_declared),
+                &stored_alarms,
+                (index, workers),
+                worker_notifier.clone(),
+            );
+            let mut aggregator =
+                Aggregator::new(store.clone(), plan.clone(), share, durable).with_alarms(alarms);
             if listening {
                 aggregator.checkpoint_every(CHECKPOINT_EVERY);
             }
@@ -840,6 +883,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                     aggregator.checkpoint_if_due(&mut diag);
                                     if frontier.is_empty() {
                                         if let Some(cap) = last.take() {
+                                            // The end of a bounded input closes every bucket.
+                                            if !listening {
+                                                aggregator.close_alarms(&mut diag);
+                                            }
                                             aggregator.checkpoint_all(&mut diag);
                                             if let Some(why) = aggregator.failure() {
                                                 live.fail(why);
@@ -914,6 +961,12 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     if let Some(server) = server {
         server.shutdown();
     }
+    worker_notifier_guard(notifier);
+    let notifier = notifier_stats.map(|s| NotifierTotals {
+        sent: s.sent.load(Ordering::Relaxed),
+        delivered: s.delivered.load(Ordering::Relaxed),
+        dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+    });
     for result in results {
         let (c, b) = result
             .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?
@@ -927,7 +980,23 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         elapsed: started.elapsed(),
         workers,
         bytes,
+        notifier,
     })
+}
+
+/// Shuts the notifier down once the workers let go of it, waiting [`NOTIFY_GRACE`] for its
+/// queues to drain.
+fn worker_notifier_guard(notifier: Option<Arc<Notifier>>) {
+    if let Some(notifier) = notifier {
+        match Arc::try_unwrap(notifier) {
+            Ok(notifier) => notifier.shutdown(NOTIFY_GRACE),
+            Err(shared) => {
+                if let Err(e) = shared.sync() {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
 }
 
 type Readers = Arc<Mutex<Option<Vec<Box<dyn ChunkSource>>>>>;

@@ -7,7 +7,8 @@
 //! plain one-loop reference the dataflow is tested against; [`bench`] generates synthetic
 //! telemetry and measures throughput. `gnocchi://` publishers feed [`storage`]'s aggregation
 //! operator, which writes the embedded store; [`query`] reads it back as Gnocchi does, and
-//! [`api`] serves Gnocchi's REST API over it (feeding POSTed measures into the same operator). The binary in `src/main.rs` only parses arguments and
+//! [`api`] serves Gnocchi's REST API over it (feeding POSTed measures into the same operator);
+//! [`alarms`] evaluates Aodh's alarms inside that operator as buckets close. The binary in `src/main.rs` only parses arguments and
 //! calls these.
 //!
 //! # Example
@@ -23,6 +24,7 @@
 //! assert_eq!(out[0].1.volume.as_f64(), 5.0);
 //! ```
 
+pub mod alarms;
 pub mod api;
 pub mod bench;
 pub mod dataflow;

@@ -11,7 +11,7 @@ use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
 use meterflow_pipelines::dataflow::{self, RunOptions};
 use meterflow_pipelines::plan::{Plan, PlanError};
-use meterflow_pipelines::{query, summary};
+use meterflow_pipelines::{alarms, query, summary};
 
 /// meterflow: Ceilometer pipelines, Gnocchi aggregation and Aodh alarms in one dataflow engine.
 #[derive(Parser)]
@@ -102,6 +102,12 @@ enum Command {
         #[arg(long, requires = "granularity")]
         resample: Option<f64>,
     },
+    /// Show the alarms a store holds: their state and history (Aodh's JSON form).
+    Alarms {
+        /// What to show.
+        #[command(subcommand)]
+        what: AlarmsCommand,
+    },
     /// Check a pipeline definition and report every problem with its place.
     Validate {
         /// The pipeline definition.
@@ -132,6 +138,36 @@ enum Command {
         /// Where gnocchi:// publishers write (default: a temporary store).
         #[arg(long)]
         store: Option<PathBuf>,
+    },
+}
+
+/// `meterflow alarms ...`.
+#[derive(Subcommand)]
+enum AlarmsCommand {
+    /// Every alarm: id, type, name, state, severity, enabled (a table, or JSON with --json).
+    List {
+        /// Directory of the store.
+        #[arg(long, default_value = "./data")]
+        store: PathBuf,
+        /// Print Aodh's JSON list instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One alarm in Aodh's JSON form, with its state.
+    Show {
+        /// The alarm's id or name.
+        alarm: String,
+        /// Directory of the store.
+        #[arg(long, default_value = "./data")]
+        store: PathBuf,
+    },
+    /// One alarm's history (creation, changes, state transitions), oldest first, as JSON.
+    History {
+        /// The alarm's id or name.
+        alarm: String,
+        /// Directory of the store.
+        #[arg(long, default_value = "./data")]
+        store: PathBuf,
     },
 }
 
@@ -289,6 +325,64 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let report = dataflow::run(plan, &[], &options)?;
             eprint!("{}", summary::render(&report));
+        }
+        Command::Alarms { what } => {
+            let dir = match &what {
+                AlarmsCommand::List { store, .. }
+                | AlarmsCommand::Show { store, .. }
+                | AlarmsCommand::History { store, .. } => store,
+            };
+            let store = meterflow_connectors::gnocchi::store::Store::open(dir)?;
+            let all = alarms::stored_alarms(&store.alarms()?);
+            match what {
+                AlarmsCommand::List { json: true, .. } => {
+                    let list: Vec<serde_json::Value> =
+                        all.values().map(alarms::alarm_json).collect();
+                    writeln!(stdout, "{}", serde_json::to_string_pretty(&list)?)?;
+                }
+                AlarmsCommand::List { .. } => {
+                    writeln!(
+                        stdout,
+                        "{:<36}  {:<44}  {:<24}  {:<17}  {:<8}  enabled",
+                        "alarm_id", "type", "name", "state", "severity"
+                    )?;
+                    for a in all.values() {
+                        let d = &a.definition;
+                        writeln!(
+                            stdout,
+                            "{:<36}  {:<44}  {:<24}  {:<17}  {:<8}  {}",
+                            d.alarm_id,
+                            d.kind,
+                            d.name,
+                            a.evaluation.evaluator.state.as_str(),
+                            d.severity.as_str(),
+                            d.enabled
+                        )?;
+                    }
+                }
+                AlarmsCommand::Show { alarm, .. } => {
+                    let a = alarms::find_alarm(&all, &alarm).map_err(anyhow::Error::msg)?;
+                    writeln!(
+                        stdout,
+                        "{}",
+                        serde_json::to_string_pretty(&alarms::alarm_json(a))?
+                    )?;
+                }
+                AlarmsCommand::History { alarm, .. } => {
+                    let id = match alarms::find_alarm(&all, &alarm) {
+                        Ok(a) => a.definition.alarm_id.clone(),
+                        // A deleted alarm's history is still there.
+                        Err(_) if store.alarms()?.contains_key(&alarm) => alarm,
+                        Err(e) => anyhow::bail!(e),
+                    };
+                    let history: Vec<serde_json::Value> = store
+                        .alarm_history(Some(&id))?
+                        .iter()
+                        .map(alarms::history_json)
+                        .collect();
+                    writeln!(stdout, "{}", serde_json::to_string_pretty(&history)?)?;
+                }
+            }
         }
         Command::Validate { pipeline } => {
             let plan = load(&pipeline)?;

@@ -26,6 +26,7 @@ use meterflow_operators::aggregate::{ArchivePolicy, Metric};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::alarms::Alarms;
 use crate::api::API_SINK;
 use crate::dataflow::retry_with_backoff;
 use crate::plan::Plan;
@@ -171,6 +172,8 @@ pub struct Aggregator {
     last_checkpoint: Instant,
     changed: bool,
     failure: Option<String>,
+    /// The alarms on this worker's metrics.
+    alarms: Alarms,
 }
 
 impl Aggregator {
@@ -200,6 +203,27 @@ impl Aggregator {
             last_checkpoint: Instant::now(),
             changed: false,
             failure: None,
+            alarms: Alarms::default(),
+        }
+    }
+
+    /// Evaluates `alarms` (this worker's) as the metrics they read close buckets.
+    pub fn with_alarms(mut self, alarms: Alarms) -> Aggregator {
+        self.changed |= !alarms.is_empty();
+        self.alarms = alarms;
+        self
+    }
+
+    /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.
+    pub fn close_alarms(&mut self, diag: &mut Diag) {
+        let Aggregator {
+            metrics, alarms, ..
+        } = self;
+        for (&key, entry) in metrics.iter() {
+            if alarms.watches(key.0, key.1) {
+                alarms.on_metric(key, &entry.metric, true, diag);
+                self.changed = true;
+            }
         }
     }
 
@@ -378,6 +402,10 @@ impl Aggregator {
                 });
             }
             entry.dirty = true;
+            if self.alarms.watches(m.resource_key, m.name) {
+                let key = (m.resource_key, m.name);
+                self.alarms.on_metric(key, &entry.metric, false, diag);
+            }
             let (resource, name, methods) = (m.resource_key, m.name, &entry.policy.methods);
             let definition = &entry.policy.policy.definition;
             let rows = &mut self.checkpoint.aggregates;
@@ -440,6 +468,10 @@ impl Aggregator {
             for &(t, v) in entry.metric.raw() {
                 state.push(resource, name, None, 0, t, v);
             }
+        }
+        diag.counters.alarms = self.alarms.len() as u64;
+        if let Err(e) = self.alarms.checkpoint(&mut self.checkpoint) {
+            self.failure = Some(e);
         }
         self.commit(diag);
     }

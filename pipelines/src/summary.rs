@@ -36,6 +36,24 @@ pub fn render(report: &RunReport) -> String {
             c.measures, c.buckets_written
         );
     }
+    if c.alarms > 0 || c.alarm_evaluations > 0 {
+        let _ = write!(
+            s,
+            "  alarms: {} alarms, {} evaluations, {} transitions, {} notifications",
+            c.alarms, c.alarm_evaluations, c.alarm_transitions, c.alarm_notifications
+        );
+        match report.notifier {
+            Some(n) => {
+                let pending = n.sent.saturating_sub(n.delivered + n.dead_lettered);
+                let _ = writeln!(
+                    s,
+                    " ({} delivered, {} dead-lettered, {pending} still pending: resent at the next start)",
+                    n.delivered, n.dead_lettered
+                );
+            }
+            None => s.push('\n'),
+        }
+    }
     if c.samples_unrouted > 0 {
         let _ = writeln!(s, "  not selected by any source: {}", c.samples_unrouted);
     }
@@ -88,6 +106,14 @@ pub fn json(report: &RunReport) -> serde_json::Value {
         "buckets_written": c.buckets_written,
         "sinks": sinks,
         "dropped": dropped,
+        "alarms": {
+            "alarms": c.alarms,
+            "evaluations": c.alarm_evaluations,
+            "transitions": c.alarm_transitions,
+            "notifications": c.alarm_notifications,
+            "delivered": report.notifier.map_or(0, |n| n.delivered),
+            "dead_lettered": report.notifier.map_or(0, |n| n.dead_lettered),
+        },
         "seconds": report.elapsed.as_secs_f64(),
         "workers": report.workers,
     })

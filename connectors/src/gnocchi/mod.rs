@@ -72,6 +72,22 @@ impl GnocchiOptions {
 /// Gnocchi's namespace for resource ids that are not UUIDs (`gnocchi/utils.py`).
 const RESOURCE_ID_NAMESPACE: uuid::Uuid = uuid::uuid!("0a7a15ff-aa13-4ac2-897c-9bdf30ce175b");
 
+/// meterflow's namespace for the ids of alarms a definition file names without `alarm_id`.
+const ALARM_ID_NAMESPACE: uuid::Uuid = uuid::uuid!("6d1f3c2e-52a4-4f0e-9a53-1c8e7b0d4a11");
+
+/// The id of an alarm a definition file defines by name only: the same on every start, so
+/// its state and history carry over.
+///
+/// # Examples
+/// ```
+/// use meterflow_connectors::gnocchi::alarm_uuid;
+/// assert_eq!(alarm_uuid("cpu_high"), alarm_uuid("cpu_high"));
+/// assert_ne!(alarm_uuid("cpu_high"), alarm_uuid("cpu_low"));
+/// ```
+pub fn alarm_uuid(name: &str) -> String {
+    uuid::Uuid::new_v5(&ALARM_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
 /// The resource id Gnocchi keys a resource by: Ceilometer replaces `/` by `_`.
 ///
 /// # Examples

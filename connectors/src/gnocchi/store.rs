@@ -8,6 +8,9 @@
 //!                                            granularity_seconds, timestamp, value, generation
 //! DIR/state/g000000000007-p0of2.parquet      per metric, the raw measures inside the back window
 //!                                            (aggregation null) and the buckets still open
+//! DIR/alarms/g000000000007-p0of2.parquet     per alarm: its definition (Aodh's JSON; null once
+//!                                            deleted) and its evaluation state (JSON)
+//! DIR/alarm_history/g000000000007-p0of2.parquet  every alarm change and state transition
 //! ```
 //! Each checkpoint of each worker writes one file per table (temp file, fsync, rename) and then
 //! a new manifest (temp file, fsync, rename, directory fsync): a crash before the manifest
@@ -112,16 +115,28 @@ pub enum Table {
     Aggregates,
     /// Raw measures and open buckets, for resuming.
     State,
+    /// One row per alarm and change: definition and evaluation state.
+    Alarms,
+    /// Alarm history: creations, changes, deletions and state transitions.
+    AlarmHistory,
 }
 
 impl Table {
-    const ALL: [Table; 3] = [Table::Metrics, Table::Aggregates, Table::State];
+    const ALL: [Table; 5] = [
+        Table::Metrics,
+        Table::Aggregates,
+        Table::State,
+        Table::Alarms,
+        Table::AlarmHistory,
+    ];
 
     fn dir(self) -> &'static str {
         match self {
             Table::Metrics => "metrics",
             Table::Aggregates => "aggregates",
             Table::State => "state",
+            Table::Alarms => "alarms",
+            Table::AlarmHistory => "alarm_history",
         }
     }
 }
@@ -213,6 +228,39 @@ pub struct MetricRecord {
     pub resource_attributes: Option<String>,
 }
 
+/// An alarm as the store records it; the newest row of an alarm id wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlarmRecord {
+    /// The alarm's id.
+    pub alarm_id: String,
+    /// Its definition in Aodh's JSON form; `None` once deleted.
+    pub definition: Option<String>,
+    /// Its evaluation state (JSON: state, reason, the closed buckets it still needs).
+    pub evaluation: Option<String>,
+    /// When this row was written (wall clock, ns since the epoch).
+    pub updated_ns: i64,
+}
+
+/// One entry of an alarm's history, as Aodh's `GET /v2/alarms/ID/history` lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlarmHistoryRecord {
+    /// The alarm.
+    pub alarm_id: String,
+    /// A unique id of the entry.
+    pub event_id: String,
+    /// `creation`, `rule change`, `state transition` or `deletion`.
+    pub kind: String,
+    /// Aodh's `detail`: a JSON string.
+    pub detail: String,
+    /// The alarm's severity then.
+    pub severity: String,
+    /// When it was recorded (wall clock, ns).
+    pub timestamp_ns: i64,
+    /// For state transitions: the event time of the evaluation (the end of the bucket that
+    /// closed), ns; else the wall clock.
+    pub event_time_ns: i64,
+}
+
 /// Rows of the aggregates or state table, column by column (no allocation per row).
 #[derive(Clone, Debug, Default)]
 pub struct Points {
@@ -280,17 +328,25 @@ pub struct Checkpoint {
     pub aggregates: Points,
     /// The whole state of every metric that changed: raw measures and open buckets.
     pub state: Points,
+    /// Alarms created, changed, evaluated or deleted.
+    pub alarms: Vec<AlarmRecord>,
+    /// Alarm history entries.
+    pub history: Vec<AlarmHistoryRecord>,
 }
 
 impl Checkpoint {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.metrics.is_empty() && self.aggregates.is_empty() && self.state.is_empty()
+        self.rows() == 0
     }
 
     /// Rows held, over all tables.
     pub fn rows(&self) -> usize {
-        self.metrics.len() + self.aggregates.len() + self.state.len()
+        self.metrics.len()
+            + self.aggregates.len()
+            + self.state.len()
+            + self.alarms.len()
+            + self.history.len()
     }
 }
 
@@ -528,10 +584,12 @@ impl Store {
             "g{generation:012}-p{}of{}.parquet",
             partition.index, partition.count
         );
-        let tables: [(Table, usize); 3] = [
+        let tables: [(Table, usize); 5] = [
             (Table::Metrics, checkpoint.metrics.len()),
             (Table::Aggregates, checkpoint.aggregates.len()),
             (Table::State, checkpoint.state.len()),
+            (Table::Alarms, checkpoint.alarms.len()),
+            (Table::AlarmHistory, checkpoint.history.len()),
         ];
         for (table, rows) in tables {
             if rows == 0 {
@@ -541,6 +599,8 @@ impl Store {
                 Table::Metrics => metrics_batch(&checkpoint.metrics, generation),
                 Table::Aggregates => points_batch(&checkpoint.aggregates, generation, false),
                 Table::State => points_batch(&checkpoint.state, generation, true),
+                Table::Alarms => alarms_batch(&checkpoint.alarms, generation),
+                Table::AlarmHistory => history_batch(&checkpoint.history, generation),
             };
             let rel = format!("{}/{name}", table.dir());
             self.write_parquet(&rel, &batch)?;
@@ -650,6 +710,21 @@ impl Store {
                     points.extend(&p);
                 }
                 points_batch(&points, newer.generation, true)
+            }
+            Table::Alarms => {
+                let mut by_id = BTreeMap::new();
+                for entry in [older, newer] {
+                    for record in self.alarm_records(entry)? {
+                        by_id.insert(record.alarm_id.clone(), record);
+                    }
+                }
+                let records: Vec<AlarmRecord> = by_id.into_values().collect();
+                alarms_batch(&records, newer.generation)
+            }
+            Table::AlarmHistory => {
+                let mut records = self.history_records(older, None)?;
+                records.extend(self.history_records(newer, None)?);
+                history_batch(&records, newer.generation)
             }
         };
         let p = newer.partition;
@@ -962,6 +1037,159 @@ impl Store {
         }
         Ok(out.into_iter().map(|(k, (_, v))| (k, v)).collect())
     }
+}
+
+impl Store {
+    /// Every alarm's newest record (deleted ones included, with no definition), by id.
+    pub fn alarms(&self) -> Result<BTreeMap<String, AlarmRecord>, StoreError> {
+        self.reading(|| {
+            let mut out: BTreeMap<String, (u64, AlarmRecord)> = BTreeMap::new();
+            for entry in self.files(Table::Alarms, None) {
+                for record in self.alarm_records(&entry)? {
+                    let newer = out.get(&record.alarm_id).is_none_or(|(g, r)| {
+                        (*g, r.updated_ns) <= (entry.generation, record.updated_ns)
+                    });
+                    if newer {
+                        out.insert(record.alarm_id.clone(), (entry.generation, record));
+                    }
+                }
+            }
+            Ok(out.into_iter().map(|(k, (_, r))| (k, r)).collect())
+        })
+    }
+
+    /// An alarm's history (or every alarm's with `None`), oldest first.
+    pub fn alarm_history(
+        &self,
+        alarm_id: Option<&str>,
+    ) -> Result<Vec<AlarmHistoryRecord>, StoreError> {
+        self.reading(|| {
+            let mut out = Vec::new();
+            for entry in self.files(Table::AlarmHistory, None) {
+                out.extend(self.history_records(&entry, alarm_id)?);
+            }
+            out.sort_by_key(|r| (r.timestamp_ns, r.event_time_ns));
+            Ok(out)
+        })
+    }
+
+    fn alarm_records(&self, entry: &FileEntry) -> Result<Vec<AlarmRecord>, StoreError> {
+        let mut out = Vec::new();
+        for batch in self.batches(entry)? {
+            let ids = strings(&batch, "alarm_id", &entry.path)?;
+            let definitions = strings(&batch, "definition", &entry.path)?;
+            let evaluations = strings(&batch, "evaluation", &entry.path)?;
+            let updated = column::<TimestampNanosecondArray>(&batch, "updated", &entry.path)?;
+            for i in 0..batch.num_rows() {
+                let opt = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_owned());
+                out.push(AlarmRecord {
+                    alarm_id: ids.value(i).to_owned(),
+                    definition: opt(definitions),
+                    evaluation: opt(evaluations),
+                    updated_ns: updated.value(i),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn history_records(
+        &self,
+        entry: &FileEntry,
+        alarm_id: Option<&str>,
+    ) -> Result<Vec<AlarmHistoryRecord>, StoreError> {
+        let mut out = Vec::new();
+        for batch in self.batches(entry)? {
+            let col = |name: &str| strings(&batch, name, &entry.path);
+            let (ids, events, kinds, details, severities) = (
+                col("alarm_id")?,
+                col("event_id")?,
+                col("type")?,
+                col("detail")?,
+                col("severity")?,
+            );
+            let ts = column::<TimestampNanosecondArray>(&batch, "timestamp", &entry.path)?;
+            let event_time = column::<TimestampNanosecondArray>(&batch, "event_time", &entry.path)?;
+            for i in 0..batch.num_rows() {
+                if alarm_id.is_some_and(|a| a != ids.value(i)) {
+                    continue;
+                }
+                out.push(AlarmHistoryRecord {
+                    alarm_id: ids.value(i).to_owned(),
+                    event_id: events.value(i).to_owned(),
+                    kind: kinds.value(i).to_owned(),
+                    detail: details.value(i).to_owned(),
+                    severity: severities.value(i).to_owned(),
+                    timestamp_ns: ts.value(i),
+                    event_time_ns: event_time.value(i),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn alarms_batch(rows: &[AlarmRecord], generation: u64) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("alarm_id", DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, true),
+        Field::new("evaluation", DataType::Utf8, true),
+        Field::new("updated", timestamp_type(), false),
+        Field::new("generation", DataType::UInt64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.alarm_id),
+        )),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.definition.as_deref())
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.evaluation.as_deref())
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.updated_ns))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(UInt64Array::from(vec![generation; rows.len()])),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
+}
+
+fn history_batch(rows: &[AlarmHistoryRecord], generation: u64) -> RecordBatch {
+    let text = |f: fn(&AlarmHistoryRecord) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let time = |f: fn(&AlarmHistoryRecord) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"),
+        )
+    };
+    let schema = Schema::new(vec![
+        Field::new("alarm_id", DataType::Utf8, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("timestamp", timestamp_type(), false),
+        Field::new("event_time", timestamp_type(), false),
+        Field::new("generation", DataType::UInt64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        text(|r| &r.alarm_id),
+        text(|r| &r.event_id),
+        text(|r| &r.kind),
+        text(|r| &r.detail),
+        text(|r| &r.severity),
+        time(|r| r.timestamp_ns),
+        time(|r| r.event_time_ns),
+        Arc::new(UInt64Array::from(vec![generation; rows.len()])),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
 }
 
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>, StoreError> {

@@ -68,7 +68,7 @@ impl Evaluator {
     /// gave) and evaluates at every bucket boundary up to `until`, calling `out` for each
     /// outcome. `evaluate` is false for disabled alarms or outside their time constraints
     /// (the buckets are remembered, nothing is decided). `allowed(at_ns)` tells whether the
-    /// time constraints allow an evaluation at an event time.
+    /// time constraints allow an evaluation at an event time. Returns the evaluations made.
     pub fn advance(
         &mut self,
         rule: &ThresholdRule,
@@ -77,7 +77,7 @@ impl Evaluator {
         closed: &mut dyn Iterator<Item = (i64, f64)>,
         allowed: &dyn Fn(i64) -> bool,
         out: &mut dyn FnMut(Outcome),
-    ) {
+    ) -> u64 {
         let g = granularity_ns(rule);
         let periods = rule.evaluation_periods;
         let span = g.saturating_mul(periods as i64 + 1);
@@ -98,12 +98,13 @@ impl Evaluator {
             (None, Some(t)) => t,
             (None, None) => {
                 self.through = Some(until);
-                return;
+                return 0;
             }
         };
         let mut now = start + g;
         let mut values = Vec::with_capacity(periods + 1);
         let mut was_empty = false;
+        let mut evaluations = 0;
         while now <= until {
             let from = now - span;
             values.clear();
@@ -122,6 +123,7 @@ impl Evaluator {
             }
             was_empty = empty;
             if allowed(now) {
+                evaluations += 1;
                 let evaluation = evaluate(&values, periods, rule.comparison, rule.threshold);
                 self.apply(now, repeat, &evaluation, out);
             }
@@ -132,6 +134,7 @@ impl Evaluator {
         while self.recent.front().is_some_and(|&(t, _)| t < keep_from) {
             self.recent.pop_front();
         }
+        evaluations
     }
 
     /// Runs Aodh's transition step for `evaluation` at event time `at_ns`.

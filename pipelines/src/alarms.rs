@@ -1,0 +1,532 @@
+//! Alarms inside the store's operator: each threshold alarm lives on the worker that owns its
+//! metric, and is evaluated (Aodh's decision, [`Evaluator`]) whenever a batch closes buckets of
+//! its granularity — in event time, at stream speed, with no exchange. Transitions are
+//! recorded in the store's alarm history, state is checkpointed with the measures, and
+//! notifications go to the [`Notifier`] without waiting for any receiver.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meterflow_connectors::gnocchi::resource_key;
+use meterflow_connectors::gnocchi::store::{AlarmHistoryRecord, AlarmRecord, Checkpoint};
+use meterflow_connectors::notify::{python_json, Notification, Notifier, Payload};
+use meterflow_engine::intern::Sym;
+use meterflow_engine::metrics::Diag;
+use meterflow_engine::partition::route;
+use meterflow_operators::aggregate::{ArchivePolicy, Metric};
+use meterflow_operators::alarm::constraints::Constraints;
+use meterflow_operators::alarm::definition::{AlarmDefinition, Target};
+use meterflow_operators::alarm::evaluator::{granularity_ns, Evaluator, Outcome};
+use meterflow_operators::alarm::threshold::{AlarmState, Evaluation};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Where an alarm came from: a definition file's `alarms:` (removed from the file → deleted)
+/// or the API (kept until deleted there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The definition's `alarms:`.
+    Definition,
+    /// `POST /v2/alarms`.
+    Api,
+}
+
+/// What the store keeps of an alarm's evaluation (the `evaluation` column).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredEvaluation {
+    /// Where the alarm came from.
+    pub origin: Origin,
+    /// When the state last changed (wall clock, ns).
+    #[serde(default)]
+    pub state_timestamp_ns: i64,
+    /// The evaluation memory.
+    pub evaluator: Evaluator,
+}
+
+/// An alarm read back from the store.
+#[derive(Clone, Debug)]
+pub struct StoredAlarm {
+    /// The definition.
+    pub definition: AlarmDefinition,
+    /// Its evaluation.
+    pub evaluation: StoredEvaluation,
+    /// When the row was written.
+    pub updated_ns: i64,
+}
+
+/// Every live alarm in the store (deleted ones and unreadable rows left out, the latter
+/// reported), by id.
+pub fn stored_alarms(records: &BTreeMap<String, AlarmRecord>) -> BTreeMap<String, StoredAlarm> {
+    let mut out = BTreeMap::new();
+    for (id, record) in records {
+        let (Some(definition), Some(evaluation)) = (&record.definition, &record.evaluation) else {
+            continue;
+        };
+        let parsed = serde_json::from_str(definition)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                AlarmDefinition::from_json(&v, |_| id.clone()).map_err(|p| {
+                    p.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            });
+        let evaluation = serde_json::from_str::<StoredEvaluation>(evaluation);
+        match (parsed, evaluation) {
+            (Ok(definition), Ok(evaluation)) => {
+                out.insert(
+                    id.clone(),
+                    StoredAlarm {
+                        definition,
+                        evaluation,
+                        updated_ns: record.updated_ns,
+                    },
+                );
+            }
+            (Err(e), _) => tracing::error!("alarm {id} in the store cannot be read ({e}); it is not evaluated"),
+            (_, Err(e)) => tracing::error!("alarm {id}'s evaluation state in the store cannot be read ({e}); it is not evaluated"),
+        }
+    }
+    out
+}
+
+/// An alarm as Aodh's API returns it: the definition with its state fields.
+pub fn alarm_json(alarm: &StoredAlarm) -> serde_json::Value {
+    let iso = |ns: i64| {
+        format!(
+            "{}+00:00",
+            meterflow_engine::time::format_iso_naive(ns.div_euclid(1000))
+        )
+    };
+    let e = &alarm.evaluation;
+    let mut v = alarm.definition.to_json();
+    v["state"] = json!(e.evaluator.state.as_str());
+    v["state_reason"] = json!(e.evaluator.state_reason);
+    v["state_timestamp"] = json!(iso(e.state_timestamp_ns));
+    v["timestamp"] = json!(iso(alarm.updated_ns));
+    v
+}
+
+/// A history entry as Aodh's API returns it.
+pub fn history_json(h: &AlarmHistoryRecord) -> serde_json::Value {
+    let iso = |ns: i64| {
+        format!(
+            "{}+00:00",
+            meterflow_engine::time::format_iso_naive(ns.div_euclid(1000))
+        )
+    };
+    json!({
+        "alarm_id": h.alarm_id,
+        "event_id": h.event_id,
+        "type": h.kind,
+        "detail": h.detail,
+        "severity": h.severity,
+        "timestamp": iso(h.timestamp_ns),
+        "event_time": iso(h.event_time_ns),
+    })
+}
+
+/// The alarm `key` names: its id, or its name when exactly one alarm has it.
+pub fn find_alarm<'a>(
+    alarms: &'a BTreeMap<String, StoredAlarm>,
+    key: &str,
+) -> Result<&'a StoredAlarm, String> {
+    if let Some(a) = alarms.get(key) {
+        return Ok(a);
+    }
+    let named: Vec<&StoredAlarm> = alarms
+        .values()
+        .filter(|a| a.definition.name == key)
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "Alarm {key} not found: no alarm has that id or name (meterflow alarms list shows them)"
+        )),
+        _ => Err(format!(
+            "{} alarms are named {key:?}; give the alarm_id instead",
+            named.len()
+        )),
+    }
+}
+
+/// The worker route of the metric an alarm reads, for the alarms that read one metric.
+pub fn alarm_route(alarm: &AlarmDefinition) -> Option<u64> {
+    match &alarm.threshold()?.target {
+        Target::Resource { resource_id, .. } => Some(route(&resource_key(resource_id))),
+        _ => None,
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn event_id(alarm_id: &str, seq: u64, at: i64) -> String {
+    uuid_like(&format!("{alarm_id}/{seq}/{at}/{}", fastrand::u64(..)))
+}
+
+fn uuid_like(text: &str) -> String {
+    let mut h = rustc_hash::FxHasher::default();
+    std::hash::Hash::hash(text, &mut h);
+    let a = std::hash::Hasher::finish(&h);
+    let b = fastrand::u64(..);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// One alarm on its worker.
+struct Slot {
+    definition: Arc<AlarmDefinition>,
+    origin: Origin,
+    constraints: Constraints,
+    evaluator: Evaluator,
+    state_timestamp_ns: i64,
+    /// Granule and method index in the metric's policy, once resolved (or why not).
+    resolved: Option<Result<(usize, usize), String>>,
+    dirty: bool,
+}
+
+/// One worker's alarms.
+#[derive(Default)]
+pub struct Alarms {
+    slots: Vec<Slot>,
+    /// Alarms by the metric they read: (resource key, metric name).
+    watches: FxHashMap<(Sym, Sym), Vec<usize>>,
+    notifier: Option<Arc<Notifier>>,
+    history: Vec<AlarmHistoryRecord>,
+    /// Deletions to record at the next checkpoint.
+    deleted: Vec<AlarmRecord>,
+    seq: u64,
+}
+
+impl Alarms {
+    /// The alarms of worker `index` of `peers`: the definition's, and those the store holds
+    /// (API-created ones kept; definition ones no longer defined, deleted). Stored state is
+    /// resumed; a definition whose rule changed keeps its state but starts its window anew.
+    pub fn load(
+        (defined, declared): (&[Arc<AlarmDefinition>], bool),
+        stored: &BTreeMap<String, StoredAlarm>,
+        (index, peers): (usize, usize),
+        notifier: Option<Arc<Notifier>>,
+    ) -> Alarms {
+        let mine = |a: &AlarmDefinition| {
+            alarm_route(a).is_some_and(|r| (r % peers as u64) as usize == index)
+        };
+        let mut alarms = Alarms {
+            notifier,
+            ..Alarms::default()
+        };
+        let now = now_ns();
+        for definition in defined.iter().filter(|a| mine(a)) {
+            let slot = match stored.get(&definition.alarm_id) {
+                Some(s) => {
+                    let mut evaluator = s.evaluation.evaluator.clone();
+                    let changed = s.definition.to_json() != definition.to_json();
+                    if changed {
+                        if s.definition.rule_json != definition.rule_json {
+                            evaluator.through = None;
+                            evaluator.recent.clear();
+                        }
+                        alarms.record(definition, "rule change", definition.to_json(), now, now);
+                    }
+                    Slot::new(definition.clone(), Origin::Definition, evaluator, changed)
+                }
+                None => {
+                    alarms.record(definition, "creation", definition.to_json(), now, now);
+                    let evaluator = Evaluator::new(definition.state, &definition.state_reason);
+                    Slot::new(definition.clone(), Origin::Definition, evaluator, true)
+                }
+            };
+            let mut slot = slot;
+            if let Some(s) = stored.get(&definition.alarm_id) {
+                slot.state_timestamp_ns = s.evaluation.state_timestamp_ns;
+            } else {
+                slot.state_timestamp_ns = now;
+            }
+            alarms.add(slot);
+        }
+        for (id, s) in stored {
+            if defined.iter().any(|d| d.alarm_id == *id) || !mine(&s.definition) {
+                continue;
+            }
+            let keep = s.evaluation.origin == Origin::Api || !declared;
+            match keep {
+                true => {
+                    let mut slot = Slot::new(
+                        Arc::new(s.definition.clone()),
+                        Origin::Api,
+                        s.evaluation.evaluator.clone(),
+                        false,
+                    );
+                    slot.origin = s.evaluation.origin;
+                    slot.state_timestamp_ns = s.evaluation.state_timestamp_ns;
+                    alarms.add(slot);
+                }
+                false => {
+                    alarms.record(&s.definition, "deletion", s.definition.to_json(), now, now);
+                    alarms.deleted.push(AlarmRecord {
+                        alarm_id: id.clone(),
+                        definition: None,
+                        evaluation: None,
+                        updated_ns: now,
+                    });
+                }
+            }
+        }
+        alarms
+    }
+
+    fn add(&mut self, slot: Slot) {
+        let index = self.slots.len();
+        if let Some(Target::Resource {
+            metric,
+            resource_id,
+            ..
+        }) = slot.definition.threshold().map(|t| &t.target)
+        {
+            let key = (Sym::new(&resource_key(resource_id)), Sym::new(metric));
+            self.watches.entry(key).or_default().push(index);
+        }
+        self.slots.push(slot);
+    }
+
+    /// How many alarms this worker holds.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Whether some alarm reads metric (`resource`, `name`).
+    pub fn watches(&self, resource: Sym, name: Sym) -> bool {
+        self.watches.contains_key(&(resource, name))
+    }
+
+    /// Evaluates the alarms on metric (`resource`, `name`) after a batch: every bucket
+    /// boundary the batch closed. With `close_all`, the newest bucket closes too (the end of
+    /// a bounded input).
+    pub fn on_metric(
+        &mut self,
+        (resource, name): (Sym, Sym),
+        metric: &Metric,
+        close_all: bool,
+        diag: &mut Diag,
+    ) {
+        let Some(slots) = self.watches.get(&(resource, name)) else {
+            return;
+        };
+        let Some(newest) = metric.newest() else {
+            return;
+        };
+        let mut outcomes = Vec::new();
+        let mut values = Vec::new();
+        for &i in slots {
+            let slot = &mut self.slots[i];
+            let Some(rule) = slot.definition.threshold() else {
+                continue;
+            };
+            let resolved = slot
+                .resolved
+                .get_or_insert_with(|| resolve(metric.policy(), &slot.definition));
+            let (gi, mi) = match resolved {
+                Ok(r) => *r,
+                Err(reason) => {
+                    // Aodh: the aggregation does not exist → insufficient data.
+                    if slot.evaluator.state != AlarmState::InsufficientData
+                        && slot.definition.enabled
+                    {
+                        let evaluation = Evaluation::Insufficient {
+                            reason: reason.clone(),
+                            most_recent: None,
+                        };
+                        let at = newest.div_euclid(granularity_ns(rule)) * granularity_ns(rule);
+                        slot.evaluator.apply(
+                            at,
+                            slot.definition.repeat_actions,
+                            &evaluation,
+                            &mut |o| outcomes.push((i, o)),
+                        );
+                        slot.dirty = true;
+                    }
+                    continue;
+                }
+            };
+            let g = granularity_ns(rule);
+            let newest = if close_all {
+                newest.div_euclid(g) * g + g
+            } else {
+                newest
+            };
+            let Some((from, until)) = slot.evaluator.closing(rule, newest) else {
+                continue;
+            };
+            values.clear();
+            metric.values_in(gi, mi, (from.unwrap_or(i64::MIN), until), &mut |t, v| {
+                values.push((t, v))
+            });
+            let enabled = slot.definition.enabled;
+            let constraints = &slot.constraints;
+            diag.counters.alarm_evaluations += slot.evaluator.advance(
+                rule,
+                slot.definition.repeat_actions,
+                until,
+                &mut values.iter().copied(),
+                &|at| enabled && constraints.allows(at),
+                &mut |o| outcomes.push((i, o)),
+            );
+            slot.dirty = true;
+        }
+        for (i, outcome) in outcomes {
+            self.outcome(i, outcome, diag);
+        }
+    }
+
+    /// Records and notifies one outcome of alarm `i`.
+    fn outcome(&mut self, i: usize, o: Outcome, diag: &mut Diag) {
+        let now = now_ns();
+        let definition = self.slots[i].definition.clone();
+        if o.refresh.changed {
+            diag.counters.alarm_transitions += 1;
+            self.slots[i].state_timestamp_ns = now;
+            let detail =
+                json!({"state": o.refresh.state.as_str(), "transition_reason": o.refresh.reason});
+            self.record(&definition, "state transition", detail, now, o.at_ns);
+        }
+        let actions = definition.actions_for(o.refresh.state);
+        if actions.is_empty() {
+            return;
+        }
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let payload = Payload {
+            alarm_name: definition.name.clone(),
+            alarm_id: definition.alarm_id.clone(),
+            severity: definition.severity.as_str().to_owned(),
+            previous: o.previous.as_str().to_owned(),
+            current: o.refresh.state.as_str().to_owned(),
+            reason: o.refresh.reason.clone(),
+            reason_data: o.refresh.reason_data.clone(),
+        };
+        for url in actions {
+            diag.counters.alarm_notifications += 1;
+            notifier.send(Notification {
+                url: url.clone(),
+                payload: payload.clone(),
+            });
+        }
+    }
+
+    fn record(
+        &mut self,
+        definition: &AlarmDefinition,
+        kind: &str,
+        detail: serde_json::Value,
+        now: i64,
+        event_time_ns: i64,
+    ) {
+        self.seq += 1;
+        self.history.push(AlarmHistoryRecord {
+            alarm_id: definition.alarm_id.clone(),
+            event_id: event_id(&definition.alarm_id, self.seq, now),
+            kind: kind.to_owned(),
+            detail: python_json(&detail),
+            severity: definition.severity.as_str().to_owned(),
+            timestamp_ns: now,
+            event_time_ns,
+        });
+    }
+
+    /// Moves what changed into `checkpoint`: the state of every alarm evaluated since the
+    /// last one, history, deletions; and makes the notifications sent so far durable first
+    /// (so a crash after the commit cannot lose one).
+    pub fn checkpoint(&mut self, checkpoint: &mut Checkpoint) -> Result<(), String> {
+        let now = now_ns();
+        for slot in self.slots.iter_mut().filter(|s| s.dirty) {
+            slot.dirty = false;
+            let evaluation = StoredEvaluation {
+                origin: slot.origin,
+                state_timestamp_ns: slot.state_timestamp_ns,
+                evaluator: slot.evaluator.clone(),
+            };
+            checkpoint.alarms.push(AlarmRecord {
+                alarm_id: slot.definition.alarm_id.clone(),
+                definition: Some(slot.definition.to_json().to_string()),
+                evaluation: serde_json::to_string(&evaluation).ok(),
+                updated_ns: now,
+            });
+        }
+        checkpoint.alarms.append(&mut self.deleted);
+        checkpoint.history.append(&mut self.history);
+        match &self.notifier {
+            Some(n) => n.sync(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Slot {
+    fn new(
+        definition: Arc<AlarmDefinition>,
+        origin: Origin,
+        evaluator: Evaluator,
+        dirty: bool,
+    ) -> Slot {
+        Slot {
+            constraints: Constraints::compile(&definition.time_constraints).unwrap_or_default(),
+            definition,
+            origin,
+            evaluator,
+            state_timestamp_ns: 0,
+            resolved: None,
+            dirty,
+        }
+    }
+}
+
+/// The granule and method of `policy` an alarm reads, or Aodh's reason why there is none.
+fn resolve(policy: &ArchivePolicy, alarm: &AlarmDefinition) -> Result<(usize, usize), String> {
+    let Some(rule) = alarm.threshold() else {
+        return Err("not a threshold alarm".into());
+    };
+    let (metric, resource) = match &rule.target {
+        Target::Resource {
+            metric,
+            resource_id,
+            ..
+        } => (metric.as_str(), resource_id.as_str()),
+        _ => ("", ""),
+    };
+    let gi = policy
+        .definition
+        .iter()
+        .position(|d| d.granularity == granularity_ns(rule));
+    let mi = policy
+        .methods
+        .iter()
+        .position(|m| *m == rule.aggregation_method);
+    match (gi, mi) {
+        (Some(gi), Some(mi)) => Ok((gi, mi)),
+        (None, _) => Err(format!("No datapoint for granularity {}", rule.granularity)),
+        (_, None) => Err(format!(
+            "aggregation {} does not exist for metric {metric} of resource {resource}",
+            rule.aggregation_method_name
+        )),
+    }
+}
