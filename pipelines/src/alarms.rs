@@ -353,6 +353,7 @@ impl Alarms {
                     {
                         let evaluation = Evaluation::Insufficient {
                             reason: reason.clone(),
+                            periods: rule.evaluation_periods,
                             most_recent: None,
                         };
                         let at = newest.div_euclid(granularity_ns(rule)) * granularity_ns(rule);

@@ -111,6 +111,8 @@ pub enum Evaluation {
     Insufficient {
         /// Why, in Aodh's words (e.g. `3 datapoints are unknown`).
         reason: String,
+        /// The rule's `evaluation_periods` (Aodh's `count` in `reason_data`).
+        periods: usize,
         /// The newest value, if any.
         most_recent: Option<f64>,
     },
@@ -152,6 +154,7 @@ pub fn evaluate(values: &[f64], periods: usize, op: Comparison, threshold: f64) 
     if values.len() < periods || periods == 0 {
         return Evaluation::Insufficient {
             reason: format!("{periods} datapoints are unknown"),
+            periods,
             most_recent: values.last().copied(),
         };
     }
@@ -214,13 +217,14 @@ pub fn decide(current: AlarmState, repeat: bool, evaluation: &Evaluation) -> Opt
     match evaluation {
         Evaluation::Insufficient {
             reason,
+            periods,
             most_recent,
         } => {
             if current != AlarmState::InsufficientData {
                 let data = json!({
                     "type": "threshold",
                     "disposition": "unknown",
-                    "count": reason_count(reason),
+                    "count": periods,
                     "most_recent": most_recent,
                 });
                 Some(Refresh {
@@ -270,15 +274,6 @@ pub fn decide(current: AlarmState, repeat: bool, evaluation: &Evaluation) -> Opt
             }
         }
     }
-}
-
-/// The datapoint count an insufficient-data reason names (`"3 datapoints are unknown"` → 3).
-fn reason_count(reason: &str) -> Value {
-    reason
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse::<u64>().ok())
-        .map_or(Value::Null, Value::from)
 }
 
 fn refresh(
