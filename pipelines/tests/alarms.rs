@@ -150,9 +150,12 @@ fn golden_alarm_cases_pass_through_the_cli() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// The requests a receiver got: headers and body of each.
+type Requests = Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>>;
+
 /// A webhook receiver on 127.0.0.1: records (headers, body) of every POST, answers 200.
 struct Receiver {
-    got: Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>>,
+    got: Requests,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -163,7 +166,7 @@ impl Receiver {
             .enable_all()
             .build()
             .unwrap();
-        let got: Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>> = Arc::default();
+        let got: Requests = Arc::default();
         let sink = got.clone();
         listener.set_nonblocking(true).unwrap();
         runtime.spawn(async move {
