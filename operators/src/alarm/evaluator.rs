@@ -38,6 +38,10 @@ pub struct Evaluator {
     /// Closed buckets still inside the evaluation window: (bucket start ns, value), oldest
     /// first.
     pub recent: VecDeque<(i64, f64)>,
+    /// The last evaluation saw an empty window: the boundaries after it with empty windows
+    /// too belong to the same gap and are not evaluated again.
+    #[serde(default)]
+    pub gap: bool,
 }
 
 impl Evaluator {
@@ -49,6 +53,7 @@ impl Evaluator {
             reason_data: Value::Null,
             through: None,
             recent: VecDeque::new(),
+            gap: false,
         }
     }
 
@@ -103,7 +108,6 @@ impl Evaluator {
         };
         let mut now = start + g;
         let mut values = Vec::with_capacity(periods + 1);
-        let mut was_empty = false;
         let mut evaluations = 0;
         while now <= until {
             let from = now - span;
@@ -114,15 +118,18 @@ impl Evaluator {
                     .filter(|&&(t, _)| t >= from && t < now)
                     .map(|&(_, v)| v),
             );
-            // Past the data every window is empty and every answer the same: evaluate the
-            // first empty window, then only the last boundary.
+            // In a gap every window is empty and every answer the same: the gap is evaluated
+            // at its first boundary only, then at the first boundary that sees data again.
             let empty = values.is_empty();
-            if empty && was_empty && now < until {
-                now = until;
+            if empty && self.gap {
+                match self.recent.iter().find(|&&(t, _)| t >= now) {
+                    Some(&(t, _)) => now = (t + g).max(now + g),
+                    None => break,
+                }
                 continue;
             }
-            was_empty = empty;
             if allowed(now) {
+                self.gap = empty;
                 evaluations += 1;
                 let evaluation = evaluate(&values, periods, rule.comparison, rule.threshold);
                 self.apply(now, repeat, &evaluation, out);
@@ -250,13 +257,23 @@ mod tests {
         assert_eq!(out, ["insufficient data@1200 1 datapoints are unknown"]);
         let mut e = Evaluator::new(AlarmState::Alarm, "");
         let out = run(&mut e, &r, true, 1500 * S, &[(0, 90.0), (300 * S, 95.0)]);
-        assert_eq!(out.len(), 5, "{out:?}");
+        // The gap from 1200 on is evaluated once, at its first boundary.
+        assert_eq!(out.len(), 4, "{out:?}");
         assert!(out[0].starts_with("alarm@300 Remaining as alarm due to 1 samples outside"));
         assert_eq!(out[3], "insufficient data@1200 1 datapoints are unknown");
+        // Data again after the gap: evaluated from the first boundary that sees it.
+        let out = run(&mut e, &r, true, 1900 * S, &[]);
+        assert!(out.is_empty(), "1800 is not closed yet: {out:?}");
+        let out = run(
+            &mut e,
+            &r,
+            true,
+            2400 * S,
+            &[(1800 * S, 99.0), (2100 * S, 98.0)],
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
         assert!(
-            out[4].starts_with(
-                "insufficient data@1500 Remaining as insufficient data due to 0 samples"
-            ),
+            out[0].starts_with("alarm@2100 Transition to alarm"),
             "{out:?}"
         );
     }
