@@ -107,17 +107,21 @@ impl Evaluator {
             }
         };
         let mut now = start + g;
-        let mut values = Vec::with_capacity(periods + 1);
+        // A window holds at most evaluation_periods + 1 buckets (≤ 101): no allocation.
+        let mut buffer = [0f64; 101];
         let mut evaluations = 0;
         while now <= until {
             let from = now - span;
-            values.clear();
-            values.extend(
-                self.recent
-                    .iter()
-                    .filter(|&&(t, _)| t >= from && t < now)
-                    .map(|&(_, v)| v),
-            );
+            let mut n = 0;
+            for &(_, v) in self.recent.iter().filter(|&&(t, _)| t >= from && t < now) {
+                if n == buffer.len() {
+                    buffer.copy_within(1.., 0);
+                    n -= 1;
+                }
+                buffer[n] = v;
+                n += 1;
+            }
+            let values = &buffer[..n];
             // In a gap every window is empty and every answer the same: the gap is evaluated
             // at its first boundary only, then at the first boundary that sees data again.
             let empty = values.is_empty();
@@ -131,7 +135,7 @@ impl Evaluator {
             if allowed(now) {
                 self.gap = empty;
                 evaluations += 1;
-                let evaluation = evaluate(&values, periods, rule.comparison, rule.threshold);
+                let evaluation = evaluate(values, periods, rule.comparison, rule.threshold);
                 self.apply(now, repeat, &evaluation, out);
             }
             now += g;
