@@ -1,3 +1,6 @@
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 //! Alarm evaluation per core: many threshold alarms, each advanced by one closed bucket per
 //! round (the steady state of a stream: every alarm's metric closes one bucket), so each
 //! element is one Aodh evaluation (window, comparison, transition decision).
