@@ -11,18 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn alarm_cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-alarms");
-    let mut cases: Vec<_> = std::fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 6, "alarm golden cases missing: {cases:?}");
-    cases
-}
-
 /// Payloads grouped by alarm name, in order, without `alarm_id`.
 fn by_alarm(lines: &str) -> BTreeMap<String, Vec<Value>> {
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -58,7 +46,7 @@ fn states(store: &Path) -> BTreeMap<String, String> {
 #[test]
 fn golden_alarm_cases_pass_through_the_cli() {
     let mut failures = Vec::new();
-    for case in alarm_cases() {
+    for case in cases("golden-alarms", 6) {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let expected = by_alarm(&std::fs::read_to_string(case.join("expected.jsonl")).unwrap());
         let want_states: BTreeMap<String, String> = serde_json::from_str(
@@ -72,16 +60,19 @@ fn golden_alarm_cases_pass_through_the_cli() {
                 pipeline_with_output(&case.join("definition.yaml"), dir.path(), &output);
             let store = dir.path().join("data");
             let input = case.join("input.jsonl");
-            let out = meterflow(&[
-                "run",
-                definition.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-                "--store",
-                store.to_str().unwrap(),
-                "--workers",
-                workers,
-            ]);
+            let run = || {
+                meterflow(&[
+                    "run",
+                    definition.to_str().unwrap(),
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--store",
+                    store.to_str().unwrap(),
+                    "--workers",
+                    workers,
+                ])
+            };
+            let out = run();
             if !out.status.success() {
                 failures.push(format!(
                     "{name} ({workers} workers): run failed\n{}",
@@ -128,16 +119,7 @@ fn golden_alarm_cases_pass_through_the_cli() {
                 }
             }
             // Running the same input again changes nothing: no bucket closes twice.
-            let again = meterflow(&[
-                "run",
-                definition.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-                "--store",
-                store.to_str().unwrap(),
-                "--workers",
-                workers,
-            ]);
+            let again = run();
             assert!(again.status.success(), "{}", text(&again));
             let after = by_alarm(&std::fs::read_to_string(&output).unwrap_or_default());
             if after != expected {

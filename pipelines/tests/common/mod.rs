@@ -156,17 +156,24 @@ pub fn pipeline_with_output(pipeline: &Path, dir: &Path, output: &Path) -> PathB
 /// granularity, value]` points.
 pub type GnocchiExpected = BTreeMap<String, BTreeMap<String, Vec<(String, f64, f64)>>>;
 
-/// The Gnocchi reference cases (`tests/golden-gnocchi/*/`), sorted.
-pub fn gnocchi_cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-gnocchi");
+/// The case folders of `tests/<folder>/`, sorted; at least `at_least` of them.
+pub fn cases(folder: &str, at_least: usize) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests")
+        .join(folder);
     let mut cases: Vec<_> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 4, "gnocchi golden cases missing: {cases:?}");
+    assert!(cases.len() >= at_least, "{folder} cases missing: {cases:?}");
     cases
+}
+
+/// The Gnocchi reference cases (`tests/golden-gnocchi/*/`), sorted.
+pub fn gnocchi_cases() -> Vec<PathBuf> {
+    cases("golden-gnocchi", 4)
 }
 
 /// Whether a measure read back matches the expected one: timestamp and granularity equal,
