@@ -68,28 +68,28 @@ impl Payload {
 /// `value` as Python's `json.dumps` writes it with default separators.
 pub fn python_json(value: &Value) -> String {
     struct Python;
+    /// Python's item separator, before every item but the first.
+    fn separator<W: ?Sized + std::io::Write>(w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
     impl serde_json::ser::Formatter for Python {
         fn begin_array_value<W: ?Sized + std::io::Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_key<W: ?Sized + std::io::Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_value<W: ?Sized + std::io::Write>(
             &mut self,
@@ -401,7 +401,7 @@ fn now_iso() -> String {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
-    format!("{}+00:00", meterflow_engine::time::format_iso_naive(micros))
+    meterflow_engine::time::format_iso_utc(micros)
 }
 
 fn record_done(shared: &Shared, seq: u64) {
@@ -484,10 +484,7 @@ async fn deliver(shared: &Arc<Shared>, n: &Notification) -> Result<(), Failure> 
     let (scheme, rest) = n.url.split_once("://").unwrap_or(("", &n.url));
     match scheme {
         "http" | "https" => {
-            let request_id = format!(
-                "req-{}",
-                uuid::Uuid::from_u128(fastrand::u128(..)).hyphenated()
-            );
+            let request_id = format!("req-{}", crate::gnocchi::random_uuid());
             let response = shared
                 .http
                 .post(&n.url)

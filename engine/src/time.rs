@@ -88,6 +88,18 @@ pub fn format_seconds_utc(micros: i64) -> String {
     )
 }
 
+/// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` (fraction
+/// omitted when zero): Python's `isoformat()` of an aware UTC time.
+///
+/// # Examples
+/// ```
+/// use meterflow_engine::time::format_iso_utc;
+/// assert_eq!(format_iso_utc(1_500_000), "1970-01-01T00:00:01.500000+00:00");
+/// ```
+pub fn format_iso_utc(micros: i64) -> String {
+    format!("{}+00:00", format_iso_naive(micros))
+}
+
 /// Formats microseconds since the epoch as Python's naive `isoformat()`:
 /// `YYYY-MM-DDTHH:MM:SS.ffffff` (fraction omitted when zero).
 pub fn format_iso_naive(micros: i64) -> String {

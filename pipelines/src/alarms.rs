@@ -4,12 +4,12 @@
 //! recorded in the store's alarm history, state is checkpointed with the measures, and
 //! notifications go to the [`Notifier`] without waiting for any receiver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meterflow_connectors::gnocchi::resource_key;
 use meterflow_connectors::gnocchi::store::{AlarmHistoryRecord, AlarmRecord, Checkpoint};
+use meterflow_connectors::gnocchi::{random_uuid, resource_key};
 use meterflow_connectors::notify::{python_json, Notification, Notifier, Payload};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::Diag;
@@ -94,14 +94,13 @@ pub fn stored_alarms(records: &BTreeMap<String, AlarmRecord>) -> BTreeMap<String
     out
 }
 
+/// Nanoseconds since the epoch as Aodh writes times.
+fn iso(ns: i64) -> String {
+    meterflow_engine::time::format_iso_utc(ns.div_euclid(1000))
+}
+
 /// An alarm as Aodh's API returns it: the definition with its state fields.
 pub fn alarm_json(alarm: &StoredAlarm) -> serde_json::Value {
-    let iso = |ns: i64| {
-        format!(
-            "{}+00:00",
-            meterflow_engine::time::format_iso_naive(ns.div_euclid(1000))
-        )
-    };
     let e = &alarm.evaluation;
     let mut v = alarm.definition.to_json();
     v["state"] = json!(e.evaluator.state.as_str());
@@ -113,12 +112,6 @@ pub fn alarm_json(alarm: &StoredAlarm) -> serde_json::Value {
 
 /// A history entry as Aodh's API returns it.
 pub fn history_json(h: &AlarmHistoryRecord) -> serde_json::Value {
-    let iso = |ns: i64| {
-        format!(
-            "{}+00:00",
-            meterflow_engine::time::format_iso_naive(ns.div_euclid(1000))
-        )
-    };
     json!({
         "alarm_id": h.alarm_id,
         "event_id": h.event_id,
@@ -168,25 +161,6 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn event_id(alarm_id: &str, seq: u64, at: i64) -> String {
-    uuid_like(&format!("{alarm_id}/{seq}/{at}/{}", fastrand::u64(..)))
-}
-
-fn uuid_like(text: &str) -> String {
-    let mut h = rustc_hash::FxHasher::default();
-    std::hash::Hash::hash(text, &mut h);
-    let a = std::hash::Hasher::finish(&h);
-    let b = fastrand::u64(..);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        0x8000 | (b >> 48) & 0x3fff,
-        b & 0xffff_ffff_ffff
-    )
-}
-
 /// One alarm on its worker.
 struct Slot {
     definition: Arc<AlarmDefinition>,
@@ -209,7 +183,6 @@ pub struct Alarms {
     history: Vec<AlarmHistoryRecord>,
     /// Deletions to record at the next checkpoint.
     deleted: Vec<AlarmRecord>,
-    seq: u64,
 }
 
 impl Alarms {
@@ -242,48 +215,44 @@ impl Alarms {
                         }
                         alarms.record(definition, "rule change", definition.to_json(), now, now);
                     }
-                    Slot::new(definition.clone(), Origin::Definition, evaluator, changed)
+                    let since = s.evaluation.state_timestamp_ns;
+                    Slot::new(
+                        definition.clone(),
+                        Origin::Definition,
+                        evaluator,
+                        since,
+                        changed,
+                    )
                 }
                 None => {
                     alarms.record(definition, "creation", definition.to_json(), now, now);
                     let evaluator = Evaluator::new(definition.state, &definition.state_reason);
-                    Slot::new(definition.clone(), Origin::Definition, evaluator, true)
+                    Slot::new(definition.clone(), Origin::Definition, evaluator, now, true)
                 }
             };
-            let mut slot = slot;
-            if let Some(s) = stored.get(&definition.alarm_id) {
-                slot.state_timestamp_ns = s.evaluation.state_timestamp_ns;
-            } else {
-                slot.state_timestamp_ns = now;
-            }
             alarms.add(slot);
         }
+        let defined: HashSet<&str> = defined.iter().map(|d| d.alarm_id.as_str()).collect();
         for (id, s) in stored {
-            if defined.iter().any(|d| d.alarm_id == *id) || !mine(&s.definition) {
+            if defined.contains(id.as_str()) || !mine(&s.definition) {
                 continue;
             }
-            let keep = s.evaluation.origin == Origin::Api || !declared;
-            match keep {
-                true => {
-                    let mut slot = Slot::new(
-                        Arc::new(s.definition.clone()),
-                        Origin::Api,
-                        s.evaluation.evaluator.clone(),
-                        false,
-                    );
-                    slot.origin = s.evaluation.origin;
-                    slot.state_timestamp_ns = s.evaluation.state_timestamp_ns;
-                    alarms.add(slot);
-                }
-                false => {
-                    alarms.record(&s.definition, "deletion", s.definition.to_json(), now, now);
-                    alarms.deleted.push(AlarmRecord {
-                        alarm_id: id.clone(),
-                        definition: None,
-                        evaluation: None,
-                        updated_ns: now,
-                    });
-                }
+            if s.evaluation.origin == Origin::Api || !declared {
+                alarms.add(Slot::new(
+                    Arc::new(s.definition.clone()),
+                    s.evaluation.origin,
+                    s.evaluation.evaluator.clone(),
+                    s.evaluation.state_timestamp_ns,
+                    false,
+                ));
+            } else {
+                alarms.record(&s.definition, "deletion", s.definition.to_json(), now, now);
+                alarms.deleted.push(AlarmRecord {
+                    alarm_id: id.clone(),
+                    definition: None,
+                    evaluation: None,
+                    updated_ns: now,
+                });
             }
         }
         alarms
@@ -313,11 +282,6 @@ impl Alarms {
         self.slots.is_empty()
     }
 
-    /// Whether some alarm reads metric (`resource`, `name`).
-    pub fn watches(&self, resource: Sym, name: Sym) -> bool {
-        self.watches.contains_key(&(resource, name))
-    }
-
     /// Evaluates the alarms on metric (`resource`, `name`) after a batch: every bucket
     /// boundary the batch closed. With `close_all`, the newest bucket closes too (the end of
     /// a bounded input).
@@ -328,6 +292,9 @@ impl Alarms {
         close_all: bool,
         diag: &mut Diag,
     ) {
+        if self.watches.is_empty() {
+            return;
+        }
         let Some(slots) = self.watches.get(&(resource, name)) else {
             return;
         };
@@ -442,10 +409,9 @@ impl Alarms {
         now: i64,
         event_time_ns: i64,
     ) {
-        self.seq += 1;
         self.history.push(AlarmHistoryRecord {
             alarm_id: definition.alarm_id.clone(),
-            event_id: event_id(&definition.alarm_id, self.seq, now),
+            event_id: random_uuid(),
             kind: kind.to_owned(),
             detail: python_json(&detail),
             severity: definition.severity.as_str().to_owned(),
@@ -487,6 +453,7 @@ impl Slot {
         definition: Arc<AlarmDefinition>,
         origin: Origin,
         evaluator: Evaluator,
+        state_timestamp_ns: i64,
         dirty: bool,
     ) -> Slot {
         Slot {
@@ -494,7 +461,7 @@ impl Slot {
             definition,
             origin,
             evaluator,
-            state_timestamp_ns: 0,
+            state_timestamp_ns,
             resolved: None,
             dirty,
         }

@@ -961,7 +961,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     if let Some(server) = server {
         server.shutdown();
     }
-    worker_notifier_guard(notifier);
+    shut_down_notifier(notifier);
     let notifier = notifier_stats.map(|s| NotifierTotals {
         sent: s.sent.load(Ordering::Relaxed),
         delivered: s.delivered.load(Ordering::Relaxed),
@@ -986,7 +986,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
 
 /// Shuts the notifier down once the workers let go of it, waiting [`NOTIFY_GRACE`] for its
 /// queues to drain.
-fn worker_notifier_guard(notifier: Option<Arc<Notifier>>) {
+fn shut_down_notifier(notifier: Option<Arc<Notifier>>) {
     if let Some(notifier) = notifier {
         match Arc::try_unwrap(notifier) {
             Ok(notifier) => notifier.shutdown(NOTIFY_GRACE),

@@ -220,11 +220,9 @@ impl Aggregator {
             metrics, alarms, ..
         } = self;
         for (&key, entry) in metrics.iter() {
-            if alarms.watches(key.0, key.1) {
-                alarms.on_metric(key, &entry.metric, true, diag);
-                self.changed = true;
-            }
+            alarms.on_metric(key, &entry.metric, true, diag);
         }
+        self.changed |= !alarms.is_empty();
     }
 
     /// Also checkpoints whenever [`Aggregator::checkpoint_if_due`] finds `interval` passed
@@ -402,10 +400,8 @@ impl Aggregator {
                 });
             }
             entry.dirty = true;
-            if self.alarms.watches(m.resource_key, m.name) {
-                let key = (m.resource_key, m.name);
-                self.alarms.on_metric(key, &entry.metric, false, diag);
-            }
+            let key = (m.resource_key, m.name);
+            self.alarms.on_metric(key, &entry.metric, false, diag);
             let (resource, name, methods) = (m.resource_key, m.name, &entry.policy.methods);
             let definition = &entry.policy.policy.definition;
             let rows = &mut self.checkpoint.aggregates;

@@ -88,6 +88,20 @@ pub fn alarm_uuid(name: &str) -> String {
     uuid::Uuid::new_v5(&ALARM_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
+/// A random (version 4) UUID, hyphenated: request ids, history event ids.
+///
+/// # Examples
+/// ```
+/// let id = meterflow_connectors::gnocchi::random_uuid();
+/// assert_eq!((id.len(), &id[14..15]), (36, "4"));
+/// ```
+pub fn random_uuid() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
 /// The resource id Gnocchi keys a resource by: Ceilometer replaces `/` by `_`.
 ///
 /// # Examples
