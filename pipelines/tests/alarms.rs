@@ -60,18 +60,7 @@ fn golden_alarm_cases_pass_through_the_cli() {
                 pipeline_with_output(&case.join("definition.yaml"), dir.path(), &output);
             let store = dir.path().join("data");
             let input = case.join("input.jsonl");
-            let run = || {
-                meterflow(&[
-                    "run",
-                    definition.to_str().unwrap(),
-                    "--input",
-                    input.to_str().unwrap(),
-                    "--store",
-                    store.to_str().unwrap(),
-                    "--workers",
-                    workers,
-                ])
-            };
+            let run = || run_into_store(&definition, &input, &store, &["--workers", workers]);
             let out = run();
             if !out.status.success() {
                 failures.push(format!(
@@ -241,15 +230,12 @@ fn webhooks_get_aodh_payloads_and_a_dead_receiver_is_retried_then_dead_lettered(
     std::fs::write(&definition, rewritten).unwrap();
     let store = dir.path().join("data");
     let started = Instant::now();
-    let out = meterflow(&[
-        "run",
-        definition.to_str().unwrap(),
-        "--input",
-        worked_example_input().to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-        "--summary-json",
-    ]);
+    let out = run_into_store(
+        &definition,
+        &worked_example_input(),
+        &store,
+        &["--summary-json"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["alarms"]["transitions"], 2, "{summary}");
@@ -343,14 +329,7 @@ fn notifications_survive_a_sigkill_and_are_sent_at_the_next_start() {
     let receiver = Receiver::start(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    let out = meterflow(&[
-        "run",
-        definition.to_str().unwrap(),
-        "--input",
-        empty.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-    ]);
+    let out = run_into_store(&definition, &empty, &store, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let mut bodies = receiver.bodies();
     for b in &mut bodies {

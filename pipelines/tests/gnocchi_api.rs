@@ -154,16 +154,9 @@ impl Drop for Engine {
 }
 
 fn definition(dir: &Path, policy: &Value) -> PathBuf {
-    let name = policy["name"].as_str().unwrap();
-    let definition = json!({
-        "archive_policies": [policy],
-        "archive_policy_rules": [{"name": "loads", "metric_pattern": "load*", "archive_policy_name": "medium"}],
-        "sources": [{"name": "all", "meters": ["*"], "sinks": ["store"]}],
-        "sinks": [{"name": "store", "publishers": [format!("gnocchi://?archive_policy={name}")]}],
-    });
-    let path = dir.join("pipeline.yaml");
-    std::fs::write(&path, definition.to_string()).unwrap();
-    path
+    let loads =
+        json!({"name": "loads", "metric_pattern": "load*", "archive_policy_name": "medium"});
+    store_definition(dir, policy, &[loads])
 }
 
 fn token_file(dir: &Path) -> PathBuf {

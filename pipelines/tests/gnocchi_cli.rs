@@ -13,15 +13,7 @@ use common::*;
 fn pipeline_for(policy: &Path, dir: &Path) -> PathBuf {
     let policy: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(policy).unwrap()).unwrap();
-    let name = policy["name"].as_str().unwrap().to_owned();
-    let definition = serde_json::json!({
-        "archive_policies": [policy],
-        "sources": [{"name": "all", "meters": ["*"], "sinks": ["store"]}],
-        "sinks": [{"name": "store", "publishers": [format!("gnocchi://?archive_policy={name}")]}],
-    });
-    let path = dir.join("pipeline.yaml");
-    std::fs::write(&path, definition.to_string()).unwrap();
-    path
+    store_definition(dir, &policy, &[])
 }
 
 fn resource_of(input: &Path) -> String {
@@ -34,32 +26,13 @@ fn resource_of(input: &Path) -> String {
 }
 
 fn run(pipeline: &Path, input: &Path, store: &Path, workers: &str) {
-    let out = meterflow(&[
-        "run",
-        pipeline.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-        "--workers",
-        workers,
-    ]);
+    let out = run_into_store(pipeline, input, store, &["--workers", workers]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
 /// `meterflow run PIPELINE --input INPUT --store STORE` must fail with `needle` in its stderr.
 fn run_fails_with(pipeline: &Path, input: &Path, store: &Path, needle: &str) {
-    assert_fails_with(
-        &[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-        ],
-        needle,
-    );
+    assert_failed_with(&run_into_store(pipeline, input, store, &[]), needle);
 }
 
 fn measures(
@@ -271,15 +244,7 @@ fn bad_measures_and_bad_stores_fail_clearly() {
     ];
     std::fs::write(&input, lines.join("\n")).unwrap();
     let store = dir.path().join("store");
-    let out = meterflow(&[
-        "run",
-        pipeline.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-        "--summary-json",
-    ]);
+    let out = run_into_store(&pipeline, &input, &store, &["--summary-json"]);
     assert!(out.status.success(), "{}", text(&out));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["dropped"]["invalid_measure"], 2, "{summary}");

@@ -21,14 +21,53 @@ pub fn meterflow(args: &[&str]) -> Output {
         .expect("the meterflow binary runs")
 }
 
+/// `meterflow run DEFINITION --input INPUT --store STORE`, then `extra`, run.
+pub fn run_into_store(definition: &Path, input: &Path, store: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        definition.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    meterflow(&args)
+}
+
+/// A definition storing every meter through one `gnocchi://` publisher under `policy` (Gnocchi's
+/// JSON form), with `rules` as its archive_policy_rules, written into `dir`.
+pub fn store_definition(
+    dir: &Path,
+    policy: &serde_json::Value,
+    rules: &[serde_json::Value],
+) -> PathBuf {
+    let name = policy["name"].as_str().unwrap();
+    let mut definition = serde_json::json!({
+        "archive_policies": [policy],
+        "sources": [{"name": "all", "meters": ["*"], "sinks": ["store"]}],
+        "sinks": [{"name": "store", "publishers": [format!("gnocchi://?archive_policy={name}")]}],
+    });
+    if !rules.is_empty() {
+        definition["archive_policy_rules"] = serde_json::json!(rules);
+    }
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, definition.to_string()).unwrap();
+    path
+}
+
 /// Runs the binary and asserts it fails with `needle` in its stderr.
 pub fn assert_fails_with(args: &[&str], needle: &str) {
-    let out = meterflow(args);
-    assert!(!out.status.success(), "expected failure: {}", text(&out));
+    assert_failed_with(&meterflow(args), needle);
+}
+
+/// Asserts that a run failed with `needle` in its stderr.
+pub fn assert_failed_with(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure: {}", text(out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(needle),
         "expected {needle:?} in stderr: {}",
-        text(&out)
+        text(out)
     );
 }
 
