@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meterflow_connectors::gnocchi::store::{AlarmHistoryRecord, AlarmRecord, Checkpoint};
+use meterflow_connectors::gnocchi::store::{
+    AlarmHistoryRecord, AlarmRecord, Checkpoint, StoredPoint,
+};
 use meterflow_connectors::gnocchi::{random_uuid, resource_key};
 use meterflow_connectors::notify::{python_json, Notification, Notifier, Payload};
 use meterflow_engine::intern::Sym;
@@ -161,6 +163,44 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// A change to one alarm made through the API, on its way to the worker that owns the
+/// alarm's metric (the API checked it and worked out its history entry).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlarmEdit {
+    /// The worker route: the route of the metric the alarm reads.
+    pub route: u64,
+    /// The alarm.
+    pub alarm_id: String,
+    /// What changes.
+    pub change: AlarmChange,
+    /// The history entry to record with it: (type, detail).
+    pub history: Option<(String, serde_json::Value)>,
+}
+
+/// What an [`AlarmEdit`] does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AlarmChange {
+    /// Create the alarm or replace its definition. A new alarm starts from `carried` (an
+    /// alarm moving here from another worker) or afresh, reading the closed buckets already
+    /// held so that its first evaluation, at the next closed bucket, sees a full window. A
+    /// replaced one keeps its state unless `set_state` (the body gave one), and starts its
+    /// window anew when the rule changed.
+    Put {
+        /// The definition.
+        definition: Arc<AlarmDefinition>,
+        /// Where it came from.
+        origin: Origin,
+        /// The evaluation it brings along, if it moves here from another worker.
+        carried: Option<Box<StoredEvaluation>>,
+        /// Take the definition's `state` and `state_reason` as the alarm's state.
+        set_state: bool,
+    },
+    /// Delete the alarm (or move it away from this worker, with no history entry).
+    Remove,
+    /// Set the state, as Aodh's `PUT /v2/alarms/ID/state` does (nothing is notified).
+    State(AlarmState),
+}
+
 /// One alarm on its worker.
 struct Slot {
     definition: Arc<AlarmDefinition>,
@@ -183,6 +223,8 @@ pub struct Alarms {
     history: Vec<AlarmHistoryRecord>,
     /// Deletions to record at the next checkpoint.
     deleted: Vec<AlarmRecord>,
+    /// Slot index by alarm id.
+    by_id: FxHashMap<String, usize>,
 }
 
 impl Alarms {
@@ -258,18 +300,192 @@ impl Alarms {
         alarms
     }
 
-    fn add(&mut self, slot: Slot) {
+    fn add(&mut self, slot: Slot) -> usize {
         let index = self.slots.len();
-        if let Some(Target::Resource {
-            metric,
-            resource_id,
-            ..
-        }) = slot.definition.threshold().map(|t| &t.target)
-        {
-            let key = (Sym::new(&resource_key(resource_id)), Sym::new(metric));
+        if let Some(key) = watch_key(&slot.definition) {
             self.watches.entry(key).or_default().push(index);
         }
+        self.by_id.insert(slot.definition.alarm_id.clone(), index);
         self.slots.push(slot);
+        index
+    }
+
+    /// Takes slot `i` out; the last slot moves into its place.
+    fn take(&mut self, i: usize) -> Slot {
+        let unwatch = |watches: &mut FxHashMap<(Sym, Sym), Vec<usize>>, slot: &Slot, i: usize| {
+            if let Some(key) = watch_key(&slot.definition) {
+                if let Some(list) = watches.get_mut(&key) {
+                    list.retain(|&j| j != i);
+                    if list.is_empty() {
+                        watches.remove(&key);
+                    }
+                }
+            }
+        };
+        unwatch(&mut self.watches, &self.slots[i], i);
+        let last = self.slots.len() - 1;
+        if last != i {
+            let moved = &self.slots[last];
+            if let Some(list) = watch_key(&moved.definition).and_then(|k| self.watches.get_mut(&k))
+            {
+                for j in list.iter_mut().filter(|j| **j == last) {
+                    *j = i;
+                }
+            }
+            self.by_id.insert(moved.definition.alarm_id.clone(), i);
+        }
+        let slot = self.slots.swap_remove(i);
+        self.by_id.remove(&slot.definition.alarm_id);
+        slot
+    }
+
+    /// Applies a change made through the API. Returns the slot of an alarm whose window
+    /// starts anew (to [`Alarms::prime`] with its metric, if held).
+    pub fn apply(&mut self, edit: AlarmEdit) -> Option<usize> {
+        let now = now_ns();
+        let AlarmEdit {
+            alarm_id,
+            change,
+            history,
+            ..
+        } = edit;
+        let existing = self.by_id.get(&alarm_id).copied();
+        let (mut fresh, mut prime) = (false, None);
+        let definition = match change {
+            AlarmChange::Put {
+                definition,
+                origin,
+                carried,
+                set_state,
+            } => {
+                match existing {
+                    Some(i) => {
+                        let mut slot = self.take(i);
+                        if slot.definition.rule_json != definition.rule_json {
+                            slot.evaluator.through = None;
+                            slot.evaluator.recent.clear();
+                            slot.evaluator.gap = false;
+                            slot.resolved = None;
+                            fresh = true;
+                        }
+                        if set_state && slot.evaluator.state != definition.state {
+                            slot.evaluator.state = definition.state;
+                            slot.evaluator.state_reason = definition.state_reason.clone();
+                            slot.state_timestamp_ns = now;
+                        }
+                        let evaluator = slot.evaluator;
+                        let since = slot.state_timestamp_ns;
+                        let i = self.add(Slot::new(
+                            definition.clone(),
+                            origin,
+                            evaluator,
+                            since,
+                            true,
+                        ));
+                        prime = fresh.then_some(i);
+                    }
+                    None => {
+                        let (evaluator, since) = match carried {
+                            Some(c) => (c.evaluator, c.state_timestamp_ns),
+                            None => {
+                                fresh = true;
+                                let e = Evaluator::new(definition.state, &definition.state_reason);
+                                (e, now)
+                            }
+                        };
+                        let i = self.add(Slot::new(
+                            definition.clone(),
+                            origin,
+                            evaluator,
+                            since,
+                            true,
+                        ));
+                        prime = fresh.then_some(i);
+                    }
+                }
+                definition
+            }
+            AlarmChange::Remove => {
+                let i = existing?;
+                let slot = self.take(i);
+                if history.is_some() {
+                    self.deleted.push(AlarmRecord {
+                        alarm_id: alarm_id.clone(),
+                        definition: None,
+                        evaluation: None,
+                        updated_ns: now,
+                    });
+                }
+                slot.definition
+            }
+            AlarmChange::State(state) => {
+                let slot = &mut self.slots[existing?];
+                if slot.evaluator.state != state {
+                    slot.state_timestamp_ns = now;
+                }
+                slot.evaluator.state = state;
+                slot.evaluator.state_reason = MANUAL_REASON.into();
+                slot.dirty = true;
+                slot.definition.clone()
+            }
+        };
+        if let Some((kind, detail)) = history {
+            self.record(&definition, &kind, detail, now, now);
+        }
+        prime
+    }
+
+    /// The metric alarm `i` reads.
+    pub fn watched(&self, i: usize) -> Option<(Sym, Sym)> {
+        watch_key(&self.slots.get(i)?.definition)
+    }
+
+    /// Reads the closed buckets of alarm `i`'s window — those `metric` holds, and before them
+    /// the `stored` ones (final buckets already written, in the store's order) — without
+    /// evaluating them: the alarm's first evaluation comes at the next closed bucket, over a
+    /// full window (as Aodh's next poll would read Gnocchi).
+    pub fn prime(&mut self, i: usize, metric: &Metric, stored: &[StoredPoint]) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Some(rule) = slot.definition.threshold() else {
+            return;
+        };
+        let Ok((gi, mi)) = *slot
+            .resolved
+            .get_or_insert_with(|| resolve(metric.policy(), &slot.definition))
+        else {
+            return;
+        };
+        let Some(newest) = metric.newest() else {
+            return;
+        };
+        let Some((from, until)) = slot.evaluator.closing(rule, newest) else {
+            return;
+        };
+        let g = granularity_ns(rule);
+        let from = from
+            .unwrap_or(i64::MIN)
+            .max(until - g * (rule.evaluation_periods as i64 + 1));
+        let method = metric.policy().methods[mi].to_string();
+        let mut values: Vec<(i64, f64)> = stored
+            .iter()
+            .filter(|p| p.aggregation.as_deref() == Some(method.as_str()) && p.granularity_ns == g)
+            .filter(|p| p.timestamp_ns >= from && p.timestamp_ns < until)
+            .map(|p| (p.timestamp_ns, p.value))
+            .collect();
+        let held_from = values.last().map_or(from, |&(t, _)| t + 1);
+        metric.values_in(gi, mi, (held_from, until), &mut |t, v| values.push((t, v)));
+        // Evaluations start at the boundary after the oldest bucket: start at `until`.
+        slot.evaluator.through = Some(until - g);
+        slot.evaluator.advance(
+            rule,
+            false,
+            until,
+            &mut values.into_iter(),
+            &|_| false,
+            &mut |_| {},
+        );
     }
 
     /// How many alarms this worker holds.
@@ -468,6 +684,21 @@ impl Slot {
     }
 }
 
+/// The reason Aodh's API gives an alarm whose state was set by hand.
+pub const MANUAL_REASON: &str = "Manually set via API";
+
+/// The metric (resource key, name) an alarm reads, for the alarms that read one.
+fn watch_key(alarm: &AlarmDefinition) -> Option<(Sym, Sym)> {
+    match &alarm.threshold()?.target {
+        Target::Resource {
+            metric,
+            resource_id,
+            ..
+        } => Some((Sym::new(&resource_key(resource_id)), Sym::new(metric))),
+        _ => None,
+    }
+}
+
 /// The granule and method of `policy` an alarm reads, or Aodh's reason why there is none.
 fn resolve(policy: &ArchivePolicy, alarm: &AlarmDefinition) -> Result<(usize, usize), String> {
     let Some(rule) = alarm.threshold() else {
@@ -496,5 +727,96 @@ fn resolve(policy: &ArchivePolicy, alarm: &AlarmDefinition) -> Result<(usize, us
             "aggregation {} does not exist for metric {metric} of resource {resource}",
             rule.aggregation_method_name
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition(name: &str, resource: &str) -> Arc<AlarmDefinition> {
+        let json = json!({
+            "name": name,
+            "type": "gnocchi_resources_threshold",
+            "gnocchi_resources_threshold_rule": {
+                "metric": "cpu", "resource_id": resource, "resource_type": "generic",
+                "threshold": 1, "aggregation_method": "mean", "granularity": 60,
+            },
+        });
+        Arc::new(AlarmDefinition::from_json(&json, |n| format!("id-{n}")).unwrap())
+    }
+
+    fn put(alarms: &mut Alarms, d: &Arc<AlarmDefinition>) {
+        alarms.apply(AlarmEdit {
+            route: 0,
+            alarm_id: d.alarm_id.clone(),
+            change: AlarmChange::Put {
+                definition: d.clone(),
+                origin: Origin::Api,
+                carried: None,
+                set_state: true,
+            },
+            history: Some(("creation".into(), json!({}))),
+        });
+    }
+
+    /// Every watch points at a slot reading that metric, and every slot is watched once.
+    fn consistent(alarms: &Alarms) {
+        let mut seen = 0;
+        for (key, list) in &alarms.watches {
+            for &i in list {
+                assert_eq!(watch_key(&alarms.slots[i].definition), Some(*key));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, alarms.slots.len());
+        for (id, &i) in &alarms.by_id {
+            assert_eq!(&alarms.slots[i].definition.alarm_id, id);
+        }
+        assert_eq!(alarms.by_id.len(), alarms.slots.len());
+    }
+
+    #[test]
+    fn edits_keep_the_index_of_alarms_by_metric_and_id() {
+        let mut alarms = Alarms::default();
+        let defs: Vec<_> = [("a", "r1"), ("b", "r2"), ("c", "r1"), ("d", "r3")]
+            .iter()
+            .map(|(n, r)| definition(n, r))
+            .collect();
+        for d in &defs {
+            put(&mut alarms, d);
+        }
+        consistent(&alarms);
+        let remove = |alarms: &mut Alarms, id: &str| {
+            alarms.apply(AlarmEdit {
+                route: 0,
+                alarm_id: id.into(),
+                change: AlarmChange::Remove,
+                history: Some(("deletion".into(), json!({}))),
+            });
+        };
+        remove(&mut alarms, "id-a");
+        consistent(&alarms);
+        assert_eq!(alarms.len(), 3);
+        // Replaced with another metric: watched under the new one only.
+        put(&mut alarms, &definition("c", "r9"));
+        consistent(&alarms);
+        let r9 = (Sym::new(&resource_key("r9")), Sym::new("cpu"));
+        assert_eq!(alarms.watches[&r9].len(), 1);
+        remove(&mut alarms, "id-d");
+        remove(&mut alarms, "id-nope");
+        consistent(&alarms);
+        assert_eq!(alarms.deleted.len(), 2);
+        assert_eq!(alarms.history.len(), 4 + 1 + 2);
+        // Set by hand: the state and Aodh's reason, no outcome.
+        alarms.apply(AlarmEdit {
+            route: 0,
+            alarm_id: "id-b".into(),
+            change: AlarmChange::State(AlarmState::Alarm),
+            history: None,
+        });
+        let b = &alarms.slots[alarms.by_id["id-b"]];
+        assert_eq!(b.evaluator.state, AlarmState::Alarm);
+        assert_eq!(b.evaluator.state_reason, MANUAL_REASON);
     }
 }

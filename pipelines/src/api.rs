@@ -7,9 +7,14 @@
 //!                        channel to worker 0, which feeds them into the Aggregate operator as
 //!                        one epoch; 202 once that epoch's checkpoint is committed
 //! ```
+//! Aodh's v2 alarm API (`/v2/alarms`, see [`alarms`]) works the same way: changes go to the
+//! workers as one epoch and are answered once committed.
+//!
 //! Reads see what the store has committed; an accepted POST is committed before it is
 //! answered, so a read after a 202 sees it (Gnocchi's `refresh=true` holds without asking).
 //! Errors have Gnocchi's shape: `{"code": 404, "title": "Not Found", "description": ...}`.
+
+mod alarms;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -26,6 +31,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_connectors::gnocchi::store::{MetricRecord, Store};
 use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
+use meterflow_connectors::notify::NotifierStats;
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, DropReason};
 use meterflow_engine::partition::route;
@@ -33,6 +39,7 @@ use meterflow_operators::aggregate::parse_timespan;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::alarms::AlarmEdit;
 use crate::plan::Plan;
 use crate::query::{self, MeasuresQuery, QueryError};
 use crate::storage::Measure;
@@ -93,6 +100,7 @@ pub struct Live {
     failure: Mutex<Option<String>>,
     stopping: AtomicBool,
     started: Instant,
+    notifier: Mutex<Option<Arc<NotifierStats>>>,
 }
 
 impl Live {
@@ -106,7 +114,21 @@ impl Live {
             failure: Mutex::new(None),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
+            notifier: Mutex::new(None),
         }
+    }
+
+    /// Shares the alarm notifier's counters (for `/metrics`).
+    pub fn set_notifier(&self, stats: Arc<NotifierStats>) {
+        *self.notifier.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+    }
+
+    /// The alarm notifier's counters, if alarms run.
+    pub fn notifier(&self) -> Option<Arc<NotifierStats>> {
+        self.notifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Worker `index` reports its counters.
@@ -162,6 +184,25 @@ pub struct IngestRequest {
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
+/// Alarm changes made through the API (`/v2/alarms`), on their way to the dataflow; `reply`
+/// is answered once they are committed to the store (or cannot be).
+#[derive(Debug)]
+pub struct AlarmRequest {
+    /// The changes, each routed to the worker that owns its alarm.
+    pub edits: Vec<AlarmEdit>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the API hands the dataflow: measures and alarm changes.
+#[derive(Debug)]
+pub struct Requests {
+    /// POSTed measures.
+    pub measures: mpsc::Receiver<IngestRequest>,
+    /// Alarm changes.
+    pub alarms: mpsc::Receiver<AlarmRequest>,
+}
+
 /// The index the API's measures use as their "sink" (they come from no sink).
 pub const API_SINK: u16 = u16::MAX;
 
@@ -173,15 +214,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `options.addr` and starts serving on a thread of its own; POSTed measures arrive
-    /// on the returned receiver. SIGINT and SIGTERM call [`Live::stop`].
+    /// Binds `options.addr` and starts serving on a thread of its own; POSTed measures and
+    /// alarm changes arrive on the returned receivers. SIGINT and SIGTERM call [`Live::stop`].
     pub fn start(
         options: &ListenOptions,
         store: Arc<Store>,
         plan: Arc<Plan>,
         live: Arc<Live>,
         api_publisher: u16,
-    ) -> anyhow::Result<(Server, mpsc::Receiver<IngestRequest>)> {
+    ) -> anyhow::Result<(Server, Requests)> {
         let addr = listen_addr(&options.addr)?;
         let listener = TcpListener::bind(addr).with_context(|| {
             format!("cannot listen on {addr}; is another server using the port? pick another with --listen")
@@ -189,11 +230,14 @@ impl Server {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
+        let (alarm_tx, alarm_rx) = mpsc::channel(64);
         let state = Arc::new(ApiState {
             store,
             plan,
             live: live.clone(),
             ingest: tx,
+            alarms: alarm_tx,
+            alarm_writes: tokio::sync::Mutex::new(()),
             token: options.token.clone(),
             api_publisher,
         });
@@ -234,7 +278,10 @@ impl Server {
                 stop: Some(stop),
                 thread: Some(thread),
             },
-            rx,
+            Requests {
+                measures: rx,
+                alarms: alarm_rx,
+            },
         ))
     }
 
@@ -284,6 +331,9 @@ struct ApiState {
     plan: Arc<Plan>,
     live: Arc<Live>,
     ingest: mpsc::Sender<IngestRequest>,
+    alarms: mpsc::Sender<AlarmRequest>,
+    /// Alarm changes are made one at a time (names stay unique, a PUT sees the last one).
+    alarm_writes: tokio::sync::Mutex<()>,
     token: Option<String>,
     api_publisher: u16,
 }
@@ -317,6 +367,7 @@ fn router(state: Arc<ApiState>) -> Router {
             axum::routing::post(post_batch_metrics),
         )
         .route("/metrics", get(prometheus))
+        .merge(alarms::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -383,7 +434,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!(
-        "The resource could not be found: {} {} is not part of meterflow's Gnocchi API (see the README for the routes served)",
+        "The resource could not be found: {} {} is not part of meterflow's API (Gnocchi's v1 and Aodh's v2 alarms; see the README for the routes served)",
         request.method(),
         request.uri().path()
     ))
@@ -1094,6 +1145,51 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
         "Bucket values written to the store.",
         &one(c.buckets_written),
     );
+    metric(
+        "meterflow_alarms",
+        "gauge",
+        "Alarms evaluated, as of the last checkpoint.",
+        &one(c.alarms),
+    );
+    metric(
+        "meterflow_alarm_evaluations_total",
+        "counter",
+        "Alarm evaluations (one per alarm and closed bucket).",
+        &one(c.alarm_evaluations),
+    );
+    metric(
+        "meterflow_alarm_transitions_total",
+        "counter",
+        "Alarm state transitions.",
+        &one(c.alarm_transitions),
+    );
+    metric(
+        "meterflow_alarm_notifications_total",
+        "counter",
+        "Alarm notifications handed to the notifiers (one per action).",
+        &one(c.alarm_notifications),
+    );
+    if let Some(stats) = live.notifier() {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        metric(
+            "meterflow_notifications_delivered_total",
+            "counter",
+            "Alarm notifications their receiver took.",
+            &one(load(&stats.delivered)),
+        );
+        metric(
+            "meterflow_notification_retries_total",
+            "counter",
+            "Alarm notification attempts retried.",
+            &one(load(&stats.retries)),
+        );
+        metric(
+            "meterflow_notifications_dead_lettered_total",
+            "counter",
+            "Alarm notifications given up on (written to the notifier's dead-letter file).",
+            &one(load(&stats.dead_lettered)),
+        );
+    }
     metric(
         "meterflow_open_metrics",
         "gauge",

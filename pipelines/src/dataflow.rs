@@ -42,8 +42,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
+use crate::alarms::AlarmEdit;
 use crate::alarms::{stored_alarms, Alarms};
-use crate::api::{IngestRequest, ListenOptions, Live, Server};
+use crate::api::{ListenOptions, Live, Requests, Server};
 use crate::plan::Plan;
 use crate::storage::{load_shares, open_store, Aggregator, Measure, Share};
 
@@ -592,6 +593,16 @@ impl<T> EpochStash<T> {
         held.1.extend(items);
     }
 
+    /// The oldest epoch held.
+    fn oldest(&self) -> Option<u64> {
+        self.epochs.keys().next().copied()
+    }
+
+    /// Epoch `time`'s items, with their capability, if any are held.
+    fn take(&mut self, time: u64) -> Option<(Capability<u64>, Vec<T>)> {
+        self.epochs.remove(&time)
+    }
+
     /// The oldest epoch the input frontier has passed, with its capability.
     fn next_ready(
         &mut self,
@@ -603,6 +614,18 @@ impl<T> EpochStash<T> {
         }
         Some(entry.remove())
     }
+}
+
+/// The oldest of the `held` epochs, if every input's frontier has passed it.
+fn ready(
+    frontiers: &[&timely::progress::frontier::MutableAntichain<u64>],
+    held: [Option<u64>; 2],
+) -> Option<u64> {
+    let oldest = held.into_iter().flatten().min()?;
+    frontiers
+        .iter()
+        .all(|f| !f.less_equal(&oldest))
+        .then_some(oldest)
 }
 
 /// Calls `attempt` until it succeeds, fails with an error `retryable` rejects, or `limit` has
@@ -679,14 +702,17 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         Some((store, _)) => Arc::new(stored_alarms(&store.alarms()?)),
         None => Arc::default(),
     };
+    // Listening, alarms may be created through the API at any time.
     let notifier = match &store {
-        Some((store, _)) if !plan.alarms.is_empty() || !stored_alarms.is_empty() => Some(Arc::new(
-            Notifier::start(NotifierOptions {
-                dir: Some(store.dir().join("notifier")),
-                ..NotifierOptions::default()
-            })
-            .map_err(anyhow::Error::msg)?,
-        )),
+        Some((store, _)) if !plan.alarms.is_empty() || !stored_alarms.is_empty() || listening => {
+            Some(Arc::new(
+                Notifier::start(NotifierOptions {
+                    dir: Some(store.dir().join("notifier")),
+                    ..NotifierOptions::default()
+                })
+                .map_err(anyhow::Error::msg)?,
+            ))
+        }
         _ => None,
     };
     let notifier_stats = notifier.as_ref().map(|n| n.stats());
@@ -728,10 +754,13 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let readers = Arc::new(Mutex::new(Some(readers)));
     let progress = options.progress;
     let live = Arc::new(Live::new(workers, names.to_vec(), sink_names.clone()));
+    if let Some(stats) = &notifier_stats {
+        live.set_notifier(stats.clone());
+    }
     let mut server = None;
     let mut api_requests = None;
     if let (Some(listen), Some((store, _))) = (&options.listen, &store) {
-        let (s, rx) = Server::start(
+        let (s, requests) = Server::start(
             listen,
             store.clone(),
             plan.clone(),
@@ -743,7 +772,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             s.addr()
         );
         server = Some(s);
-        api_requests = Some(rx);
+        api_requests = Some(requests);
     }
     let api_requests = Arc::new(Mutex::new(api_requests));
     let worker_live = live.clone();
@@ -756,6 +785,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         let diag = Rc::new(RefCell::new(Diag::with_sinks(sink_count)));
         let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Chunk>>>::new();
         let mut api_input = InputHandle::<u64, CapacityContainerBuilder<Vec<Measure>>>::new();
+        let mut alarm_input = InputHandle::<u64, CapacityContainerBuilder<Vec<AlarmEdit>>>::new();
         let probe = ProbeHandle::new();
         let plan = plan.clone();
         let factories = factories.clone();
@@ -850,38 +880,57 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     let live = aggregate_live;
                     measures
                         .concat(api_input.to_stream(scope))
-                        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+                            alarm_input.to_stream(scope),
                             Exchange::new(|m: &Measure| m.route),
+                            Exchange::new(|e: &AlarmEdit| e.route),
                             "Aggregate",
                             move |default, _| {
                                 // Held until the store has the last epoch: the probe passing
                                 // the end means every checkpoint is committed.
                                 let mut last = Some(default);
                                 let mut stash = EpochStash::default();
-                                move |(input, frontier), _output| {
+                                let mut edits = EpochStash::default();
+                                move |(input, frontier), (alarm_input, alarm_frontier), _output| {
                                     input.for_each_stamp(|cap, data| {
                                         if let Some(time) = cap.least() {
                                             let measures = data.flat_map(|batch| batch.drain(..));
                                             stash.hold(*time, || cap.delayed(time, 0), measures);
                                         }
                                     });
+                                    alarm_input.for_each_stamp(|cap, data| {
+                                        if let Some(time) = cap.least() {
+                                            let changes = data.flat_map(|batch| batch.drain(..));
+                                            edits.hold(*time, || cap.delayed(time, 0), changes);
+                                        }
+                                    });
                                     let mut diag = aggregate_diag.borrow_mut();
                                     let mut aggregator = aggregator.borrow_mut();
-                                    while let Some((capability, mut measures)) =
-                                        stash.next_ready(frontier)
-                                    {
-                                        aggregator.process(
-                                            &mut measures,
-                                            &gnocchi_options,
-                                            &mut diag,
-                                        );
+                                    // Epoch by epoch, once both inputs passed it: alarm changes
+                                    // first, then the measures.
+                                    while let Some(epoch) = ready(
+                                        &[frontier, alarm_frontier],
+                                        [stash.oldest(), edits.oldest()],
+                                    ) {
+                                        if let Some((capability, changes)) = edits.take(epoch) {
+                                            aggregator.edit_alarms(changes, &mut diag);
+                                            drop(capability);
+                                        }
+                                        if let Some((capability, mut measures)) = stash.take(epoch)
+                                        {
+                                            aggregator.process(
+                                                &mut measures,
+                                                &gnocchi_options,
+                                                &mut diag,
+                                            );
+                                            drop(capability);
+                                        }
                                         if let Some(why) = aggregator.failure() {
                                             live.fail(why);
                                         }
-                                        drop(capability);
                                     }
                                     aggregator.checkpoint_if_due(&mut diag);
-                                    if frontier.is_empty() {
+                                    if frontier.is_empty() && alarm_frontier.is_empty() {
                                         if let Some(cap) = last.take() {
                                             // The end of a bounded input closes every bucket.
                                             if !listening {
@@ -893,9 +942,14 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                             }
                                             drop(cap);
                                         }
-                                    } else if let (Some(cap), Some(t)) =
-                                        (last.as_mut(), frontier.frontier().first())
-                                    {
+                                    } else if let (Some(cap), Some(t)) = (
+                                        last.as_mut(),
+                                        frontier
+                                            .frontier()
+                                            .iter()
+                                            .chain(alarm_frontier.frontier().iter())
+                                            .min(),
+                                    ) {
                                         if cap.time() < t {
                                             cap.downgrade(t);
                                         }
@@ -914,9 +968,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
-                .map(|rx| ApiFeed {
-                    requests: rx,
+                .map(|requests| ApiFeed {
+                    requests,
                     input: api_input,
+                    alarm_input,
                     pending: Vec::new(),
                 });
             result = feed(
@@ -933,6 +988,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         } else {
             drop(input);
             drop(api_input);
+            drop(alarm_input);
             // (Worker 0 runs the dataflow to its end inside `feed`; once no dataflow is left,
             // `step_or_park` returns false, so each worker loops exactly once more.)
             let mut published = Instant::now();
@@ -1010,11 +1066,13 @@ const TICK_EVERY: Duration = Duration::from_millis(500);
 /// How often a listening engine checkpoints what the store's operator holds.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// The API's side of worker 0's loop: accepted POSTs come in on `requests`, go into the
-/// dataflow through `input`, and are answered once the probe has passed their epoch.
+/// The API's side of worker 0's loop: accepted POSTs (measures, alarm changes) come in on
+/// `requests`, go into the dataflow through `input` and `alarm_input`, and are answered once
+/// the probe has passed their epoch.
 struct ApiFeed {
-    requests: tokio::sync::mpsc::Receiver<IngestRequest>,
+    requests: Requests,
     input: InputHandle<u64, CapacityContainerBuilder<Vec<Measure>>>,
+    alarm_input: InputHandle<u64, CapacityContainerBuilder<Vec<AlarmEdit>>>,
     pending: Vec<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
 }
 
@@ -1026,7 +1084,15 @@ impl ApiFeed {
     fn take(&mut self, seq: u64, api_input: usize, diag: &RefCell<Diag>) -> bool {
         let mut taken = 0usize;
         while taken < Self::MAX_PER_EPOCH {
-            let Ok(mut request) = self.requests.try_recv() else {
+            let Ok(mut request) = self.requests.alarms.try_recv() else {
+                break;
+            };
+            self.alarm_input.send_batch(&mut request.edits);
+            self.pending.push((seq, request.reply));
+            taken += 1;
+        }
+        while taken < Self::MAX_PER_EPOCH {
+            let Ok(mut request) = self.requests.measures.try_recv() else {
                 break;
             };
             let batch = (seq << 32) | (1 << 31) | taken as u64;
@@ -1041,6 +1107,34 @@ impl ApiFeed {
             taken += 1;
         }
         taken > 0
+    }
+
+    /// Moves both inputs to epoch `seq`.
+    fn advance_to(&mut self, seq: u64) {
+        self.input.advance_to(seq);
+        self.alarm_input.advance_to(seq);
+    }
+
+    /// Whether no request waits.
+    fn is_idle(&self) -> bool {
+        self.requests.measures.is_empty() && self.requests.alarms.is_empty()
+    }
+
+    /// Closes the request channels; requests that got in after the loop ended are refused
+    /// (their senders see an error).
+    fn refuse_the_rest(&mut self) {
+        self.requests.measures.close();
+        self.requests.alarms.close();
+        while let Ok(request) = self.requests.measures.try_recv() {
+            let _ = request.reply.send(Err(
+                "meterflow stopped before taking these measures in; send them again".into(),
+            ));
+        }
+        while let Ok(request) = self.requests.alarms.try_recv() {
+            let _ = request.reply.send(Err(
+                "meterflow stopped before making this alarm change; make it again".into(),
+            ));
+        }
     }
 
     /// Answers every request whose epoch the probe has passed (its checkpoint is committed).
@@ -1148,7 +1242,7 @@ fn feed(
             seq += 1;
             input.advance_to(seq);
             if let Some(api) = api.as_mut() {
-                api.input.advance_to(seq);
+                api.advance_to(seq);
             }
         }
         worker.step();
@@ -1174,7 +1268,7 @@ fn feed(
             match &api {
                 None => break,
                 // Stopping: what was accepted before is taken in; then finish.
-                Some(api) if live.stopping() && !sent && api.requests.is_empty() => break,
+                Some(api) if live.stopping() && !sent && api.is_idle() => break,
                 Some(_) if !sent => {
                     worker.step_or_park(Some(Duration::from_millis(2)));
                     // An empty epoch now and then lets the store's operator write what it
@@ -1183,7 +1277,7 @@ fn feed(
                         seq += 1;
                         input.advance_to(seq);
                         if let Some(api) = api.as_mut() {
-                            api.input.advance_to(seq);
+                            api.advance_to(seq);
                         }
                         ticked = Instant::now();
                     }
@@ -1196,16 +1290,11 @@ fn feed(
     // returning; only then is it safe to commit the last input progress.
     drop(input);
     if let Some(api) = api.as_mut() {
-        api.requests.close();
-        // Requests that got in after the loop ended are refused (their senders see an error).
-        while let Ok(request) = api.requests.try_recv() {
-            let _ = request.reply.send(Err(
-                "meterflow stopped before taking these measures in; send them again".into(),
-            ));
-        }
+        api.refuse_the_rest();
     }
     let pending = api.map(|api| {
         drop(api.input);
+        drop(api.alarm_input);
         api.pending
     });
     while worker.step_or_park(None) {}

@@ -285,6 +285,45 @@ pub fn not_evaluated_yet(alarm: &AlarmDefinition) -> Option<String> {
     }
 }
 
+/// Why a valid `alarm` could not run next to archive `policies` (Gnocchi's built-in ones
+/// count too), if it could not: (the field at fault, what is wrong and what to do).
+pub fn cannot_run(alarm: &AlarmDefinition, policies: &[ArchivePolicy]) -> Option<(String, String)> {
+    if let Some(reason) = not_evaluated_yet(alarm) {
+        return Some(("type".into(), reason));
+    }
+    let rule = alarm.threshold()?;
+    let g = rule.granularity as i64 * 1_000_000_000;
+    let builtin = ArchivePolicy::BUILTIN
+        .iter()
+        .filter_map(|n| ArchivePolicy::builtin(n));
+    let all: Vec<ArchivePolicy> = policies.iter().cloned().chain(builtin).collect();
+    let fits = |p: &ArchivePolicy| {
+        p.definition.iter().any(|d| d.granularity == g)
+            && p.methods.contains(&rule.aggregation_method)
+    };
+    if all.iter().any(fits) {
+        return None;
+    }
+    let known: Vec<String> = all
+        .iter()
+        .map(|p| {
+            let gs: Vec<String> = p
+                .definition
+                .iter()
+                .map(|d| (d.granularity / 1_000_000_000).to_string())
+                .collect();
+            format!("{} ({} s)", p.name, gs.join(", "))
+        })
+        .collect();
+    Some((
+        format!("{}_rule", alarm.kind),
+        format!(
+            "no archive policy aggregates {} at granularity {} s, so the alarm could never be evaluated; use a granularity and method of the metric's policy: {}",
+            rule.aggregation_method_name, rule.granularity, known.join("; ")
+        ),
+    ))
+}
+
 fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
@@ -547,12 +586,6 @@ impl Validator {
         let Some(items) = self.list(v, "alarms", "alarms in Aodh's JSON form") else {
             return out;
         };
-        let mut all: Vec<ArchivePolicy> = policies.to_vec();
-        all.extend(
-            ArchivePolicy::BUILTIN
-                .iter()
-                .filter_map(|n| ArchivePolicy::builtin(n)),
-        );
         for (i, item) in items.iter().enumerate() {
             let path = format!("alarms[{i}]");
             let json = match serde_json::to_value(item) {
@@ -586,37 +619,9 @@ impl Validator {
                 );
                 continue;
             }
-            if let Some(reason) = not_evaluated_yet(&alarm) {
-                self.problem(format!("{path}.type"), reason);
+            if let Some((field, why)) = cannot_run(&alarm, policies) {
+                self.problem(format!("{path}.{field}"), why);
                 continue;
-            }
-            if let Some(rule) = alarm.threshold() {
-                let g = rule.granularity as i64 * 1_000_000_000;
-                let fits = |p: &ArchivePolicy| {
-                    p.definition.iter().any(|d| d.granularity == g)
-                        && p.methods.contains(&rule.aggregation_method)
-                };
-                if !all.iter().any(fits) {
-                    let known: Vec<String> = all
-                        .iter()
-                        .map(|p| {
-                            let gs: Vec<String> = p
-                                .definition
-                                .iter()
-                                .map(|d| (d.granularity / 1_000_000_000).to_string())
-                                .collect();
-                            format!("{} ({} s)", p.name, gs.join(", "))
-                        })
-                        .collect();
-                    self.problem(
-                        format!("{path}.{}_rule", alarm.kind),
-                        format!(
-                            "no archive policy aggregates {} at granularity {} s, so the alarm could never be evaluated; use a granularity and method of the metric's policy: {}",
-                            rule.aggregation_method_name, rule.granularity, known.join("; ")
-                        ),
-                    );
-                    continue;
-                }
             }
             out.push(Arc::new(alarm));
         }

@@ -26,7 +26,7 @@ use meterflow_operators::aggregate::{ArchivePolicy, Metric};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::alarms::Alarms;
+use crate::alarms::{AlarmEdit, Alarms};
 use crate::api::API_SINK;
 use crate::dataflow::retry_with_backoff;
 use crate::plan::Plan;
@@ -212,6 +212,45 @@ impl Aggregator {
         self.changed |= !alarms.is_empty();
         self.alarms = alarms;
         self
+    }
+
+    /// Applies alarm changes made through the API and commits them (the API answers once
+    /// they are committed).
+    pub fn edit_alarms(&mut self, edits: Vec<AlarmEdit>, diag: &mut Diag) {
+        if edits.is_empty() {
+            return;
+        }
+        let mut flushed = false;
+        for edit in edits {
+            let Some(i) = self.alarms.apply(edit) else {
+                continue;
+            };
+            let Some((resource, name)) = self.alarms.watched(i) else {
+                continue;
+            };
+            // A metric not in memory has no closed bucket newer than what its first
+            // measures will close: those decide.
+            if !self.metrics.contains_key(&(resource, name)) {
+                continue;
+            }
+            if !flushed {
+                // The final buckets buffered here go to the store first, to be read back.
+                self.commit(diag);
+                flushed = true;
+            }
+            let (id, metric) = (resource.as_str(), name.as_str());
+            let stored = match self.store.aggregates(id, metric, route(id)) {
+                Ok(points) => points,
+                Err(e) => {
+                    tracing::warn!("alarm on metric {metric} of {id}: its stored buckets cannot be read ({e}); its first evaluations see only the buckets in memory");
+                    Vec::new()
+                }
+            };
+            if let Some(entry) = self.metrics.get(&(resource, name)) {
+                self.alarms.prime(i, &entry.metric, &stored);
+            }
+        }
+        self.checkpoint_all(diag);
     }
 
     /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.

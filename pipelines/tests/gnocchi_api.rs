@@ -6,152 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::http::*;
 use common::*;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "s3cret-token";
-
-/// A meterflow process serving the API; killed when dropped.
-struct Engine {
-    child: Child,
-    api: Client,
-    stderr: mpsc::Receiver<String>,
-}
-
-/// An HTTP client of one server, with or without a token.
-struct Client {
-    base: String,
-    token: Option<String>,
-}
-
-impl Engine {
-    /// Starts `meterflow ARGS` (which must listen) and waits until it says where.
-    fn start(args: &[&str], token: Option<&str>) -> Engine {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meterflow"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("meterflow starts");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let base = loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    if let Some(at) = line.find("http://") {
-                        let addr = line[at..].split_whitespace().next().unwrap();
-                        break addr.to_owned();
-                    }
-                    seen.push(line);
-                }
-                Err(_) => panic!("meterflow did not start listening: {}", seen.join("\n")),
-            }
-        };
-        Engine {
-            child,
-            api: Client {
-                base,
-                token: token.map(str::to_owned),
-            },
-            stderr: rx,
-        }
-    }
-
-    /// SIGTERM, then the exit status and everything it printed on stderr.
-    fn terminate(mut self) -> (bool, String) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.child.wait().unwrap();
-        let mut err = Vec::new();
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
-            err.push(line);
-        }
-        (status.success(), err.join("\n"))
-    }
-}
-
-impl std::ops::Deref for Engine {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.api
-    }
-}
-
-impl Client {
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let mut rb = client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            rb = rb.bearer_auth(t);
-        }
-        rb
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.request(reqwest::Method::GET, path).send().unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn get_ok(&self, path: &str) -> Value {
-        let (status, body) = self.get(path);
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    /// POSTs `body` to Gnocchi's batch-by-resource route (without create_metrics); the status.
-    fn batch(&self, body: &Value) -> u16 {
-        self.post("/v1/batch/resources/metrics/measures", &body.to_string())
-            .0
-    }
-
-    fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let response = self
-            .request(reqwest::Method::POST, path)
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn definition(dir: &Path, policy: &Value) -> PathBuf {
     let loads =
@@ -241,24 +103,6 @@ fn reference_cases_read_back_through_the_api() {
         assert!(clean, "SIGTERM must stop the engine cleanly: {err}");
         assert!(err.contains("samples"), "the summary is printed: {err}");
     }
-}
-
-/// Polls `/metrics` until `name` reaches `at_least`.
-fn wait_for(engine: &Engine, name: &str, at_least: f64) {
-    for _ in 0..600 {
-        let (_, body) = engine.get("/metrics");
-        let value = body
-            .as_str()
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse::<f64>().ok());
-        if value.is_some_and(|v| v >= at_least) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{name} never reached {at_least}");
 }
 
 fn series(engine: &Engine, path: &str) -> Vec<(String, f64, f64)> {
@@ -554,7 +398,7 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
             404,
             "Metric nope does not exist",
         ),
-        ("/v2/alarms", 404, "not part of meterflow's Gnocchi API"),
+        ("/v2/capabilities", 404, "not part of meterflow's API"),
     ] {
         let (status, answer) = engine.get(path);
         assert_eq!(status, want, "GET {path}: {answer}");

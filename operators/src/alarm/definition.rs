@@ -415,6 +415,23 @@ fn kind(v: &Value) -> String {
     }
 }
 
+/// Serialized as its API JSON (so alarm changes can cross workers).
+impl serde::Serialize for AlarmDefinition {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_json(), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AlarmDefinition {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = <Value as serde::Deserialize>::deserialize(deserializer)?;
+        AlarmDefinition::from_json(&value, |_| String::new()).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            <D::Error as serde::de::Error>::custom(text.join("; "))
+        })
+    }
+}
+
 impl AlarmDefinition {
     /// Validates one alarm in Aodh's JSON form. Without `alarm_id`, `default_id` gives one
     /// (definition files derive it from the name, so state survives restarts).

@@ -1,0 +1,400 @@
+//! Aodh's v2 alarm API over the running engine: alarms are read from the store (committed
+//! state) and changed by [`AlarmEdit`]s sent into the dataflow, to the worker that owns each
+//! alarm's metric; a change is answered once its checkpoint is committed, so a read after the
+//! answer sees it, and an alarm created here is evaluated from the next bucket that closes.
+//!
+//! Routes: `GET/POST /v2/alarms`, `GET/PUT/DELETE /v2/alarms/ID`, `GET/PUT
+//! /v2/alarms/ID/state`, `GET /v2/alarms/ID/history`. Errors have Aodh's shape:
+//! `{"error_message": {"faultcode": "Client", "faultstring": ..., "debuginfo": null}}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meterflow_connectors::gnocchi::random_uuid;
+use meterflow_operators::alarm::definition::AlarmDefinition;
+use meterflow_operators::alarm::threshold::AlarmState;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::{AlarmRequest, ApiState, Shared};
+use crate::alarms::{
+    alarm_json, alarm_route, history_json, stored_alarms, AlarmChange, AlarmEdit, Origin,
+    StoredAlarm, MANUAL_REASON,
+};
+use crate::plan::cannot_run;
+
+/// The `/v2/alarms` routes.
+pub(super) fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/v2/alarms", get(list).post(create))
+        .route("/v2/alarms/{id}", get(show).put(replace).delete(remove))
+        .route("/v2/alarms/{id}/state", get(state).put(set_state))
+        .route("/v2/alarms/{id}/history", get(history))
+}
+
+/// An error as Aodh answers it.
+#[derive(Debug)]
+pub struct AodhError {
+    status: StatusCode,
+    message: String,
+}
+
+impl AodhError {
+    fn new(status: StatusCode, message: impl Into<String>) -> AodhError {
+        AodhError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn client(message: impl Into<String>) -> AodhError {
+        AodhError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(id: &str) -> AodhError {
+        AodhError::new(StatusCode::NOT_FOUND, format!("Alarm {id} not found"))
+    }
+}
+
+impl IntoResponse for AodhError {
+    fn into_response(self) -> Response {
+        let fault = if self.status.is_client_error() {
+            "Client"
+        } else {
+            "Server"
+        };
+        let body = json!({"error_message": {
+            "faultcode": fault,
+            "faultstring": self.message,
+            "debuginfo": null,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type AodhResult<T> = Result<T, AodhError>;
+
+fn store_error(e: impl std::fmt::Display) -> AodhError {
+    AodhError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the store cannot be read: {e}"),
+    )
+}
+
+/// Every alarm the store holds, by id.
+fn all(state: &ApiState) -> AodhResult<BTreeMap<String, StoredAlarm>> {
+    Ok(stored_alarms(&state.store.alarms().map_err(store_error)?))
+}
+
+fn one(state: &ApiState, id: &str) -> AodhResult<StoredAlarm> {
+    all(state)?
+        .remove(id)
+        .ok_or_else(|| AodhError::not_found(id))
+}
+
+/// Hands alarm changes to the dataflow and waits until they are committed.
+async fn send(state: &ApiState, edits: Vec<AlarmEdit>) -> AodhResult<()> {
+    let unavailable = |why: String| AodhError::new(StatusCode::SERVICE_UNAVAILABLE, why);
+    if state.live.stopping() {
+        return Err(unavailable(
+            "meterflow is shutting down and takes no more alarm changes; make them again on the next run".into(),
+        ));
+    }
+    let gone = || {
+        unavailable("the engine is not running any more (it stopped or failed; see its log)".into())
+    };
+    let (reply, done) = oneshot::channel();
+    state
+        .alarms
+        .send(AlarmRequest { edits, reply })
+        .await
+        .map_err(|_| gone())?;
+    match done.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(unavailable(format!(
+            "the alarm change could not be stored: {why}"
+        ))),
+        Err(_) => Err(gone()),
+    }
+}
+
+/// Parses and checks an alarm body as Aodh's API does, plus meterflow's own check that the
+/// alarm can run next to the plan's archive policies.
+fn parse(state: &ApiState, body: &[u8], id: &str) -> AodhResult<AlarmDefinition> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| AodhError::client(format!("Invalid input: the body is not JSON: {e}")))?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(AodhError::client(
+            "Invalid input: the body must be an alarm, a JSON object",
+        ));
+    };
+    // The id is the server's: a POST gets a new one, a PUT keeps the URL's.
+    obj.insert("alarm_id".into(), json!(id));
+    let alarm = AlarmDefinition::from_json(&value, |_| id.to_owned()).map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        AodhError::client(text.join("; "))
+    })?;
+    if let Some((field, why)) = cannot_run(&alarm, &state.plan.archive_policies) {
+        return Err(AodhError::client(format!("{field}: {why}")));
+    }
+    Ok(alarm)
+}
+
+fn name_taken(alarms: &BTreeMap<String, StoredAlarm>, name: &str) -> AodhResult<()> {
+    if alarms.values().any(|a| a.definition.name == name) {
+        return Err(AodhError::new(
+            StatusCode::CONFLICT,
+            format!("Alarm with name='{name}' exists"),
+        ));
+    }
+    Ok(())
+}
+
+fn route_of(alarm: &AlarmDefinition) -> AodhResult<u64> {
+    alarm_route(alarm).ok_or_else(|| {
+        AodhError::client(format!(
+            "alarms of type {} are not evaluated by this build yet",
+            alarm.kind
+        ))
+    })
+}
+
+/// Aodh's simple query: `q.field`, `q.op`, `q.value`, repeated; every condition must hold.
+fn filters(params: &[(String, String)]) -> AodhResult<Vec<(String, String)>> {
+    let pick = |key: &str| -> Vec<&str> {
+        params
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let (fields, ops, values) = (pick("q.field"), pick("q.op"), pick("q.value"));
+    if fields.len() != values.len() || (!ops.is_empty() && ops.len() != fields.len()) {
+        return Err(AodhError::client(
+            "Invalid input: give q.field and q.value (and q.op, if any) the same number of times",
+        ));
+    }
+    const FIELDS: [&str; 7] = [
+        "alarm_id",
+        "name",
+        "type",
+        "state",
+        "severity",
+        "enabled",
+        "project_id",
+    ];
+    let mut out = Vec::new();
+    for (i, (field, value)) in fields.iter().zip(&values).enumerate() {
+        let op = ops.get(i).copied().unwrap_or("eq");
+        if op != "eq" {
+            return Err(AodhError::client(format!(
+                "Invalid input for field/attribute op. Value: '{op}'. unimplemented operator for {field}; alarm queries support eq"
+            )));
+        }
+        if !FIELDS.contains(field) {
+            return Err(AodhError::client(format!(
+                "Unknown argument: \"{field}\": unrecognized field in query; use one of {}",
+                FIELDS.join(", ")
+            )));
+        }
+        out.push(((*field).to_owned(), (*value).to_owned()));
+    }
+    Ok(out)
+}
+
+fn matches(alarm: &Value, filters: &[(String, String)]) -> bool {
+    filters
+        .iter()
+        .all(|(field, want)| match &alarm[field.as_str()] {
+            Value::String(s) => s == want,
+            Value::Bool(b) => want.eq_ignore_ascii_case(if *b { "true" } else { "false" }),
+            Value::Null => want.is_empty() || want == "None",
+            Value::Number(n) => n.as_f64() == want.parse::<f64>().ok(),
+            _ => false,
+        })
+}
+
+async fn list(
+    State(state): Shared,
+    Query(params): Query<Vec<(String, String)>>,
+) -> AodhResult<Json<Value>> {
+    let filters = filters(&params)?;
+    let out: Vec<Value> = all(&state)?
+        .values()
+        .map(alarm_json)
+        .filter(|a| matches(a, &filters))
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+async fn show(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<Value>> {
+    Ok(Json(alarm_json(&one(&state, &id)?)))
+}
+
+async fn create(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Response> {
+    let id = random_uuid();
+    let alarm = parse(&state, &body, &id)?;
+    let route = route_of(&alarm)?;
+    let _one_at_a_time = state.alarm_writes.lock().await;
+    name_taken(&all(&state)?, &alarm.name)?;
+    let detail = alarm.to_json();
+    send(
+        &state,
+        vec![AlarmEdit {
+            route,
+            alarm_id: id.clone(),
+            change: AlarmChange::Put {
+                definition: Arc::new(alarm),
+                origin: Origin::Api,
+                carried: None,
+                set_state: true,
+            },
+            history: Some(("creation".into(), detail)),
+        }],
+    )
+    .await?;
+    let created = alarm_json(&one(&state, &id)?);
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v2/alarms/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The top-level fields whose values differ (Aodh's `rule change` detail).
+fn changed_fields(old: &Value, new: &Value) -> Value {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return new.clone();
+    };
+    let changed: serde_json::Map<String, Value> = new
+        .iter()
+        .filter(|(k, v)| old.get(k.as_str()) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Value::Object(changed)
+}
+
+async fn replace(
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> AodhResult<Json<Value>> {
+    let _one_at_a_time = state.alarm_writes.lock().await;
+    let alarms = all(&state)?;
+    let old = alarms.get(&id).ok_or_else(|| AodhError::not_found(&id))?;
+    let mut alarm = parse(&state, &body, &id)?;
+    let gave_state = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .is_some_and(|v| v.get("state").is_some());
+    if !gave_state {
+        // Left out, the state stays as it is (Aodh would reset it to its default).
+        alarm.state = old.evaluation.evaluator.state;
+        alarm.state_reason = old.evaluation.evaluator.state_reason.clone();
+    }
+    if alarm.name != old.definition.name {
+        name_taken(&alarms, &alarm.name)?;
+    }
+    let route = route_of(&alarm)?;
+    let old_route = route_of(&old.definition)?;
+    let change = changed_fields(&old.definition.to_json(), &alarm.to_json());
+    let history = (change.as_object().is_some_and(|c| !c.is_empty()))
+        .then(|| ("rule change".to_owned(), change));
+    let definition = Arc::new(alarm);
+    let mut edits = Vec::new();
+    let mut carried = None;
+    if route != old_route {
+        // The alarm moves to the worker of its new metric, with its state.
+        edits.push(AlarmEdit {
+            route: old_route,
+            alarm_id: id.clone(),
+            change: AlarmChange::Remove,
+            history: None,
+        });
+        let mut evaluation = old.evaluation.clone();
+        evaluation.evaluator.through = None;
+        evaluation.evaluator.recent.clear();
+        evaluation.evaluator.gap = false;
+        carried = Some(Box::new(evaluation));
+    }
+    edits.push(AlarmEdit {
+        route,
+        alarm_id: id.clone(),
+        change: AlarmChange::Put {
+            definition,
+            origin: old.evaluation.origin,
+            carried,
+            set_state: gave_state,
+        },
+        history,
+    });
+    send(&state, edits).await?;
+    Ok(Json(alarm_json(&one(&state, &id)?)))
+}
+
+async fn remove(State(state): Shared, Path(id): Path<String>) -> AodhResult<StatusCode> {
+    let _one_at_a_time = state.alarm_writes.lock().await;
+    let old = one(&state, &id)?;
+    let route = route_of(&old.definition)?;
+    let detail = alarm_json(&old);
+    send(
+        &state,
+        vec![AlarmEdit {
+            route,
+            alarm_id: id,
+            change: AlarmChange::Remove,
+            history: Some(("deletion".into(), detail)),
+        }],
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn state(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<Value>> {
+    let alarm = one(&state, &id)?;
+    Ok(Json(json!(alarm.evaluation.evaluator.state.as_str())))
+}
+
+async fn set_state(
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> AodhResult<Json<Value>> {
+    let wanted: AlarmState = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+        .ok_or_else(|| {
+            AodhError::client(
+                "state invalid: send one of \"ok\", \"alarm\", \"insufficient data\" as a JSON string",
+            )
+        })?;
+    let _one_at_a_time = state.alarm_writes.lock().await;
+    let old = one(&state, &id)?;
+    let route = route_of(&old.definition)?;
+    let detail = json!({"state": wanted.as_str(), "state_reason": MANUAL_REASON});
+    send(
+        &state,
+        vec![AlarmEdit {
+            route,
+            alarm_id: id.clone(),
+            change: AlarmChange::State(wanted),
+            history: Some(("state transition".into(), detail)),
+        }],
+    )
+    .await?;
+    Ok(Json(json!(wanted.as_str())))
+}
+
+async fn history(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<Value>> {
+    let entries = state.store.alarm_history(Some(&id)).map_err(store_error)?;
+    if entries.is_empty() && !state.store.alarms().map_err(store_error)?.contains_key(&id) {
+        return Err(AodhError::not_found(&id));
+    }
+    // Newest first, as Aodh lists it.
+    let out: Vec<Value> = entries.iter().rev().map(history_json).collect();
+    Ok(Json(Value::Array(out)))
+}

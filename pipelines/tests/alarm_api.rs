@@ -1,0 +1,299 @@
+//! Aodh's v2 alarm API on a running engine (`meterflow serve`, real HTTP on 127.0.0.1) while
+//! measures flow in: an alarm created through the API is evaluated from the next closed
+//! bucket, a replaced one follows its new rule, a deleted one stops, the state can be set by
+//! hand, and an alarm of the definition keeps its state and window through all of it and a
+//! restart. Errors have Aodh's shape.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::http::*;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const POLICY: &str = "minute";
+
+fn definition(dir: &Path, notifications: &Path) -> PathBuf {
+    let policy = json!({"name": POLICY, "aggregation_methods": ["mean", "max"], "definition": [{"granularity": 60, "points": 100}]});
+    let path = store_definition(dir, &policy, &[]);
+    let mut definition: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    definition["alarms"] = json!([alarm("b-def", "host-2", 50.0, 1, notifications)]);
+    std::fs::write(&path, definition.to_string()).unwrap();
+    path
+}
+
+fn alarm(name: &str, resource: &str, threshold: f64, periods: u32, out: &Path) -> Value {
+    let action = format!("file://{}", out.display());
+    json!({
+        "name": name,
+        "type": "gnocchi_resources_threshold",
+        "alarm_actions": [action],
+        "ok_actions": [action],
+        "gnocchi_resources_threshold_rule": {
+            "metric": "load",
+            "resource_type": "generic",
+            "resource_id": resource,
+            "comparison_operator": "gt",
+            "threshold": threshold,
+            "aggregation_method": "mean",
+            "granularity": 60,
+            "evaluation_periods": periods,
+        },
+    })
+}
+
+/// POSTs one measure per host at `time` (12:MM:SS on 2024-05-01) and expects a 202.
+fn measure(engine: &Engine, time: &str, values: &[(&str, f64)]) {
+    let mut body = serde_json::Map::new();
+    for (host, value) in values {
+        body.insert(
+            (*host).to_owned(),
+            json!({"load": {"archive_policy_name": POLICY, "measures": [
+                {"timestamp": format!("2024-05-01T12:{time}"), "value": value}
+            ]}}),
+        );
+    }
+    let (status, answer) = engine.post(
+        "/v1/batch/resources/metrics/measures?create_metrics=true",
+        &Value::Object(body).to_string(),
+    );
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// The notifications written so far, as (alarm name, previous, current), once there are `n`.
+fn notifications(path: &Path, n: usize) -> Vec<(String, String, String)> {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let got: Vec<(String, String, String)> = text
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let s = |k: &str| v[k].as_str().unwrap().to_owned();
+                (s("alarm_name"), s("previous"), s("current"))
+            })
+            .collect();
+        if got.len() >= n || started.elapsed() > Duration::from_secs(30) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn t(name: &str, previous: &str, current: &str) -> (String, String, String) {
+    (name.into(), previous.into(), current.into())
+}
+
+fn state_of(engine: &Engine, id: &str) -> String {
+    let (status, state) = engine.get(&format!("/v2/alarms/{id}/state"));
+    assert_eq!(status, 200, "{state}");
+    state.as_str().unwrap().to_owned()
+}
+
+fn id_of(engine: &Engine, name: &str) -> String {
+    let list = engine.get_ok(&format!("/v2/alarms?q.field=name&q.op=eq&q.value={name}"));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    list[0]["alarm_id"].as_str().unwrap().to_owned()
+}
+
+fn serve(pipeline: &Path, store: &Path) -> Engine {
+    Engine::start(
+        &[
+            "serve",
+            pipeline.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "0",
+            "--workers",
+            "2",
+        ],
+        None,
+    )
+}
+
+#[test]
+fn alarms_are_created_replaced_and_deleted_while_measures_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("notifications.jsonl");
+    let pipeline = definition(dir.path(), &out);
+    let store = dir.path().join("store");
+    let engine = serve(&pipeline, &store);
+
+    // The definition's alarm goes to alarm when its first bucket closes.
+    measure(&engine, "00:10", &[("host-1", 90.0), ("host-2", 90.0)]);
+    measure(&engine, "01:10", &[("host-1", 90.0), ("host-2", 90.0)]);
+    assert_eq!(
+        notifications(&out, 1),
+        [t("b-def", "insufficient data", "alarm")]
+    );
+    let b = id_of(&engine, "b-def");
+    assert_eq!(state_of(&engine, &b), "alarm");
+
+    // Created: nothing is evaluated until the next bucket closes, then over a full window
+    // (the closed 12:00 bucket counts as one of its two periods).
+    let (status, created) = engine.post(
+        "/v2/alarms",
+        &alarm("a-api", "host-1", 50.0, 2, &out).to_string(),
+    );
+    assert_eq!(status, 201, "{created}");
+    let a = created["alarm_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["state"], "insufficient data");
+    assert_eq!(created["name"], "a-api");
+    assert_eq!(state_of(&engine, &a), "insufficient data");
+    measure(&engine, "02:10", &[("host-1", 95.0), ("host-2", 90.0)]);
+    assert_eq!(
+        notifications(&out, 2)[1..],
+        [t("a-api", "insufficient data", "alarm")]
+    );
+    let payload: Value = serde_json::from_str(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["alarm_id"], a.as_str());
+    assert_eq!(payload["reason_data"]["count"], 2, "{payload}");
+
+    // Replaced: the new threshold holds from the next closed bucket; the state is kept.
+    let mut replaced = alarm("a-api", "host-1", 95.0, 2, &out);
+    replaced["description"] = json!("raised");
+    let (status, body) = engine.call(
+        Method::PUT,
+        &format!("/v2/alarms/{a}"),
+        Some(&replaced.to_string()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "alarm");
+    assert_eq!(body["gnocchi_resources_threshold_rule"]["threshold"], 95.0);
+    measure(&engine, "03:10", &[("host-1", 10.0), ("host-2", 90.0)]);
+    assert_eq!(
+        notifications(&out, 3)[2..],
+        [t("a-api", "alarm", "ok")],
+        "90 and 95 are not above 95"
+    );
+
+    // The state set by hand: recorded, nothing notified.
+    let (status, body) = engine.call(
+        Method::PUT,
+        &format!("/v2/alarms/{a}/state"),
+        Some("\"alarm\""),
+    );
+    assert_eq!((status, body), (200, json!("alarm")));
+    assert_eq!(state_of(&engine, &a), "alarm");
+    let shown = engine.get_ok(&format!("/v2/alarms/{a}"));
+    assert_eq!(shown["state_reason"], "Manually set via API");
+    let history = engine.get_ok(&format!("/v2/alarms/{a}/history"));
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "state transition",
+            "state transition",
+            "rule change",
+            "state transition",
+            "creation"
+        ],
+        "newest first: {history}"
+    );
+    let rule_change: Value = serde_json::from_str(history[2]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(rule_change["description"], "raised", "{rule_change}");
+    assert!(
+        rule_change.get("name").is_none(),
+        "only what changed: {rule_change}"
+    );
+
+    // Deleted: gone, never evaluated again; the other alarm goes on from its own window.
+    let (status, _) = engine.call(Method::DELETE, &format!("/v2/alarms/{a}"), None);
+    assert_eq!(status, 204);
+    let (status, body) = engine.get(&format!("/v2/alarms/{a}"));
+    assert_eq!(status, 404);
+    assert_eq!(
+        body["error_message"]["faultstring"],
+        format!("Alarm {a} not found")
+    );
+    measure(&engine, "04:10", &[("host-1", 10.0), ("host-2", 10.0)]);
+    measure(&engine, "05:10", &[("host-1", 99.0), ("host-2", 10.0)]);
+    let all = notifications(&out, 4);
+    assert_eq!(all[3..], [t("b-def", "alarm", "ok")]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(notifications(&out, 4).len(), 4, "nothing more: {all:?}");
+    let history = engine.get_ok(&format!("/v2/alarms/{a}/history"));
+    assert_eq!(history[0]["type"], "deletion", "{history}");
+
+    // Errors, in Aodh's shape.
+    let fault = |body: &Value| {
+        body["error_message"]["faultstring"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (status, body) = engine.post(
+        "/v2/alarms",
+        &alarm("b-def", "host-1", 1.0, 1, &out).to_string(),
+    );
+    assert_eq!(
+        (status, fault(&body)),
+        (409, "Alarm with name='b-def' exists".to_owned())
+    );
+    let mut missing = alarm("c", "host-1", 1.0, 1, &out);
+    missing["gnocchi_resources_threshold_rule"]
+        .as_object_mut()
+        .unwrap()
+        .remove("threshold");
+    let (status, body) = engine.post("/v2/alarms", &missing.to_string());
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("threshold"), "{body}");
+    let mut odd = alarm("c", "host-1", 1.0, 1, &out);
+    odd["gnocchi_resources_threshold_rule"]["granularity"] = json!(7);
+    let (status, body) = engine.post("/v2/alarms", &odd.to_string());
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("granularity 7 s"), "{body}");
+    let (status, body) = engine.call(
+        Method::PUT,
+        &format!("/v2/alarms/{b}/state"),
+        Some("\"bogus\""),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("state invalid"), "{body}");
+    let (status, body) = engine.get("/v2/alarms?q.field=colour&q.value=red");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = engine.post("/v2/alarms", "{nope");
+    assert_eq!(status, 400, "{body}");
+    let listed = engine.get_ok("/v2/alarms?q.field=state&q.op=eq&q.value=ok");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    wait_for(&engine, "meterflow_alarm_transitions_total", 4.0);
+    let (_, metrics) = engine.get("/metrics");
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("meterflow_notifications_delivered_total 4"),
+        "{metrics}"
+    );
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+
+    // A restart resumes the alarm that is left, with its state.
+    let engine = serve(&pipeline, &store);
+    let list = engine.get_ok("/v2/alarms");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["name"], "b-def");
+    assert_eq!(list[0]["state"], "ok");
+    measure(&engine, "06:10", &[("host-2", 10.0)]);
+    measure(&engine, "07:10", &[("host-2", 70.0)]);
+    measure(&engine, "08:10", &[("host-2", 70.0)]);
+    assert_eq!(notifications(&out, 5)[4..], [t("b-def", "ok", "alarm")]);
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+}
