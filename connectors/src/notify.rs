@@ -4,7 +4,9 @@
 //!
 //! Delivery never stalls evaluation: [`Notifier::send`] only appends to a journal and a
 //! bounded queue per receiver. Each receiver has its own task on the notifier's runtime, so a
-//! slow or dead receiver delays only its own queue. Failures (connection errors, timeouts,
+//! slow or dead receiver delays only its own queue. An HTTP receiver has [`HTTP_LANES`]
+//! queues, an alarm always in the same one: one alarm's notifications arrive in order, and
+//! several are in flight to the receiver at once. Failures (connection errors, timeouts,
 //! 5xx, 408, 429) are retried with exponential backoff and full jitter; what finally fails, a
 //! permanent 4xx, or what finds its queue full is appended to the dead-letter file. The
 //! journal (`DIR/journal.jsonl`) records each notification when it is sent and each outcome;
@@ -299,7 +301,7 @@ impl Notifier {
     }
 
     fn enqueue(&self, seq: u64, n: Notification) {
-        let key = receiver_key(&n.url);
+        let key = receiver_key(&n.url, &n.payload.alarm_id);
         let mut queues = lock(&self.queues);
         let tx = queues.entry(key).or_insert_with(|| {
             let (tx, rx) = tokio::sync::mpsc::channel(self.shared.options.queue_capacity.max(1));
@@ -384,11 +386,21 @@ fn recover(path: &Path) -> Result<Vec<(u64, Notification)>, String> {
     Ok(sent.into_iter().collect())
 }
 
-/// Where a URL's notifications queue: one queue per receiver (scheme, host, port or file).
-fn receiver_key(url: &str) -> String {
+/// Queues (each delivering in order, one request at a time) per HTTP receiver.
+pub const HTTP_LANES: u64 = 4;
+
+/// Where a URL's notifications for an alarm queue: one queue per receiver (scheme, host, port
+/// or file), and for HTTP one of its [`HTTP_LANES`] lanes, chosen by the alarm.
+fn receiver_key(url: &str, alarm_id: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     match scheme {
-        "http" | "https" | "kafka" => {
+        "http" | "https" => {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            let lane =
+                std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, alarm_id) % HTTP_LANES;
+            format!("{scheme}://{authority}#{lane}")
+        }
+        "kafka" => {
             let authority = rest.split(['/', '?']).next().unwrap_or("");
             format!("{scheme}://{authority}")
         }
@@ -671,8 +683,13 @@ mod tests {
 
     #[test]
     fn receivers_are_keyed_by_authority() {
-        assert_eq!(receiver_key("http://h:1/a?x=1"), "http://h:1");
-        assert_eq!(receiver_key("file:///tmp/a?x"), "file:///tmp/a");
-        assert_eq!(receiver_key("log://"), "log://");
+        let lane = |id: &str| receiver_key("http://h:1/a?x=1", id);
+        assert!(lane("a").starts_with("http://h:1#"));
+        assert_eq!(lane("a"), lane("a"), "one alarm, one lane");
+        let lanes: std::collections::HashSet<String> =
+            (0..100).map(|i| lane(&format!("alarm-{i}"))).collect();
+        assert_eq!(lanes.len() as u64, HTTP_LANES);
+        assert_eq!(receiver_key("file:///tmp/a?x", "a"), "file:///tmp/a");
+        assert_eq!(receiver_key("log://", "a"), "log://");
     }
 }

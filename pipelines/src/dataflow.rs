@@ -77,6 +77,8 @@ pub struct RunOptions {
     /// Serve Gnocchi's API (and `/metrics`) while running, and keep running after the inputs
     /// end until SIGINT or SIGTERM.
     pub listen: Option<ListenOptions>,
+    /// How alarm notifications are delivered (their journal goes to `STORE/notifier`).
+    pub notifier: NotifierOptions,
 }
 
 impl Default for RunOptions {
@@ -88,6 +90,7 @@ impl Default for RunOptions {
             dead_letter: None,
             store: std::path::PathBuf::from("data"),
             listen: None,
+            notifier: NotifierOptions::default(),
         }
     }
 }
@@ -708,7 +711,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             Some(Arc::new(
                 Notifier::start(NotifierOptions {
                     dir: Some(store.dir().join("notifier")),
-                    ..NotifierOptions::default()
+                    ..options.notifier.clone()
                 })
                 .map_err(anyhow::Error::msg)?,
             ))
@@ -907,14 +910,17 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                     let mut diag = aggregate_diag.borrow_mut();
                                     let mut aggregator = aggregator.borrow_mut();
                                     // Epoch by epoch, once both inputs passed it: alarm changes
-                                    // first, then the measures.
+                                    // first, then the measures. The epochs pass (their
+                                    // capabilities dropped) once the checkpoint they owe is
+                                    // committed: one commit for all that were ready.
+                                    let mut done = Vec::new();
                                     while let Some(epoch) = ready(
                                         &[frontier, alarm_frontier],
                                         [stash.oldest(), edits.oldest()],
                                     ) {
                                         if let Some((capability, changes)) = edits.take(epoch) {
                                             aggregator.edit_alarms(changes, &mut diag);
-                                            drop(capability);
+                                            done.push(capability);
                                         }
                                         if let Some((capability, mut measures)) = stash.take(epoch)
                                         {
@@ -923,12 +929,14 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                                 &gnocchi_options,
                                                 &mut diag,
                                             );
-                                            drop(capability);
-                                        }
-                                        if let Some(why) = aggregator.failure() {
-                                            live.fail(why);
+                                            done.push(capability);
                                         }
                                     }
+                                    aggregator.settle(&mut diag);
+                                    if let Some(why) = aggregator.failure() {
+                                        live.fail(why);
+                                    }
+                                    drop(done);
                                     aggregator.checkpoint_if_due(&mut diag);
                                     if frontier.is_empty() && alarm_frontier.is_empty() {
                                         if let Some(cap) = last.take() {

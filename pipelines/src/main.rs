@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meterflow_connectors::file::source::InputSpec;
+use meterflow_connectors::notify::NotifierOptions;
 use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
 use meterflow_pipelines::dataflow::{self, RunOptions};
@@ -55,6 +56,8 @@ enum Command {
         /// first line.
         #[arg(long, requires = "listen")]
         token_file: Option<PathBuf>,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Serve Gnocchi's REST API over a store (reads, and measures POSTed in, aggregated by the
     /// same operator `run` uses) until SIGINT or SIGTERM.
@@ -74,6 +77,8 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long, short = 'w')]
         workers: Option<usize>,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Print a metric's measures from the store as Gnocchi's JSON: [[timestamp, granularity, value], ...].
     Measures {
@@ -139,6 +144,48 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+}
+
+/// How alarm notifications are delivered (`run` and `serve`).
+#[derive(clap::Args)]
+struct NotifyArgs {
+    /// Attempts per alarm notification before it goes to STORE/notifier/dead-letter.jsonl.
+    #[arg(long, default_value_t = 6)]
+    notify_attempts: u32,
+    /// Seconds each notification attempt may take (connect and answer).
+    #[arg(long, default_value_t = 10.0)]
+    notify_timeout: f64,
+    /// The longest wait between attempts, in seconds (backoff doubles from 0.2 s, full jitter).
+    #[arg(long, default_value_t = 30.0)]
+    notify_max_backoff: f64,
+    /// Notifications queued per receiver; more are dead-lettered at once (a receiver that
+    /// is down never holds evaluation back).
+    #[arg(long, default_value_t = 10_000)]
+    notify_queue: usize,
+}
+
+impl NotifyArgs {
+    fn options(&self) -> anyhow::Result<NotifierOptions> {
+        let seconds = |flag: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow::anyhow!(
+                    "--{flag} {v}: give a number of seconds above 0"
+                ))
+            }
+        };
+        if self.notify_attempts == 0 || self.notify_queue == 0 {
+            anyhow::bail!("--notify-attempts and --notify-queue must be at least 1");
+        }
+        Ok(NotifierOptions {
+            max_attempts: self.notify_attempts,
+            timeout: seconds("notify-timeout", self.notify_timeout)?,
+            max_backoff: seconds("notify-max-backoff", self.notify_max_backoff)?,
+            queue_capacity: self.notify_queue,
+            ..NotifierOptions::default()
+        })
+    }
 }
 
 /// `meterflow alarms ...`.
@@ -228,6 +275,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             dead_letter,
             listen,
             token_file,
+            notify,
         } => {
             let plan = load(&pipeline)?;
             let listen = listen
@@ -248,6 +296,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 dead_letter: dead_letter.clone(),
                 store,
                 listen,
+                notifier: notify.options()?,
                 ..RunOptions::default()
             };
             let report = dataflow::run(plan, &inputs, &options)?;
@@ -308,6 +357,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             token_file,
             workers: n,
+            notify,
         } => {
             let plan = match &pipeline {
                 Some(p) => load(p)?,
@@ -321,6 +371,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     addr: listen,
                     token: token_file.as_deref().map(api::read_token).transpose()?,
                 }),
+                notifier: notify.options()?,
                 ..RunOptions::default()
             };
             let report = dataflow::run(plan, &[], &options)?;

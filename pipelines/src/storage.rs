@@ -172,6 +172,8 @@ pub struct Aggregator {
     last_checkpoint: Instant,
     changed: bool,
     failure: Option<String>,
+    /// The epochs processed since the last checkpoint must not pass before the next one.
+    owed: bool,
     /// The alarms on this worker's metrics.
     alarms: Alarms,
 }
@@ -203,6 +205,7 @@ impl Aggregator {
             last_checkpoint: Instant::now(),
             changed: false,
             failure: None,
+            owed: false,
             alarms: Alarms::default(),
         }
     }
@@ -214,8 +217,8 @@ impl Aggregator {
         self
     }
 
-    /// Applies alarm changes made through the API and commits them (the API answers once
-    /// they are committed).
+    /// Applies alarm changes made through the API; they are committed by the next
+    /// [`Aggregator::settle`] (the API answers once they are).
     pub fn edit_alarms(&mut self, edits: Vec<AlarmEdit>, diag: &mut Diag) {
         if edits.is_empty() {
             return;
@@ -250,7 +253,17 @@ impl Aggregator {
                 self.alarms.prime(i, &entry.metric, &stored);
             }
         }
-        self.checkpoint_all(diag);
+        self.owed = true;
+    }
+
+    /// Writes the checkpoint the epochs processed since the last call owe, if they owe one
+    /// (an input that commits offsets, measures or alarm changes the API answers once
+    /// committed). The caller holds those epochs' capabilities until this returns: under
+    /// load, many epochs share one commit (group commit).
+    pub fn settle(&mut self, diag: &mut Diag) {
+        if std::mem::take(&mut self.owed) {
+            self.checkpoint_all(diag);
+        }
     }
 
     /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.
@@ -458,7 +471,7 @@ impl Aggregator {
         diag.counters.metrics_open = self.metrics.len() as u64;
         measures.clear();
         if self.durable || from_api {
-            self.checkpoint_all(diag);
+            self.owed = true;
         } else if self.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
             self.commit(diag);
         }
@@ -484,6 +497,7 @@ impl Aggregator {
     /// Writes every changed metric's open buckets and state, then commits.
     pub fn checkpoint_all(&mut self, diag: &mut Diag) {
         self.changed = false;
+        self.owed = false;
         self.last_checkpoint = Instant::now();
         for (&(resource, name), entry) in self.metrics.iter_mut().filter(|(_, e)| e.dirty) {
             entry.dirty = false;

@@ -300,6 +300,11 @@ fn notifications_survive_a_sigkill_and_are_sent_at_the_next_start() {
             store.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            // Retried until the kill, however the jitter falls: nothing is dead-lettered.
+            "--notify-attempts",
+            "1000",
+            "--notify-max-backoff",
+            "0.5",
         ])
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -470,7 +470,8 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
     assert_eq!(v, json!([["2024-05-01T12:00:00+00:00", 3600.0, 100.0]]));
 }
 
-/// Bad `--listen`, a busy port and an empty token file fail at start with the fix.
+/// Bad `--listen`, a busy port, an empty token file and bad notifier options fail at start
+/// with the fix.
 #[test]
 fn bad_listen_options_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -479,6 +480,14 @@ fn bad_listen_options_fail_clearly() {
     assert_fails_with(
         &["serve", "--store", store, "--listen", "localhost"],
         "is not an address",
+    );
+    assert_fails_with(
+        &["serve", "--store", store, "--notify-timeout", "0"],
+        "--notify-timeout 0: give a number of seconds above 0",
+    );
+    assert_fails_with(
+        &["serve", "--store", store, "--notify-attempts", "0"],
+        "--notify-attempts and --notify-queue must be at least 1",
     );
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();

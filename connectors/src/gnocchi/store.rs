@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -370,6 +371,9 @@ pub type MetricState = Vec<StoredPoint>;
 pub struct Store {
     dir: PathBuf,
     manifest: Mutex<Manifest>,
+    /// The last generation handed out: workers write their files at once, each under its own
+    /// generation, and take the manifest's lock only to publish them.
+    last_generation: AtomicU64,
     /// Every metric, read on first use and kept current by commits.
     catalog: Mutex<Option<Arc<Catalog>>>,
     /// Files compaction took out of the manifest, deleted once readers are done with them.
@@ -508,6 +512,7 @@ impl Store {
         }
         let store = Store {
             dir: dir.to_owned(),
+            last_generation: AtomicU64::new(manifest.generation),
             manifest: Mutex::new(manifest),
             catalog: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
@@ -528,6 +533,7 @@ impl Store {
         })?;
         Ok(Arc::new(Store {
             dir: dir.to_owned(),
+            last_generation: AtomicU64::new(manifest.generation),
             manifest: Mutex::new(manifest),
             catalog: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
@@ -577,8 +583,9 @@ impl Store {
         if checkpoint.is_empty() {
             return Ok(self.generation());
         }
-        let mut manifest = self.lock_manifest();
-        let generation = manifest.generation + 1;
+        // The files are written outside the manifest's lock (other workers commit meanwhile);
+        // a partition's generations still grow with its commits, which is all reads need.
+        let generation = self.last_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let mut entries = Vec::new();
         let name = format!(
             "g{generation:012}-p{}of{}.parquet",
@@ -612,8 +619,9 @@ impl Store {
                 rows: rows as u64,
             });
         }
+        let mut manifest = self.lock_manifest();
         let mut next = manifest.clone();
-        next.generation = generation;
+        next.generation = next.generation.max(generation);
         next.files.extend(entries);
         self.write_manifest(&next)?;
         *manifest = next;
