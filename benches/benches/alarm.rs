@@ -7,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use meterflow_operators::alarm::definition::{AlarmDefinition, ThresholdRule};
-use meterflow_operators::alarm::evaluator::Evaluator;
+use meterflow_operators::alarm::evaluator::{Conduct, Evaluator};
 use meterflow_operators::alarm::threshold::AlarmState;
 use serde_json::json;
 
@@ -46,7 +46,7 @@ fn evaluations(c: &mut Criterion) {
                         let closed = [(bucket, v as f64)];
                         e.advance(
                             &rule,
-                            false,
+                            Conduct::default(),
                             bucket + g,
                             &mut closed.iter().copied(),
                             &|_| true,

@@ -19,7 +19,7 @@ use meterflow_engine::partition::route;
 use meterflow_operators::aggregate::{ArchivePolicy, Metric};
 use meterflow_operators::alarm::constraints::Constraints;
 use meterflow_operators::alarm::definition::{AlarmDefinition, Target};
-use meterflow_operators::alarm::evaluator::{granularity_ns, Evaluator, Outcome};
+use meterflow_operators::alarm::evaluator::{granularity_ns, Conduct, Evaluator, Outcome};
 use meterflow_operators::alarm::threshold::{AlarmState, Evaluation};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -225,6 +225,10 @@ pub struct Alarms {
     deleted: Vec<AlarmRecord>,
     /// Slot index by alarm id.
     by_id: FxHashMap<String, usize>,
+    /// The alarms with a `no_data_grace`, by id.
+    graced: std::collections::BTreeSet<String>,
+    /// The watermark they were last evaluated at.
+    swept: i64,
 }
 
 impl Alarms {
@@ -306,6 +310,9 @@ impl Alarms {
             self.watches.entry(key).or_default().push(index);
         }
         self.by_id.insert(slot.definition.alarm_id.clone(), index);
+        if slot.definition.options.no_data_grace.is_some() {
+            self.graced.insert(slot.definition.alarm_id.clone());
+        }
         self.slots.push(slot);
         index
     }
@@ -336,6 +343,7 @@ impl Alarms {
         }
         let slot = self.slots.swap_remove(i);
         self.by_id.remove(&slot.definition.alarm_id);
+        self.graced.remove(&slot.definition.alarm_id);
         slot
     }
 
@@ -480,7 +488,7 @@ impl Alarms {
         slot.evaluator.through = Some(until - g);
         slot.evaluator.advance(
             rule,
-            false,
+            Conduct::default(),
             until,
             &mut values.into_iter(),
             &|_| false,
@@ -524,57 +532,48 @@ impl Alarms {
             let Some(rule) = slot.definition.threshold() else {
                 continue;
             };
-            let resolved = slot
-                .resolved
-                .get_or_insert_with(|| resolve(metric.policy(), &slot.definition));
-            let (gi, mi) = match resolved {
-                Ok(r) => *r,
-                Err(reason) => {
-                    // Aodh: the aggregation does not exist → insufficient data.
-                    if slot.evaluator.state != AlarmState::InsufficientData
-                        && slot.definition.enabled
-                    {
-                        let evaluation = Evaluation::Insufficient {
-                            reason: reason.clone(),
-                            periods: rule.evaluation_periods,
-                            most_recent: None,
-                        };
-                        let at = newest.div_euclid(granularity_ns(rule)) * granularity_ns(rule);
-                        slot.evaluator.apply(
-                            at,
-                            slot.definition.repeat_actions,
-                            &evaluation,
-                            &mut |o| outcomes.push((i, o)),
-                        );
-                        slot.dirty = true;
-                    }
-                    continue;
-                }
-            };
-            let g = granularity_ns(rule);
             let newest = if close_all {
+                let g = granularity_ns(rule);
                 newest.div_euclid(g) * g + g
             } else {
                 newest
             };
-            let Some((from, until)) = slot.evaluator.closing(rule, newest) else {
+            diag.counters.alarm_evaluations +=
+                evaluate(i, slot, Some(metric), newest, &mut values, &mut outcomes);
+        }
+        for (i, outcome) in outcomes {
+            self.outcome(i, outcome, diag);
+        }
+    }
+
+    /// The engine's watermark (newest event time of any metric) reached `watermark`: alarms
+    /// with a `no_data_grace` evaluate every boundary at least that grace behind it, whether
+    /// or not their metric sent data for it (`metric` gives a metric held in memory).
+    pub fn on_watermark<'m>(
+        &mut self,
+        watermark: i64,
+        metric: impl Fn((Sym, Sym)) -> Option<&'m Metric>,
+        diag: &mut Diag,
+    ) {
+        if self.graced.is_empty() || watermark <= self.swept {
+            return;
+        }
+        self.swept = watermark;
+        let mut outcomes = Vec::new();
+        let mut values = Vec::new();
+        for id in &self.graced {
+            let Some(&i) = self.by_id.get(id) else {
                 continue;
             };
-            values.clear();
-            metric.values_in(gi, mi, (from.unwrap_or(i64::MIN), until), &mut |t, v| {
-                values.push((t, v))
-            });
-            let enabled = slot.definition.enabled;
-            let constraints = &slot.constraints;
-            diag.counters.alarm_evaluations += slot.evaluator.advance(
-                rule,
-                slot.definition.repeat_actions,
-                until,
-                &mut values.iter().copied(),
-                &|at| enabled && constraints.allows(at),
-                &mut |o| outcomes.push((i, o)),
-            );
-            slot.dirty = true;
+            let slot = &mut self.slots[i];
+            let Some(grace) = slot.definition.options.no_data_grace else {
+                continue;
+            };
+            let held = watch_key(&slot.definition).and_then(&metric);
+            let due = watermark.saturating_sub(grace as i64 * 1_000_000_000);
+            let newest = held.and_then(Metric::newest).map_or(due, |n| n.max(due));
+            diag.counters.alarm_evaluations +=
+                evaluate(i, slot, held, newest, &mut values, &mut outcomes);
         }
         for (i, outcome) in outcomes {
             self.outcome(i, outcome, diag);
@@ -682,6 +681,71 @@ impl Slot {
             dirty,
         }
     }
+}
+
+/// Evaluates alarm `i` at every boundary of its granularity up to `newest` (event time) not
+/// evaluated yet, over its window and the new closed buckets `metric` holds (none when the
+/// metric is not in memory: a gap). Outcomes go to `outcomes`; returns the evaluations made.
+fn evaluate(
+    i: usize,
+    slot: &mut Slot,
+    metric: Option<&Metric>,
+    newest: i64,
+    values: &mut Vec<(i64, f64)>,
+    outcomes: &mut Vec<(usize, Outcome)>,
+) -> u64 {
+    let Some(rule) = slot.definition.threshold() else {
+        return 0;
+    };
+    let conduct = Conduct::of(&slot.definition);
+    let mut indices = None;
+    if let Some(metric) = metric {
+        let resolved = slot
+            .resolved
+            .get_or_insert_with(|| resolve(metric.policy(), &slot.definition));
+        match resolved {
+            Ok(r) => indices = Some(*r),
+            Err(reason) => {
+                // Aodh: the aggregation does not exist → insufficient data.
+                if slot.evaluator.state != AlarmState::InsufficientData && slot.definition.enabled {
+                    let evaluation = Evaluation::Insufficient {
+                        reason: reason.clone(),
+                        periods: rule.evaluation_periods,
+                        most_recent: None,
+                    };
+                    let g = granularity_ns(rule);
+                    let at = newest.div_euclid(g) * g;
+                    slot.evaluator
+                        .apply(at, conduct, &evaluation, &mut |o| outcomes.push((i, o)));
+                    slot.dirty = true;
+                }
+                return 0;
+            }
+        }
+    } else if slot.evaluator.through.is_none() {
+        // Never evaluated and no data: nothing to judge yet.
+        return 0;
+    }
+    let Some((from, until)) = slot.evaluator.closing(rule, newest) else {
+        return 0;
+    };
+    values.clear();
+    if let (Some(metric), Some((gi, mi))) = (metric, indices) {
+        metric.values_in(gi, mi, (from.unwrap_or(i64::MIN), until), &mut |t, v| {
+            values.push((t, v))
+        });
+    }
+    let enabled = slot.definition.enabled;
+    let constraints = &slot.constraints;
+    slot.dirty = true;
+    slot.evaluator.advance(
+        rule,
+        conduct,
+        until,
+        &mut values.iter().copied(),
+        &|at| enabled && constraints.allows(at),
+        &mut |o| outcomes.push((i, o)),
+    )
 }
 
 /// The reason Aodh's API gives an alarm whose state was set by hand.

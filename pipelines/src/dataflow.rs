@@ -780,6 +780,9 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let api_requests = Arc::new(Mutex::new(api_requests));
     let worker_live = live.clone();
     let worker_notifier = notifier.clone();
+    let watermark = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
+    // How many workers' store operators have seen the end of their input.
+    let at_end = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
@@ -804,8 +807,9 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 (index, workers),
                 worker_notifier.clone(),
             );
-            let mut aggregator =
-                Aggregator::new(store.clone(), plan.clone(), share, durable).with_alarms(alarms);
+            let mut aggregator = Aggregator::new(store.clone(), plan.clone(), share, durable)
+                .with_alarms(alarms)
+                .with_watermark(watermark.clone());
             if listening {
                 aggregator.checkpoint_every(CHECKPOINT_EVERY);
             }
@@ -813,6 +817,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         });
         let gnocchi_options = gnocchi_options.clone();
         let aggregate_live = live.clone();
+        let at_end = at_end.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let decode_diag = diag.clone();
             let mut decoder = Decoder::new(plan.clone(), names)
@@ -888,10 +893,12 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                             Exchange::new(|m: &Measure| m.route),
                             Exchange::new(|e: &AlarmEdit| e.route),
                             "Aggregate",
-                            move |default, _| {
+                            move |default, info| {
                                 // Held until the store has the last epoch: the probe passing
                                 // the end means every checkpoint is committed.
                                 let mut last = Some(default);
+                                let activator = scope.activator_for(info.address.clone());
+                                let mut arrived = false;
                                 let mut stash = EpochStash::default();
                                 let mut edits = EpochStash::default();
                                 move |(input, frontier), (alarm_input, alarm_frontier), _output| {
@@ -932,6 +939,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                             done.push(capability);
                                         }
                                     }
+                                    aggregator.sweep_alarms(&mut diag);
                                     aggregator.settle(&mut diag);
                                     if let Some(why) = aggregator.failure() {
                                         live.fail(why);
@@ -939,7 +947,19 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                     drop(done);
                                     aggregator.checkpoint_if_due(&mut diag);
                                     if frontier.is_empty() && alarm_frontier.is_empty() {
-                                        if let Some(cap) = last.take() {
+                                        // Every worker has aggregated all it will before any
+                                        // closes its alarms: the watermark is final, so what
+                                        // no_data_grace alarms decide does not depend on
+                                        // which worker got there first.
+                                        if last.is_some() && !arrived {
+                                            arrived = true;
+                                            at_end.fetch_add(1, Ordering::SeqCst);
+                                        }
+                                        if last.is_some()
+                                            && at_end.load(Ordering::SeqCst) < peers as usize
+                                        {
+                                            activator.activate();
+                                        } else if let Some(cap) = last.take() {
                                             // The end of a bounded input closes every bucket.
                                             if !listening {
                                                 aggregator.close_alarms(&mut diag);

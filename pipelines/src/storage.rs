@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,6 +175,9 @@ pub struct Aggregator {
     failure: Option<String>,
     /// The epochs processed since the last checkpoint must not pass before the next one.
     owed: bool,
+    /// The newest measure any worker has aggregated (ns): the watermark `no_data_grace`
+    /// alarms are judged by.
+    watermark: Arc<AtomicI64>,
     /// The alarms on this worker's metrics.
     alarms: Alarms,
 }
@@ -206,6 +210,7 @@ impl Aggregator {
             changed: false,
             failure: None,
             owed: false,
+            watermark: Arc::new(AtomicI64::new(i64::MIN)),
             alarms: Alarms::default(),
         }
     }
@@ -215,6 +220,22 @@ impl Aggregator {
         self.changed |= !alarms.is_empty();
         self.alarms = alarms;
         self
+    }
+
+    /// Shares `watermark` with the other workers' aggregators (each raises it to the newest
+    /// measure it aggregated).
+    pub fn with_watermark(mut self, watermark: Arc<AtomicI64>) -> Aggregator {
+        self.watermark = watermark;
+        self
+    }
+
+    /// Evaluates the alarms with a `no_data_grace` whose boundaries the shared watermark
+    /// has passed by that grace, data or not.
+    pub fn sweep_alarms(&mut self, diag: &mut Diag) {
+        let watermark = self.watermark.load(AtomicOrdering::Relaxed);
+        let metrics = &self.metrics;
+        self.alarms
+            .on_watermark(watermark, |key| metrics.get(&key).map(|e| &e.metric), diag);
     }
 
     /// Applies alarm changes made through the API; they are committed by the next
@@ -268,6 +289,7 @@ impl Aggregator {
 
     /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.
     pub fn close_alarms(&mut self, diag: &mut Diag) {
+        self.sweep_alarms(diag);
         let Aggregator {
             metrics, alarms, ..
         } = self;
@@ -403,6 +425,7 @@ impl Aggregator {
         let ptr = |s: Sym| s.as_str().as_ptr() as usize;
         measures.sort_by_key(|m| (m.batch, m.sink, ptr(m.resource_key), ptr(m.name)));
         let mut points = Vec::new();
+        let mut newest = i64::MIN;
         for group in measures.chunk_by(|a, b| {
             (a.batch, a.sink, a.resource_key, a.name) == (b.batch, b.sink, b.resource_key, b.name)
         }) {
@@ -437,6 +460,7 @@ impl Aggregator {
                 .metrics
                 .get_mut(&(m.resource_key, m.name))
                 .expect("ensured above");
+            newest = points.iter().fold(newest, |n, p| n.max(p.0));
             let outcome = entry.metric.add_batch_from(&mut points);
             for _ in 0..outcome.late {
                 diag.drop(DropReason::LateMeasure, || {
@@ -469,6 +493,7 @@ impl Aggregator {
             });
         }
         diag.counters.metrics_open = self.metrics.len() as u64;
+        self.watermark.fetch_max(newest, AtomicOrdering::Relaxed);
         measures.clear();
         if self.durable || from_api {
             self.owed = true;

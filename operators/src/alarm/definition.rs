@@ -156,6 +156,24 @@ pub struct TimeConstraint {
     pub timezone: String,
 }
 
+/// meterflow's options beyond Aodh, each off unless given (seconds of event time), so an
+/// alarm without them behaves exactly as Aodh's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AlarmOptions {
+    /// `no_data_grace`: once the engine's watermark (the newest event time of any metric) is
+    /// this far past a bucket boundary of the alarm, the boundary is evaluated even though the
+    /// alarm's metric sent nothing for it: a metric that stops goes to insufficient data
+    /// instead of keeping its last state forever.
+    pub no_data_grace: Option<u64>,
+    /// `for`: a transition to `alarm` takes effect only once every evaluation for this long
+    /// said so (Prometheus' `for`); until then the alarm stays as it is.
+    pub pending_for: Option<u64>,
+    /// `hold`: a state is kept at least this long after it was entered before a transition
+    /// out of it takes effect (notifications at most once per hold, the last state always
+    /// notified).
+    pub hold: Option<u64>,
+}
+
 /// A validated alarm definition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlarmDefinition {
@@ -193,6 +211,8 @@ pub struct AlarmDefinition {
     pub user_id: Option<String>,
     /// See `user_id`.
     pub project_id: Option<String>,
+    /// meterflow's options beyond Aodh (`no_data_grace`, `for`, `hold`).
+    pub options: AlarmOptions,
 }
 
 /// One problem with a definition: where, and what is wrong.
@@ -233,7 +253,7 @@ pub const TYPES: [&str; 5] = [
 /// Action URL schemes meterflow delivers to.
 pub const ACTION_SCHEMES: [&str; 5] = ["http", "https", "log", "file", "kafka"];
 
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 23] = [
     "alarm_id",
     "name",
     "description",
@@ -249,6 +269,10 @@ const FIELDS: [&str; 20] = [
     "time_constraints",
     "user_id",
     "project_id",
+    // meterflow's options beyond Aodh.
+    "no_data_grace",
+    "for",
+    "hold",
     // Server-set fields Aodh returns; accepted (and ignored) so a GET body can be PUT back.
     "timestamp",
     "state_timestamp",
@@ -459,7 +483,7 @@ impl AlarmDefinition {
                 let hint = if key.ends_with("_rule") {
                     format!("the rule of type {kind_name:?} goes under {rule_key}")
                 } else {
-                    format!("known: {}, and <type>_rule", FIELDS[..15].join(", "))
+                    format!("known: {}, and <type>_rule", FIELDS[..18].join(", "))
                 };
                 c.fail(key.as_str(), format!("unknown field {key:?} ({hint})"));
             }
@@ -533,6 +557,15 @@ impl AlarmDefinition {
             .unwrap_or_else(|| "Not evaluated yet".into());
         let user_id = c.string(obj, "user_id", "");
         let project_id = c.string(obj, "project_id", "");
+        let mut seconds = |key: &str| {
+            let given = obj.get(key).is_some_and(|v| !v.is_null());
+            given.then(|| c.integer_in(obj, key, "", 1, (1, 31_536_000)))
+        };
+        let options = AlarmOptions {
+            no_data_grace: seconds("no_data_grace"),
+            pending_for: seconds("for"),
+            hold: seconds("hold"),
+        };
         match rule {
             Some(rule) if c.problems.is_empty() => Ok(AlarmDefinition {
                 alarm_id,
@@ -552,6 +585,7 @@ impl AlarmDefinition {
                 rule_json,
                 user_id,
                 project_id,
+                options,
             }),
             _ => {
                 if c.problems.is_empty() {
@@ -600,6 +634,16 @@ impl AlarmDefinition {
             "project_id": self.project_id,
         });
         obj[format!("{}_rule", self.kind)] = self.rule_json.clone();
+        let options = [
+            ("no_data_grace", self.options.no_data_grace),
+            ("for", self.options.pending_for),
+            ("hold", self.options.hold),
+        ];
+        for (key, value) in options {
+            if let Some(v) = value {
+                obj[key] = json!(v);
+            }
+        }
         obj
     }
 }
@@ -1012,6 +1056,48 @@ mod tests {
                 "aggregation_method": "mean", "granularity": 300, "threshold": 80,
                 "comparison_operator": "gt", "evaluation_periods": 3}
         })
+    }
+
+    #[test]
+    fn options_beyond_aodh_are_off_unless_given_and_checked() {
+        let plain = parse(cpu()).unwrap();
+        assert_eq!(plain.options, AlarmOptions::default());
+        assert!(
+            plain.to_json().get("for").is_none(),
+            "Aodh's shape unchanged"
+        );
+        let mut v = cpu();
+        v["no_data_grace"] = json!(600);
+        v["for"] = json!(120);
+        v["hold"] = json!(300);
+        let a = parse(v).unwrap();
+        assert_eq!(
+            a.options,
+            AlarmOptions {
+                no_data_grace: Some(600),
+                pending_for: Some(120),
+                hold: Some(300)
+            }
+        );
+        assert_eq!(
+            parse(a.to_json()).unwrap(),
+            a,
+            "kept through the API's JSON"
+        );
+        let mut bad = cpu();
+        bad["for"] = json!(0);
+        bad["hold"] = json!("long");
+        let problems = parse(bad).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("for: Value 0 is invalid")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("hold:")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::definition::ThresholdRule;
+use super::definition::{AlarmDefinition, AlarmOptions, ThresholdRule};
 use super::threshold::{decide, evaluate, AlarmState, Evaluation, Refresh};
 
 /// What one evaluation did to an alarm (a transition, or with `repeat_actions` a refresh).
@@ -42,6 +42,32 @@ pub struct Evaluator {
     /// too belong to the same gap and are not evaluated again.
     #[serde(default)]
     pub gap: bool,
+    /// The event time the state was entered by a transition (for `hold`).
+    #[serde(default)]
+    pub entered_ns: Option<i64>,
+    /// Since when every evaluation has wanted `alarm` without it taking effect yet (for
+    /// `for`).
+    #[serde(default)]
+    pub pending_since: Option<i64>,
+}
+
+/// How an alarm acts on its decisions: Aodh's `repeat_actions` and meterflow's options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conduct {
+    /// Notify the same state again at every evaluation.
+    pub repeat: bool,
+    /// `no_data_grace`, `for`, `hold`.
+    pub options: AlarmOptions,
+}
+
+impl Conduct {
+    /// An alarm's conduct.
+    pub fn of(alarm: &AlarmDefinition) -> Conduct {
+        Conduct {
+            repeat: alarm.repeat_actions,
+            options: alarm.options,
+        }
+    }
 }
 
 impl Evaluator {
@@ -54,6 +80,8 @@ impl Evaluator {
             through: None,
             recent: VecDeque::new(),
             gap: false,
+            entered_ns: None,
+            pending_since: None,
         }
     }
 
@@ -77,7 +105,7 @@ impl Evaluator {
     pub fn advance(
         &mut self,
         rule: &ThresholdRule,
-        repeat: bool,
+        conduct: Conduct,
         until: i64,
         closed: &mut dyn Iterator<Item = (i64, f64)>,
         allowed: &dyn Fn(i64) -> bool,
@@ -136,7 +164,7 @@ impl Evaluator {
                 self.gap = empty;
                 evaluations += 1;
                 let evaluation = evaluate(values, periods, rule.comparison, rule.threshold);
-                self.apply(now, repeat, &evaluation, out);
+                self.apply(now, conduct, &evaluation, out);
             }
             now += g;
         }
@@ -148,27 +176,54 @@ impl Evaluator {
         evaluations
     }
 
-    /// Runs Aodh's transition step for `evaluation` at event time `at_ns`.
+    /// Runs Aodh's transition step for `evaluation` at event time `at_ns`, then the
+    /// options beyond Aodh: with `for`, a transition to alarm waits until every evaluation
+    /// for that long wanted it; with `hold`, a transition out of a state entered less than
+    /// `hold` ago waits (and happens at the first evaluation after, if still wanted).
     pub fn apply(
         &mut self,
         at_ns: i64,
-        repeat: bool,
+        conduct: Conduct,
         evaluation: &Evaluation,
         out: &mut dyn FnMut(Outcome),
     ) {
-        if let Some(refresh) = decide(self.state, repeat, evaluation) {
-            let previous = self.state;
-            if refresh.changed {
-                self.state = refresh.state;
-                self.state_reason = refresh.reason.clone();
-                self.reason_data = refresh.reason_data.clone();
-            }
-            out(Outcome {
-                at_ns,
-                previous,
-                refresh,
-            });
+        let refresh = decide(self.state, conduct.repeat, evaluation);
+        let to_alarm = refresh
+            .as_ref()
+            .is_some_and(|r| r.changed && r.state == AlarmState::Alarm);
+        if !to_alarm {
+            self.pending_since = None;
         }
+        let Some(refresh) = refresh else {
+            return;
+        };
+        let seconds = |s: Option<u64>| s.map(|s| s as i64 * 1_000_000_000);
+        if refresh.changed {
+            if let Some(wait) = seconds(conduct.options.pending_for).filter(|_| to_alarm) {
+                let since = *self.pending_since.get_or_insert(at_ns);
+                if at_ns - since < wait {
+                    return;
+                }
+            }
+            if let (Some(hold), Some(entered)) = (seconds(conduct.options.hold), self.entered_ns) {
+                if at_ns - entered < hold {
+                    return;
+                }
+            }
+        }
+        let previous = self.state;
+        if refresh.changed {
+            self.state = refresh.state;
+            self.state_reason = refresh.reason.clone();
+            self.reason_data = refresh.reason_data.clone();
+            self.entered_ns = Some(at_ns);
+            self.pending_since = None;
+        }
+        out(Outcome {
+            at_ns,
+            previous,
+            refresh,
+        });
     }
 }
 
@@ -204,13 +259,27 @@ mod tests {
         newest: i64,
         closed: &[(i64, f64)],
     ) -> Vec<String> {
+        let conduct = Conduct {
+            repeat,
+            ..Conduct::default()
+        };
+        run_with(e, r, conduct, newest, closed)
+    }
+
+    fn run_with(
+        e: &mut Evaluator,
+        r: &ThresholdRule,
+        conduct: Conduct,
+        newest: i64,
+        closed: &[(i64, f64)],
+    ) -> Vec<String> {
         let mut out = Vec::new();
         let Some((_, until)) = e.closing(r, newest) else {
             return out;
         };
         e.advance(
             r,
-            repeat,
+            conduct,
             until,
             &mut closed.iter().copied(),
             &|_| true,
@@ -224,6 +293,68 @@ mod tests {
             },
         );
         out
+    }
+
+    /// One bucket per 300 s from 0, value `v` each, closed by a measure in the next.
+    fn buckets(values: &[f64]) -> (i64, Vec<(i64, f64)>) {
+        let closed: Vec<(i64, f64)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as i64 * 300 * S, v))
+            .collect();
+        (values.len() as i64 * 300 * S, closed)
+    }
+
+    fn with(options: AlarmOptions) -> Conduct {
+        Conduct {
+            repeat: false,
+            options,
+        }
+    }
+
+    #[test]
+    fn for_waits_until_the_breach_persisted() {
+        let r = rule(1);
+        let options = AlarmOptions {
+            pending_for: Some(600),
+            ..AlarmOptions::default()
+        };
+        // Evaluations at each boundary: ok at 300 as usual; breaching at 600 and 900 (pending
+        // since 600, 300 s short), back under at 1200: nothing fires.
+        let mut e = Evaluator::new(AlarmState::InsufficientData, "");
+        let (newest, closed) = buckets(&[10.0, 90.0, 90.0, 10.0]);
+        let out = run_with(&mut e, &r, with(options), newest, &closed);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].starts_with("ok@300"), "{out:?}");
+        // Breaching at 1800, 2100, 2400: fires at 2400, 600 s after the first breach.
+        let (newest, closed) = buckets(&[10.0, 90.0, 90.0, 10.0, 10.0, 90.0, 90.0, 90.0]);
+        let mut e = Evaluator::new(AlarmState::InsufficientData, "");
+        let out = run_with(&mut e, &r, with(options), newest, &closed);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[1].starts_with("alarm@2400"), "{out:?}");
+        // Without `for`, the same stream flaps at every change, as Aodh does.
+        let mut e = Evaluator::new(AlarmState::InsufficientData, "");
+        let out = run_with(&mut e, &r, Conduct::default(), newest, &closed);
+        assert_eq!(out.len(), 4, "{out:?}");
+    }
+
+    #[test]
+    fn hold_keeps_a_state_before_leaving_it() {
+        let r = rule(1);
+        let options = AlarmOptions {
+            hold: Some(900),
+            ..AlarmOptions::default()
+        };
+        // Flapping every bucket: ok@300, then alarm wanted at 600 (held until 1200: ok entered
+        // at 300), taken at the first evaluation that still wants it after the hold.
+        let (newest, closed) = buckets(&[10.0, 90.0, 10.0, 90.0, 90.0, 10.0, 10.0]);
+        let mut e = Evaluator::new(AlarmState::InsufficientData, "");
+        let out = run_with(&mut e, &r, with(options), newest, &closed);
+        let at: Vec<&str> = out.iter().map(|o| o.split(' ').next().unwrap()).collect();
+        assert_eq!(at, ["ok@300", "alarm@1200", "ok@2100"], "{out:?}");
+        // The memory survives a checkpoint.
+        let back: Evaluator = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
     }
 
     #[test]
