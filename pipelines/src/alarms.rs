@@ -256,8 +256,7 @@ impl Alarms {
                     let changed = s.definition.to_json() != definition.to_json();
                     if changed {
                         if s.definition.rule_json != definition.rule_json {
-                            evaluator.through = None;
-                            evaluator.recent.clear();
+                            evaluator.restart_window();
                         }
                         alarms.record(definition, "rule change", definition.to_json(), now, now);
                     }
@@ -366,14 +365,11 @@ impl Alarms {
                 carried,
                 set_state,
             } => {
-                match existing {
+                let (evaluator, since) = match existing {
                     Some(i) => {
                         let mut slot = self.take(i);
                         if slot.definition.rule_json != definition.rule_json {
-                            slot.evaluator.through = None;
-                            slot.evaluator.recent.clear();
-                            slot.evaluator.gap = false;
-                            slot.resolved = None;
+                            slot.evaluator.restart_window();
                             fresh = true;
                         }
                         if set_state && slot.evaluator.state != definition.state {
@@ -381,36 +377,20 @@ impl Alarms {
                             slot.evaluator.state_reason = definition.state_reason.clone();
                             slot.state_timestamp_ns = now;
                         }
-                        let evaluator = slot.evaluator;
-                        let since = slot.state_timestamp_ns;
-                        let i = self.add(Slot::new(
-                            definition.clone(),
-                            origin,
-                            evaluator,
-                            since,
-                            true,
-                        ));
-                        prime = fresh.then_some(i);
+                        (slot.evaluator, slot.state_timestamp_ns)
                     }
-                    None => {
-                        let (evaluator, since) = match carried {
-                            Some(c) => (c.evaluator, c.state_timestamp_ns),
-                            None => {
-                                fresh = true;
-                                let e = Evaluator::new(definition.state, &definition.state_reason);
-                                (e, now)
-                            }
-                        };
-                        let i = self.add(Slot::new(
-                            definition.clone(),
-                            origin,
-                            evaluator,
-                            since,
-                            true,
-                        ));
-                        prime = fresh.then_some(i);
-                    }
-                }
+                    None => match carried {
+                        Some(c) => (c.evaluator, c.state_timestamp_ns),
+                        None => {
+                            fresh = true;
+                            let e = Evaluator::new(definition.state, &definition.state_reason);
+                            (e, now)
+                        }
+                    },
+                };
+                let slot = Slot::new(definition.clone(), origin, evaluator, since, true);
+                let i = self.add(slot);
+                prime = fresh.then_some(i);
                 definition
             }
             AlarmChange::Remove => {

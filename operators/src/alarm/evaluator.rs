@@ -85,6 +85,14 @@ impl Evaluator {
         }
     }
 
+    /// Forgets the window (the rule changed): the next closed buckets start it anew; the
+    /// state stays.
+    pub fn restart_window(&mut self) {
+        self.through = None;
+        self.recent.clear();
+        self.gap = false;
+    }
+
     /// The buckets of `rule` closed by a metric whose newest measure is at `newest_ns`:
     /// `[from, until)`, where `from` is where the last call stopped (`None`: from the oldest
     /// bucket held). Empty when nothing new closed.

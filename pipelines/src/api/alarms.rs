@@ -316,9 +316,7 @@ async fn replace(
             history: None,
         });
         let mut evaluation = old.evaluation.clone();
-        evaluation.evaluator.through = None;
-        evaluation.evaluator.recent.clear();
-        evaluation.evaluator.gap = false;
+        evaluation.evaluator.restart_window();
         carried = Some(Box::new(evaluation));
     }
     edits.push(AlarmEdit {
