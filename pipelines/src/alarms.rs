@@ -2,7 +2,9 @@
 //! metric, and is evaluated (Aodh's decision, [`Evaluator`]) whenever a batch closes buckets of
 //! its granularity — in event time, at stream speed, with no exchange. Transitions are
 //! recorded in the store's alarm history, state is checkpointed with the measures, and
-//! notifications go to the [`Notifier`] without waiting for any receiver.
+//! notifications go to the [`Notifier`] without waiting for any receiver. Changes made through
+//! the API arrive as [`AlarmEdit`]s on the same worker; alarms with a `no_data_grace` are also
+//! evaluated as the shared watermark moves ([`Alarms::on_watermark`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

@@ -6,9 +6,13 @@
 //!      transformers keep cross-resource state)──> Transform: per sink, in epoch order,
 //!      sample by sample through the chain, flushed at every notification boundary, published
 //!    ──measures for gnocchi:// publishers, exchanged by resource──> Aggregate: per metric,
-//!      one batch per notification, Gnocchi's aggregation; final buckets and checkpoints to
-//!      the store
+//!      one batch per notification, Gnocchi's aggregation, alarms evaluated as buckets
+//!      close; final buckets and checkpoints to the store
+//!  the API's measures (worker 0) ──exchanged by resource──> Aggregate
+//!  the API's alarm changes (worker 0) ──exchanged by the alarm's metric──> Aggregate (second
+//!    input: an epoch's changes before its measures)
 //! ```
+//! Epochs that are ready together share one store commit, and pass only after it.
 //! Each epoch is one chunk of input parsed by one worker, so a (resource, meter) key sees its
 //! samples in input order: the channel from that worker is FIFO and Transform processes epochs
 //! in order once the frontier has passed them. Results are identical (as multisets) for any
@@ -42,8 +46,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-use crate::alarms::AlarmEdit;
-use crate::alarms::{stored_alarms, Alarms};
+use crate::alarms::{stored_alarms, AlarmEdit, Alarms};
 use crate::api::{ListenOptions, Live, Requests, Server};
 use crate::plan::Plan;
 use crate::storage::{load_shares, open_store, Aggregator, Measure, Share};
