@@ -7,7 +7,7 @@
 //!                        channel to worker 0, which feeds them into the Aggregate operator as
 //!                        one epoch; 202 once that epoch's checkpoint is committed
 //! ```
-//! Aodh's v2 alarm API (`/v2/alarms`, see [`alarms`]) works the same way: changes go to the
+//! Aodh's v2 alarm API (`/v2/alarms`, in `api/alarms.rs`) works the same way: changes go to the
 //! workers as one epoch and are answered once committed.
 //!
 //! Reads see what the store has committed; an accepted POST is committed before it is
