@@ -100,7 +100,7 @@ pub struct Live {
     failure: Mutex<Option<String>>,
     stopping: AtomicBool,
     started: Instant,
-    notifier: Mutex<Option<Arc<NotifierStats>>>,
+    notifier: Option<Arc<NotifierStats>>,
 }
 
 impl Live {
@@ -114,21 +114,19 @@ impl Live {
             failure: Mutex::new(None),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
-            notifier: Mutex::new(None),
+            notifier: None,
         }
     }
 
     /// Shares the alarm notifier's counters (for `/metrics`).
-    pub fn set_notifier(&self, stats: Arc<NotifierStats>) {
-        *self.notifier.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+    pub fn with_notifier(mut self, stats: Option<Arc<NotifierStats>>) -> Live {
+        self.notifier = stats;
+        self
     }
 
     /// The alarm notifier's counters, if alarms run.
-    pub fn notifier(&self) -> Option<Arc<NotifierStats>> {
-        self.notifier
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn notifier(&self) -> Option<&NotifierStats> {
+        self.notifier.as_deref()
     }
 
     /// Worker `index` reports its counters.

@@ -759,10 +759,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let plan = Arc::new(plan);
     let readers = Arc::new(Mutex::new(Some(readers)));
     let progress = options.progress;
-    let live = Arc::new(Live::new(workers, names.to_vec(), sink_names.clone()));
-    if let Some(stats) = &notifier_stats {
-        live.set_notifier(stats.clone());
-    }
+    let live = Arc::new(
+        Live::new(workers, names.to_vec(), sink_names.clone())
+            .with_notifier(notifier_stats.clone()),
+    );
     let mut server = None;
     let mut api_requests = None;
     if let (Some(listen), Some((store, _))) = (&options.listen, &store) {

@@ -365,6 +365,30 @@ impl Validator {
         }
     }
 
+    /// The items of list `path` as JSON (the form Gnocchi's and Aodh's parsers take), each
+    /// with its place; an item YAML can hold but JSON cannot is reported and left out.
+    fn json_list(
+        &mut self,
+        v: Option<&Value>,
+        path: &str,
+        what: &str,
+    ) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for (i, item) in self
+            .list(v, path, what)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let place = format!("{path}[{i}]");
+            match serde_json::to_value(item) {
+                Ok(json) => out.push((place, json)),
+                Err(e) => self.problem(place, format!("not representable as JSON: {e}")),
+            }
+        }
+        out
+    }
+
     fn unknown_keys(&mut self, map: &serde_yaml::Mapping, path: &str, known: &[&str]) {
         for key in map.keys() {
             let k = key.as_str().unwrap_or("");
@@ -583,18 +607,7 @@ impl Validator {
         policies: &[ArchivePolicy],
     ) -> Vec<Arc<AlarmDefinition>> {
         let mut out: Vec<Arc<AlarmDefinition>> = Vec::new();
-        let Some(items) = self.list(v, "alarms", "alarms in Aodh's JSON form") else {
-            return out;
-        };
-        for (i, item) in items.iter().enumerate() {
-            let path = format!("alarms[{i}]");
-            let json = match serde_json::to_value(item) {
-                Ok(json) => json,
-                Err(e) => {
-                    self.problem(path, format!("not representable as JSON: {e}"));
-                    continue;
-                }
-            };
+        for (path, json) in self.json_list(v, "alarms", "alarms in Aodh's JSON form") {
             let alarm = match AlarmDefinition::from_json(&json, alarm_uuid) {
                 Ok(alarm) => alarm,
                 Err(problems) => {
@@ -630,22 +643,8 @@ impl Validator {
 
     fn archive_policies(&mut self, v: Option<&Value>) -> Vec<ArchivePolicy> {
         let mut out: Vec<ArchivePolicy> = Vec::new();
-        let Some(items) = self.list(
-            v,
-            "archive_policies",
-            "archive policies in Gnocchi's JSON form",
-        ) else {
-            return out;
-        };
-        for (i, item) in items.iter().enumerate() {
-            let path = format!("archive_policies[{i}]");
-            let json = match serde_json::to_value(item) {
-                Ok(json) => json,
-                Err(e) => {
-                    self.problem(path, format!("not representable as JSON: {e}"));
-                    continue;
-                }
-            };
+        let what = "archive policies in Gnocchi's JSON form";
+        for (path, json) in self.json_list(v, "archive_policies", what) {
             match ArchivePolicy::from_json(&json) {
                 Ok(p) if out.iter().any(|q| q.name == p.name) => self.problem(
                     format!("{path}.name"),

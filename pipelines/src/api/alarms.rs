@@ -124,8 +124,8 @@ async fn send(state: &ApiState, edits: Vec<AlarmEdit>) -> AodhResult<()> {
 }
 
 /// Parses and checks an alarm body as Aodh's API does, plus meterflow's own check that the
-/// alarm can run next to the plan's archive policies.
-fn parse(state: &ApiState, body: &[u8], id: &str) -> AodhResult<AlarmDefinition> {
+/// alarm can run next to the plan's archive policies; and whether the body gave a `state`.
+fn parse(state: &ApiState, body: &[u8], id: &str) -> AodhResult<(AlarmDefinition, bool)> {
     let mut value: Value = serde_json::from_slice(body)
         .map_err(|e| AodhError::client(format!("Invalid input: the body is not JSON: {e}")))?;
     let Some(obj) = value.as_object_mut() else {
@@ -135,6 +135,7 @@ fn parse(state: &ApiState, body: &[u8], id: &str) -> AodhResult<AlarmDefinition>
     };
     // The id is the server's: a POST gets a new one, a PUT keeps the URL's.
     obj.insert("alarm_id".into(), json!(id));
+    let gave_state = obj.contains_key("state");
     let alarm = AlarmDefinition::from_json(&value, |_| id.to_owned()).map_err(|problems| {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         AodhError::client(text.join("; "))
@@ -142,7 +143,7 @@ fn parse(state: &ApiState, body: &[u8], id: &str) -> AodhResult<AlarmDefinition>
     if let Some((field, why)) = cannot_run(&alarm, &state.plan.archive_policies) {
         return Err(AodhError::client(format!("{field}: {why}")));
     }
-    Ok(alarm)
+    Ok((alarm, gave_state))
 }
 
 fn name_taken(alarms: &BTreeMap<String, StoredAlarm>, name: &str) -> AodhResult<()> {
@@ -238,7 +239,7 @@ async fn show(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<V
 
 async fn create(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Response> {
     let id = random_uuid();
-    let alarm = parse(&state, &body, &id)?;
+    let (alarm, _) = parse(&state, &body, &id)?;
     let route = route_of(&alarm)?;
     let _one_at_a_time = state.alarm_writes.lock().await;
     name_taken(&all(&state)?, &alarm.name)?;
@@ -287,10 +288,7 @@ async fn replace(
     let _one_at_a_time = state.alarm_writes.lock().await;
     let alarms = all(&state)?;
     let old = alarms.get(&id).ok_or_else(|| AodhError::not_found(&id))?;
-    let mut alarm = parse(&state, &body, &id)?;
-    let gave_state = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .is_some_and(|v| v.get("state").is_some());
+    let (mut alarm, gave_state) = parse(&state, &body, &id)?;
     if !gave_state {
         // Left out, the state stays as it is (Aodh would reset it to its default).
         alarm.state = old.evaluation.evaluator.state;
