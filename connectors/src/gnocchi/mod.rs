@@ -3,6 +3,7 @@
 //! measures` / `serve` read.
 
 pub mod resources;
+pub mod search;
 pub mod store;
 
 use std::sync::Arc;

@@ -196,6 +196,17 @@ impl Evaluator {
         out: &mut dyn FnMut(Outcome),
     ) {
         let refresh = decide(self.state, conduct.repeat, evaluation);
+        self.apply_refresh(at_ns, conduct, refresh, out);
+    }
+
+    /// [`Evaluator::apply`] for a decision already made (a composite's).
+    pub fn apply_refresh(
+        &mut self,
+        at_ns: i64,
+        conduct: Conduct,
+        refresh: Option<Refresh>,
+        out: &mut dyn FnMut(Outcome),
+    ) {
         let to_alarm = refresh
             .as_ref()
             .is_some_and(|r| r.changed && r.state == AlarmState::Alarm);
