@@ -131,8 +131,10 @@ pub struct Counters {
     pub alarm_transitions: u64,
     /// Alarm notifications handed to the notifiers (one per action URL).
     pub alarm_notifications: u64,
-    /// Alarms held (a gauge).
+    /// Alarms held next to their metric (a gauge).
     pub alarms: u64,
+    /// Alarms over several metrics held by the cross operator (a gauge).
+    pub alarms_cross: u64,
     /// Per input (by its position; the API's ingest after the inputs), the newest event time
     /// seen, microseconds since the epoch (`i64::MIN` before the first).
     pub newest_event_us: Vec<i64>,
@@ -187,6 +189,7 @@ impl Counters {
         self.alarm_transitions += other.alarm_transitions;
         self.alarm_notifications += other.alarm_notifications;
         self.alarms += other.alarms;
+        self.alarms_cross += other.alarms_cross;
         for (i, &t) in other.newest_event_us.iter().enumerate() {
             self.saw_event(i, t);
         }

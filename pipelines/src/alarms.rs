@@ -6,7 +6,7 @@
 //! the API arrive as [`AlarmEdit`]s on the same worker; alarms with a `no_data_grace` are also
 //! evaluated as the shared watermark moves ([`Alarms::on_watermark`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,7 @@ use meterflow_engine::metrics::Diag;
 use meterflow_engine::partition::route;
 use meterflow_operators::aggregate::{ArchivePolicy, Metric};
 use meterflow_operators::alarm::constraints::Constraints;
+use meterflow_operators::alarm::cross::{is_cross, CrossMemory, Shape};
 use meterflow_operators::alarm::definition::{AlarmDefinition, Target};
 use meterflow_operators::alarm::evaluator::{granularity_ns, Conduct, Evaluator, Outcome};
 use meterflow_operators::alarm::threshold::{AlarmState, Evaluation};
@@ -48,6 +49,9 @@ pub struct StoredEvaluation {
     pub state_timestamp_ns: i64,
     /// The evaluation memory.
     pub evaluator: Evaluator,
+    /// What an alarm over several metrics holds besides (its contributors' buckets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross: Option<CrossMemory>,
 }
 
 /// An alarm read back from the store.
@@ -93,6 +97,26 @@ pub fn stored_alarms(records: &BTreeMap<String, AlarmRecord>) -> BTreeMap<String
             }
             (Err(e), _) => tracing::error!("alarm {id} in the store cannot be read ({e}); it is not evaluated"),
             (_, Err(e)) => tracing::error!("alarm {id}'s evaluation state in the store cannot be read ({e}); it is not evaluated"),
+        }
+    }
+    out
+}
+
+/// Every alarm over several metrics that runs (the definition's, and the stored ones
+/// [`Alarms::load`] keeps): each store operator works out which of its metrics feed them.
+pub fn cross_definitions(
+    (defined, declared): (&[Arc<AlarmDefinition>], bool),
+    stored: &BTreeMap<String, StoredAlarm>,
+) -> Vec<Arc<AlarmDefinition>> {
+    let mut out: Vec<Arc<AlarmDefinition>> =
+        defined.iter().filter(|a| is_cross(a)).cloned().collect();
+    let ids: HashSet<&str> = defined.iter().map(|d| d.alarm_id.as_str()).collect();
+    for (id, s) in stored {
+        if !ids.contains(id.as_str())
+            && is_cross(&s.definition)
+            && (s.evaluation.origin == Origin::Api || !declared)
+        {
+            out.push(Arc::new(s.definition.clone()));
         }
     }
     out
@@ -151,12 +175,24 @@ pub fn find_alarm<'a>(
     }
 }
 
-/// The worker route of the metric an alarm reads, for the alarms that read one metric.
+/// The worker route of an alarm: the route of its metric for an alarm that reads one (it is
+/// evaluated where the metric is aggregated), else of its id (alarms over several metrics,
+/// evaluated from what their contributors send); `None` for alarms not evaluated here.
 pub fn alarm_route(alarm: &AlarmDefinition) -> Option<u64> {
+    if is_cross(alarm) {
+        return Some(route(&alarm.alarm_id));
+    }
     match &alarm.threshold()?.target {
         Target::Resource { resource_id, .. } => Some(route(&resource_key(resource_id))),
         _ => None,
     }
+}
+
+/// Whether worker `index` of `peers` evaluates `alarm`: the store's operator (`cross`
+/// false) the alarms on one metric, the cross operator (`cross` true) the others.
+pub fn owns(alarm: &AlarmDefinition, (index, peers): (usize, usize), cross: bool) -> bool {
+    is_cross(alarm) == cross
+        && alarm_route(alarm).is_some_and(|r| (r % peers as u64) as usize == index)
 }
 
 fn now_ns() -> i64 {
@@ -166,17 +202,50 @@ fn now_ns() -> i64 {
 }
 
 /// A change to one alarm made through the API, on its way to the worker that owns the
-/// alarm's metric (the API checked it and worked out its history entry).
+/// alarm (the API checked it and worked out its history entry). A change to an alarm over
+/// several metrics goes to every store operator (each works out which of its metrics feed
+/// the alarm), and from the owner's on to the cross operator.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AlarmEdit {
-    /// The worker route: the route of the metric the alarm reads.
+    /// The alarm's route ([`alarm_route`]).
     pub route: u64,
+    /// Whether the alarm is one over several metrics ([`is_cross`]).
+    #[serde(default)]
+    pub cross: bool,
+    /// For the copies of a cross alarm's change: the worker this copy is for.
+    #[serde(default)]
+    pub copy: Option<u64>,
     /// The alarm.
     pub alarm_id: String,
     /// What changes.
     pub change: AlarmChange,
     /// The history entry to record with it: (type, detail).
     pub history: Option<(String, serde_json::Value)>,
+}
+
+impl AlarmEdit {
+    /// A change to alarm `alarm_id`, whose definition (the old one for a removal) is
+    /// `alarm`.
+    pub fn new(
+        alarm: &AlarmDefinition,
+        alarm_id: &str,
+        change: AlarmChange,
+        history: Option<(String, serde_json::Value)>,
+    ) -> Option<AlarmEdit> {
+        Some(AlarmEdit {
+            route: alarm_route(alarm)?,
+            cross: is_cross(alarm),
+            copy: None,
+            alarm_id: alarm_id.to_owned(),
+            change,
+            history,
+        })
+    }
+
+    /// The exchange key: the worker a copy is for, else the alarm's route.
+    pub fn target(&self) -> u64 {
+        self.copy.unwrap_or(self.route)
+    }
 }
 
 /// What an [`AlarmEdit`] does.
@@ -212,6 +281,8 @@ struct Slot {
     state_timestamp_ns: i64,
     /// Granule and method index in the metric's policy, once resolved (or why not).
     resolved: Option<Result<(usize, usize), String>>,
+    /// For an alarm over several metrics: its contributors' buckets.
+    cross: Option<CrossMemory>,
     dirty: bool,
 }
 
@@ -228,26 +299,29 @@ pub struct Alarms {
     /// Slot index by alarm id.
     by_id: FxHashMap<String, usize>,
     /// The alarms with a `no_data_grace`, by id.
-    graced: std::collections::BTreeSet<String>,
+    graced: BTreeSet<String>,
     /// The watermark they were last evaluated at.
     swept: i64,
+    /// Alarms over several metrics fed since they were last evaluated, by id.
+    touched: BTreeSet<String>,
+    /// The engine's watermark as the cross operator knows it (the newest event time any
+    /// store operator reported), for `no_data_grace` and the start of created alarms.
+    watermark: i64,
 }
 
 impl Alarms {
-    /// The alarms of worker `index` of `peers`: the definition's, and those the store holds
+    /// The alarms `mine` picks (see [`owns`]): the definition's, and those the store holds
     /// (API-created ones kept; definition ones no longer defined, deleted). Stored state is
     /// resumed; a definition whose rule changed keeps its state but starts its window anew.
     pub fn load(
         (defined, declared): (&[Arc<AlarmDefinition>], bool),
         stored: &BTreeMap<String, StoredAlarm>,
-        (index, peers): (usize, usize),
+        mine: &dyn Fn(&AlarmDefinition) -> bool,
         notifier: Option<Arc<Notifier>>,
     ) -> Alarms {
-        let mine = |a: &AlarmDefinition| {
-            alarm_route(a).is_some_and(|r| (r % peers as u64) as usize == index)
-        };
         let mut alarms = Alarms {
             notifier,
+            watermark: i64::MIN,
             ..Alarms::default()
         };
         let now = now_ns();
@@ -255,10 +329,12 @@ impl Alarms {
             let slot = match stored.get(&definition.alarm_id) {
                 Some(s) => {
                     let mut evaluator = s.evaluation.evaluator.clone();
+                    let mut cross = s.evaluation.cross.clone();
                     let changed = s.definition.to_json() != definition.to_json();
                     if changed {
                         if s.definition.rule_json != definition.rule_json {
                             evaluator.restart_window();
+                            cross = None;
                         }
                         alarms.record(definition, "rule change", definition.to_json(), now, now);
                     }
@@ -270,6 +346,7 @@ impl Alarms {
                         since,
                         changed,
                     )
+                    .with_cross(cross)
                 }
                 None => {
                     alarms.record(definition, "creation", definition.to_json(), now, now);
@@ -285,13 +362,16 @@ impl Alarms {
                 continue;
             }
             if s.evaluation.origin == Origin::Api || !declared {
-                alarms.add(Slot::new(
-                    Arc::new(s.definition.clone()),
-                    s.evaluation.origin,
-                    s.evaluation.evaluator.clone(),
-                    s.evaluation.state_timestamp_ns,
-                    false,
-                ));
+                alarms.add(
+                    Slot::new(
+                        Arc::new(s.definition.clone()),
+                        s.evaluation.origin,
+                        s.evaluation.evaluator.clone(),
+                        s.evaluation.state_timestamp_ns,
+                        false,
+                    )
+                    .with_cross(s.evaluation.cross.clone()),
+                );
             } else {
                 alarms.record(&s.definition, "deletion", s.definition.to_json(), now, now);
                 alarms.deleted.push(AlarmRecord {
@@ -311,7 +391,7 @@ impl Alarms {
             self.watches.entry(key).or_default().push(index);
         }
         self.by_id.insert(slot.definition.alarm_id.clone(), index);
-        if slot.definition.options.no_data_grace.is_some() {
+        if slot.definition.options.no_data_grace.is_some() && slot.cross.is_none() {
             self.graced.insert(slot.definition.alarm_id.clone());
         }
         self.slots.push(slot);
@@ -345,6 +425,7 @@ impl Alarms {
         let slot = self.slots.swap_remove(i);
         self.by_id.remove(&slot.definition.alarm_id);
         self.graced.remove(&slot.definition.alarm_id);
+        self.touched.remove(&slot.definition.alarm_id);
         slot
     }
 
@@ -367,11 +448,12 @@ impl Alarms {
                 carried,
                 set_state,
             } => {
-                let (evaluator, since) = match existing {
+                let (evaluator, since, mut cross) = match existing {
                     Some(i) => {
                         let mut slot = self.take(i);
                         if slot.definition.rule_json != definition.rule_json {
                             slot.evaluator.restart_window();
+                            slot.cross = None;
                             fresh = true;
                         }
                         if set_state && slot.evaluator.state != definition.state {
@@ -379,18 +461,30 @@ impl Alarms {
                             slot.evaluator.state_reason = definition.state_reason.clone();
                             slot.state_timestamp_ns = now;
                         }
-                        (slot.evaluator, slot.state_timestamp_ns)
+                        (slot.evaluator, slot.state_timestamp_ns, slot.cross)
                     }
                     None => match carried {
-                        Some(c) => (c.evaluator, c.state_timestamp_ns),
+                        Some(c) => (c.evaluator, c.state_timestamp_ns, c.cross),
                         None => {
                             fresh = true;
                             let e = Evaluator::new(definition.state, &definition.state_reason);
-                            (e, now)
+                            (e, now, None)
                         }
                     },
                 };
-                let slot = Slot::new(definition.clone(), origin, evaluator, since, true);
+                let mut slot = Slot::new(definition.clone(), origin, evaluator, since, true);
+                if fresh {
+                    cross = None;
+                    // Created or re-ruled while the engine runs: evaluated from the next
+                    // instant its contributors reach after the engine's present.
+                    if let Some(Ok(shape)) = Shape::of(&definition) {
+                        if self.watermark != i64::MIN {
+                            let at = self.watermark.div_euclid(shape.step) * shape.step;
+                            slot.evaluator.through = Some(at);
+                        }
+                    }
+                }
+                let slot = slot.with_cross(cross);
                 let i = self.add(slot);
                 prime = fresh.then_some(i);
                 definition
@@ -562,6 +656,75 @@ impl Alarms {
         }
     }
 
+    /// Takes what a contributor sent an alarm over several metrics (see [`Feed::Points`]);
+    /// the alarm is evaluated at the next [`Alarms::run_cross`].
+    pub fn on_feed(
+        &mut self,
+        alarm_id: &str,
+        leaf: usize,
+        metric_id: &str,
+        points: &[(i64, f64)],
+        newest: i64,
+    ) {
+        let Some(&i) = self.by_id.get(alarm_id) else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        let Some(memory) = slot.cross.as_mut() else {
+            return;
+        };
+        let Some(Ok(shape)) = Shape::of(&slot.definition) else {
+            return;
+        };
+        let horizon = CrossMemory::horizon(&shape, slot.evaluator.through);
+        memory.feed(leaf, metric_id, points, newest, horizon);
+        slot.dirty = true;
+        self.touched.insert(alarm_id.to_owned());
+    }
+
+    /// A store operator's newest event time: the engine's watermark is the newest of them.
+    pub fn on_tick(&mut self, newest: i64) {
+        if newest > self.watermark {
+            self.watermark = newest;
+            for slot in self.slots.iter().filter(|s| s.cross.is_some()) {
+                if slot.definition.options.no_data_grace.is_some() {
+                    self.touched.insert(slot.definition.alarm_id.clone());
+                }
+            }
+        }
+    }
+
+    /// Evaluates the alarms over several metrics fed (or, with a `no_data_grace`, whose
+    /// grace the watermark moved past) since the last call, at every instant now closed.
+    pub fn run_cross(&mut self, diag: &mut Diag) {
+        let mut outcomes = Vec::new();
+        for id in std::mem::take(&mut self.touched) {
+            let Some(&i) = self.by_id.get(&id) else {
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            let (Some(memory), Some(Ok(shape))) =
+                (slot.cross.as_mut(), Shape::of(&slot.definition))
+            else {
+                continue;
+            };
+            let enabled = slot.definition.enabled;
+            let constraints = &slot.constraints;
+            slot.dirty = true;
+            diag.counters.alarm_evaluations += memory.run(
+                &shape,
+                &mut slot.evaluator,
+                Conduct::of(&slot.definition),
+                self.watermark,
+                &|at| enabled && constraints.allows(at),
+                &mut |o| outcomes.push((i, o)),
+            );
+        }
+        for (i, outcome) in outcomes {
+            self.outcome(i, outcome, diag);
+        }
+    }
+
     /// Records and notifies one outcome of alarm `i`.
     fn outcome(&mut self, i: usize, o: Outcome, diag: &mut Diag) {
         let now = now_ns();
@@ -628,6 +791,7 @@ impl Alarms {
                 origin: slot.origin,
                 state_timestamp_ns: slot.state_timestamp_ns,
                 evaluator: slot.evaluator.clone(),
+                cross: slot.cross.clone(),
             };
             checkpoint.alarms.push(AlarmRecord {
                 alarm_id: slot.definition.alarm_id.clone(),
@@ -660,8 +824,23 @@ impl Slot {
             evaluator,
             state_timestamp_ns,
             resolved: None,
+            cross: None,
             dirty,
         }
+        .with_cross(None)
+    }
+
+    /// Gives an alarm over several metrics its memory (`memory`, or a fresh one).
+    fn with_cross(mut self, memory: Option<CrossMemory>) -> Slot {
+        self.cross = match Shape::of(&self.definition) {
+            Some(Ok(shape)) => Some(
+                memory
+                    .filter(|m| m.leaves.len() == shape.leaves.len())
+                    .unwrap_or_else(|| CrossMemory::new(shape.leaves.len())),
+            ),
+            _ => None,
+        };
+        self
     }
 }
 
@@ -795,6 +974,8 @@ mod tests {
     fn put(alarms: &mut Alarms, d: &Arc<AlarmDefinition>) {
         alarms.apply(AlarmEdit {
             route: 0,
+            cross: false,
+            copy: None,
             alarm_id: d.alarm_id.clone(),
             change: AlarmChange::Put {
                 definition: d.clone(),
@@ -836,6 +1017,8 @@ mod tests {
         let remove = |alarms: &mut Alarms, id: &str| {
             alarms.apply(AlarmEdit {
                 route: 0,
+                cross: false,
+                copy: None,
                 alarm_id: id.into(),
                 change: AlarmChange::Remove,
                 history: Some(("deletion".into(), json!({}))),
@@ -857,6 +1040,8 @@ mod tests {
         // Set by hand: the state and Aodh's reason, no outcome.
         alarms.apply(AlarmEdit {
             route: 0,
+            cross: false,
+            copy: None,
             alarm_id: "id-b".into(),
             change: AlarmChange::State(AlarmState::Alarm),
             history: None,

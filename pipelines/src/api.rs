@@ -501,36 +501,16 @@ async fn archive_policy_rules(State(state): Shared) -> Json<Value> {
 
 /// A resource as Gnocchi shows it, from its metrics.
 fn resource_json(metrics: &[&MetricRecord]) -> Value {
-    let first = metrics[0];
     let by_name: serde_json::Map<String, Value> = metrics
         .iter()
         .map(|m| (m.metric_name.clone(), Value::from(m.metric_id.clone())))
         .collect();
-    let mut resource = json!({
-        "id": resource_uuid(&first.resource_id),
-        "type": first.resource_type,
-        "original_resource_id": first.resource_id,
-        "user_id": first.user_id,
-        "project_id": first.project_id,
-        "started_at": Value::Null,
-        "ended_at": Value::Null,
-        "revision_start": Value::Null,
-        "revision_end": Value::Null,
-        "creator": Value::Null,
-        "created_by_user_id": Value::Null,
-        "created_by_project_id": Value::Null,
-        "metrics": by_name,
-    });
     // The resource type's attributes are fields of the resource, as in Gnocchi.
     let attributes = metrics
         .iter()
-        .find_map(|m| m.resource_attributes.as_deref())
-        .and_then(|a| serde_json::from_str::<serde_json::Map<String, Value>>(a).ok());
-    if let (Some(attributes), Value::Object(resource)) = (attributes, &mut resource) {
-        for (k, v) in attributes {
-            resource.entry(k).or_insert(v);
-        }
-    }
+        .find_map(|m| m.resource_attributes.as_deref());
+    let mut resource = metrics[0].resource_json(attributes);
+    resource["metrics"] = Value::Object(by_name);
     resource
 }
 
@@ -1147,7 +1127,7 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
         "meterflow_alarms",
         "gauge",
         "Alarms evaluated, as of the last checkpoint.",
-        &one(c.alarms),
+        &one(c.alarms + c.alarms_cross),
     );
     metric(
         "meterflow_alarm_evaluations_total",

@@ -46,10 +46,11 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-use crate::alarms::{stored_alarms, AlarmEdit, Alarms};
+use crate::alarms::{cross_definitions, owns, stored_alarms, AlarmEdit, Alarms};
 use crate::api::{ListenOptions, Live, Requests, Server};
+use crate::feeds::Feed;
 use crate::plan::Plan;
-use crate::storage::{load_shares, open_store, Aggregator, Measure, Share};
+use crate::storage::{load_shares, open_store, Aggregator, CrossStage, Measure, Share};
 
 /// A sample on its way to one sink.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -708,6 +709,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         Some((store, _)) => Arc::new(stored_alarms(&store.alarms()?)),
         None => Arc::default(),
     };
+    let cross_alarms = Arc::new(cross_definitions(
+        (&plan.alarms, plan.alarms_declared),
+        &stored_alarms,
+    ));
     // Listening, alarms may be created through the API at any time.
     let notifier = match &store {
         Some((store, _)) if !plan.alarms.is_empty() || !stored_alarms.is_empty() || listening => {
@@ -807,16 +812,30 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             let alarms = Alarms::load(
                 (&plan.alarms, plan.alarms_declared),
                 &stored_alarms,
-                (index, workers),
+                &|a| owns(a, (index, workers), false),
                 worker_notifier.clone(),
             );
             let mut aggregator = Aggregator::new(store.clone(), plan.clone(), share, durable)
                 .with_alarms(alarms)
+                .with_cross_alarms(cross_alarms.iter())
                 .with_watermark(watermark.clone());
             if listening {
                 aggregator.checkpoint_every(CHECKPOINT_EVERY);
             }
             Rc::new(RefCell::new(aggregator))
+        });
+        let cross = store.as_ref().map(|(store, _)| {
+            let alarms = Alarms::load(
+                (&plan.alarms, plan.alarms_declared),
+                &stored_alarms,
+                &|a| owns(a, (index, workers), true),
+                worker_notifier.clone(),
+            );
+            let mut stage = CrossStage::new(store.clone(), (index, workers), alarms, durable);
+            if listening {
+                stage.checkpoint_every(CHECKPOINT_EVERY);
+            }
+            stage
         });
         let gnocchi_options = gnocchi_options.clone();
         let aggregate_live = live.clone();
@@ -888,13 +907,16 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 }
                 Some(aggregator) => {
                     let aggregate_diag = diag.clone();
+                    let cross_diag = diag.clone();
                     let live = aggregate_live;
+                    let cross_live = live.clone();
+                    let mut cross = cross.expect("a store");
                     measures
                         .concat(api_input.to_stream(scope))
-                        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+                        .binary_frontier::<_, CapacityContainerBuilder<Vec<Feed>>, _, _, _, _>(
                             alarm_input.to_stream(scope),
                             Exchange::new(|m: &Measure| m.route),
-                            Exchange::new(|e: &AlarmEdit| e.route),
+                            Exchange::new(|e: &AlarmEdit| e.target()),
                             "Aggregate",
                             move |default, info| {
                                 // Held until the store has the last epoch: the probe passing
@@ -904,7 +926,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 let mut arrived = false;
                                 let mut stash = EpochStash::default();
                                 let mut edits = EpochStash::default();
-                                move |(input, frontier), (alarm_input, alarm_frontier), _output| {
+                                move |(input, frontier), (alarm_input, alarm_frontier), output| {
                                     input.for_each_stamp(|cap, data| {
                                         if let Some(time) = cap.least() {
                                             let measures = data.flat_map(|batch| batch.drain(..));
@@ -928,9 +950,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                         &[frontier, alarm_frontier],
                                         [stash.oldest(), edits.oldest()],
                                     ) {
+                                        let mut held = Vec::new();
                                         if let Some((capability, changes)) = edits.take(epoch) {
                                             aggregator.edit_alarms(changes, &mut diag);
-                                            done.push(capability);
+                                            held.push(capability);
                                         }
                                         if let Some((capability, mut measures)) = stash.take(epoch)
                                         {
@@ -939,8 +962,16 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                                 &gnocchi_options,
                                                 &mut diag,
                                             );
-                                            done.push(capability);
+                                            held.push(capability);
                                         }
+                                        // What the epoch sends the cross operators goes out
+                                        // at the epoch.
+                                        let mut feeds = aggregator.take_feeds();
+                                        if let (false, Some(cap)) = (feeds.is_empty(), held.first())
+                                        {
+                                            output.session(cap).give_container(&mut feeds);
+                                        }
+                                        done.append(&mut held);
                                     }
                                     aggregator.sweep_alarms(&mut diag);
                                     aggregator.settle(&mut diag);
@@ -966,6 +997,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                             // The end of a bounded input closes every bucket.
                                             if !listening {
                                                 aggregator.close_alarms(&mut diag);
+                                                let mut feeds = aggregator.take_feeds();
+                                                if !feeds.is_empty() {
+                                                    output.session(&cap).give_container(&mut feeds);
+                                                }
                                             }
                                             aggregator.checkpoint_all(&mut diag);
                                             if let Some(why) = aggregator.failure() {
@@ -988,6 +1023,40 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 }
                             },
                         )
+                        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                            Exchange::new(|f: &Feed| f.route()),
+                            "Cross",
+                            move |_, _| {
+                                // Each epoch's feeds wait for the input frontier to pass it;
+                                // the epoch passes once its checkpoint is committed.
+                                let mut stash = EpochStash::default();
+                                move |(input, frontier), _output| {
+                                    input.for_each_stamp(|cap, data| {
+                                        if let Some(time) = cap.least() {
+                                            let feeds = data.flat_map(|batch| batch.drain(..));
+                                            stash.hold(*time, || cap.delayed(time, 0), feeds);
+                                        }
+                                    });
+                                    let mut diag = cross_diag.borrow_mut();
+                                    let mut done = Vec::new();
+                                    while let Some((capability, feeds)) = stash.next_ready(frontier)
+                                    {
+                                        cross.process(feeds, &mut diag);
+                                        done.push(capability);
+                                    }
+                                    cross.settle(&mut diag);
+                                    if frontier.is_empty() {
+                                        cross.checkpoint_all(&mut diag);
+                                    } else {
+                                        cross.checkpoint_if_due(&mut diag);
+                                    }
+                                    if let Some(why) = cross.failure() {
+                                        cross_live.fail(why);
+                                    }
+                                    drop(done);
+                                }
+                            },
+                        )
                         .probe_with(&probe);
                 }
             }
@@ -1004,6 +1073,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     input: api_input,
                     alarm_input,
                     pending: Vec::new(),
+                    peers,
                 });
             result = feed(
                 worker,
@@ -1105,6 +1175,8 @@ struct ApiFeed {
     input: InputHandle<u64, CapacityContainerBuilder<Vec<Measure>>>,
     alarm_input: InputHandle<u64, CapacityContainerBuilder<Vec<AlarmEdit>>>,
     pending: Vec<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    /// How many workers the dataflow has.
+    peers: u64,
 }
 
 impl ApiFeed {
@@ -1115,10 +1187,23 @@ impl ApiFeed {
     fn take(&mut self, seq: u64, api_input: usize, diag: &RefCell<Diag>) -> bool {
         let mut taken = 0usize;
         while taken < Self::MAX_PER_EPOCH {
-            let Ok(mut request) = self.requests.alarms.try_recv() else {
+            let Ok(request) = self.requests.alarms.try_recv() else {
                 break;
             };
-            self.alarm_input.send_batch(&mut request.edits);
+            // A change to an alarm over several metrics goes to every store operator.
+            let mut edits = Vec::new();
+            for edit in request.edits {
+                if edit.cross {
+                    for worker in 0..self.peers {
+                        let mut copy = edit.clone();
+                        copy.copy = Some(worker);
+                        edits.push(copy);
+                    }
+                } else {
+                    edits.push(edit);
+                }
+            }
+            self.alarm_input.send_batch(&mut edits);
             self.pending.push((seq, request.reply));
             taken += 1;
         }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use meterflow_connectors::gnocchi::alarm_uuid;
 use meterflow_connectors::{parse_publisher, PublisherSpec};
-use meterflow_operators::aggregate::ArchivePolicy;
-use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, Target};
+use meterflow_operators::aggregate::{ArchivePolicy, Method};
+use meterflow_operators::alarm::cross::Shape;
+use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, ThresholdRule};
 use meterflow_operators::transform::{
     build_chain, chain_partition, Chain, Partition, TransformerSpec,
 };
@@ -277,11 +278,11 @@ struct Validator {
 /// Why an alarm of a valid type cannot run in this build yet, if it cannot.
 pub fn not_evaluated_yet(alarm: &AlarmDefinition) -> Option<String> {
     match &alarm.rule {
-        Rule::Threshold(t) if matches!(t.target, Target::Resource { .. }) => None,
-        _ => Some(format!(
-            "alarms of type {} are validated but not evaluated by this build yet (gnocchi_resources_threshold alarms are); they land in a later step of the alarm work",
+        Rule::Event(_) => Some(format!(
+            "alarms of type {} are validated but not evaluated by this build yet (every threshold type and composite alarms are); event alarms need the event pipeline, a later step",
             alarm.kind
         )),
+        _ => None,
     }
 }
 
@@ -291,37 +292,57 @@ pub fn cannot_run(alarm: &AlarmDefinition, policies: &[ArchivePolicy]) -> Option
     if let Some(reason) = not_evaluated_yet(alarm) {
         return Some(("type".into(), reason));
     }
-    let rule = alarm.threshold()?;
-    let g = rule.granularity as i64 * 1_000_000_000;
+    let field = format!("{}_rule", alarm.kind);
+    // Each threshold rule (a composite's leaves) and the series it reads from a metric.
+    let rules: Vec<(&ThresholdRule, Method)> = match Shape::of(alarm) {
+        Some(Err(e)) => return Some((field, e)),
+        Some(Ok(shape)) => shape
+            .leaves
+            .iter()
+            .map(|l| (l.rule, l.reading.series))
+            .collect(),
+        None => {
+            let rule = alarm.threshold()?;
+            vec![(rule, rule.aggregation_method)]
+        }
+    };
     let builtin = ArchivePolicy::BUILTIN
         .iter()
         .filter_map(|n| ArchivePolicy::builtin(n));
     let all: Vec<ArchivePolicy> = policies.iter().cloned().chain(builtin).collect();
-    let fits = |p: &ArchivePolicy| {
-        p.definition.iter().any(|d| d.granularity == g)
-            && p.methods.contains(&rule.aggregation_method)
-    };
-    if all.iter().any(fits) {
-        return None;
+    for (i, (rule, method)) in rules.iter().enumerate() {
+        let g = rule.granularity as i64 * 1_000_000_000;
+        let fits = |p: &ArchivePolicy| {
+            p.definition.iter().any(|d| d.granularity == g) && p.methods.contains(method)
+        };
+        if all.iter().any(fits) {
+            continue;
+        }
+        let known: Vec<String> = all
+            .iter()
+            .map(|p| {
+                let gs: Vec<String> = p
+                    .definition
+                    .iter()
+                    .map(|d| (d.granularity / 1_000_000_000).to_string())
+                    .collect();
+                format!("{} ({} s)", p.name, gs.join(", "))
+            })
+            .collect();
+        let which = match alarm.rule {
+            Rule::Composite(_) => format!(" (rule{})", i + 1),
+            _ => String::new(),
+        };
+        return Some((
+            field,
+            format!(
+                "no archive policy aggregates {method} at granularity {} s{which}, so the alarm could never be evaluated; use a granularity and method of the metric's policy: {}",
+                rule.granularity,
+                known.join("; ")
+            ),
+        ));
     }
-    let known: Vec<String> = all
-        .iter()
-        .map(|p| {
-            let gs: Vec<String> = p
-                .definition
-                .iter()
-                .map(|d| (d.granularity / 1_000_000_000).to_string())
-                .collect();
-            format!("{} ({} s)", p.name, gs.join(", "))
-        })
-        .collect();
-    Some((
-        format!("{}_rule", alarm.kind),
-        format!(
-            "no archive policy aggregates {} at granularity {} s, so the alarm could never be evaluated; use a granularity and method of the metric's policy: {}",
-            rule.aggregation_method_name, rule.granularity, known.join("; ")
-        ),
-    ))
+    None
 }
 
 fn describe(v: &Value) -> String {

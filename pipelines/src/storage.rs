@@ -24,12 +24,14 @@ use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::partition::route;
 use meterflow_operators::aggregate::{ArchivePolicy, Metric};
+use meterflow_operators::alarm::definition::AlarmDefinition;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::{AlarmEdit, Alarms};
 use crate::api::API_SINK;
 use crate::dataflow::retry_with_backoff;
+use crate::feeds::{Feed, Feeds, MetricView};
 use crate::plan::Plan;
 
 /// A sample on its way to the store: one measure of metric (resource, meter).
@@ -154,6 +156,8 @@ struct Entry {
     held: u64,
     /// Its resource's attributes as last recorded.
     attributes: Option<Arc<str>>,
+    /// Its id (alarms over several metrics name their contributors by it).
+    id: Arc<str>,
 }
 
 /// One worker's share of the metrics: aggregation state, checkpoints into the store.
@@ -180,6 +184,12 @@ pub struct Aggregator {
     watermark: Arc<AtomicI64>,
     /// The alarms on this worker's metrics.
     alarms: Alarms,
+    /// Which of its metrics feed alarms over several metrics.
+    feeds: Feeds,
+    /// What goes to the cross operator after the current epoch.
+    outbox: Vec<Feed>,
+    /// The newest event time last reported to the cross operators.
+    ticked: i64,
 }
 
 impl Aggregator {
@@ -212,7 +222,27 @@ impl Aggregator {
             owed: false,
             watermark: Arc::new(AtomicI64::new(i64::MIN)),
             alarms: Alarms::default(),
+            feeds: Feeds::default(),
+            outbox: Vec::new(),
+            ticked: i64::MIN,
         }
+    }
+
+    /// Feeds the alarms over several metrics among `alarms` (all of them, whichever worker
+    /// evaluates each) from this worker's metrics.
+    pub fn with_cross_alarms<'a>(
+        mut self,
+        alarms: impl IntoIterator<Item = &'a Arc<AlarmDefinition>>,
+    ) -> Aggregator {
+        for alarm in alarms {
+            self.feeds.watch(alarm.clone());
+        }
+        self
+    }
+
+    /// What goes to the cross operators for the epochs processed since the last call.
+    pub fn take_feeds(&mut self) -> Vec<Feed> {
+        std::mem::take(&mut self.outbox)
     }
 
     /// Evaluates `alarms` (this worker's) as the metrics they read close buckets.
@@ -245,7 +275,26 @@ impl Aggregator {
             return;
         }
         let mut flushed = false;
-        for edit in edits {
+        for mut edit in edits {
+            if edit.cross {
+                let prime = self.feeds.apply(&edit);
+                let peers = u64::from(self.partition.count);
+                if edit.route % peers == u64::from(self.partition.index) {
+                    edit.copy = None;
+                    self.outbox.push(Feed::Edit(edit));
+                }
+                if prime {
+                    if !flushed {
+                        self.commit(diag);
+                        flushed = true;
+                    }
+                    let keys: Vec<(Sym, Sym)> = self.metrics.keys().copied().collect();
+                    for key in keys {
+                        self.prime_feeds(key);
+                    }
+                }
+                continue;
+            }
             let Some(i) = self.alarms.apply(edit) else {
                 continue;
             };
@@ -277,6 +326,45 @@ impl Aggregator {
         self.owed = true;
     }
 
+    /// Works out which cross alarms metric `key` feeds and sends the window of those it has
+    /// not sent yet (read from the store and memory: call after the buffered final buckets
+    /// were committed, or before the metric's first batch of this run).
+    fn prime_feeds(&mut self, key: (Sym, Sym)) {
+        let view = || {
+            let entry = self.metrics.get(&key)?;
+            let skey = (key.0.as_str().to_owned(), key.1.as_str().to_owned());
+            let record = self.known.get(&skey)?;
+            Some(MetricView {
+                metric_id: record.metric_id.clone(),
+                resource: record.resource_json(entry.attributes.as_deref()),
+                granularities: entry
+                    .policy
+                    .policy
+                    .definition
+                    .iter()
+                    .map(|d| d.granularity)
+                    .collect(),
+                methods: entry.policy.methods.clone(),
+            })
+        };
+        if !self.feeds.refresh(key, &view) {
+            return;
+        }
+        let Some(entry) = self.metrics.get(&key) else {
+            return;
+        };
+        let (id, name) = (key.0.as_str(), key.1.as_str());
+        let stored = match self.store.aggregates(id, name, route(id)) {
+            Ok(points) => points,
+            Err(e) => {
+                tracing::warn!("metric {name} of {id}: its stored buckets cannot be read ({e}); the alarms it feeds see only the buckets in memory");
+                Vec::new()
+            }
+        };
+        self.feeds
+            .prime(key, &entry.id, &entry.metric, &stored, &mut self.outbox);
+    }
+
     /// Writes the checkpoint the epochs processed since the last call owe, if they owe one
     /// (an input that commits offsets, measures or alarm changes the API answers once
     /// committed). The caller holds those epochs' capabilities until this returns: under
@@ -295,6 +383,8 @@ impl Aggregator {
         } = self;
         for (&key, entry) in metrics.iter() {
             alarms.on_metric(key, &entry.metric, true, diag);
+            self.feeds
+                .on_metric(key, &entry.id, &entry.metric, true, &mut self.outbox);
         }
         self.changed |= !alarms.is_empty();
     }
@@ -405,6 +495,7 @@ impl Aggregator {
                     dirty: false,
                     held: 0,
                     attributes,
+                    id: Arc::from(metric_uuid(&skey.0, &skey.1)),
                 },
             );
         }
@@ -456,11 +547,14 @@ impl Aggregator {
                     self.update_attributes(m.resource_key, new);
                 }
             }
+            newest = points.iter().fold(newest, |n, p| n.max(p.0));
+            if !self.feeds.is_empty() {
+                self.prime_feeds((m.resource_key, m.name));
+            }
             let entry = self
                 .metrics
                 .get_mut(&(m.resource_key, m.name))
                 .expect("ensured above");
-            newest = points.iter().fold(newest, |n, p| n.max(p.0));
             let outcome = entry.metric.add_batch_from(&mut points);
             for _ in 0..outcome.late {
                 diag.drop(DropReason::LateMeasure, || {
@@ -478,6 +572,8 @@ impl Aggregator {
             entry.dirty = true;
             let key = (m.resource_key, m.name);
             self.alarms.on_metric(key, &entry.metric, false, diag);
+            self.feeds
+                .on_metric(key, &entry.id, &entry.metric, false, &mut self.outbox);
             let (resource, name, methods) = (m.resource_key, m.name, &entry.policy.methods);
             let definition = &entry.policy.policy.definition;
             let rows = &mut self.checkpoint.aggregates;
@@ -494,6 +590,15 @@ impl Aggregator {
         }
         diag.counters.metrics_open = self.metrics.len() as u64;
         self.watermark.fetch_max(newest, AtomicOrdering::Relaxed);
+        if newest > self.ticked {
+            self.ticked = newest;
+            for worker in 0..u64::from(self.partition.count) {
+                self.outbox.push(Feed::Tick {
+                    route: worker,
+                    newest,
+                });
+            }
+        }
         measures.clear();
         if self.durable || from_api {
             self.owed = true;
@@ -506,6 +611,7 @@ impl Aggregator {
     /// on every metric of the resource (a newer metric record overrides the older).
     fn update_attributes(&mut self, resource: Sym, attributes: Arc<str>) {
         for &name in self.by_resource.get(&resource).into_iter().flatten() {
+            self.feeds.invalidate((resource, name));
             if let Some(entry) = self.metrics.get_mut(&(resource, name)) {
                 entry.attributes = Some(attributes.clone());
             }
@@ -557,15 +663,143 @@ impl Aggregator {
             return;
         }
         let rows = self.checkpoint.aggregates.len() as u64;
-        let (store, partition, checkpoint) = (&self.store, self.partition, &mut self.checkpoint);
-        let what = format!("store {}", store.dir().display());
-        let committed = retry_with_backoff(&what, RETRY_LIMIT, StoreError::retryable, || {
-            store.commit(partition, checkpoint).map(drop)
-        });
-        match committed {
+        match commit(&self.store, self.partition, &mut self.checkpoint) {
             Ok(()) => diag.counters.buckets_written += rows,
-            Err(e) => self.failure = Some(format!("cannot write the store: {e}")),
+            Err(e) => self.failure = Some(e),
         }
+    }
+}
+
+/// Commits `checkpoint`, retrying a failing disk with backoff for a while.
+fn commit(store: &Store, partition: Partition, checkpoint: &mut Checkpoint) -> Result<(), String> {
+    let what = format!("store {}", store.dir().display());
+    retry_with_backoff(&what, RETRY_LIMIT, StoreError::retryable, || {
+        store.commit(partition, checkpoint).map(drop)
+    })
+    .map_err(|e| format!("cannot write the store: {e}"))
+}
+
+/// One worker's cross operator: evaluates the alarms over several metrics it owns from the
+/// [`Feed`]s the store operators send, and checkpoints their state and history into the
+/// store beside the measures.
+pub struct CrossStage {
+    store: Arc<Store>,
+    partition: Partition,
+    alarms: Alarms,
+    checkpoint: Checkpoint,
+    durable: bool,
+    interval: Option<Duration>,
+    last_checkpoint: Instant,
+    changed: bool,
+    owed: bool,
+    failure: Option<String>,
+}
+
+impl CrossStage {
+    /// Worker `index` of `count` evaluating `alarms`; `durable`: checkpoint every epoch.
+    pub fn new(
+        store: Arc<Store>,
+        (index, count): (usize, usize),
+        alarms: Alarms,
+        durable: bool,
+    ) -> CrossStage {
+        CrossStage {
+            store,
+            partition: Partition {
+                index: index as u32,
+                count: count as u32,
+            },
+            changed: !alarms.is_empty(),
+            alarms,
+            checkpoint: Checkpoint::default(),
+            durable,
+            interval: None,
+            last_checkpoint: Instant::now(),
+            owed: false,
+            failure: None,
+        }
+    }
+
+    /// Also checkpoints at least this often while something changed.
+    pub fn checkpoint_every(&mut self, interval: Duration) {
+        self.interval = Some(interval);
+    }
+
+    /// Takes one epoch's feeds: alarm changes first, then buckets, then the store
+    /// operators' event times; then evaluates every instant now closed.
+    pub fn process(&mut self, mut feeds: Vec<Feed>, diag: &mut Diag) {
+        if feeds.is_empty() {
+            return;
+        }
+        feeds.sort_by_key(|f| match f {
+            Feed::Edit(_) => 0,
+            Feed::Points { .. } => 1,
+            Feed::Tick { .. } => 2,
+        });
+        for feed in feeds {
+            match feed {
+                Feed::Edit(edit) => {
+                    self.alarms.apply(edit);
+                    self.owed = true;
+                }
+                Feed::Points {
+                    alarm_id,
+                    leaf,
+                    metric_id,
+                    points,
+                    newest,
+                    ..
+                } => {
+                    self.alarms
+                        .on_feed(&alarm_id, leaf as usize, &metric_id, &points, newest);
+                    self.changed = true;
+                }
+                Feed::Tick { newest, .. } => self.alarms.on_tick(newest),
+            }
+        }
+        self.alarms.run_cross(diag);
+        self.owed |= self.durable;
+    }
+
+    /// Commits what the epochs processed since the last call owe (alarm changes the API
+    /// answers once committed; everything with an input that commits offsets).
+    pub fn settle(&mut self, diag: &mut Diag) {
+        if std::mem::take(&mut self.owed) {
+            self.checkpoint_all(diag);
+        }
+    }
+
+    /// Checkpoints if something changed and the interval has passed.
+    pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
+        if self.changed
+            && self
+                .interval
+                .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
+        {
+            self.checkpoint_all(diag);
+        }
+    }
+
+    /// Writes every changed alarm's state and the history, then commits.
+    pub fn checkpoint_all(&mut self, diag: &mut Diag) {
+        self.changed = false;
+        self.owed = false;
+        self.last_checkpoint = Instant::now();
+        diag.counters.alarms_cross = self.alarms.len() as u64;
+        if let Err(e) = self.alarms.checkpoint(&mut self.checkpoint) {
+            self.failure = Some(e);
+        }
+        if self.checkpoint.is_empty() || self.failure.is_some() {
+            return;
+        }
+        if let Err(e) = commit(&self.store, self.partition, &mut self.checkpoint) {
+            self.failure = Some(e);
+        }
+    }
+
+    /// Why the store could not be written, if it could not.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 }
 

@@ -229,6 +229,40 @@ pub struct MetricRecord {
     pub resource_attributes: Option<String>,
 }
 
+impl MetricRecord {
+    /// Its resource as Gnocchi's API shows one (without the `metrics` map), with the
+    /// resource type's `attributes` (a JSON object; `None`: this record's) as fields: what
+    /// search filters match against.
+    pub fn resource_json(&self, attributes: Option<&str>) -> serde_json::Value {
+        let mut resource = serde_json::json!({
+            "id": super::resource_uuid(&self.resource_id),
+            "type": self.resource_type,
+            "original_resource_id": self.resource_id,
+            "user_id": self.user_id,
+            "project_id": self.project_id,
+            "started_at": null,
+            "ended_at": null,
+            "revision_start": null,
+            "revision_end": null,
+            "creator": null,
+            "created_by_user_id": null,
+            "created_by_project_id": null,
+        });
+        let attributes = attributes
+            .or(self.resource_attributes.as_deref())
+            .and_then(|a| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(a).ok()
+            });
+        if let (Some(attributes), serde_json::Value::Object(resource)) = (attributes, &mut resource)
+        {
+            for (k, v) in attributes {
+                resource.entry(k).or_insert(v);
+            }
+        }
+        resource
+    }
+}
+
 /// An alarm as the store records it; the newest row of an alarm id wins.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlarmRecord {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_connectors::gnocchi::random_uuid;
+use meterflow_operators::alarm::cross::is_cross;
 use meterflow_operators::alarm::definition::AlarmDefinition;
 use meterflow_operators::alarm::threshold::AlarmState;
 use serde_json::{json, Value};
@@ -156,8 +157,14 @@ fn name_taken(alarms: &BTreeMap<String, StoredAlarm>, name: &str) -> AodhResult<
     Ok(())
 }
 
-fn route_of(alarm: &AlarmDefinition) -> AodhResult<u64> {
-    alarm_route(alarm).ok_or_else(|| {
+/// A change to `alarm` (the old definition for a removal) on its way to its worker.
+fn edit(
+    alarm: &AlarmDefinition,
+    alarm_id: &str,
+    change: AlarmChange,
+    history: Option<(String, Value)>,
+) -> AodhResult<AlarmEdit> {
+    AlarmEdit::new(alarm, alarm_id, change, history).ok_or_else(|| {
         AodhError::client(format!(
             "alarms of type {} are not evaluated by this build yet",
             alarm.kind
@@ -240,25 +247,18 @@ async fn show(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<V
 async fn create(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Response> {
     let id = random_uuid();
     let (alarm, _) = parse(&state, &body, &id)?;
-    let route = route_of(&alarm)?;
     let _one_at_a_time = state.alarm_writes.lock().await;
     name_taken(&all(&state)?, &alarm.name)?;
     let detail = alarm.to_json();
-    send(
-        &state,
-        vec![AlarmEdit {
-            route,
-            alarm_id: id.clone(),
-            change: AlarmChange::Put {
-                definition: Arc::new(alarm),
-                origin: Origin::Api,
-                carried: None,
-                set_state: true,
-            },
-            history: Some(("creation".into(), detail)),
-        }],
-    )
-    .await?;
+    let definition = Arc::new(alarm);
+    let change = AlarmChange::Put {
+        definition: definition.clone(),
+        origin: Origin::Api,
+        carried: None,
+        set_state: true,
+    };
+    let created = edit(&definition, &id, change, Some(("creation".into(), detail)))?;
+    send(&state, vec![created]).await?;
     let created = alarm_json(&one(&state, &id)?);
     let mut response = (StatusCode::CREATED, Json(created)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v2/alarms/{id}")) {
@@ -297,37 +297,30 @@ async fn replace(
     if alarm.name != old.definition.name {
         name_taken(&alarms, &alarm.name)?;
     }
-    let route = route_of(&alarm)?;
-    let old_route = route_of(&old.definition)?;
+    let moves = alarm_route(&alarm) != alarm_route(&old.definition)
+        || is_cross(&alarm) != is_cross(&old.definition);
     let change = changed_fields(&old.definition.to_json(), &alarm.to_json());
     let history = (change.as_object().is_some_and(|c| !c.is_empty()))
         .then(|| ("rule change".to_owned(), change));
     let definition = Arc::new(alarm);
     let mut edits = Vec::new();
     let mut carried = None;
-    if route != old_route {
-        // The alarm moves to the worker of its new metric, with its state.
-        edits.push(AlarmEdit {
-            route: old_route,
-            alarm_id: id.clone(),
-            change: AlarmChange::Remove,
-            history: None,
-        });
+    if moves {
+        // The alarm moves to the worker of its new metric (or to the cross operator), with
+        // its state.
+        edits.push(edit(&old.definition, &id, AlarmChange::Remove, None)?);
         let mut evaluation = old.evaluation.clone();
         evaluation.evaluator.restart_window();
+        evaluation.cross = None;
         carried = Some(Box::new(evaluation));
     }
-    edits.push(AlarmEdit {
-        route,
-        alarm_id: id.clone(),
-        change: AlarmChange::Put {
-            definition,
-            origin: old.evaluation.origin,
-            carried,
-            set_state: gave_state,
-        },
-        history,
-    });
+    let change = AlarmChange::Put {
+        definition: definition.clone(),
+        origin: old.evaluation.origin,
+        carried,
+        set_state: gave_state,
+    };
+    edits.push(edit(&definition, &id, change, history)?);
     send(&state, edits).await?;
     Ok(Json(alarm_json(&one(&state, &id)?)))
 }
@@ -335,16 +328,11 @@ async fn replace(
 async fn remove(State(state): Shared, Path(id): Path<String>) -> AodhResult<StatusCode> {
     let _one_at_a_time = state.alarm_writes.lock().await;
     let old = one(&state, &id)?;
-    let route = route_of(&old.definition)?;
     let detail = alarm_json(&old);
+    let history = Some(("deletion".into(), detail));
     send(
         &state,
-        vec![AlarmEdit {
-            route,
-            alarm_id: id,
-            change: AlarmChange::Remove,
-            history: Some(("deletion".into(), detail)),
-        }],
+        vec![edit(&old.definition, &id, AlarmChange::Remove, history)?],
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -370,18 +358,10 @@ async fn set_state(
         })?;
     let _one_at_a_time = state.alarm_writes.lock().await;
     let old = one(&state, &id)?;
-    let route = route_of(&old.definition)?;
     let detail = json!({"state": wanted.as_str(), "state_reason": MANUAL_REASON});
-    send(
-        &state,
-        vec![AlarmEdit {
-            route,
-            alarm_id: id.clone(),
-            change: AlarmChange::State(wanted),
-            history: Some(("state transition".into(), detail)),
-        }],
-    )
-    .await?;
+    let history = Some(("state transition".into(), detail));
+    let change = AlarmChange::State(wanted);
+    send(&state, vec![edit(&old.definition, &id, change, history)?]).await?;
     Ok(Json(json!(wanted.as_str())))
 }
 
