@@ -660,11 +660,8 @@ impl Alarms {
     /// the alarm is evaluated at the next [`Alarms::run_cross`].
     pub fn on_feed(
         &mut self,
-        alarm_id: &str,
-        leaf: usize,
-        metric_id: &str,
-        points: &[(i64, f64)],
-        newest: i64,
+        (alarm_id, leaf, metric_id): (&str, usize, &str),
+        progress: (&[(i64, f64)], i64, bool),
     ) {
         let Some(&i) = self.by_id.get(alarm_id) else {
             return;
@@ -677,7 +674,7 @@ impl Alarms {
             return;
         };
         let horizon = CrossMemory::horizon(&shape, slot.evaluator.through);
-        memory.feed(leaf, metric_id, points, newest, horizon);
+        memory.feed(leaf, metric_id, progress, horizon);
         slot.dirty = true;
         self.touched.insert(alarm_id.to_owned());
     }

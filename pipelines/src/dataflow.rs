@@ -999,7 +999,11 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                                 aggregator.close_alarms(&mut diag);
                                                 let mut feeds = aggregator.take_feeds();
                                                 if !feeds.is_empty() {
-                                                    output.session(&cap).give_container(&mut feeds);
+                                                    // After every epoch of every worker:
+                                                    // each metric's last word.
+                                                    output
+                                                        .session(&cap.delayed(&u64::MAX))
+                                                        .give_container(&mut feeds);
                                                 }
                                             }
                                             aggregator.checkpoint_all(&mut diag);

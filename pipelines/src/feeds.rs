@@ -41,6 +41,9 @@ pub enum Feed {
         /// The metric's newest measure (ns); at the end of a bounded input, the end of its
         /// last bucket.
         newest: i64,
+        /// The end of a bounded input: the metric sends nothing more.
+        #[serde(default)]
+        ended: bool,
     },
     /// A store operator's newest event time after an epoch, sent to every worker.
     Tick {
@@ -308,6 +311,7 @@ impl Feeds {
                 metric_id: metric_id.clone(),
                 points,
                 newest,
+                ended: false,
             });
         }
     }
@@ -342,7 +346,7 @@ impl Feeds {
             }
             let sent = sub.sent.unwrap_or(until - sub.span);
             let crossed = reached.div_euclid(sub.step) > sub.reported.div_euclid(sub.step);
-            if until <= sent && !crossed {
+            if until <= sent && !crossed && !close_all {
                 continue;
             }
             let mut points = Vec::new();
@@ -360,6 +364,7 @@ impl Feeds {
                 metric_id: metric_id.clone(),
                 points,
                 newest: reached,
+                ended: close_all,
             });
         }
     }

@@ -748,10 +748,13 @@ impl CrossStage {
                     metric_id,
                     points,
                     newest,
+                    ended,
                     ..
                 } => {
-                    self.alarms
-                        .on_feed(&alarm_id, leaf as usize, &metric_id, &points, newest);
+                    self.alarms.on_feed(
+                        (&alarm_id, leaf as usize, &metric_id),
+                        (&points, newest, ended),
+                    );
                     self.changed = true;
                 }
                 Feed::Tick { newest, .. } => self.alarms.on_tick(newest),

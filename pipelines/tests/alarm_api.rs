@@ -297,3 +297,121 @@ fn alarms_are_created_replaced_and_deleted_while_measures_flow() {
     let (clean, err) = engine.terminate();
     assert!(clean, "{err}");
 }
+
+/// An alarm body of another type, acting on `out`.
+fn typed(name: &str, kind: &str, rule: Value, out: &Path) -> Value {
+    let action = format!("file://{}", out.display());
+    let mut alarm = json!({
+        "name": name,
+        "type": kind,
+        "alarm_actions": [action],
+        "ok_actions": [action],
+    });
+    alarm[format!("{kind}_rule")] = rule;
+    alarm
+}
+
+fn leaf(resource: &str, threshold: f64) -> Value {
+    json!({"type": "gnocchi_resources_threshold", "metric": "load", "resource_type": "generic",
+           "resource_id": resource, "comparison_operator": "gt", "threshold": threshold,
+           "aggregation_method": "mean", "granularity": 60, "evaluation_periods": 1})
+}
+
+#[test]
+fn alarms_over_several_metrics_are_created_and_deleted_while_measures_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("notifications.jsonl");
+    let policy = json!({"name": POLICY, "aggregation_methods": ["mean", "max"], "definition": [{"granularity": 60, "points": 100}]});
+    let pipeline = store_definition(dir.path(), &policy, &[]);
+    let store = dir.path().join("store");
+    let engine = serve(&pipeline, &store);
+    let hosts = |web1: f64, web2: f64| [("web-1", web1), ("web-2", web2), ("db-1", 99.0)];
+    measure(&engine, "00:10", &hosts(40.0, 60.0));
+    measure(&engine, "01:10", &hosts(70.0, 80.0));
+
+    // The mean over the web hosts (db-1 is not selected): created now, evaluated from the
+    // next closed bucket over a window read from the store (12:00 closed before it existed).
+    let query = json!({"like": {"original_resource_id": "web-%"}}).to_string();
+    let pool = typed(
+        "web_pool",
+        "gnocchi_aggregation_by_resources_threshold",
+        json!({"metric": "load", "resource_type": "generic", "query": query,
+               "comparison_operator": "gt", "threshold": 60.0, "aggregation_method": "mean",
+               "granularity": 60, "evaluation_periods": 2}),
+        &out,
+    );
+    let (status, created) = engine.post("/v2/alarms", &pool.to_string());
+    assert_eq!(status, 201, "{created}");
+    let pool_id = created["alarm_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["state"], "insufficient data");
+    let both = typed(
+        "both_web_busy",
+        "composite",
+        json!({"and": [leaf("web-1", 50.0), leaf("web-2", 50.0)]}),
+        &out,
+    );
+    let (status, created) = engine.post("/v2/alarms", &both.to_string());
+    assert_eq!(status, 201, "{created}");
+    let both_id = created["alarm_id"].as_str().unwrap().to_owned();
+    // A method Gnocchi cannot aggregate across metrics is refused, saying so.
+    let mut last = pool.clone();
+    last["name"] = json!("web_last");
+    last["gnocchi_aggregation_by_resources_threshold_rule"]["aggregation_method"] = json!("last");
+    let (status, body) = engine.post("/v2/alarms", &last.to_string());
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("cannot be aggregated across metrics"),
+        "{body}"
+    );
+
+    // 12:01 closes: the pool's window is [50, 75] (mixed, newest breaching) → alarm; both
+    // web hosts over 50 → the composite alarms.
+    measure(&engine, "02:10", &hosts(80.0, 90.0));
+    let mut got = notifications(&out, 2);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            t("both_web_busy", "insufficient data", "alarm"),
+            t("web_pool", "insufficient data", "alarm")
+        ]
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("Transition to alarm due to 1 samples outside threshold, most recent: 75.0"),
+        "{text}"
+    );
+    assert!(text.contains("(rule1 and rule2) transition to alarm, due to rules: rule1, rule2 outside their threshold."), "{text}");
+
+    // Deleted, the composite is never evaluated again; the pool goes on.
+    let (status, body) = engine.call(Method::DELETE, &format!("/v2/alarms/{both_id}"), None);
+    assert_eq!(status, 204, "{body}");
+    measure(&engine, "03:10", &hosts(10.0, 10.0));
+    measure(&engine, "04:10", &hosts(10.0, 10.0));
+    measure(&engine, "05:10", &hosts(10.0, 10.0));
+    // 12:03 [85, 10] mixed → stays; 12:04 [10, 10] → ok.
+    let got = notifications(&out, 3);
+    assert_eq!(got[2..], [t("web_pool", "alarm", "ok")]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        notifications(&out, 3).len(),
+        3,
+        "the deleted composite notified"
+    );
+    let history = engine.get_ok(&format!("/v2/alarms/{both_id}/history"));
+    assert_eq!(history[0]["type"], "deletion", "{history}");
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+
+    // A restart resumes the pool with its state and window.
+    let engine = serve(&pipeline, &store);
+    assert_eq!(state_of(&engine, &pool_id), "ok");
+    measure(&engine, "06:10", &hosts(90.0, 90.0));
+    measure(&engine, "07:10", &hosts(90.0, 90.0));
+    // 12:05 [10, 10] ok again; 12:06 [10, 90] mixed → stays ok; 12:07 [90, 90] → alarm.
+    measure(&engine, "08:10", &hosts(90.0, 90.0));
+    assert_eq!(notifications(&out, 4)[3..], [t("web_pool", "ok", "alarm")]);
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+}

@@ -44,8 +44,10 @@ pub enum Across {
 }
 
 impl Across {
-    /// Reduces `values` (at least one; reordered).
+    /// Reduces `values` (at least one). They are sorted first, so the result does not
+    /// depend on the order the metrics' buckets arrived in (float sums are not associative).
     pub fn reduce(self, values: &mut [f64]) -> f64 {
+        values.sort_by(f64::total_cmp);
         let n = values.len() as f64;
         match self {
             Across::Mean => values.iter().sum::<f64>() / n,
@@ -58,7 +60,6 @@ impl Across {
                 (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt()
             }
             Across::Median => {
-                values.sort_by(f64::total_cmp);
                 let mid = values.len() / 2;
                 if values.len() % 2 == 1 {
                     values[mid]
@@ -254,6 +255,9 @@ pub struct Contributor {
     pub id: String,
     /// Its newest measure's event time, as last reported.
     pub newest: i64,
+    /// Its input ended (a bounded input): it holds no instant back.
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// What one leaf holds: its contributors and the closed buckets inside its window.
@@ -284,14 +288,14 @@ impl CrossMemory {
     }
 
     /// Takes what contributor `id` sent leaf `leaf`: buckets that closed (start, value) and
-    /// its newest event time. Buckets already in the past of the evaluation (`through`
-    /// minus the longest window) are ignored; a bucket sent again replaces the first.
+    /// its newest event time (`ended`: its input ended there). Buckets already in the past of
+    /// the evaluation (`horizon`, see [`CrossMemory::horizon`]) are ignored; a bucket sent
+    /// again replaces the first.
     pub fn feed(
         &mut self,
         leaf: usize,
         id: &str,
-        points: &[(i64, f64)],
-        newest: i64,
+        (points, newest, ended): (&[(i64, f64)], i64, bool),
         horizon: Option<i64>,
     ) {
         let Some(memory) = self.leaves.get_mut(leaf) else {
@@ -312,13 +316,15 @@ impl CrossMemory {
                 memory.contributors.push(Contributor {
                     id: id.to_owned(),
                     newest,
+                    ended,
                 });
                 memory.index.insert(id.to_owned(), c);
                 c
             }
         };
-        let known = &mut memory.contributors[c as usize].newest;
-        *known = (*known).max(newest);
+        let known = &mut memory.contributors[c as usize];
+        known.newest = known.newest.max(newest);
+        known.ended = ended;
         for &(t, v) in points {
             if horizon.is_some_and(|h| t < h) {
                 continue;
@@ -341,9 +347,14 @@ impl CrossMemory {
     fn closable(&self, shape: &Shape, grace: Option<i64>, watermark: i64) -> Option<i64> {
         let all = || self.leaves.iter().flat_map(|l| &l.contributors);
         let newest = all().map(|c| c.newest).max();
-        let by_data = newest.and_then(|n| {
+        let by_data = newest.map(|n| {
             let live_from = n.saturating_sub(shape.tolerance);
-            all().map(|c| c.newest).filter(|&t| t >= live_from).min()
+            // One whose input ended holds nothing back.
+            let waiting = all()
+                .filter(|c| c.newest >= live_from && !c.ended)
+                .map(|c| c.newest)
+                .min();
+            waiting.map_or(n, |w| w.min(n))
         });
         let by_grace = grace.and_then(|g| (watermark != i64::MIN).then(|| watermark - g));
         let at = match (by_data, by_grace) {
@@ -700,23 +711,28 @@ mod tests {
         let mut m = CrossMemory::new(1);
         let mut e = Evaluator::new(AlarmState::InsufficientData, "");
         // a closed 0..60 (40) and 60..120 (70); b only 0..60 (80), its event time at 90.
-        m.feed(0, "a", &[(0, 40.0), (60 * S, 70.0)], 125 * S, None);
-        m.feed(0, "b", &[(0, 80.0)], 90 * S, None);
+        m.feed(0, "a", (&[(0, 40.0), (60 * S, 70.0)], 125 * S, false), None);
+        m.feed(0, "b", (&[(0, 80.0)], 90 * S, false), None);
         // Instant 60: mean(40, 80) = 60 > 50 → alarm. Instant 120 waits for b.
         assert_eq!(
             run(&mut m, &a, &mut e),
             ["alarm@60 Transition to alarm due to 1 samples outside threshold, most recent: 60.0"]
         );
-        m.feed(0, "b", &[(60 * S, 10.0)], 130 * S, None);
+        m.feed(0, "b", (&[(60 * S, 10.0)], 130 * S, false), None);
         // Instant 120: mean(70, 10) = 40 → ok.
         assert_eq!(
             run(&mut m, &a, &mut e),
             ["ok@120 Transition to ok due to 1 samples inside threshold, most recent: 40.0"]
         );
         // b stops; a goes on. Within twice the granularity b holds instants back, then not.
-        m.feed(0, "a", &[(120 * S, 90.0)], 185 * S, None);
+        m.feed(0, "a", (&[(120 * S, 90.0)], 185 * S, false), None);
         assert!(run(&mut m, &a, &mut e).is_empty());
-        m.feed(0, "a", &[(180 * S, 95.0), (240 * S, 99.0)], 305 * S, None);
+        m.feed(
+            0,
+            "a",
+            (&[(180 * S, 95.0), (240 * S, 99.0)], 305 * S, false),
+            None,
+        );
         let out = run(&mut m, &a, &mut e);
         assert_eq!(
             out[0],
@@ -743,15 +759,17 @@ mod tests {
         m.feed(
             0,
             "a",
-            &[(0, 10.0), (60 * S, 50.0), (120 * S, 120.0)],
-            200 * S,
+            (
+                &[(0, 10.0), (60 * S, 50.0), (120 * S, 120.0)],
+                200 * S,
+                false,
+            ),
             None,
         );
         m.feed(
             0,
             "b",
-            &[(0, 0.0), (60 * S, 20.0), (120 * S, 30.0)],
-            200 * S,
+            (&[(0, 0.0), (60 * S, 20.0), (120 * S, 30.0)], 200 * S, false),
             None,
         );
         // Sums 10, 70, 150 → rates 60, 80: both over 50 at instant 180.
