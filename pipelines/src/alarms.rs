@@ -4,7 +4,10 @@
 //! recorded in the store's alarm history, state is checkpointed with the measures, and
 //! notifications go to the [`Notifier`] without waiting for any receiver. Changes made through
 //! the API arrive as [`AlarmEdit`]s on the same worker; alarms with a `no_data_grace` are also
-//! evaluated as the shared watermark moves ([`Alarms::on_watermark`]).
+//! evaluated as the shared watermark moves ([`Alarms::on_watermark`]). Alarms over several
+//! metrics (by_metrics, by_resources, composite) live in the same structure on the worker their
+//! id routes to, inside the cross operator, and are evaluated from what their metrics send
+//! ([`Alarms::on_feed`], [`Alarms::run_cross`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -656,7 +659,7 @@ impl Alarms {
         }
     }
 
-    /// Takes what a contributor sent an alarm over several metrics (see [`Feed::Points`]);
+    /// Takes what a contributor sent an alarm over several metrics (see [`crate::feeds::Feed::Points`]);
     /// the alarm is evaluated at the next [`Alarms::run_cross`].
     pub fn on_feed(
         &mut self,

@@ -9,8 +9,13 @@
 //!      one batch per notification, Gnocchi's aggregation, alarms evaluated as buckets
 //!      close; final buckets and checkpoints to the store
 //!  the API's measures (worker 0) ──exchanged by resource──> Aggregate
-//!  the API's alarm changes (worker 0) ──exchanged by the alarm's metric──> Aggregate (second
-//!    input: an epoch's changes before its measures)
+//!  the API's alarm changes (worker 0) ──exchanged by the alarm's metric (to every worker for
+//!    alarms over several metrics)──> Aggregate (second input: an epoch's changes before its
+//!    measures)
+//!  Aggregate ──feeds (closed buckets and event time of the metrics that feed alarms over
+//!    several metrics, their API changes, each worker's newest event time), exchanged by
+//!    alarm──> Cross: evaluates those alarms at every instant all their metrics reached;
+//!    checkpoints to the store; the probe is after it
 //! ```
 //! Epochs that are ready together share one store commit, and pass only after it.
 //! Each epoch is one chunk of input parsed by one worker, so a (resource, meter) key sees its

@@ -8,7 +8,8 @@
 //! telemetry and measures throughput. `gnocchi://` publishers feed [`storage`]'s aggregation
 //! operator, which writes the embedded store; [`query`] reads it back as Gnocchi does, and
 //! [`api`] serves Gnocchi's REST API over it (feeding POSTed measures into the same operator);
-//! [`alarms`] evaluates Aodh's alarms inside that operator as buckets close. The binary in `src/main.rs` only parses arguments and
+//! [`alarms`] evaluates Aodh's alarms inside that operator as buckets close (and, for alarms over
+//! several metrics, in a cross operator that [`feeds`] supplies). The binary in `src/main.rs` only parses arguments and
 //! calls these.
 //!
 //! # Example
