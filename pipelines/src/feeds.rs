@@ -94,6 +94,27 @@ struct Sub {
     reported: i64,
 }
 
+impl Sub {
+    /// What metric `metric_id` sends this leaf.
+    fn feed(
+        &self,
+        metric_id: &Arc<str>,
+        points: Vec<(i64, f64)>,
+        newest: i64,
+        ended: bool,
+    ) -> Feed {
+        Feed::Points {
+            route: self.route,
+            alarm_id: self.alarm_id.clone(),
+            leaf: self.leaf,
+            metric_id: metric_id.clone(),
+            points,
+            newest,
+            ended,
+        }
+    }
+}
+
 /// One worker's table of which of its metrics feed which cross alarms.
 #[derive(Default)]
 pub struct Feeds {
@@ -304,15 +325,7 @@ impl Feeds {
             });
             sub.sent = Some(until);
             sub.reported = newest;
-            out.push(Feed::Points {
-                route: sub.route,
-                alarm_id: sub.alarm_id.clone(),
-                leaf: sub.leaf,
-                metric_id: metric_id.clone(),
-                points,
-                newest,
-                ended: false,
-            });
+            out.push(sub.feed(metric_id, points, newest, false));
         }
     }
 
@@ -357,15 +370,7 @@ impl Feeds {
                 sub.sent = Some(until);
             }
             sub.reported = sub.reported.max(reached);
-            out.push(Feed::Points {
-                route: sub.route,
-                alarm_id: sub.alarm_id.clone(),
-                leaf: sub.leaf,
-                metric_id: metric_id.clone(),
-                points,
-                newest: reached,
-                ended: close_all,
-            });
+            out.push(sub.feed(metric_id, points, reached, close_all));
         }
     }
 }
