@@ -479,6 +479,10 @@ impl Aggregator {
                 .get(&skey)
                 .and_then(|r| r.resource_attributes.as_deref())
                 .map(Arc::from);
+            let id: Arc<str> = self.known.get(&skey).map_or_else(
+                || Arc::from(metric_uuid(&skey.0, &skey.1)),
+                |r| Arc::from(r.metric_id.as_str()),
+            );
             let metric = match self.states.remove(&skey) {
                 Some(state) => resume(&policy, state),
                 None => Metric::new(policy.policy.clone()),
@@ -495,7 +499,7 @@ impl Aggregator {
                     dirty: false,
                     held: 0,
                     attributes,
-                    id: Arc::from(metric_uuid(&skey.0, &skey.1)),
+                    id,
                 },
             );
         }
