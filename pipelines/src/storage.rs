@@ -160,6 +160,41 @@ struct Entry {
     id: Arc<str>,
 }
 
+/// When an operator checkpoints: when the epochs it processed owe a commit (they must not
+/// pass before it), or, with an interval, once that long passed while something changed.
+struct Cadence {
+    interval: Option<Duration>,
+    last: Instant,
+    changed: bool,
+    /// The epochs processed since the last checkpoint must not pass before the next one.
+    owed: bool,
+}
+
+impl Default for Cadence {
+    fn default() -> Cadence {
+        Cadence {
+            interval: None,
+            last: Instant::now(),
+            changed: false,
+            owed: false,
+        }
+    }
+}
+
+impl Cadence {
+    /// Something changed and the interval has passed.
+    fn due(&self) -> bool {
+        self.changed && self.interval.is_some_and(|i| self.last.elapsed() >= i)
+    }
+
+    /// A checkpoint is being written: nothing is owed or changed since.
+    fn restart(&mut self) {
+        self.changed = false;
+        self.owed = false;
+        self.last = Instant::now();
+    }
+}
+
 /// One worker's share of the metrics: aggregation state, checkpoints into the store.
 pub struct Aggregator {
     store: Arc<Store>,
@@ -173,12 +208,8 @@ pub struct Aggregator {
     states: HashMap<(String, String), MetricState>,
     checkpoint: Checkpoint,
     durable: bool,
-    interval: Option<Duration>,
-    last_checkpoint: Instant,
-    changed: bool,
+    cadence: Cadence,
     failure: Option<String>,
-    /// The epochs processed since the last checkpoint must not pass before the next one.
-    owed: bool,
     /// The newest measure any worker has aggregated (ns): the watermark `no_data_grace`
     /// alarms are judged by.
     watermark: Arc<AtomicI64>,
@@ -215,11 +246,8 @@ impl Aggregator {
             states,
             checkpoint: Checkpoint::default(),
             durable,
-            interval: None,
-            last_checkpoint: Instant::now(),
-            changed: false,
+            cadence: Cadence::default(),
             failure: None,
-            owed: false,
             watermark: Arc::new(AtomicI64::new(i64::MIN)),
             alarms: Alarms::default(),
             feeds: Feeds::default(),
@@ -247,7 +275,7 @@ impl Aggregator {
 
     /// Evaluates `alarms` (this worker's) as the metrics they read close buckets.
     pub fn with_alarms(mut self, alarms: Alarms) -> Aggregator {
-        self.changed |= !alarms.is_empty();
+        self.cadence.changed |= !alarms.is_empty();
         self.alarms = alarms;
         self
     }
@@ -323,7 +351,7 @@ impl Aggregator {
                 self.alarms.prime(i, &entry.metric, &stored);
             }
         }
-        self.owed = true;
+        self.cadence.owed = true;
     }
 
     /// Works out which cross alarms metric `key` feeds and sends the window of those it has
@@ -370,7 +398,7 @@ impl Aggregator {
     /// committed). The caller holds those epochs' capabilities until this returns: under
     /// load, many epochs share one commit (group commit).
     pub fn settle(&mut self, diag: &mut Diag) {
-        if std::mem::take(&mut self.owed) {
+        if std::mem::take(&mut self.cadence.owed) {
             self.checkpoint_all(diag);
         }
     }
@@ -386,22 +414,18 @@ impl Aggregator {
             self.feeds
                 .on_metric(key, &entry.id, &entry.metric, true, &mut self.outbox);
         }
-        self.changed |= !alarms.is_empty();
+        self.cadence.changed |= !alarms.is_empty();
     }
 
     /// Also checkpoints whenever [`Aggregator::checkpoint_if_due`] finds `interval` passed
     /// since the last one (a long-running engine whose store is being read).
     pub fn checkpoint_every(&mut self, interval: Duration) {
-        self.interval = Some(interval);
+        self.cadence.interval = Some(interval);
     }
 
     /// Checkpoints if something changed and the interval has passed.
     pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
-        if self.changed
-            && self
-                .interval
-                .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
-        {
+        if self.cadence.due() {
             self.checkpoint_all(diag);
         }
     }
@@ -516,7 +540,7 @@ impl Aggregator {
     ) {
         // Measures the API accepted are answered once committed: checkpoint their epoch.
         let from_api = measures.iter().any(|m| m.sink == API_SINK);
-        self.changed |= !measures.is_empty();
+        self.cadence.changed |= !measures.is_empty();
         let ptr = |s: Sym| s.as_str().as_ptr() as usize;
         measures.sort_by_key(|m| (m.batch, m.sink, ptr(m.resource_key), ptr(m.name)));
         let mut points = Vec::new();
@@ -605,7 +629,7 @@ impl Aggregator {
         }
         measures.clear();
         if self.durable || from_api {
-            self.owed = true;
+            self.cadence.owed = true;
         } else if self.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
             self.commit(diag);
         }
@@ -631,9 +655,7 @@ impl Aggregator {
 
     /// Writes every changed metric's open buckets and state, then commits.
     pub fn checkpoint_all(&mut self, diag: &mut Diag) {
-        self.changed = false;
-        self.owed = false;
-        self.last_checkpoint = Instant::now();
+        self.cadence.restart();
         for (&(resource, name), entry) in self.metrics.iter_mut().filter(|(_, e)| e.dirty) {
             entry.dirty = false;
             let methods = &entry.policy.methods;
@@ -692,10 +714,7 @@ pub struct CrossStage {
     alarms: Alarms,
     checkpoint: Checkpoint,
     durable: bool,
-    interval: Option<Duration>,
-    last_checkpoint: Instant,
-    changed: bool,
-    owed: bool,
+    cadence: Cadence,
     failure: Option<String>,
 }
 
@@ -713,20 +732,20 @@ impl CrossStage {
                 index: index as u32,
                 count: count as u32,
             },
-            changed: !alarms.is_empty(),
+            cadence: Cadence {
+                changed: !alarms.is_empty(),
+                ..Cadence::default()
+            },
             alarms,
             checkpoint: Checkpoint::default(),
             durable,
-            interval: None,
-            last_checkpoint: Instant::now(),
-            owed: false,
             failure: None,
         }
     }
 
     /// Also checkpoints at least this often while something changed.
     pub fn checkpoint_every(&mut self, interval: Duration) {
-        self.interval = Some(interval);
+        self.cadence.interval = Some(interval);
     }
 
     /// Takes one epoch's feeds: alarm changes first, then buckets, then the store
@@ -744,7 +763,7 @@ impl CrossStage {
             match feed {
                 Feed::Edit(edit) => {
                     self.alarms.apply(edit);
-                    self.owed = true;
+                    self.cadence.owed = true;
                 }
                 Feed::Points {
                     alarm_id,
@@ -759,39 +778,33 @@ impl CrossStage {
                         (&alarm_id, leaf as usize, &metric_id),
                         (&points, newest, ended),
                     );
-                    self.changed = true;
+                    self.cadence.changed = true;
                 }
                 Feed::Tick { newest, .. } => self.alarms.on_tick(newest),
             }
         }
         self.alarms.run_cross(diag);
-        self.owed |= self.durable;
+        self.cadence.owed |= self.durable;
     }
 
     /// Commits what the epochs processed since the last call owe (alarm changes the API
     /// answers once committed; everything with an input that commits offsets).
     pub fn settle(&mut self, diag: &mut Diag) {
-        if std::mem::take(&mut self.owed) {
+        if std::mem::take(&mut self.cadence.owed) {
             self.checkpoint_all(diag);
         }
     }
 
     /// Checkpoints if something changed and the interval has passed.
     pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
-        if self.changed
-            && self
-                .interval
-                .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
-        {
+        if self.cadence.due() {
             self.checkpoint_all(diag);
         }
     }
 
     /// Writes every changed alarm's state and the history, then commits.
     pub fn checkpoint_all(&mut self, diag: &mut Diag) {
-        self.changed = false;
-        self.owed = false;
-        self.last_checkpoint = Instant::now();
+        self.cadence.restart();
         diag.counters.alarms_cross = self.alarms.len() as u64;
         if let Err(e) = self.alarms.checkpoint(&mut self.checkpoint) {
             self.failure = Some(e);
