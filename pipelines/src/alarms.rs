@@ -301,7 +301,7 @@ pub struct Alarms {
     deleted: Vec<AlarmRecord>,
     /// Slot index by alarm id.
     by_id: FxHashMap<String, usize>,
-    /// The alarms with a `no_data_grace`, by id.
+    /// The alarms with a `no_data_grace`, by id (evaluated as the watermark moves).
     graced: BTreeSet<String>,
     /// The watermark they were last evaluated at.
     swept: i64,
@@ -345,16 +345,21 @@ impl Alarms {
                     Slot::new(
                         definition.clone(),
                         Origin::Definition,
-                        evaluator,
+                        (evaluator, cross),
                         since,
                         changed,
                     )
-                    .with_cross(cross)
                 }
                 None => {
                     alarms.record(definition, "creation", definition.to_json(), now, now);
                     let evaluator = Evaluator::new(definition.state, &definition.state_reason);
-                    Slot::new(definition.clone(), Origin::Definition, evaluator, now, true)
+                    Slot::new(
+                        definition.clone(),
+                        Origin::Definition,
+                        (evaluator, None),
+                        now,
+                        true,
+                    )
                 }
             };
             alarms.add(slot);
@@ -365,16 +370,13 @@ impl Alarms {
                 continue;
             }
             if s.evaluation.origin == Origin::Api || !declared {
-                alarms.add(
-                    Slot::new(
-                        Arc::new(s.definition.clone()),
-                        s.evaluation.origin,
-                        s.evaluation.evaluator.clone(),
-                        s.evaluation.state_timestamp_ns,
-                        false,
-                    )
-                    .with_cross(s.evaluation.cross.clone()),
-                );
+                alarms.add(Slot::new(
+                    Arc::new(s.definition.clone()),
+                    s.evaluation.origin,
+                    (s.evaluation.evaluator.clone(), s.evaluation.cross.clone()),
+                    s.evaluation.state_timestamp_ns,
+                    false,
+                ));
             } else {
                 alarms.record(&s.definition, "deletion", s.definition.to_json(), now, now);
                 alarms.deleted.push(AlarmRecord {
@@ -394,7 +396,7 @@ impl Alarms {
             self.watches.entry(key).or_default().push(index);
         }
         self.by_id.insert(slot.definition.alarm_id.clone(), index);
-        if slot.definition.options.no_data_grace.is_some() && slot.cross.is_none() {
+        if slot.definition.options.no_data_grace.is_some() {
             self.graced.insert(slot.definition.alarm_id.clone());
         }
         self.slots.push(slot);
@@ -475,7 +477,7 @@ impl Alarms {
                         }
                     },
                 };
-                let mut slot = Slot::new(definition.clone(), origin, evaluator, since, true);
+                let mut evaluator = evaluator;
                 if fresh {
                     cross = None;
                     // Created or re-ruled while the engine runs: evaluated from the next
@@ -483,11 +485,11 @@ impl Alarms {
                     if let Some(Ok(shape)) = Shape::of(&definition) {
                         if self.watermark != i64::MIN {
                             let at = self.watermark.div_euclid(shape.step) * shape.step;
-                            slot.evaluator.through = Some(at);
+                            evaluator.through = Some(at);
                         }
                     }
                 }
-                let slot = slot.with_cross(cross);
+                let slot = Slot::new(definition.clone(), origin, (evaluator, cross), since, true);
                 let i = self.add(slot);
                 prime = fresh.then_some(i);
                 definition
@@ -645,7 +647,8 @@ impl Alarms {
                 continue;
             };
             let slot = &mut self.slots[i];
-            let Some(grace) = slot.definition.options.no_data_grace else {
+            // (The store operator holds only alarms on one metric.)
+            let (None, Some(grace)) = (&slot.cross, slot.definition.options.no_data_grace) else {
                 continue;
             };
             let held = watch_key(&slot.definition).and_then(&metric);
@@ -673,11 +676,7 @@ impl Alarms {
         let Some(memory) = slot.cross.as_mut() else {
             return;
         };
-        let Some(Ok(shape)) = Shape::of(&slot.definition) else {
-            return;
-        };
-        let horizon = CrossMemory::horizon(&shape, slot.evaluator.through);
-        memory.feed(leaf, metric_id, progress, horizon);
+        memory.feed(leaf, metric_id, progress);
         slot.dirty = true;
         self.touched.insert(alarm_id.to_owned());
     }
@@ -686,11 +685,8 @@ impl Alarms {
     pub fn on_tick(&mut self, newest: i64) {
         if newest > self.watermark {
             self.watermark = newest;
-            for slot in self.slots.iter().filter(|s| s.cross.is_some()) {
-                if slot.definition.options.no_data_grace.is_some() {
-                    self.touched.insert(slot.definition.alarm_id.clone());
-                }
-            }
+            // (The cross operator holds only alarms over several metrics.)
+            self.touched.extend(self.graced.iter().cloned());
         }
     }
 
@@ -810,29 +806,16 @@ impl Alarms {
 }
 
 impl Slot {
+    /// An alarm with its evaluation; one over several metrics gets `memory` (if it fits its
+    /// leaves) or a fresh one.
     fn new(
         definition: Arc<AlarmDefinition>,
         origin: Origin,
-        evaluator: Evaluator,
+        (evaluator, memory): (Evaluator, Option<CrossMemory>),
         state_timestamp_ns: i64,
         dirty: bool,
     ) -> Slot {
-        Slot {
-            constraints: Constraints::compile(&definition.time_constraints).unwrap_or_default(),
-            definition,
-            origin,
-            evaluator,
-            state_timestamp_ns,
-            resolved: None,
-            cross: None,
-            dirty,
-        }
-        .with_cross(None)
-    }
-
-    /// Gives an alarm over several metrics its memory (`memory`, or a fresh one).
-    fn with_cross(mut self, memory: Option<CrossMemory>) -> Slot {
-        self.cross = match Shape::of(&self.definition) {
+        let cross = match Shape::of(&definition) {
             Some(Ok(shape)) => Some(
                 memory
                     .filter(|m| m.leaves.len() == shape.leaves.len())
@@ -840,7 +823,16 @@ impl Slot {
             ),
             _ => None,
         };
-        self
+        Slot {
+            constraints: Constraints::compile(&definition.time_constraints).unwrap_or_default(),
+            definition,
+            origin,
+            evaluator,
+            state_timestamp_ns,
+            resolved: None,
+            cross,
+            dirty,
+        }
     }
 }
 

@@ -288,15 +288,14 @@ impl CrossMemory {
     }
 
     /// Takes what contributor `id` sent leaf `leaf`: buckets that closed (start, value) and
-    /// its newest event time (`ended`: its input ended there). Buckets already in the past of
-    /// the evaluation (`horizon`, see [`CrossMemory::horizon`]) are ignored; a bucket sent
-    /// again replaces the first.
+    /// its newest event time (`ended`: its input ended there). A bucket sent again replaces
+    /// the first; buckets too old for any window to come are dropped by the next
+    /// [`CrossMemory::run`].
     pub fn feed(
         &mut self,
         leaf: usize,
         id: &str,
         (points, newest, ended): (&[(i64, f64)], i64, bool),
-        horizon: Option<i64>,
     ) {
         let Some(memory) = self.leaves.get_mut(leaf) else {
             return;
@@ -326,9 +325,6 @@ impl CrossMemory {
         known.newest = known.newest.max(newest);
         known.ended = ended;
         for &(t, v) in points {
-            if horizon.is_some_and(|h| t < h) {
-                continue;
-            }
             let at = memory.points.entry(t).or_default();
             match at.iter_mut().find(|(i, _)| *i == c) {
                 Some(slot) => slot.1 = v,
@@ -338,7 +334,7 @@ impl CrossMemory {
     }
 
     /// Where buckets stop mattering for an alarm evaluated through `through`.
-    pub fn horizon(shape: &Shape, through: Option<i64>) -> Option<i64> {
+    fn horizon(shape: &Shape, through: Option<i64>) -> Option<i64> {
         through.map(|t| t.saturating_sub(shape.span()).saturating_sub(shape.step))
     }
 
@@ -711,27 +707,26 @@ mod tests {
         let mut m = CrossMemory::new(1);
         let mut e = Evaluator::new(AlarmState::InsufficientData, "");
         // a closed 0..60 (40) and 60..120 (70); b only 0..60 (80), its event time at 90.
-        m.feed(0, "a", (&[(0, 40.0), (60 * S, 70.0)], 125 * S, false), None);
-        m.feed(0, "b", (&[(0, 80.0)], 90 * S, false), None);
+        m.feed(0, "a", (&[(0, 40.0), (60 * S, 70.0)], 125 * S, false));
+        m.feed(0, "b", (&[(0, 80.0)], 90 * S, false));
         // Instant 60: mean(40, 80) = 60 > 50 → alarm. Instant 120 waits for b.
         assert_eq!(
             run(&mut m, &a, &mut e),
             ["alarm@60 Transition to alarm due to 1 samples outside threshold, most recent: 60.0"]
         );
-        m.feed(0, "b", (&[(60 * S, 10.0)], 130 * S, false), None);
+        m.feed(0, "b", (&[(60 * S, 10.0)], 130 * S, false));
         // Instant 120: mean(70, 10) = 40 → ok.
         assert_eq!(
             run(&mut m, &a, &mut e),
             ["ok@120 Transition to ok due to 1 samples inside threshold, most recent: 40.0"]
         );
         // b stops; a goes on. Within twice the granularity b holds instants back, then not.
-        m.feed(0, "a", (&[(120 * S, 90.0)], 185 * S, false), None);
+        m.feed(0, "a", (&[(120 * S, 90.0)], 185 * S, false));
         assert!(run(&mut m, &a, &mut e).is_empty());
         m.feed(
             0,
             "a",
             (&[(180 * S, 95.0), (240 * S, 99.0)], 305 * S, false),
-            None,
         );
         let out = run(&mut m, &a, &mut e);
         assert_eq!(
@@ -764,13 +759,11 @@ mod tests {
                 200 * S,
                 false,
             ),
-            None,
         );
         m.feed(
             0,
             "b",
             (&[(0, 0.0), (60 * S, 20.0), (120 * S, 30.0)], 200 * S, false),
-            None,
         );
         // Sums 10, 70, 150 → rates 60, 80: both over 50 at instant 180.
         let out = run(&mut m, &a, &mut e);
