@@ -333,9 +333,17 @@ impl CrossMemory {
         }
     }
 
-    /// Where buckets stop mattering for an alarm evaluated through `through`.
+    /// Where buckets stop mattering for an alarm evaluated through `through`: a window
+    /// starts up to one of its leaf's buckets before `instant − span` (Gnocchi rounds the
+    /// start down), so the coarsest granularity is kept besides the longest span.
     fn horizon(shape: &Shape, through: Option<i64>) -> Option<i64> {
-        through.map(|t| t.saturating_sub(shape.span()).saturating_sub(shape.step))
+        let coarsest = shape
+            .leaves
+            .iter()
+            .map(|l| l.granularity)
+            .max()
+            .unwrap_or(0);
+        through.map(|t| t.saturating_sub(shape.span()).saturating_sub(coarsest))
     }
 
     /// The newest instant every live contributor has reached (see the module doc), or with
@@ -771,6 +779,41 @@ mod tests {
             out.last().unwrap(),
             "alarm@180 Transition to alarm due to 2 samples outside threshold, most recent: 80.0"
         );
+    }
+
+    #[test]
+    fn a_coarse_leaf_keeps_the_bucket_its_window_rounds_down_to() {
+        // rule1: per minute, always breaching; rule2: rate over 5-minute buckets, rising.
+        let leaf = |g: u64, method: &str| {
+            json!({"type": "gnocchi_aggregation_by_metrics_threshold", "metrics": ["m"],
+                   "aggregation_method": method, "granularity": g,
+                   "comparison_operator": "gt", "threshold": -1, "evaluation_periods": 1})
+        };
+        let a = alarm(json!({"name": "c", "type": "composite",
+            "composite_rule": {"and": [leaf(60, "mean"), leaf(300, "rate:mean")]}}));
+        let mut m = CrossMemory::new(2);
+        let mut e = Evaluator::new(AlarmState::InsufficientData, "");
+        let minutes: Vec<(i64, f64)> = (0..14).map(|i| (i * 60 * S, 1.0)).collect();
+        m.feed(0, "m", (&minutes[..5], 300 * S, false));
+        m.feed(1, "m", (&[(0, 10.0)], 300 * S, false));
+        assert!(
+            run(&mut m, &a, &mut e).is_empty(),
+            "rule2 needs two buckets"
+        );
+        m.feed(0, "m", (&minutes[5..10], 600 * S, false));
+        m.feed(1, "m", (&[(300 * S, 20.0)], 600 * S, false));
+        assert_eq!(run(&mut m, &a, &mut e).len(), 1);
+        assert_eq!(e.state, AlarmState::Alarm);
+        // Through 14:00 rule2's window still starts at the 0:00 bucket (14:00 − 10 min,
+        // rounded down to 5 minutes): the rate stays 10 and nothing changes, also when the
+        // evaluation stops at 12:00 in between (and forgets what no window needs).
+        m.feed(0, "m", (&minutes[10..12], 720 * S, false));
+        m.feed(1, "m", (&[], 720 * S, false));
+        assert_eq!(run(&mut m, &a, &mut e), Vec::<String>::new());
+        m.feed(0, "m", (&minutes[12..], 899 * S, false));
+        m.feed(1, "m", (&[], 899 * S, false));
+        assert_eq!(run(&mut m, &a, &mut e), Vec::<String>::new());
+        assert_eq!(e.state, AlarmState::Alarm);
     }
 
     fn leaf(resource: &str, threshold: f64, periods: u64) -> Value {
