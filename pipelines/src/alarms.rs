@@ -556,15 +556,7 @@ impl Alarms {
         let from = from
             .unwrap_or(i64::MIN)
             .max(until - g * (rule.evaluation_periods as i64 + 1));
-        let method = metric.policy().methods[mi].to_string();
-        let mut values: Vec<(i64, f64)> = stored
-            .iter()
-            .filter(|p| p.aggregation.as_deref() == Some(method.as_str()) && p.granularity_ns == g)
-            .filter(|p| p.timestamp_ns >= from && p.timestamp_ns < until)
-            .map(|p| (p.timestamp_ns, p.value))
-            .collect();
-        let held_from = values.last().map_or(from, |&(t, _)| t + 1);
-        metric.values_in(gi, mi, (held_from, until), &mut |t, v| values.push((t, v)));
+        let values = window_values(metric, (gi, mi), stored, (from, until));
         // Evaluations start at the boundary after the oldest bucket: start at `until`.
         slot.evaluator.through = Some(until - g);
         slot.evaluator.advance(
@@ -899,6 +891,29 @@ fn evaluate(
         &|at| enabled && constraints.allows(at),
         &mut |o| outcomes.push((i, o)),
     )
+}
+
+/// The buckets of granule `gi`, method `mi` of `metric` in `[from, until)`: those `stored`
+/// holds (final ones already written, in the store's order), then those still in memory —
+/// the window Aodh would read at once.
+pub fn window_values(
+    metric: &Metric,
+    (gi, mi): (usize, usize),
+    stored: &[StoredPoint],
+    (from, until): (i64, i64),
+) -> Vec<(i64, f64)> {
+    let policy = metric.policy();
+    let method = policy.methods[mi].to_string();
+    let g = policy.definition[gi].granularity;
+    let mut values: Vec<(i64, f64)> = stored
+        .iter()
+        .filter(|p| p.aggregation.as_deref() == Some(method.as_str()) && p.granularity_ns == g)
+        .filter(|p| p.timestamp_ns >= from && p.timestamp_ns < until)
+        .map(|p| (p.timestamp_ns, p.value))
+        .collect();
+    let held_from = values.last().map_or(from, |&(t, _)| t + 1);
+    metric.values_in(gi, mi, (held_from, until), &mut |t, v| values.push((t, v)));
+    values
 }
 
 /// The reason Aodh's API gives an alarm whose state was set by hand.

@@ -18,7 +18,7 @@ use meterflow_operators::alarm::definition::{AlarmDefinition, Target};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::alarms::{alarm_route, AlarmChange, AlarmEdit};
+use crate::alarms::{alarm_route, window_values, AlarmChange, AlarmEdit};
 
 /// What flows from the store operators to the cross operator, exchanged by [`Feed::route`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,8 +81,6 @@ struct Sub {
     /// Granule and method in the metric's policy.
     gi: usize,
     mi: usize,
-    /// The series' method name as the store writes it.
-    method: String,
     granularity: i64,
     /// The longest window of the alarm.
     span: i64,
@@ -229,12 +227,7 @@ impl Feeds {
             let Some(Ok(shape)) = Shape::of(&w.definition) else {
                 continue;
             };
-            let span = shape
-                .leaves
-                .iter()
-                .map(|l| l.granularity * (l.rule.evaluation_periods as i64 + 1))
-                .max()
-                .unwrap_or(0);
+            let span = shape.span();
             for (leaf, l) in shape.leaves.iter().enumerate() {
                 let feeds = match &l.rule.target {
                     Target::Resource {
@@ -277,7 +270,6 @@ impl Feeds {
                     leaf: leaf as u16,
                     gi,
                     mi,
-                    method,
                     granularity: l.granularity,
                     span,
                     step: shape.step,
@@ -310,19 +302,7 @@ impl Feeds {
             };
             let g = sub.granularity;
             let until = newest.div_euclid(g) * g;
-            let from = until - sub.span;
-            let mut points: Vec<(i64, f64)> = stored
-                .iter()
-                .filter(|p| {
-                    p.aggregation.as_deref() == Some(sub.method.as_str()) && p.granularity_ns == g
-                })
-                .filter(|p| p.timestamp_ns >= from && p.timestamp_ns < until)
-                .map(|p| (p.timestamp_ns, p.value))
-                .collect();
-            let held_from = points.last().map_or(from, |&(t, _)| t + 1);
-            metric.values_in(sub.gi, sub.mi, (held_from, until), &mut |t, v| {
-                points.push((t, v))
-            });
+            let points = window_values(metric, (sub.gi, sub.mi), stored, (until - sub.span, until));
             sub.sent = Some(until);
             sub.reported = newest;
             out.push(sub.feed(metric_id, points, newest, false));

@@ -213,7 +213,7 @@ impl<'a> Shape<'a> {
     }
 
     /// The longest window of any leaf (granularity × (evaluation_periods + 1)), ns.
-    fn span(&self) -> i64 {
+    pub fn span(&self) -> i64 {
         self.leaves
             .iter()
             .map(|l| {
