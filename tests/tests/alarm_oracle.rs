@@ -75,41 +75,59 @@ fn reference(alarms: &[AlarmSpec], samples: &[(u8, i64, i32)]) -> BTreeMap<Strin
                 (*slot).min(v)
             };
         }
-        let (Some(&first), Some(&last)) = (buckets.keys().next(), buckets.keys().last()) else {
-            continue;
-        };
-        let mut state = AlarmState::InsufficientData;
-        let mut sent = Vec::new();
-        // A gap (boundaries whose window holds no bucket) is evaluated at its first boundary.
-        let mut gap = false;
-        let mut now = first + G;
-        let end = last + G;
-        while now <= end {
-            let values: Vec<f64> = buckets
-                .range(now - G * (a.periods as i64 + 1)..now)
-                .map(|(_, &v)| f64::from(v))
-                .collect();
-            if values.is_empty() && gap {
-                now += G;
-                continue;
-            }
-            gap = values.is_empty();
-            let e = evaluate(&values, a.periods, OPS[a.op].1, f64::from(a.threshold));
-            if let Some(r) = decide(state, a.repeat, &e) {
-                sent.push(json!([
-                    state.as_str(),
-                    r.state.as_str(),
-                    r.reason,
-                    r.reason_data
-                ]));
-                state = r.state;
-            }
-            now += G;
-        }
+        let buckets: BTreeMap<i64, f64> = buckets
+            .into_iter()
+            .map(|(t, v)| (t, f64::from(v)))
+            .collect();
+        let sent = notifications(&buckets, (a.periods, a.op, a.threshold, a.repeat), false);
         out.insert(format!("a{i}"), sent);
     }
     out.retain(|_, v| !v.is_empty());
     out
+}
+
+/// Aodh's decision at every boundary from the first bucket's end to the last one's, over
+/// `buckets` (with `rate`, their differences), for (periods, operator, threshold,
+/// repeat_actions): the notifications, as (previous, current, reason, data). A gap (boundaries
+/// whose window holds no value) is evaluated at its first boundary.
+fn notifications(
+    buckets: &BTreeMap<i64, f64>,
+    (periods, op, threshold, repeat): (usize, usize, i32, bool),
+    rate: bool,
+) -> Vec<Value> {
+    let (Some(&first), Some(&last)) = (buckets.keys().next(), buckets.keys().last()) else {
+        return Vec::new();
+    };
+    let mut state = AlarmState::InsufficientData;
+    let mut sent = Vec::new();
+    let mut gap = false;
+    let mut now = first + G;
+    while now <= last + G {
+        let mut values: Vec<f64> = buckets
+            .range(now - G * (periods as i64 + 1)..now)
+            .map(|(_, &v)| v)
+            .collect();
+        if rate {
+            values = values.windows(2).map(|w| w[1] - w[0]).collect();
+        }
+        if values.is_empty() && gap {
+            now += G;
+            continue;
+        }
+        gap = values.is_empty();
+        let e = evaluate(&values, periods, OPS[op].1, f64::from(threshold));
+        if let Some(r) = decide(state, repeat, &e) {
+            sent.push(json!([
+                state.as_str(),
+                r.state.as_str(),
+                r.reason,
+                r.reason_data
+            ]));
+            state = r.state;
+        }
+        now += G;
+    }
+    sent
 }
 
 fn dataflow_run(
@@ -297,38 +315,8 @@ fn cross_reference(
             .into_iter()
             .map(|(t, mut v)| (t, reduce(&mut v, base)))
             .collect();
-        let (Some(&first), Some(&last)) = (buckets.keys().next(), buckets.keys().last()) else {
-            continue;
-        };
-        let mut state = AlarmState::InsufficientData;
-        let mut sent = Vec::new();
-        let mut gap = false;
-        let mut now = first + G;
-        while now <= last + G {
-            let mut values: Vec<f64> = buckets
-                .range(now - G * (a.periods as i64 + 1)..now)
-                .map(|(_, &v)| v)
-                .collect();
-            if a.method.starts_with("rate:") {
-                values = values.windows(2).map(|w| w[1] - w[0]).collect();
-            }
-            if values.is_empty() && gap {
-                now += G;
-                continue;
-            }
-            gap = values.is_empty();
-            let e = evaluate(&values, a.periods, OPS[a.op].1, f64::from(a.threshold));
-            if let Some(r) = decide(state, a.repeat, &e) {
-                sent.push(json!([
-                    state.as_str(),
-                    r.state.as_str(),
-                    r.reason,
-                    r.reason_data
-                ]));
-                state = r.state;
-            }
-            now += G;
-        }
+        let rate = a.method.starts_with("rate:");
+        let sent = notifications(&buckets, (a.periods, a.op, a.threshold, a.repeat), rate);
         out.insert(format!("c{i}"), sent);
     }
     out.retain(|_, v| !v.is_empty());
