@@ -7,7 +7,8 @@
 //! Ceilometer's six transformers and the [`transform::Chain`] that runs a sink's transformers
 //! with Ceilometer's per-notification flush; [`expr`] is the safe Python-expression subset
 //! their `scale` and `expr` parameters use; [`aggregate`] is Gnocchi's aggregation by archive
-//! policy; [`alarm`] is Aodh's alarm decision.
+//! policy; [`alarm`] is Aodh's alarm decision; [`notification`] turns service notifications
+//! into samples by Ceilometer's meter definitions.
 //!
 //! # Example
 //! ```
@@ -30,4 +31,5 @@
 pub mod aggregate;
 pub mod alarm;
 pub mod expr;
+pub mod notification;
 pub mod transform;

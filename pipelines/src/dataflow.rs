@@ -190,7 +190,7 @@ impl Decoder {
         for (index, (line_no, line)) in chunk.lines().enumerate() {
             diag.counters.lines += 1;
             let notification = (chunk.seq << 32) | index as u64;
-            let kind = decode_line(&line, &mut |decoded| match decoded {
+            let mut handle = |diag: &mut Diag, decoded: Decoded| match decoded {
                 Decoded::Sample(sample) => {
                     diag.counters.samples_in += 1;
                     if let Some(micros) = sample.timestamp.micros() {
@@ -239,32 +239,30 @@ impl Decoder {
                         dead.record(input, line_no, position, r.reason, &r.detail, &line);
                     }
                 }
-            });
-            match kind {
+            };
+            let kind = decode_line(&line, &mut |decoded| handle(diag, decoded));
+            let failed = match kind {
                 Ok(LineKind::SampleNotification | LineKind::BareSample) => {
-                    diag.counters.notifications += 1
+                    diag.counters.notifications += 1;
+                    None
                 }
                 Ok(LineKind::ServiceNotification { event_type }) => {
                     diag.counters.notifications += 1;
-                    let detail = format!("notification {event_type:?} skipped: turning service notifications into samples needs meter definitions (meters.yaml), which land with the OpenStack ingestion work");
-                    if let Some(dead) = dead.as_mut() {
-                        let position = chunk.position(line_no);
-                        let reason = DropReason::NoMeterDefinition;
-                        dead.record(input, line_no, position, reason, &detail, &line);
-                    }
-                    diag.drop(DropReason::NoMeterDefinition, || {
-                        format!("{}: {detail}", chunk.place(input, line_no))
-                    });
+                    let text = std::str::from_utf8(&line).unwrap_or_default();
+                    plan.service_samples(&event_type, text, &mut |decoded| handle(diag, decoded))
+                        .err()
+                        .map(|detail| (DropReason::NoMeterDefinition, detail))
                 }
-                Err(e) => {
-                    if let Some(dead) = dead.as_mut() {
-                        let position = chunk.position(line_no);
-                        dead.record(input, line_no, position, e.reason(), &e.to_string(), &line);
-                    }
-                    diag.drop(e.reason(), || {
-                        format!("{}: {e}", chunk.place(input, line_no))
-                    });
+                Err(e) => Some((e.reason(), e.to_string())),
+            };
+            if let Some((reason, detail)) = failed {
+                if let Some(dead) = dead.as_mut() {
+                    let position = chunk.position(line_no);
+                    dead.record(input, line_no, position, reason, &detail, &line);
                 }
+                diag.drop(reason, || {
+                    format!("{}: {detail}", chunk.place(input, line_no))
+                });
             }
         }
         if let Some(dead) = dead.as_mut() {

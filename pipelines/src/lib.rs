@@ -34,5 +34,6 @@ pub mod matcher;
 pub mod plan;
 pub mod query;
 pub mod sequential;
+pub mod shipped;
 pub mod storage;
 pub mod summary;

@@ -12,9 +12,12 @@ use std::sync::Arc;
 
 use meterflow_connectors::gnocchi::alarm_uuid;
 use meterflow_connectors::{parse_publisher, PublisherSpec};
+use meterflow_engine::wire::Decoded;
 use meterflow_operators::aggregate::{ArchivePolicy, Method};
 use meterflow_operators::alarm::cross::Shape;
 use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, ThresholdRule};
+use meterflow_operators::notification::message_view;
+use meterflow_operators::notification::meters::MeterDefinitions;
 use meterflow_operators::transform::{
     build_chain, chain_partition, Chain, Partition, TransformerSpec,
 };
@@ -120,6 +123,11 @@ pub struct Plan {
     /// Whether the definition has an `alarms:` key: then it is the whole list of the alarms
     /// it defines (one removed from it is deleted); without, the store's alarms are kept.
     pub alarms_declared: bool,
+    /// Ceilometer meter definitions that turn service notifications into samples: the
+    /// definition's `meter_definitions`, else the shipped ones.
+    pub meters: Arc<MeterDefinitions>,
+    /// Where `meters` came from, for messages (`the shipped meter definitions`, file names).
+    pub meters_from: String,
     /// Non-fatal remarks (unused sinks, ignored keys).
     pub warnings: Vec<Problem>,
 }
@@ -249,6 +257,26 @@ impl Plan {
             .iter()
             .find(|r| r.matcher.accepts(metric))
             .map(|r| r.archive_policy_name.as_str())
+    }
+
+    /// Turns the service notification `line` (of `event_type`) into samples by the meter
+    /// definitions, passing each to `emit`. `Err` says why none came: no definition takes the
+    /// event type, or the line is not a notification the definitions can read.
+    pub fn service_samples(
+        &self,
+        event_type: &str,
+        line: &str,
+        emit: &mut dyn FnMut(Decoded),
+    ) -> Result<(), String> {
+        if !self.meters.matches(event_type) {
+            return Err(format!(
+                "notification {event_type:?} skipped: no meter definition takes this event_type (loaded: {}); add one under meter_definitions: to turn it into samples",
+                self.meters_from
+            ));
+        }
+        let view = message_view(line)?;
+        self.meters.samples(&view, emit);
+        Ok(())
     }
 
     /// Whether any sink publishes to the embedded store.
@@ -457,11 +485,12 @@ impl Validator {
         for key in root.keys() {
             match key.as_str() {
                 Some(
-                    "sources" | "sinks" | "archive_policies" | "archive_policy_rules" | "alarms",
+                    "sources" | "sinks" | "archive_policies" | "archive_policy_rules" | "alarms"
+                    | "meter_definitions",
                 ) => {}
                 _ => self.problem(
                     key.as_str().unwrap_or("?"),
-                    format!("unknown top-level key {} (known: sources, sinks, archive_policies, archive_policy_rules, alarms)", describe(key)),
+                    format!("unknown top-level key {} (known: sources, sinks, archive_policies, archive_policy_rules, alarms, meter_definitions)", describe(key)),
                 ),
             }
         }
@@ -489,6 +518,7 @@ impl Validator {
         let mut archive_policies = archive_policies;
         self.resource_definition_policies(&sinks, &mut archive_policies);
         let alarms = self.alarms(root.get("alarms"), &archive_policies);
+        let (meters, meters_from) = self.meter_definitions(root.get("meter_definitions"));
         let mut used = vec![false; sinks.len()];
         for s in &sources {
             for &k in &s.sinks {
@@ -538,8 +568,102 @@ impl Validator {
             archive_policy_rules,
             alarms,
             alarms_declared: root.contains_key("alarms"),
+            meters: Arc::new(meters),
+            meters_from,
             warnings: Vec::new(),
         })
+    }
+
+    /// `meter_definitions:`: a `meters.yaml` file or a `meters.d` directory (its `*.yaml` in
+    /// name order), a list of those, or one inline `{metric: [...]}`; without the key, the
+    /// shipped definitions; `[]` for none.
+    fn meter_definitions(&mut self, v: Option<&Value>) -> (MeterDefinitions, String) {
+        const KEY: &str = "meter_definitions";
+        let mut files: Vec<(String, String)> = Vec::new();
+        let mut read = |v: &mut Validator, place: String, name: &str| {
+            let given = Path::new(name);
+            let path = match &v.base {
+                Some(base) if given.is_relative() && base.join(given).exists() => base.join(given),
+                _ => given.to_path_buf(),
+            };
+            let listed = if path.is_dir() {
+                match std::fs::read_dir(&path) {
+                    Ok(entries) => {
+                        let mut yaml: Vec<std::path::PathBuf> = entries
+                            .filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                            .collect();
+                        yaml.sort();
+                        yaml
+                    }
+                    Err(e) => {
+                        v.problem(place, format!("cannot list {}: {e}", path.display()));
+                        return;
+                    }
+                }
+            } else {
+                vec![path]
+            };
+            for file in listed {
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => files.push((file.display().to_string(), text)),
+                    Err(e) => v.problem(
+                        place.clone(),
+                        format!("cannot read meter definitions {}: {e}; give a meters.yaml file or a directory of them, relative to the definition", file.display()),
+                    ),
+                }
+            }
+        };
+        match v {
+            None => {
+                files = crate::shipped::METER_DEFINITIONS
+                    .iter()
+                    .map(|(name, text)| (format!("shipped {name}"), (*text).to_owned()))
+                    .collect();
+            }
+            Some(Value::Null) => {}
+            Some(Value::String(name)) => read(self, KEY.into(), name),
+            Some(Value::Sequence(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(name) => read(self, format!("{KEY}[{i}]"), name),
+                        other => self.problem(
+                            format!("{KEY}[{i}]"),
+                            format!("must be a file or directory name, got {}", describe(other)),
+                        ),
+                    }
+                }
+            }
+            Some(inline @ Value::Mapping(_)) => match serde_yaml::to_string(inline) {
+                Ok(text) => files.push((String::new(), text)),
+                Err(e) => self.problem(KEY, e.to_string()),
+            },
+            Some(other) => self.problem(
+                KEY,
+                format!("must be a meters.yaml file or directory name, a list of them, or {{metric: [...]}}, got {}", describe(other)),
+            ),
+        }
+        let (meters, problems) = MeterDefinitions::load(&files);
+        for p in problems {
+            let place = match p.file.as_str() {
+                "" => format!("{KEY}.{}", p.place),
+                file => format!("{KEY}: {file}: {}", p.place),
+            };
+            self.problem(place, p.message);
+        }
+        let from = match v {
+            None => "the shipped meter definitions".to_owned(),
+            Some(_) if files.is_empty() => {
+                "no meter definitions (meter_definitions is empty)".to_owned()
+            }
+            Some(Value::Mapping(_)) => "the definition's meter_definitions".to_owned(),
+            Some(_) => files
+                .iter()
+                .map(|(f, _)| f.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        (meters, from)
     }
 
     /// Adds the policies `gnocchi://` publishers' resource definition files create (as

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use meterflow_engine::metrics::Diag;
-use meterflow_engine::wire::{decode_line, Decoded};
+use meterflow_engine::wire::{decode_line, Decoded, LineKind};
 use meterflow_engine::Sample;
 
 use crate::plan::Plan;
@@ -21,11 +21,14 @@ pub fn run(plan: &Plan, lines: &[&str]) -> Vec<(usize, Sample)> {
     for line in lines {
         let mut samples = Vec::new();
         let bytes = Bytes::copy_from_slice(line.as_bytes());
-        let _ = decode_line(&bytes, &mut |d| {
+        let mut keep = |d| {
             if let Decoded::Sample(s) = d {
                 samples.push(s);
             }
-        });
+        };
+        if let Ok(LineKind::ServiceNotification { event_type }) = decode_line(&bytes, &mut keep) {
+            let _ = plan.service_samples(&event_type, line, &mut keep);
+        }
         for sample in samples {
             for sink in plan.route(sample.name.as_str()) {
                 let sink = usize::from(sink);

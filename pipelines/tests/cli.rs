@@ -70,7 +70,7 @@ fn bad_lines_are_reported_by_line_and_good_samples_survive() {
         sample("null", "2021-07-30T02:00:30"),
         sample("\"twelve\"", "2021-07-30T02:00:40"),
         sample("25", "2021-07-30T02:01:00").replace(r#""resource_id": "vm-1", "#, ""),
-        r#"{"event_type": "compute.instance.create.end", "payload": {}}"#.to_owned(),
+        r#"{"event_type": "compute.instance.create.start", "payload": {}}"#.to_owned(),
         sample("25", "2021-07-30T02:01:00"),
         String::new(),
         sample("\"40\"", "2021-07-30T02:02:00"),
@@ -120,7 +120,7 @@ fn bad_lines_are_reported_by_line_and_good_samples_survive() {
         "in.jsonl:4: sample cpu of resource vm-1 at 2021-07-30T02:00:30: counter_volume is missing or null",
         "in.jsonl:5: sample cpu of resource vm-1 at 2021-07-30T02:00:40: counter_volume \"twelve\" is not a number",
         "in.jsonl:6: sample cpu of resource <no resource_id>",
-        "in.jsonl:7: notification \"compute.instance.create.end\" skipped",
+        "in.jsonl:7: notification \"compute.instance.create.start\" skipped",
     ] {
         assert!(stderr.contains(needle), "missing {needle:?}\n{}", text(&out));
     }

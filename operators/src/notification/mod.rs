@@ -1,0 +1,93 @@
+//! Service notifications (nova, cinder, glance, neutron, swift, ...) turned into samples by
+//! Ceilometer's meter definitions (`meters.yaml`), and the pieces event definitions share.
+//!
+//! A definition addresses the notification as Ceilometer's notification agent sees it
+//! ([`message_view`]): `{"ctxt", "publisher_id", "event_type", "priority", "payload",
+//! "metadata": {"message_id", "timestamp"}}`, through the JSONPath dialect in [`path`] and the
+//! field forms in [`field`]. [`meters::MeterDefinitions`] holds a `meters.yaml`.
+
+pub mod field;
+pub mod meters;
+pub mod path;
+
+use serde_json::{Map, Value};
+
+/// The notification in `text` as Ceilometer's definitions address it: the oslo.messaging 2.0
+/// envelope unwrapped; the context (`_context`, `ctxt`, or the rabbit driver's flattened
+/// `_context_*` keys) under `ctxt`; `message_id` and `timestamp` under `metadata`.
+///
+/// # Examples
+/// ```
+/// use meterflow_operators::notification::message_view;
+/// let line = r#"{"oslo.version": "2.0", "oslo.message": "{\"event_type\": \"image.upload\", \"publisher_id\": \"image.host1\", \"message_id\": \"m1\", \"timestamp\": \"2024-05-01 12:00:00\", \"payload\": {\"size\": 5}, \"_context\": {\"user\": \"u1\"}}"}"#;
+/// let view = message_view(line).unwrap();
+/// assert_eq!(view["ctxt"]["user"], "u1");
+/// assert_eq!(view["metadata"]["timestamp"], "2024-05-01 12:00:00");
+/// assert_eq!(view["payload"]["size"], 5);
+/// ```
+pub fn message_view(text: &str) -> Result<Value, String> {
+    let outer: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let Value::Object(mut body) = (match outer.get("oslo.message") {
+        Some(Value::String(inner)) => serde_json::from_str(inner)
+            .map_err(|e| format!("oslo.message is not valid JSON ({e})"))?,
+        Some(_) => return Err("oslo.message must be a JSON string".into()),
+        None => outer,
+    }) else {
+        return Err("a notification must be a JSON object".into());
+    };
+    let mut ctxt = match body.remove("_context").or_else(|| body.remove("ctxt")) {
+        Some(Value::Object(c)) => c,
+        _ => Map::new(),
+    };
+    let flattened: Vec<String> = body
+        .keys()
+        .filter(|k| k.starts_with("_context_"))
+        .cloned()
+        .collect();
+    for key in flattened {
+        if let Some(v) = body.remove(&key) {
+            ctxt.insert(key["_context_".len()..].to_owned(), v);
+        }
+    }
+    let mut take = |key: &str| body.remove(key).unwrap_or(Value::Null);
+    let mut metadata = Map::new();
+    metadata.insert("message_id".into(), take("message_id"));
+    metadata.insert("timestamp".into(), take("timestamp"));
+    let mut view = Map::new();
+    view.insert("ctxt".into(), Value::Object(ctxt));
+    view.insert("publisher_id".into(), take("publisher_id"));
+    view.insert("event_type".into(), take("event_type"));
+    view.insert("priority".into(), take("priority"));
+    view.insert("payload".into(), take("payload"));
+    view.insert("metadata".into(), Value::Object(metadata));
+    Ok(Value::Object(view))
+}
+
+/// Python's `str()` of a JSON value (`True`, `None`, `1.0`), as Ceilometer's plugins see it.
+pub fn python_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e16 => format!("{f:.1}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Whether Python would take `v` as true (`if value:`).
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}

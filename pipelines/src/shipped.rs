@@ -1,0 +1,27 @@
+//! The definition files meterflow ships (`pipelines/examples/definitions/`), embedded so that
+//! a pipeline definition without `meter_definitions:` turns nova, cinder, glance, neutron and
+//! swift notifications into samples as Ceilometer's defaults do.
+
+/// `meters.d/*.yaml`, in file-name order (the order Ceilometer reads a `meters.d` directory).
+pub const METER_DEFINITIONS: [(&str, &str); 5] = [
+    (
+        "meters.d/cinder.yaml",
+        include_str!("../examples/definitions/meters.d/cinder.yaml"),
+    ),
+    (
+        "meters.d/glance.yaml",
+        include_str!("../examples/definitions/meters.d/glance.yaml"),
+    ),
+    (
+        "meters.d/neutron.yaml",
+        include_str!("../examples/definitions/meters.d/neutron.yaml"),
+    ),
+    (
+        "meters.d/nova.yaml",
+        include_str!("../examples/definitions/meters.d/nova.yaml"),
+    ),
+    (
+        "meters.d/swift.yaml",
+        include_str!("../examples/definitions/meters.d/swift.yaml"),
+    ),
+];
