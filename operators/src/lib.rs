@@ -30,6 +30,8 @@
 
 pub mod aggregate;
 pub mod alarm;
+pub mod event;
 pub mod expr;
+pub mod glob;
 pub mod notification;
 pub mod transform;

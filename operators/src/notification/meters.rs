@@ -121,7 +121,7 @@ impl MeterDefinitions {
                     continue;
                 }
             };
-            if let Err(e) = doc.apply_merge() {
+            if let Err(e) = crate::notification::apply_merge(&mut doc) {
                 problem(String::new(), format!("bad YAML merge key (<<): {e}"));
                 continue;
             }

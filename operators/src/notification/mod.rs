@@ -91,3 +91,47 @@ pub fn truthy(v: &Value) -> bool {
         Value::Object(o) => !o.is_empty(),
     }
 }
+
+/// Resolves YAML merge keys (`<<: *anchor`) as PyYAML does: the merged entries come first, in
+/// order (of several merged mappings the first wins), and the mapping's own keys override them
+/// in place. (`serde_yaml`'s own merge appends the merged keys instead, which reorders
+/// Ceilometer's traits and metadata.)
+pub fn apply_merge(doc: &mut serde_yaml::Value) -> Result<(), String> {
+    use serde_yaml::{Mapping, Value as Yaml};
+    match doc {
+        Yaml::Mapping(map) => {
+            for (_, v) in map.iter_mut() {
+                apply_merge(v)?;
+            }
+            let Some(merge) = map.remove("<<") else {
+                return Ok(());
+            };
+            let sources = match merge {
+                Yaml::Mapping(m) => vec![m],
+                Yaml::Sequence(items) => items
+                    .into_iter()
+                    .map(|i| match i {
+                        Yaml::Mapping(m) => Ok(m),
+                        other => Err(format!("a merge key (<<) takes mappings, got {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()?,
+                other => return Err(format!("a merge key (<<) takes a mapping, got {other:?}")),
+            };
+            let mut merged = Mapping::new();
+            for source in sources {
+                for (k, v) in source {
+                    if !merged.contains_key(&k) {
+                        merged.insert(k, v);
+                    }
+                }
+            }
+            for (k, v) in std::mem::take(map) {
+                merged.insert(k, v);
+            }
+            *map = merged;
+            Ok(())
+        }
+        Yaml::Sequence(items) => items.iter_mut().try_for_each(apply_merge),
+        _ => Ok(()),
+    }
+}
