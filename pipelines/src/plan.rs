@@ -16,8 +16,9 @@ use meterflow_engine::wire::Decoded;
 use meterflow_operators::aggregate::{ArchivePolicy, Method};
 use meterflow_operators::alarm::cross::Shape;
 use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, ThresholdRule};
+use meterflow_operators::event::EventDefinitions;
 use meterflow_operators::notification::message_view;
-use meterflow_operators::notification::meters::MeterDefinitions;
+use meterflow_operators::notification::meters::{DefinitionProblem, MeterDefinitions};
 use meterflow_operators::transform::{
     build_chain, chain_partition, Chain, Partition, TransformerSpec,
 };
@@ -126,8 +127,11 @@ pub struct Plan {
     /// Ceilometer meter definitions that turn service notifications into samples: the
     /// definition's `meter_definitions`, else the shipped ones.
     pub meters: Arc<MeterDefinitions>,
-    /// Where `meters` came from, for messages (`the shipped meter definitions`, file names).
+    /// Where `meters` came from, for messages (`the shipped meter_definitions`, file names).
     pub meters_from: String,
+    /// Ceilometer event definitions that turn notifications into events (for event alarms):
+    /// the definition's `event_definitions`, else the shipped ones.
+    pub events: Arc<EventDefinitions>,
     /// Non-fatal remarks (unused sinks, ignored keys).
     pub warnings: Vec<Problem>,
 }
@@ -486,11 +490,11 @@ impl Validator {
             match key.as_str() {
                 Some(
                     "sources" | "sinks" | "archive_policies" | "archive_policy_rules" | "alarms"
-                    | "meter_definitions",
+                    | "meter_definitions" | "event_definitions",
                 ) => {}
                 _ => self.problem(
                     key.as_str().unwrap_or("?"),
-                    format!("unknown top-level key {} (known: sources, sinks, archive_policies, archive_policy_rules, alarms, meter_definitions)", describe(key)),
+                    format!("unknown top-level key {} (known: sources, sinks, archive_policies, archive_policy_rules, alarms, meter_definitions, event_definitions)", describe(key)),
                 ),
             }
         }
@@ -519,6 +523,7 @@ impl Validator {
         self.resource_definition_policies(&sinks, &mut archive_policies);
         let alarms = self.alarms(root.get("alarms"), &archive_policies);
         let (meters, meters_from) = self.meter_definitions(root.get("meter_definitions"));
+        let (events, _) = self.event_definitions(root.get("event_definitions"));
         let mut used = vec![false; sinks.len()];
         for s in &sources {
             for &k in &s.sinks {
@@ -570,15 +575,20 @@ impl Validator {
             alarms_declared: root.contains_key("alarms"),
             meters: Arc::new(meters),
             meters_from,
+            events: Arc::new(events),
             warnings: Vec::new(),
         })
     }
 
-    /// `meter_definitions:`: a `meters.yaml` file or a `meters.d` directory (its `*.yaml` in
-    /// name order), a list of those, or one inline `{metric: [...]}`; without the key, the
-    /// shipped definitions; `[]` for none.
-    fn meter_definitions(&mut self, v: Option<&Value>) -> (MeterDefinitions, String) {
-        const KEY: &str = "meter_definitions";
+    /// The documents a definition-file key names: a file or a directory (its `*.yaml` in name
+    /// order), a list of those, or the definitions inline (a mapping, or a list of mappings);
+    /// without the key, `shipped`; `[]` for none. Also says where they came from.
+    fn definition_files(
+        &mut self,
+        key: &str,
+        v: Option<&Value>,
+        shipped: &[(&str, &str)],
+    ) -> (Vec<(String, String)>, String) {
         let mut files: Vec<(String, String)> = Vec::new();
         let mut read = |v: &mut Validator, place: String, name: &str| {
             let given = Path::new(name);
@@ -609,61 +619,86 @@ impl Validator {
                     Ok(text) => files.push((file.display().to_string(), text)),
                     Err(e) => v.problem(
                         place.clone(),
-                        format!("cannot read meter definitions {}: {e}; give a meters.yaml file or a directory of them, relative to the definition", file.display()),
+                        format!("cannot read {}: {e}; give a definitions file or a directory of them, relative to the definition", file.display()),
                     ),
                 }
             }
         };
+        let inline = |v: &mut Validator, value: &Value, files: &mut Vec<(String, String)>| {
+            match serde_yaml::to_string(value) {
+                Ok(text) => files.push((String::new(), text)),
+                Err(e) => v.problem(key, e.to_string()),
+            }
+        };
+        let all_names = |items: &[Value]| items.iter().all(|i| matches!(i, Value::String(_)));
         match v {
             None => {
-                files = crate::shipped::METER_DEFINITIONS
+                let files = shipped
                     .iter()
                     .map(|(name, text)| (format!("shipped {name}"), (*text).to_owned()))
                     .collect();
+                return (files, format!("the shipped {key}"));
             }
             Some(Value::Null) => {}
-            Some(Value::String(name)) => read(self, KEY.into(), name),
-            Some(Value::Sequence(items)) => {
+            Some(Value::String(name)) => read(self, key.into(), name),
+            Some(Value::Sequence(items)) if all_names(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::String(name) => read(self, format!("{KEY}[{i}]"), name),
-                        other => self.problem(
-                            format!("{KEY}[{i}]"),
-                            format!("must be a file or directory name, got {}", describe(other)),
-                        ),
+                    if let Value::String(name) = item {
+                        read(self, format!("{key}[{i}]"), name);
                     }
                 }
             }
-            Some(inline @ Value::Mapping(_)) => match serde_yaml::to_string(inline) {
-                Ok(text) => files.push((String::new(), text)),
-                Err(e) => self.problem(KEY, e.to_string()),
-            },
+            Some(value @ (Value::Mapping(_) | Value::Sequence(_))) => {
+                inline(self, value, &mut files);
+                return (files, format!("the definition's {key}"));
+            }
             Some(other) => self.problem(
-                KEY,
-                format!("must be a meters.yaml file or directory name, a list of them, or {{metric: [...]}}, got {}", describe(other)),
+                key,
+                format!("must be a definitions file or directory name, a list of them, or the definitions inline, got {}", describe(other)),
             ),
         }
-        let (meters, problems) = MeterDefinitions::load(&files);
-        for p in problems {
-            let place = match p.file.as_str() {
-                "" => format!("{KEY}.{}", p.place),
-                file => format!("{KEY}: {file}: {}", p.place),
-            };
-            self.problem(place, p.message);
-        }
-        let from = match v {
-            None => "the shipped meter definitions".to_owned(),
-            Some(_) if files.is_empty() => {
-                "no meter definitions (meter_definitions is empty)".to_owned()
-            }
-            Some(Value::Mapping(_)) => "the definition's meter_definitions".to_owned(),
-            Some(_) => files
+        let from = if files.is_empty() {
+            format!("no {key} ({key} is empty)")
+        } else {
+            files
                 .iter()
                 .map(|(f, _)| f.as_str())
                 .collect::<Vec<_>>()
-                .join(", "),
+                .join(", ")
         };
+        (files, from)
+    }
+
+    fn definition_problems(&mut self, key: &str, problems: Vec<DefinitionProblem>) {
+        for p in problems {
+            let place = match p.file.as_str() {
+                "" => format!(
+                    "{key}{}{}",
+                    if p.place.starts_with('[') { "" } else { "." },
+                    p.place
+                ),
+                file => format!("{key}: {file}: {}", p.place),
+            };
+            self.problem(place, p.message);
+        }
+    }
+
+    /// `meter_definitions:` (Ceilometer's `meters.yaml` / `meters.d`); the shipped ones without.
+    fn meter_definitions(&mut self, v: Option<&Value>) -> (MeterDefinitions, String) {
+        const KEY: &str = "meter_definitions";
+        let (files, from) = self.definition_files(KEY, v, &crate::shipped::METER_DEFINITIONS);
+        let (meters, problems) = MeterDefinitions::load(&files);
+        self.definition_problems(KEY, problems);
         (meters, from)
+    }
+
+    /// `event_definitions:` (Ceilometer's `event_definitions.yaml`); the shipped ones without.
+    fn event_definitions(&mut self, v: Option<&Value>) -> (EventDefinitions, String) {
+        const KEY: &str = "event_definitions";
+        let (files, from) = self.definition_files(KEY, v, &crate::shipped::EVENT_DEFINITIONS);
+        let (events, problems) = EventDefinitions::load(&files, false);
+        self.definition_problems(KEY, problems);
+        (events, from)
     }
 
     /// Adds the policies `gnocchi://` publishers' resource definition files create (as

@@ -1,6 +1,7 @@
 //! The definition files meterflow ships (`pipelines/examples/definitions/`), embedded so that
-//! a pipeline definition without `meter_definitions:` turns nova, cinder, glance, neutron and
-//! swift notifications into samples as Ceilometer's defaults do.
+//! a pipeline definition without `meter_definitions:` / `event_definitions:` turns nova,
+//! cinder, glance, neutron and swift notifications into samples and events as Ceilometer's
+//! defaults do.
 
 /// `meters.d/*.yaml`, in file-name order (the order Ceilometer reads a `meters.d` directory).
 pub const METER_DEFINITIONS: [(&str, &str); 5] = [
@@ -25,3 +26,9 @@ pub const METER_DEFINITIONS: [(&str, &str); 5] = [
         include_str!("../examples/definitions/meters.d/swift.yaml"),
     ),
 ];
+
+/// `event_definitions.yaml`.
+pub const EVENT_DEFINITIONS: [(&str, &str); 1] = [(
+    "event_definitions.yaml",
+    include_str!("../examples/definitions/event_definitions.yaml"),
+)];

@@ -205,7 +205,8 @@ fn swift_requests_become_one_sample_per_measurement() {
 fn every_shipped_file_loads_without_problems() {
     let plan = Plan::from_yaml(ALL, "all.yaml").expect("valid");
     assert_eq!(plan.meters.len(), 44);
-    assert_eq!(plan.meters_from, "the shipped meter definitions");
+    assert_eq!(plan.meters_from, "the shipped meter_definitions");
+    assert_eq!(plan.events.len(), 12, "11 and the catch-all");
 }
 
 #[test]
@@ -253,7 +254,7 @@ fn bad_meter_definitions_are_reported_with_their_place() {
     .unwrap_err()
     .to_string();
     assert!(
-        missing.contains("meter_definitions: cannot read meter definitions no/such/meters.yaml"),
+        missing.contains("meter_definitions: cannot read no/such/meters.yaml"),
         "{missing}"
     );
 }
@@ -340,4 +341,55 @@ fn the_engine_publishes_what_the_definitions_make() {
         got.sort();
         assert_eq!(got, want, "{workers} workers");
     }
+}
+
+/// The shipped event definitions on the same notifications: the traits event alarms query.
+#[test]
+fn shipped_event_definitions_make_events() {
+    let plan = Plan::from_yaml(ALL, "all.yaml").unwrap();
+    let data = format!("{}/tests/data/notifications", env!("CARGO_MANIFEST_DIR"));
+    let first = |file: &str| {
+        let text = std::fs::read_to_string(format!("{data}/{file}")).unwrap();
+        let view =
+            meterflow_operators::notification::message_view(text.lines().next().unwrap()).unwrap();
+        let event = plan.events.event(&view).expect("an event");
+        let traits: std::collections::BTreeMap<String, serde_json::Value> = event
+            .traits
+            .iter()
+            .map(|t| (t.name.clone(), serde_json::to_value(&t.value).unwrap()))
+            .collect();
+        (event, traits)
+    };
+    let (e, t) = first("nova.jsonl");
+    assert_eq!(e.event_type, "compute.instance.create.end");
+    assert_eq!(e.generated, "2024-05-01T11:59:41.117825");
+    assert_eq!(e.message_id, "5f5a3f2e-8c9b-4d41-9a53-0d6f3c1f2a01");
+    assert_eq!(t["instance_id"], "8f2c0c8e-2b0a-4b7b-9c55-7a1f3ad5e0b1");
+    assert_eq!(t["tenant_id"], P);
+    assert_eq!(t["memory_mb"], 2048);
+    assert_eq!(t["host"], "cmp-01");
+    assert_eq!(t["service"], "compute");
+    assert_eq!(t["launched_at"], "2024-05-01T11:59:40.250000");
+    assert_eq!(t["request_id"], "req-6a3c1c1e-51a1-4b6e-8a0d-0c3f8d9a2b11");
+    assert!(
+        !t.contains_key("deleted_at"),
+        "an empty datetime is left out"
+    );
+    let (_, t) = first("cinder.jsonl");
+    assert_eq!(t["resource_id"], "c0a1f3d2-5e6f-4a7b-8c9d-0e1f2a3b4c5d");
+    assert_eq!(t["size"], 100);
+    assert_eq!(t["image_id"], "3d7d4a1c-6e0e-4f0e-9a3b-7b6a9b2f1c01");
+    let (_, t) = first("glance.jsonl");
+    assert_eq!(
+        (t["name"].as_str(), t["size"].as_i64()),
+        (Some("ubuntu-24.04"), Some(629145600))
+    );
+    let (_, t) = first("neutron.jsonl");
+    assert_eq!(t["resource_id"], "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d");
+    assert_eq!(t["project_id"], P);
+    let (_, t) = first("swift.jsonl");
+    assert_eq!(
+        (t["action"].as_str(), t["container"].as_str()),
+        (Some("read"), Some("backups"))
+    );
 }
