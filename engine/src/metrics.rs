@@ -125,7 +125,10 @@ pub struct Counters {
     pub metrics_open: u64,
     /// Buckets held in memory, not yet final, as of the last checkpoint (a gauge).
     pub buckets_open: u64,
-    /// Alarm evaluations made (one per alarm per closed bucket boundary).
+    /// Events made from notifications by the event definitions (for event alarms).
+    pub events: u64,
+    /// Alarm evaluations made (one per alarm per closed bucket boundary; one per event that
+    /// hits an event alarm).
     pub alarm_evaluations: u64,
     /// Alarm state transitions.
     pub alarm_transitions: u64,
@@ -188,6 +191,7 @@ impl Counters {
         self.alarm_evaluations += other.alarm_evaluations;
         self.alarm_transitions += other.alarm_transitions;
         self.alarm_notifications += other.alarm_notifications;
+        self.events += other.events;
         self.alarms += other.alarms;
         self.alarms_cross += other.alarms_cross;
         for (i, &t) in other.newest_event_us.iter().enumerate() {

@@ -20,13 +20,16 @@ use meterflow_connectors::gnocchi::{random_uuid, resource_key};
 use meterflow_connectors::notify::{python_json, Notification, Notifier, Payload};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::Diag;
+use meterflow_engine::model::Event;
 use meterflow_engine::partition::route;
 use meterflow_operators::aggregate::{ArchivePolicy, Metric};
 use meterflow_operators::alarm::constraints::Constraints;
 use meterflow_operators::alarm::cross::{is_cross, CrossMemory, Shape};
-use meterflow_operators::alarm::definition::{AlarmDefinition, Target};
+use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, Target};
 use meterflow_operators::alarm::evaluator::{granularity_ns, Conduct, Evaluator, Outcome};
-use meterflow_operators::alarm::threshold::{AlarmState, Evaluation};
+use meterflow_operators::alarm::event::{hits, project_of};
+use meterflow_operators::alarm::threshold::{AlarmState, Evaluation, Refresh};
+use meterflow_operators::event::wire as event_wire;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -182,7 +185,7 @@ pub fn find_alarm<'a>(
 /// evaluated where the metric is aggregated), else of its id (alarms over several metrics,
 /// evaluated from what their contributors send); `None` for alarms not evaluated here.
 pub fn alarm_route(alarm: &AlarmDefinition) -> Option<u64> {
-    if is_cross(alarm) {
+    if in_cross_operator(alarm) {
         return Some(route(&alarm.alarm_id));
     }
     match &alarm.threshold()?.target {
@@ -194,8 +197,14 @@ pub fn alarm_route(alarm: &AlarmDefinition) -> Option<u64> {
 /// Whether worker `index` of `peers` evaluates `alarm`: the store's operator (`cross`
 /// false) the alarms on one metric, the cross operator (`cross` true) the others.
 pub fn owns(alarm: &AlarmDefinition, (index, peers): (usize, usize), cross: bool) -> bool {
-    is_cross(alarm) == cross
+    in_cross_operator(alarm) == cross
         && alarm_route(alarm).is_some_and(|r| (r % peers as u64) as usize == index)
+}
+
+/// Whether the cross operator evaluates `alarm` (alarms over several metrics, and event
+/// alarms, which every worker's events reach), rather than the store operator of its metric.
+pub fn in_cross_operator(alarm: &AlarmDefinition) -> bool {
+    is_cross(alarm) || matches!(alarm.rule, Rule::Event(_))
 }
 
 fn now_ns() -> i64 {
@@ -237,7 +246,7 @@ impl AlarmEdit {
     ) -> Option<AlarmEdit> {
         Some(AlarmEdit {
             route: alarm_route(alarm)?,
-            cross: is_cross(alarm),
+            cross: in_cross_operator(alarm),
             copy: None,
             alarm_id: alarm_id.to_owned(),
             change,
@@ -673,6 +682,68 @@ impl Alarms {
         self.touched.insert(alarm_id.to_owned());
     }
 
+    /// An event (from the event definitions): every enabled event alarm of its project (any
+    /// project for an alarm without one) whose rule it hits fires, as Aodh's event evaluator
+    /// does — once, unless `repeat_actions` (then every hit notifies again). An event older
+    /// than the newest the alarm handled, or as old, is taken for a replay and ignored.
+    pub fn on_event(&mut self, event: &Event, diag: &mut Diag) {
+        let project = project_of(event);
+        let at = event
+            .generated
+            .is_empty()
+            .then_some(0)
+            .or_else(|| meterflow_engine::time::parse_micros(&event.generated))
+            .unwrap_or(0)
+            * 1000;
+        let mut outcomes = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Rule::Event(rule) = &slot.definition.rule else {
+                continue;
+            };
+            let definition = &slot.definition;
+            let repeat = definition.repeat_actions;
+            if !definition.enabled
+                || definition
+                    .project_id
+                    .as_ref()
+                    .is_some_and(|p| *p != project)
+                || (slot.evaluator.state == AlarmState::Alarm && !repeat)
+                || !slot.constraints.allows(at)
+                || slot.evaluator.through.is_some_and(|t| at <= t)
+                || !hits(rule, event)
+            {
+                continue;
+            }
+            // Events not newer than the newest one handled are a replay (at-least-once input).
+            slot.evaluator.through = Some(at);
+            diag.counters.alarm_evaluations += 1;
+            let query = definition
+                .to_json()
+                .pointer("/event_rule/query")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            let refresh = Refresh {
+                state: AlarmState::Alarm,
+                changed: slot.evaluator.state != AlarmState::Alarm,
+                reason: format!(
+                    "Event <id={},event_type={}> hits the query <query={}>.",
+                    event.message_id,
+                    event.event_type,
+                    python_json(&sorted_keys(query))
+                ),
+                reason_data: json!({"type": "event", "event": event_wire(event)}),
+            };
+            slot.dirty = true;
+            slot.evaluator
+                .apply_refresh(at, Conduct::of(definition), Some(refresh), &mut |o| {
+                    outcomes.push((i, o))
+                });
+        }
+        for (i, outcome) in outcomes {
+            self.outcome(i, outcome, diag);
+        }
+    }
+
     /// A store operator's newest event time: the engine's watermark is the newest of them.
     pub fn on_tick(&mut self, newest: i64) {
         if newest > self.watermark {
@@ -959,6 +1030,26 @@ fn resolve(policy: &ArchivePolicy, alarm: &AlarmDefinition) -> Result<(usize, us
             "aggregation {} does not exist for metric {metric} of resource {resource}",
             rule.aggregation_method_name
         )),
+    }
+}
+
+/// `value` with every object's keys sorted (Python's `json.dumps(..., sort_keys=True)`).
+fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted_keys).collect())
+        }
+        other => other,
     }
 }
 

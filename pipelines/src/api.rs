@@ -1142,6 +1142,12 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
         &one(c.alarm_transitions),
     );
     metric(
+        "meterflow_events_total",
+        "counter",
+        "Events made from notifications by the event definitions (for event alarms).",
+        &one(c.events),
+    );
+    metric(
         "meterflow_alarm_notifications_total",
         "counter",
         "Alarm notifications handed to the notifiers (one per action).",

@@ -48,6 +48,8 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
@@ -56,6 +58,7 @@ use crate::api::{ListenOptions, Live, Requests, Server};
 use crate::feeds::Feed;
 use crate::plan::Plan;
 use crate::storage::{load_shares, open_store, Aggregator, CrossStage, Measure, Share};
+use meterflow_operators::notification::message_view;
 
 /// A sample on its way to one sink.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -147,6 +150,8 @@ pub struct Decoder {
     routes: FxHashMap<Sym, Box<[u16]>>,
     inputs: Arc<Vec<String>>,
     dead: Option<DeadLetterHandle>,
+    /// With event alarms to feed: how many workers each event goes to.
+    events_to: Option<u64>,
 }
 
 impl Decoder {
@@ -157,7 +162,15 @@ impl Decoder {
             routes: FxHashMap::default(),
             inputs,
             dead: None,
+            events_to: None,
         }
+    }
+
+    /// Also turns service notifications into events (by the plan's event definitions), one
+    /// copy for each of `peers` workers (event alarms live on all of them).
+    pub fn with_events(mut self, peers: Option<u64>) -> Decoder {
+        self.events_to = peers;
+        self
     }
 
     /// Also writes every rejected record to a dead-letter file.
@@ -177,12 +190,19 @@ impl Decoder {
     }
 
     /// Decodes every line of `chunk`, calling `emit` for each (sink, sample) in input order.
-    pub fn decode(&mut self, chunk: &Chunk, diag: &mut Diag, emit: &mut dyn FnMut(Routed)) {
+    pub fn decode(
+        &mut self,
+        chunk: &Chunk,
+        diag: &mut Diag,
+        emit: &mut dyn FnMut(Routed),
+        emit_event: &mut dyn FnMut(Feed),
+    ) {
         let Decoder {
             plan,
             routes,
             inputs,
             dead,
+            events_to,
         } = self;
         let input = inputs
             .get(chunk.input as usize)
@@ -249,6 +269,18 @@ impl Decoder {
                 Ok(LineKind::ServiceNotification { event_type }) => {
                     diag.counters.notifications += 1;
                     let text = std::str::from_utf8(&line).unwrap_or_default();
+                    if let Some(peers) = *events_to {
+                        let event = message_view(text).ok().and_then(|v| plan.events.event(&v));
+                        if let Some(event) = event.map(Arc::new) {
+                            diag.counters.events += 1;
+                            for route in 0..peers {
+                                emit_event(Feed::Event {
+                                    route,
+                                    event: event.clone(),
+                                });
+                            }
+                        }
+                    }
                     plan.service_samples(&event_type, text, &mut |decoded| handle(diag, decoded))
                         .err()
                         .map(|detail| (DropReason::NoMeterDefinition, detail))
@@ -698,7 +730,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         .collect::<anyhow::Result<_>>()?;
     let workers = options.workers.max(1);
     let listening = options.listen.is_some();
-    let store = if plan.uses_store() || listening {
+    let store = if plan.uses_store() || listening || !plan.alarms.is_empty() {
         let store = open_store(&plan, &options.store)?;
         let shares = load_shares(&store, workers)?;
         Some((
@@ -845,27 +877,43 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         let at_end = at_end.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let decode_diag = diag.clone();
+            // Events only when event alarms can exist (defined, or created through the API).
+            let events_to =
+                (cross.is_some() && (listening || plan.has_event_alarms())).then_some(peers);
             let mut decoder = Decoder::new(plan.clone(), names)
-                .with_dead_letter(dead_letter.as_ref().map(|d| d.handle()));
-            let routed = input
-                .to_stream(scope)
-                .unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(
-                    Exchange::new(move |c: &Chunk| c.seq % peers),
-                    "Decode",
-                    move |_, _| {
-                        move |input, output| {
-                            input.for_each_stamp(|cap, data| {
-                                let mut session = output.session(&cap);
-                                let mut diag = decode_diag.borrow_mut();
-                                for batch in data {
-                                    for chunk in batch.drain(..) {
-                                        decoder.decode(&chunk, &mut diag, &mut |r| session.give(r));
-                                    }
-                                }
-                            });
+                .with_dead_letter(dead_letter.as_ref().map(|d| d.handle()))
+                .with_events(events_to);
+            // Two outputs: the samples, and the events for the event alarms.
+            let mut builder = OperatorBuilder::new("Decode".to_owned(), scope);
+            let mut chunks = builder.new_input(
+                input.to_stream(scope),
+                Exchange::new(move |c: &Chunk| c.seq % peers),
+            );
+            let (samples_out, routed) = builder.new_output::<Vec<Routed>>();
+            let (events_out, events) = builder.new_output::<Vec<Feed>>();
+            let mut samples_out = OutputBuilder::from(samples_out);
+            let mut events_out = OutputBuilder::from(events_out);
+            builder.build(move |_| {
+                move |_frontiers| {
+                    let mut samples_handle = samples_out.activate();
+                    let mut events_handle = events_out.activate();
+                    chunks.for_each_stamp(|cap, data| {
+                        let mut samples = samples_handle.session(&cap);
+                        let mut events = events_handle.session(&cap);
+                        let mut diag = decode_diag.borrow_mut();
+                        for batch in data {
+                            for chunk in batch.drain(..) {
+                                decoder.decode(
+                                    &chunk,
+                                    &mut diag,
+                                    &mut |r| samples.give(r),
+                                    &mut |e| events.give(e),
+                                );
+                            }
                         }
-                    },
-                );
+                    });
+                }
+            });
             let transform_diag = diag.clone();
             let mut transformer = Transformer::new(&plan, &factories);
             let measures = routed
@@ -914,6 +962,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     let live = aggregate_live;
                     let cross_live = live.clone();
                     let mut cross = cross.expect("a store");
+                    let events = events.clone();
                     measures
                         .concat(api_input.to_stream(scope))
                         .binary_frontier::<_, CapacityContainerBuilder<Vec<Feed>>, _, _, _, _>(
@@ -1030,6 +1079,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 }
                             },
                         )
+                        .concat(events)
                         .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
                             Exchange::new(|f: &Feed| f.route()),
                             "Cross",

@@ -12,6 +12,7 @@ use meterflow_connectors::gnocchi::resource_key;
 use meterflow_connectors::gnocchi::search::Filter;
 use meterflow_connectors::gnocchi::store::StoredPoint;
 use meterflow_engine::intern::Sym;
+use meterflow_engine::model::Event;
 use meterflow_operators::aggregate::Metric;
 use meterflow_operators::alarm::cross::Shape;
 use meterflow_operators::alarm::definition::{AlarmDefinition, Target};
@@ -45,6 +46,13 @@ pub enum Feed {
         #[serde(default)]
         ended: bool,
     },
+    /// An event (for event alarms), sent to every worker.
+    Event {
+        /// The worker it is for.
+        route: u64,
+        /// The event.
+        event: Arc<Event>,
+    },
     /// A store operator's newest event time after an epoch, sent to every worker.
     Tick {
         /// The worker it is for.
@@ -59,7 +67,9 @@ impl Feed {
     pub fn route(&self) -> u64 {
         match self {
             Feed::Edit(e) => e.route,
-            Feed::Points { route, .. } | Feed::Tick { route, .. } => *route,
+            Feed::Points { route, .. } | Feed::Tick { route, .. } | Feed::Event { route, .. } => {
+                *route
+            }
         }
     }
 }
@@ -175,7 +185,7 @@ impl Feeds {
                     .get(&edit.alarm_id)
                     .is_some_and(|w| w.definition.rule_json == definition.rule_json);
                 self.watch(definition.clone());
-                !same
+                !same && Shape::of(definition).is_some()
             }
             AlarmChange::Remove => {
                 self.alarms.remove(&edit.alarm_id);

@@ -283,6 +283,11 @@ impl Plan {
         Ok(())
     }
 
+    /// Whether the definition has event alarms (notifications then also become events).
+    pub fn has_event_alarms(&self) -> bool {
+        self.alarms.iter().any(|a| matches!(a.rule, Rule::Event(_)))
+    }
+
     /// Whether any sink publishes to the embedded store.
     pub fn uses_store(&self) -> bool {
         self.publishers
@@ -307,23 +312,9 @@ struct Validator {
     base: Option<std::path::PathBuf>,
 }
 
-/// Why an alarm of a valid type cannot run in this build yet, if it cannot.
-pub fn not_evaluated_yet(alarm: &AlarmDefinition) -> Option<String> {
-    match &alarm.rule {
-        Rule::Event(_) => Some(format!(
-            "alarms of type {} are validated but not evaluated by this build yet (every threshold type and composite alarms are); event alarms need the event pipeline, a later step",
-            alarm.kind
-        )),
-        _ => None,
-    }
-}
-
 /// Why a valid `alarm` could not run next to archive `policies` (Gnocchi's built-in ones
 /// count too), if it could not: (the field at fault, what is wrong and what to do).
 pub fn cannot_run(alarm: &AlarmDefinition, policies: &[ArchivePolicy]) -> Option<(String, String)> {
-    if let Some(reason) = not_evaluated_yet(alarm) {
-        return Some(("type".into(), reason));
-    }
     let field = format!("{}_rule", alarm.kind);
     // Each threshold rule (a composite's leaves) and the series it reads from a metric.
     let rules: Vec<(&ThresholdRule, Method)> = match Shape::of(alarm) {
@@ -555,7 +546,7 @@ impl Validator {
                 sink
             })
             .collect();
-        if !alarms.is_empty()
+        if alarms.iter().any(|a| !matches!(a.rule, Rule::Event(_)))
             && !publishers
                 .iter()
                 .any(|p| matches!(p.spec, PublisherSpec::Gnocchi(_)))

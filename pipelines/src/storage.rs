@@ -754,10 +754,17 @@ impl CrossStage {
         if feeds.is_empty() {
             return;
         }
-        feeds.sort_by_key(|f| match f {
-            Feed::Edit(_) => 0,
-            Feed::Points { .. } => 1,
-            Feed::Tick { .. } => 2,
+        // Events in their event-time order, whichever worker decoded them.
+        feeds.sort_by(|a, b| {
+            let key = |f: &Feed| match f {
+                Feed::Edit(_) => (0, None),
+                Feed::Points { .. } => (1, None),
+                Feed::Tick { .. } => (2, None),
+                Feed::Event { event, .. } => {
+                    (3, Some((event.generated.clone(), event.message_id.clone())))
+                }
+            };
+            key(a).cmp(&key(b))
         });
         for feed in feeds {
             match feed {
@@ -781,6 +788,10 @@ impl CrossStage {
                     self.cadence.changed = true;
                 }
                 Feed::Tick { newest, .. } => self.alarms.on_tick(newest),
+                Feed::Event { event, .. } => {
+                    self.alarms.on_event(&event, diag);
+                    self.cadence.changed = true;
+                }
             }
         }
         self.alarms.run_cross(diag);

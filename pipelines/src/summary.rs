@@ -111,6 +111,7 @@ pub fn json(report: &RunReport) -> serde_json::Value {
             "evaluations": c.alarm_evaluations,
             "transitions": c.alarm_transitions,
             "notifications": c.alarm_notifications,
+            "events": c.events,
             "delivered": report.notifier.map_or(0, |n| n.delivered),
             "dead_lettered": report.notifier.map_or(0, |n| n.dead_lettered),
         },

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_connectors::gnocchi::random_uuid;
-use meterflow_operators::alarm::cross::is_cross;
 use meterflow_operators::alarm::definition::AlarmDefinition;
 use meterflow_operators::alarm::threshold::AlarmState;
 use serde_json::{json, Value};
@@ -24,8 +23,8 @@ use tokio::sync::oneshot;
 
 use super::{AlarmRequest, ApiState, Shared};
 use crate::alarms::{
-    alarm_json, alarm_route, history_json, stored_alarms, AlarmChange, AlarmEdit, Origin,
-    StoredAlarm, MANUAL_REASON,
+    alarm_json, alarm_route, history_json, in_cross_operator, stored_alarms, AlarmChange,
+    AlarmEdit, Origin, StoredAlarm, MANUAL_REASON,
 };
 use crate::plan::cannot_run;
 
@@ -298,7 +297,7 @@ async fn replace(
         name_taken(&alarms, &alarm.name)?;
     }
     let moves = alarm_route(&alarm) != alarm_route(&old.definition)
-        || is_cross(&alarm) != is_cross(&old.definition);
+        || in_cross_operator(&alarm) != in_cross_operator(&old.definition);
     let change = changed_fields(&old.definition.to_json(), &alarm.to_json());
     let history = (change.as_object().is_some_and(|c| !c.is_empty()))
         .then(|| ("rule change".to_owned(), change));
