@@ -688,13 +688,7 @@ impl Alarms {
     /// than the newest the alarm handled, or as old, is taken for a replay and ignored.
     pub fn on_event(&mut self, event: &Event, diag: &mut Diag) {
         let project = project_of(event);
-        let at = event
-            .generated
-            .is_empty()
-            .then_some(0)
-            .or_else(|| meterflow_engine::time::parse_micros(&event.generated))
-            .unwrap_or(0)
-            * 1000;
+        let at = meterflow_engine::time::parse_micros(&event.generated).unwrap_or(0) * 1000;
         let mut outcomes = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Rule::Event(rule) = &slot.definition.rule else {
@@ -718,8 +712,8 @@ impl Alarms {
             slot.evaluator.through = Some(at);
             diag.counters.alarm_evaluations += 1;
             let query = definition
-                .to_json()
-                .pointer("/event_rule/query")
+                .rule_json
+                .get("query")
                 .cloned()
                 .unwrap_or(serde_json::Value::Null);
             let refresh = Refresh {

@@ -269,9 +269,12 @@ impl Decoder {
                 Ok(LineKind::ServiceNotification { event_type }) => {
                     diag.counters.notifications += 1;
                     let text = std::str::from_utf8(&line).unwrap_or_default();
-                    if let Some(peers) = *events_to {
-                        let event = message_view(text).ok().and_then(|v| plan.events.event(&v));
-                        if let Some(event) = event.map(Arc::new) {
+                    // Read once, for the meter definitions and the event definitions.
+                    let unmetered = plan.unmetered(&event_type);
+                    let view =
+                        (unmetered.is_none() || events_to.is_some()).then(|| message_view(text));
+                    if let (Some(peers), Some(Ok(view))) = (*events_to, &view) {
+                        if let Some(event) = plan.events.event(view).map(Arc::new) {
                             diag.counters.events += 1;
                             for route in 0..peers {
                                 emit_event(Feed::Event {
@@ -281,9 +284,15 @@ impl Decoder {
                             }
                         }
                     }
-                    plan.service_samples(&event_type, text, &mut |decoded| handle(diag, decoded))
-                        .err()
-                        .map(|detail| (DropReason::NoMeterDefinition, detail))
+                    let skipped = match (unmetered, view) {
+                        (Some(why), _) | (None, Some(Err(why))) => Some(why),
+                        (None, Some(Ok(view))) => {
+                            plan.meters.samples(&view, &mut |d| handle(diag, d));
+                            None
+                        }
+                        (None, None) => unreachable!("read whenever a definition takes it"),
+                    };
+                    skipped.map(|detail| (DropReason::NoMeterDefinition, detail))
                 }
                 Err(e) => Some((e.reason(), e.to_string())),
             };

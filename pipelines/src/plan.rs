@@ -12,13 +12,12 @@ use std::sync::Arc;
 
 use meterflow_connectors::gnocchi::alarm_uuid;
 use meterflow_connectors::{parse_publisher, PublisherSpec};
-use meterflow_engine::wire::Decoded;
 use meterflow_operators::aggregate::{ArchivePolicy, Method};
 use meterflow_operators::alarm::cross::Shape;
 use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, ThresholdRule};
 use meterflow_operators::event::EventDefinitions;
-use meterflow_operators::notification::message_view;
-use meterflow_operators::notification::meters::{DefinitionProblem, MeterDefinitions};
+use meterflow_operators::notification::meters::MeterDefinitions;
+use meterflow_operators::notification::DefinitionProblem;
 use meterflow_operators::transform::{
     build_chain, chain_partition, Chain, Partition, TransformerSpec,
 };
@@ -263,24 +262,12 @@ impl Plan {
             .map(|r| r.archive_policy_name.as_str())
     }
 
-    /// Turns the service notification `line` (of `event_type`) into samples by the meter
-    /// definitions, passing each to `emit`. `Err` says why none came: no definition takes the
-    /// event type, or the line is not a notification the definitions can read.
-    pub fn service_samples(
-        &self,
-        event_type: &str,
-        line: &str,
-        emit: &mut dyn FnMut(Decoded),
-    ) -> Result<(), String> {
-        if !self.meters.matches(event_type) {
-            return Err(format!(
-                "notification {event_type:?} skipped: no meter definition takes this event_type (loaded: {}); add one under meter_definitions: to turn it into samples",
-                self.meters_from
-            ));
-        }
-        let view = message_view(line)?;
-        self.meters.samples(&view, emit);
-        Ok(())
+    /// Why no meter definition turns notifications of `event_type` into samples, if none does.
+    pub fn unmetered(&self, event_type: &str) -> Option<String> {
+        (!self.meters.matches(event_type)).then(|| format!(
+            "notification {event_type:?} skipped: no meter definition takes this event_type (loaded: {}); add one under meter_definitions: to turn it into samples",
+            self.meters_from
+        ))
     }
 
     /// Whether the definition has event alarms (notifications then also become events).

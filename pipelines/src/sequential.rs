@@ -9,6 +9,7 @@ use bytes::Bytes;
 use meterflow_engine::metrics::Diag;
 use meterflow_engine::wire::{decode_line, Decoded, LineKind};
 use meterflow_engine::Sample;
+use meterflow_operators::notification::message_view;
 
 use crate::plan::Plan;
 
@@ -27,7 +28,11 @@ pub fn run(plan: &Plan, lines: &[&str]) -> Vec<(usize, Sample)> {
             }
         };
         if let Ok(LineKind::ServiceNotification { event_type }) = decode_line(&bytes, &mut keep) {
-            let _ = plan.service_samples(&event_type, line, &mut keep);
+            if plan.unmetered(&event_type).is_none() {
+                if let Ok(view) = message_view(line) {
+                    plan.meters.samples(&view, &mut keep);
+                }
+            }
         }
         for sample in samples {
             for sink in plan.route(sample.name.as_str()) {

@@ -755,17 +755,15 @@ impl CrossStage {
             return;
         }
         // Events in their event-time order, whichever worker decoded them.
-        feeds.sort_by(|a, b| {
-            let key = |f: &Feed| match f {
+        fn key(f: &Feed) -> (u8, Option<(&str, &str)>) {
+            match f {
                 Feed::Edit(_) => (0, None),
                 Feed::Points { .. } => (1, None),
                 Feed::Tick { .. } => (2, None),
-                Feed::Event { event, .. } => {
-                    (3, Some((event.generated.clone(), event.message_id.clone())))
-                }
-            };
-            key(a).cmp(&key(b))
-        });
+                Feed::Event { event, .. } => (3, Some((&event.generated, &event.message_id))),
+            }
+        }
+        feeds.sort_by(|a, b| key(a).cmp(&key(b)));
         for feed in feeds {
             match feed {
                 Feed::Edit(edit) => {

@@ -17,8 +17,7 @@ use meterflow_engine::model::{Event, Trait, TraitValue};
 
 use crate::glob::MeterMatcher;
 use crate::notification::field::Field;
-use crate::notification::meters::DefinitionProblem;
-use crate::notification::python_str;
+use crate::notification::{python_str, read_document, text_list, DefinitionProblem};
 
 /// Ceilometer's trait types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +81,13 @@ impl EventDefinitions {
         let mut listed = Vec::new();
         let mut problems = Vec::new();
         for (origin, text) in files {
+            let doc = match read_document(origin, text) {
+                Ok(doc) => doc,
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            };
             let mut problem = |place: String, message: String| {
                 problems.push(DefinitionProblem {
                     file: origin.clone(),
@@ -89,21 +95,6 @@ impl EventDefinitions {
                     message,
                 })
             };
-            let mut doc: Yaml = match serde_yaml::from_str(text) {
-                Ok(doc) => doc,
-                Err(e) => {
-                    let at = e
-                        .location()
-                        .map(|l| format!("line {}, column {}", l.line(), l.column()))
-                        .unwrap_or_default();
-                    problem(at, format!("not valid YAML: {e}"));
-                    continue;
-                }
-            };
-            if let Err(e) = crate::notification::apply_merge(&mut doc) {
-                problem(String::new(), format!("bad YAML merge key (<<): {e}"));
-                continue;
-            }
             let entries = match doc {
                 Yaml::Sequence(entries) => entries,
                 Yaml::Null => continue,
@@ -231,29 +222,15 @@ impl EventDefinition {
                 ));
             }
         }
-        let types: Vec<String> = match map.get("event_type") {
-            Some(Yaml::String(s)) => vec![s.clone()],
-            Some(Yaml::Sequence(items)) => items
-                .iter()
-                .map(|i| i.as_str().map(str::to_owned))
-                .collect::<Option<_>>()
-                .ok_or((
-                    ".event_type".into(),
-                    "event_type is a glob or a list of globs".into(),
-                ))?,
-            None => {
-                return Err((
-                    String::new(),
-                    "Required field event_type not specified".into(),
-                ))
-            }
-            Some(other) => {
-                return Err((
-                    ".event_type".into(),
-                    format!("event_type is a glob or a list of globs, got {other:?}"),
-                ))
-            }
-        };
+        let types = text_list(
+            map.get("event_type"),
+            "event_type",
+            "event_type is a glob or a list of globs",
+        )?
+        .ok_or((
+            String::new(),
+            "Required field event_type not specified".to_owned(),
+        ))?;
         let catch_all = types.iter().any(|t| t == "*") && !types.iter().any(|t| t.starts_with('!'));
         let own = match map.get("traits") {
             None => return Err((String::new(), "Required field traits not specified".into())),

@@ -84,14 +84,6 @@ impl Field {
         Ok(Field { getter, plugin })
     }
 
-    /// A field that is one path.
-    pub fn path(path: Path) -> Field {
-        Field {
-            getter: Getter::Paths(vec![path]),
-            plugin: None,
-        }
-    }
-
     /// The first non-null value found (Ceilometer's `parse(message)`).
     pub fn first(&self, message: &Value) -> Option<Value> {
         self.values(message, false).into_iter().next()

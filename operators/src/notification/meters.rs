@@ -22,8 +22,7 @@ use meterflow_engine::wire::{Decoded, Rejected};
 use meterflow_engine::{Sample, SampleType, Sym, Volume};
 
 use super::field::Field;
-use super::path::Path;
-use super::{python_str, truthy};
+use super::{python_str, read_document, text_list, truthy, DefinitionProblem};
 
 /// The sample attributes a definition may set, in Ceilometer's order.
 const ATTRIBUTES: [&str; 8] = [
@@ -64,17 +63,6 @@ const KEYS: [&str; 12] = [
 /// Ceilometer's `reserved_metadata_length`: user metadata text is cut to this many characters.
 const RESERVED_METADATA_LENGTH: usize = 256;
 
-/// A problem in a meter definition file, with its place.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DefinitionProblem {
-    /// The file (its origin as given to [`MeterDefinitions::load`]).
-    pub file: String,
-    /// The key path in it, e.g. `metric[3].volume`.
-    pub place: String,
-    /// What is wrong and what would be accepted.
-    pub message: String,
-}
-
 /// A loaded set of meter definitions, in the order Ceilometer applies them.
 #[derive(Clone, Debug, Default)]
 pub struct MeterDefinitions {
@@ -103,6 +91,13 @@ impl MeterDefinitions {
         let mut definitions: Vec<MeterDefinition> = Vec::new();
         let mut problems = Vec::new();
         for (origin, text) in files {
+            let doc = match read_document(origin, text) {
+                Ok(doc) => doc,
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            };
             let mut problem = |place: String, message: String| {
                 problems.push(DefinitionProblem {
                     file: origin.clone(),
@@ -110,21 +105,6 @@ impl MeterDefinitions {
                     message,
                 })
             };
-            let mut doc: Yaml = match serde_yaml::from_str(text) {
-                Ok(doc) => doc,
-                Err(e) => {
-                    let at = e
-                        .location()
-                        .map(|l| format!("line {}, column {}", l.line(), l.column()))
-                        .unwrap_or_default();
-                    problem(at, format!("not valid YAML: {e}"));
-                    continue;
-                }
-            };
-            if let Err(e) = crate::notification::apply_merge(&mut doc) {
-                problem(String::new(), format!("bad YAML merge key (<<): {e}"));
-                continue;
-            }
             let entries = match doc.get("metric") {
                 Some(Yaml::Sequence(entries)) => entries,
                 Some(Yaml::Null) => continue,
@@ -239,24 +219,12 @@ impl MeterDefinition {
                 )),
             }
         };
-        let lookup: Vec<String> = match map.get("lookup") {
-            None | Some(Yaml::Null) => Vec::new(),
-            Some(Yaml::String(s)) => vec![s.clone()],
-            Some(Yaml::Sequence(items)) => items
-                .iter()
-                .map(|i| i.as_str().map(str::to_owned))
-                .collect::<Option<_>>()
-                .ok_or((
-                    ".lookup".into(),
-                    "lookup is a list of attribute names".into(),
-                ))?,
-            Some(other) => {
-                return Err((
-                    ".lookup".into(),
-                    format!("lookup is a list of attribute names, got {other:?}"),
-                ))
-            }
-        };
+        let lookup = text_list(
+            map.get("lookup").filter(|v| !v.is_null()),
+            "lookup",
+            "lookup is a list of attribute names",
+        )?
+        .unwrap_or_default();
         let kind = text("type")?;
         if !lookup.iter().any(|l| l == "type") && SampleType::parse(&kind).is_none() {
             return Err((
@@ -264,23 +232,13 @@ impl MeterDefinition {
                 format!("Invalid type {kind} specified (gauge, delta or cumulative)"),
             ));
         }
-        let event_types = match map.get("event_type") {
-            Some(Yaml::String(s)) => vec![s.clone()],
-            Some(Yaml::Sequence(items)) => items
-                .iter()
-                .map(|i| i.as_str().map(str::to_owned))
-                .collect::<Option<_>>()
-                .ok_or((
-                    ".event_type".into(),
-                    "event_type is a pattern or a list of patterns".into(),
-                ))?,
-            other => {
-                return Err((
-                    ".event_type".into(),
-                    format!("event_type is a pattern or a list of patterns, got {other:?}"),
-                ))
-            }
-        };
+        // Present: the required fields were checked above.
+        let event_types = text_list(
+            map.get("event_type"),
+            "event_type",
+            "event_type is a pattern or a list of patterns",
+        )?
+        .unwrap_or_default();
         let event_types = event_types
             .iter()
             .map(|p| {
@@ -347,7 +305,13 @@ impl MeterDefinition {
     }
 
     fn samples(&self, view: &Value, emit: &mut dyn FnMut(Decoded)) {
-        let fallback = |paths: &str| Field::path(Path::parse(paths).expect("valid")).first(view);
+        // Ceilometer's fallbacks `ctxt.user_id|ctxt.user`, `ctxt.tenant_id|ctxt.tenant`.
+        let fallback = |keys: [&str; 2]| {
+            keys.iter()
+                .filter_map(|k| view.get("ctxt").and_then(|c| c.get(k)))
+                .find(|v| !v.is_null())
+                .cloned()
+        };
         let mut metadata = Map::new();
         for (name, field) in &self.metadata {
             if let Some(v) = field.first(view).filter(truthy) {
@@ -363,8 +327,8 @@ impl MeterDefinition {
             Value::Null,
             Value::String(self.unit.clone()),
             Value::Null,
-            fallback("ctxt.user_id|ctxt.user").unwrap_or(Value::Null),
-            fallback("ctxt.tenant_id|ctxt.tenant").unwrap_or(Value::Null),
+            fallback(["user_id", "user"]).unwrap_or(Value::Null),
+            fallback(["tenant_id", "tenant"]).unwrap_or(Value::Null),
             Value::Null,
         ];
         if self.lookup.is_empty() {

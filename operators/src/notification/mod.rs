@@ -11,6 +11,7 @@ pub mod meters;
 pub mod path;
 
 use serde_json::{Map, Value};
+use serde_yaml::Value as Yaml;
 
 /// The notification in `text` as Ceilometer's definitions address it: the oslo.messaging 2.0
 /// envelope unwrapped; the context (`_context`, `ctxt`, or the rabbit driver's flattened
@@ -133,5 +134,56 @@ pub fn apply_merge(doc: &mut serde_yaml::Value) -> Result<(), String> {
         }
         Yaml::Sequence(items) => items.iter_mut().try_for_each(apply_merge),
         _ => Ok(()),
+    }
+}
+
+/// A problem in a meter or event definition file, with its place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefinitionProblem {
+    /// The file (its origin as given to `load`).
+    pub file: String,
+    /// The key path in it, e.g. `metric[3].volume`.
+    pub place: String,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+/// One definition file `(origin, text)` as YAML with its merge keys resolved, or the problem
+/// that stops it being read.
+pub fn read_document(origin: &str, text: &str) -> Result<Yaml, DefinitionProblem> {
+    let problem = |place: String, message: String| DefinitionProblem {
+        file: origin.to_owned(),
+        place,
+        message,
+    };
+    let mut doc: Yaml = serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        problem(at, format!("not valid YAML: {e}"))
+    })?;
+    apply_merge(&mut doc)
+        .map_err(|e| problem(String::new(), format!("bad YAML merge key (<<): {e}")))?;
+    Ok(doc)
+}
+
+/// A definition key that is one text or a list of texts (`event_type`, `lookup`): `None` when
+/// absent; otherwise the texts, or `(".KEY", what)` naming what is accepted.
+pub fn text_list(
+    value: Option<&Yaml>,
+    key: &str,
+    what: &str,
+) -> Result<Option<Vec<String>>, (String, String)> {
+    match value {
+        None => Ok(None),
+        Some(Yaml::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(Yaml::Sequence(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .map(Some)
+            .ok_or_else(|| (format!(".{key}"), what.to_owned())),
+        Some(other) => Err((format!(".{key}"), format!("{what}, got {other:?}"))),
     }
 }
