@@ -1,8 +1,9 @@
-//! The `log://` publisher: each sample logged (JSON) on stderr through `tracing`.
+//! The `log://` publisher: each sample (or event) logged as JSON on stderr through `tracing`.
 
 use std::sync::Arc;
 
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
+use meterflow_engine::model::Event;
 use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_engine::Sample;
 
@@ -41,6 +42,13 @@ impl Publisher for LogHandle {
             write_sample(s, EncodeOptions::default(), &mut self.line);
             let text = String::from_utf8_lossy(&self.line);
             tracing::info!(target: "meterflow::publisher::log", "{}", text.trim_end());
+        }
+        Ok(())
+    }
+
+    fn publish_events(&mut self, events: &[Arc<Event>]) -> Result<(), PublishError> {
+        for e in events {
+            tracing::info!(target: "meterflow::publisher::log", "{}", e.serialize());
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::model::Sample;
+use crate::model::{Event, Sample};
 
 /// Why a publisher could not write; `retry` tells whether trying again may help.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub struct PublishError {
 pub trait Publisher: Send {
     /// Publishes a batch (may buffer). On error nothing of the batch is assumed written.
     fn publish(&mut self, samples: &[Sample]) -> Result<(), PublishError>;
+    /// Publishes a batch of events (from an event pipeline's sink; may buffer). On error
+    /// nothing of the batch is assumed written.
+    fn publish_events(&mut self, events: &[Arc<Event>]) -> Result<(), PublishError>;
     /// Writes out anything buffered (called at the end of each epoch and of the run).
     fn flush(&mut self) -> Result<(), PublishError>;
 }

@@ -98,6 +98,8 @@ pub struct SinkCounts {
     pub samples_in: u64,
     /// Samples published by the sink.
     pub samples_out: u64,
+    /// Events the sink published (an event sink's).
+    pub events: u64,
 }
 
 /// One worker's (or, merged, the run's) counters.
@@ -125,8 +127,10 @@ pub struct Counters {
     pub metrics_open: u64,
     /// Buckets held in memory, not yet final, as of the last checkpoint (a gauge).
     pub buckets_open: u64,
-    /// Events made from notifications by the event definitions (for event alarms).
+    /// Events made from notifications by the event definitions (for event sinks and alarms).
     pub events: u64,
+    /// Events handed to publishers (one per event and publisher).
+    pub events_published: u64,
     /// Alarm evaluations made (one per alarm per closed bucket boundary; one per event that
     /// hits an event alarm).
     pub alarm_evaluations: u64,
@@ -192,6 +196,7 @@ impl Counters {
         self.alarm_transitions += other.alarm_transitions;
         self.alarm_notifications += other.alarm_notifications;
         self.events += other.events;
+        self.events_published += other.events_published;
         self.alarms += other.alarms;
         self.alarms_cross += other.alarms_cross;
         for (i, &t) in other.newest_event_us.iter().enumerate() {
@@ -206,6 +211,7 @@ impl Counters {
         for (a, b) in self.sinks.iter_mut().zip(&other.sinks) {
             a.samples_in += b.samples_in;
             a.samples_out += b.samples_out;
+            a.events += b.events;
         }
     }
 }

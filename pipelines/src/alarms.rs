@@ -29,7 +29,6 @@ use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, Target};
 use meterflow_operators::alarm::evaluator::{granularity_ns, Conduct, Evaluator, Outcome};
 use meterflow_operators::alarm::event::{hits, project_of};
 use meterflow_operators::alarm::threshold::{AlarmState, Evaluation, Refresh};
-use meterflow_operators::event::wire as event_wire;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -725,7 +724,7 @@ impl Alarms {
                     event.event_type,
                     python_json(&sorted_keys(query))
                 ),
-                reason_data: json!({"type": "event", "event": event_wire(event)}),
+                reason_data: json!({"type": "event", "event": event.serialize()}),
             };
             slot.dirty = true;
             slot.evaluator

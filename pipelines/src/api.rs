@@ -1144,8 +1144,14 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
     metric(
         "meterflow_events_total",
         "counter",
-        "Events made from notifications by the event definitions (for event alarms).",
+        "Events made from notifications by the event definitions (for event sinks and alarms).",
         &one(c.events),
+    );
+    metric(
+        "meterflow_events_published_total",
+        "counter",
+        "Events handed to the publishers of event sinks (one per event and publisher).",
+        &one(c.events_published),
     );
     metric(
         "meterflow_alarm_notifications_total",

@@ -41,15 +41,17 @@ use meterflow_engine::chunk::{Chunk, ChunkSource};
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, Diag, DropReason};
+use meterflow_engine::model::Event;
 use meterflow_engine::wire::{decode_line, Decoded, LineKind};
 use meterflow_engine::Sample;
 use meterflow_operators::transform::{Chain, Partition};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
@@ -150,8 +152,35 @@ pub struct Decoder {
     routes: FxHashMap<Sym, Box<[u16]>>,
     inputs: Arc<Vec<String>>,
     dead: Option<DeadLetterHandle>,
-    /// With event alarms to feed: how many workers each event goes to.
-    events_to: Option<u64>,
+    /// Whether notifications also become events (for event sinks or event alarms).
+    events: bool,
+    /// Per event type, the publishers its events go to.
+    event_routes: EventRoutes,
+}
+
+/// Per event type, the event sinks that take it and their publishers (looked up once per
+/// type).
+#[derive(Default)]
+struct EventRoutes(FxHashMap<String, EventRoute>);
+
+/// The sinks and publishers one event type goes to.
+struct EventRoute {
+    sinks: Box<[u16]>,
+    publishers: Box<[usize]>,
+}
+
+impl EventRoutes {
+    fn get(&mut self, plan: &Plan, event_type: &str) -> &EventRoute {
+        if !self.0.contains_key(event_type) {
+            let (sinks, publishers) = plan.event_route(event_type);
+            let route = EventRoute {
+                sinks: sinks.into_boxed_slice(),
+                publishers: publishers.into_boxed_slice(),
+            };
+            self.0.insert(event_type.to_owned(), route);
+        }
+        &self.0[event_type]
+    }
 }
 
 impl Decoder {
@@ -162,14 +191,15 @@ impl Decoder {
             routes: FxHashMap::default(),
             inputs,
             dead: None,
-            events_to: None,
+            events: false,
+            event_routes: EventRoutes::default(),
         }
     }
 
-    /// Also turns service notifications into events (by the plan's event definitions), one
-    /// copy for each of `peers` workers (event alarms live on all of them).
-    pub fn with_events(mut self, peers: Option<u64>) -> Decoder {
-        self.events_to = peers;
+    /// Also turns service notifications into events (by the plan's event definitions), for
+    /// event sinks and event alarms.
+    pub fn with_events(mut self, events: bool) -> Decoder {
+        self.events = events;
         self
     }
 
@@ -195,14 +225,15 @@ impl Decoder {
         chunk: &Chunk,
         diag: &mut Diag,
         emit: &mut dyn FnMut(Routed),
-        emit_event: &mut dyn FnMut(Feed),
+        emit_event: &mut dyn FnMut(Arc<Event>),
     ) {
         let Decoder {
             plan,
             routes,
             inputs,
             dead,
-            events_to,
+            events,
+            event_routes,
         } = self;
         let input = inputs
             .get(chunk.input as usize)
@@ -266,25 +297,40 @@ impl Decoder {
                     diag.counters.notifications += 1;
                     None
                 }
+                Ok(LineKind::ServiceNotification { event_type })
+                    if *events && SERIALIZED_EVENTS.contains(&&*event_type) =>
+                {
+                    diag.counters.notifications += 1;
+                    // Events already made (Ceilometer's notifier publisher names the
+                    // notification after its topic, `event` or Aodh's `alarm.all`; a kafka://
+                    // event sink writes `event`): the payload is a list of serialized events.
+                    let text = std::str::from_utf8(&line).unwrap_or_default();
+                    match serialized_events(text) {
+                        Ok(list) => {
+                            diag.counters.events += list.len() as u64;
+                            list.into_iter().for_each(|e| emit_event(Arc::new(e)));
+                            None
+                        }
+                        Err(why) => Some((DropReason::NotANotification, why)),
+                    }
+                }
                 Ok(LineKind::ServiceNotification { event_type }) => {
                     diag.counters.notifications += 1;
                     let text = std::str::from_utf8(&line).unwrap_or_default();
                     // Read once, for the meter definitions and the event definitions.
                     let unmetered = plan.unmetered(&event_type);
-                    let view =
-                        (unmetered.is_none() || events_to.is_some()).then(|| message_view(text));
-                    if let (Some(peers), Some(Ok(view))) = (*events_to, &view) {
-                        if let Some(event) = plan.events.event(view).map(Arc::new) {
+                    let view = (unmetered.is_none() || *events).then(|| message_view(text));
+                    // Whether an event sink keeps it (then it is not dropped for want of meters).
+                    let mut published = false;
+                    if let (true, Some(Ok(view))) = (*events, &view) {
+                        if let Some(event) = plan.events.event(view) {
                             diag.counters.events += 1;
-                            for route in 0..peers {
-                                emit_event(Feed::Event {
-                                    route,
-                                    event: event.clone(),
-                                });
-                            }
+                            published = !event_routes.get(plan, &event.event_type).sinks.is_empty();
+                            emit_event(Arc::new(event));
                         }
                     }
                     let skipped = match (unmetered, view) {
+                        (Some(_), _) if published => None,
                         (Some(why), _) | (None, Some(Err(why))) => Some(why),
                         (None, Some(Ok(view))) => {
                             plan.meters.samples(&view, &mut |d| handle(diag, d));
@@ -312,6 +358,20 @@ impl Decoder {
             }
         }
     }
+}
+
+/// The event types of notifications that carry serialized events.
+const SERIALIZED_EVENTS: [&str; 2] = ["event", "alarm.all"];
+
+/// The events of an `event` notification (its payload: a list of serialized events).
+fn serialized_events(text: &str) -> Result<Vec<Event>, String> {
+    let view = message_view(text)?;
+    let Some(list) = view["payload"].as_array() else {
+        return Err("an \"event\" notification carries a list of serialized events as its payload; this payload is not a list".into());
+    };
+    list.iter()
+        .map(|e| Event::deserialize(e).map_err(|why| format!("\"event\" notification: {why}")))
+        .collect()
 }
 
 /// One sink's runtime on one worker.
@@ -342,13 +402,18 @@ pub struct Transformer {
     /// Whether some sink publishes to the store (publish at every notification boundary, so
     /// each notification is one batch of measures).
     per_notification: Vec<bool>,
+    /// Per event type, the publishers of the event sinks that take it.
+    event_routes: EventRoutes,
+    /// Events for each publisher, published at the end of the epoch.
+    events: Vec<Vec<Arc<Event>>>,
+    plan: Arc<Plan>,
 }
 
 impl Transformer {
     const PUBLISH_BATCH: usize = 1024;
 
     /// A worker's transformers and publisher handles for `plan` (`None`: `gnocchi://`).
-    pub fn new(plan: &Plan, factories: &[Option<Arc<dyn PublisherFactory>>]) -> Transformer {
+    pub fn new(plan: &Arc<Plan>, factories: &[Option<Arc<dyn PublisherFactory>>]) -> Transformer {
         let publishers: Vec<Target> = factories
             .iter()
             .zip(&plan.publishers)
@@ -383,8 +448,25 @@ impl Transformer {
                     out: Vec::new(),
                 })
                 .collect(),
+            events: vec![Vec::new(); publishers.len()],
             publishers,
             urls: plan.publishers.iter().map(|p| p.url.clone()).collect(),
+            event_routes: EventRoutes::default(),
+            plan: plan.clone(),
+        }
+    }
+
+    /// Takes an event for the publishers of every event sink that accepts its type.
+    pub fn handle_event(&mut self, event: Arc<Event>, diag: &mut Diag) {
+        let route = self.event_routes.get(&self.plan, &event.event_type);
+        for &k in route.sinks.iter() {
+            diag.counters.sinks[usize::from(k)].events += 1;
+        }
+        if let Some((&last, rest)) = route.publishers.split_last() {
+            for &p in rest {
+                self.events[p].push(event.clone());
+            }
+            self.events[last].push(event);
         }
     }
 
@@ -425,10 +507,23 @@ impl Transformer {
             // Samples an earlier epoch left held (none today) would publish as their own batch.
             self.publish(k, notification.unwrap_or(u64::MAX), diag);
         }
-        for (p, url) in self.publishers.iter_mut().zip(&self.urls) {
-            if let Target::Io(p) = p {
-                flush_with_retry(p.as_mut(), url, diag);
+        for ((p, url), events) in self
+            .publishers
+            .iter_mut()
+            .zip(&self.urls)
+            .zip(&mut self.events)
+        {
+            let Target::Io(p) = p else { continue };
+            if !events.is_empty() {
+                diag.counters.events_published += events.len() as u64;
+                if let Err(e) = p.publish_events(events) {
+                    for _ in 0..events.len() {
+                        diag.drop(DropReason::PublishError, || format!("{url}: {e}"));
+                    }
+                }
+                events.clear();
             }
+            flush_with_retry(p.as_mut(), url, diag);
         }
         diag.counters.held = self.sinks.iter().map(|s| s.chain.held() as u64).sum();
     }
@@ -886,20 +981,20 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         let at_end = at_end.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let decode_diag = diag.clone();
-            // Events only when event alarms can exist (defined, or created through the API).
-            let events_to =
-                (cross.is_some() && (listening || plan.has_event_alarms())).then_some(peers);
+            // Events for event alarms when those can exist (defined, or created through the
+            // API), and for event sinks.
+            let alarm_events = cross.is_some() && (listening || plan.has_event_alarms());
             let mut decoder = Decoder::new(plan.clone(), names)
                 .with_dead_letter(dead_letter.as_ref().map(|d| d.handle()))
-                .with_events(events_to);
-            // Two outputs: the samples, and the events for the event alarms.
+                .with_events(alarm_events || plan.publishes_events());
+            // Two outputs: the samples, and the events (for event sinks and event alarms).
             let mut builder = OperatorBuilder::new("Decode".to_owned(), scope);
             let mut chunks = builder.new_input(
                 input.to_stream(scope),
                 Exchange::new(move |c: &Chunk| c.seq % peers),
             );
             let (samples_out, routed) = builder.new_output::<Vec<Routed>>();
-            let (events_out, events) = builder.new_output::<Vec<Feed>>();
+            let (events_out, events) = builder.new_output::<Vec<Arc<Event>>>();
             let mut samples_out = OutputBuilder::from(samples_out);
             let mut events_out = OutputBuilder::from(events_out);
             builder.build(move |_| {
@@ -926,15 +1021,19 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             let transform_diag = diag.clone();
             let mut transformer = Transformer::new(&plan, &factories);
             let measures = routed
-                .unary_frontier::<CapacityContainerBuilder<Vec<Measure>>, _, _, _>(
+                .binary_frontier::<_, CapacityContainerBuilder<Vec<Measure>>, _, _, _, _>(
+                    events.clone(),
                     Exchange::new(|r: &Routed| r.route),
+                    // An event is published by the worker that made it.
+                    Pipeline,
                     "Transform",
                     move |_, _| {
                         // Each epoch's data waits here, with a capability that holds the
                         // output frontier back until the epoch is processed and published:
                         // the probe passing an epoch means its output is written.
                         let mut stash = EpochStash::default();
-                        move |(input, frontier), output| {
+                        let mut event_stash = EpochStash::default();
+                        move |(input, frontier), (events, events_frontier), output| {
                             input.for_each_stamp(|cap, data| {
                                 if let Some(time) = cap.least() {
                                     stash.hold(
@@ -944,19 +1043,40 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                     );
                                 }
                             });
+                            events.for_each_stamp(|cap, data| {
+                                if let Some(time) = cap.least() {
+                                    let events = data.flat_map(|batch| batch.drain(..));
+                                    event_stash.hold(*time, || cap.delayed(time, 0), events);
+                                }
+                            });
                             let mut diag = transform_diag.borrow_mut();
-                            while let Some((capability, batches)) = stash.next_ready(frontier) {
-                                for batch in batches {
-                                    for r in batch {
-                                        transformer.handle(r, &mut diag);
+                            while let Some(epoch) = ready(
+                                &[frontier, events_frontier],
+                                [stash.oldest(), event_stash.oldest()],
+                            ) {
+                                let mut held = Vec::new();
+                                if let Some((capability, events)) = event_stash.take(epoch) {
+                                    for e in events {
+                                        transformer.handle_event(e, &mut diag);
                                     }
+                                    held.push(capability);
+                                }
+                                if let Some((capability, batches)) = stash.take(epoch) {
+                                    for batch in batches {
+                                        for r in batch {
+                                            transformer.handle(r, &mut diag);
+                                        }
+                                    }
+                                    held.push(capability);
                                 }
                                 transformer.end_epoch(&mut diag);
                                 let mut measures = transformer.take_measures();
-                                if !measures.is_empty() {
-                                    output.session(&capability).give_container(&mut measures);
+                                if let (false, Some(capability)) =
+                                    (measures.is_empty(), held.first())
+                                {
+                                    output.session(capability).give_container(&mut measures);
                                 }
-                                drop(capability);
+                                drop(held);
                             }
                         }
                     },
@@ -971,7 +1091,14 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     let live = aggregate_live;
                     let cross_live = live.clone();
                     let mut cross = cross.expect("a store");
-                    let events = events.clone();
+                    // Every worker's cross operator holds every event alarm.
+                    let copies = if alarm_events { peers } else { 0 };
+                    let events = events.flat_map(move |event| {
+                        (0..copies).map(move |route| Feed::Event {
+                            route,
+                            event: event.clone(),
+                        })
+                    });
                     measures
                         .concat(api_input.to_stream(scope))
                         .binary_frontier::<_, CapacityContainerBuilder<Vec<Feed>>, _, _, _, _>(
@@ -1509,6 +1636,9 @@ mod tests {
 
     impl Publisher for Flaky {
         fn publish(&mut self, _: &[Sample]) -> Result<(), PublishError> {
+            Ok(())
+        }
+        fn publish_events(&mut self, _: &[Arc<Event>]) -> Result<(), PublishError> {
             Ok(())
         }
         fn flush(&mut self) -> Result<(), PublishError> {

@@ -69,12 +69,23 @@ impl fmt::Display for Problems {
     }
 }
 
-/// A source: which meters it takes and which sinks it feeds.
+/// What a source selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Samples, by meter name (`meters:`, Ceilometer's pipeline.yaml).
+    Meters,
+    /// Events, by event type (`events:`, Ceilometer's event_pipeline.yaml).
+    Events,
+}
+
+/// A source: which meters (or events) it takes and which sinks it feeds.
 #[derive(Clone, Debug)]
 pub struct SourcePlan {
     /// Its name.
     pub name: String,
-    /// Its `meters` list.
+    /// Whether it takes samples or events.
+    pub kind: SourceKind,
+    /// Its `meters` (or `events`) list.
     pub meters: Vec<String>,
     /// The compiled list.
     pub matcher: MeterMatcher,
@@ -179,6 +190,7 @@ pub enum PlanError {
 const SOURCE_KEYS: &[&str] = &[
     "name",
     "meters",
+    "events",
     "sinks",
     "interval",
     "resources",
@@ -236,11 +248,36 @@ impl Plan {
     pub fn route(&self, meter: &str) -> Vec<u16> {
         let mut sinks = BTreeSet::new();
         for source in &self.sources {
-            if source.matcher.accepts(meter) {
+            if source.kind == SourceKind::Meters && source.matcher.accepts(meter) {
                 sinks.extend(source.sinks.iter().map(|&s| s as u16));
             }
         }
         sinks.into_iter().collect()
+    }
+
+    /// The sinks an event of `event_type` goes to (through every event source that accepts
+    /// it) and their publishers, each once.
+    pub fn event_route(&self, event_type: &str) -> (Vec<u16>, Vec<usize>) {
+        let mut sinks = BTreeSet::new();
+        for source in &self.sources {
+            if source.kind == SourceKind::Events && source.matcher.accepts(event_type) {
+                sinks.extend(source.sinks.iter().map(|&k| k as u16));
+            }
+        }
+        let publishers: BTreeSet<usize> = sinks
+            .iter()
+            .flat_map(|&k| self.sinks[usize::from(k)].publishers.iter().copied())
+            .collect();
+        (
+            sinks.into_iter().collect(),
+            publishers.into_iter().collect(),
+        )
+    }
+
+    /// Whether the definition has event sources (notifications then become events that are
+    /// published).
+    pub fn publishes_events(&self) -> bool {
+        self.sources.iter().any(|s| s.kind == SourceKind::Events)
     }
 
     /// The archive policy called `name`: the definition's, else Gnocchi's or Ceilometer's
@@ -1023,7 +1060,26 @@ impl Validator {
                     );
                 }
             }
-            let meters = self.meters(map.get("meters"), &format!("{path}.meters"), &label);
+            let kind = if map.contains_key("events") {
+                SourceKind::Events
+            } else {
+                SourceKind::Meters
+            };
+            let meters = match kind {
+                SourceKind::Events if map.contains_key("meters") => {
+                    self.problem(
+                        path.clone(),
+                        format!("source {label} has both meters: and events:; a source takes either samples (meters:) or events (events:), so split it in two"),
+                    );
+                    Vec::new()
+                }
+                SourceKind::Events => {
+                    self.meters(map.get("events"), &format!("{path}.events"), &label)
+                }
+                SourceKind::Meters => {
+                    self.meters(map.get("meters"), &format!("{path}.meters"), &label)
+                }
+            };
             if let Some(interval) = map.get("interval") {
                 if interval.as_u64().is_none_or(|n| n == 0) {
                     self.problem(
@@ -1084,8 +1140,14 @@ impl Validator {
                     None => {}
                 },
             }
+            if kind == SourceKind::Events {
+                for &k in &sink_ids {
+                    self.event_sink(&sinks[k], k, &label);
+                }
+            }
             out.push(SourcePlan {
                 name: label,
+                kind,
                 matcher: MeterMatcher::new(&meters),
                 meters,
                 sinks: sink_ids,
@@ -1094,16 +1156,50 @@ impl Validator {
         out
     }
 
+    /// What an event pipeline's sink may not have (Ceilometer: event sinks load no
+    /// transformers; meterflow's embedded store takes samples only).
+    fn event_sink(
+        &mut self,
+        (sink, urls): &(SinkPlan, Vec<(String, PublisherSpec)>),
+        k: usize,
+        source: &str,
+    ) {
+        for (j, t) in sink.transformers.iter().enumerate() {
+            self.problem(
+                format!("sinks[{k}].transformers[{j}]"),
+                format!("No transformer named {} loaded for events: sink {} is fed by event source {source}, and event sinks take no transformers; give the events a sink of their own", t.name, sink.name),
+            );
+        }
+        for (j, (url, spec)) in urls.iter().enumerate() {
+            if matches!(spec, PublisherSpec::Gnocchi(_)) {
+                self.problem(
+                    format!("sinks[{k}].publishers[{j}]"),
+                    format!("{url}: gnocchi:// takes samples only in this build (events as resource updates are not implemented); sink {} is fed by event source {source}: publish its events to file://, kafka:// or log://", sink.name),
+                );
+            }
+        }
+    }
+
     fn meters(&mut self, v: Option<&Value>, path: &str, label: &str) -> Vec<String> {
+        let events = path.ends_with(".events");
         let Some(v) = v.filter(|v| !v.is_null()) else {
-            self.problem(path, format!("Missing meters value in source {label}; list meter names, patterns like disk.* or \"*\""));
+            if events {
+                self.problem(path, format!("No events specified in source {label}; list event types or patterns like compute.instance.* or \"*\""));
+            } else {
+                self.problem(path, format!("Missing meters value in source {label}; list meter names, patterns like disk.* or \"*\" (or events: for an event source)"));
+            }
             return Vec::new();
         };
-        let Some(items) = self.list(Some(v), path, "meter names") else {
+        let Some(items) = self.list(
+            Some(v),
+            path,
+            if events { "event types" } else { "meter names" },
+        ) else {
             return Vec::new();
         };
         if items.is_empty() {
-            self.problem(path, format!("No meters specified in source {label}"));
+            let what = if events { "events" } else { "meters" };
+            self.problem(path, format!("No {what} specified in source {label}"));
             return Vec::new();
         }
         let mut meters = Vec::new();

@@ -23,10 +23,25 @@ pub fn render(report: &RunReport) -> String {
         if report.workers == 1 { "" } else { "s" }
     );
     for (name, sink) in report.sinks.iter().zip(&c.sinks) {
+        let _ = match sink.events {
+            0 => writeln!(
+                s,
+                "  sink {name}: {} in, {} out",
+                sink.samples_in, sink.samples_out
+            ),
+            n if sink.samples_in == 0 => writeln!(s, "  sink {name}: {n} events"),
+            n => writeln!(
+                s,
+                "  sink {name}: {} in, {} out, {n} events",
+                sink.samples_in, sink.samples_out
+            ),
+        };
+    }
+    if c.events_published > 0 {
         let _ = writeln!(
             s,
-            "  sink {name}: {} in, {} out",
-            sink.samples_in, sink.samples_out
+            "  events: {} made from notifications, {} published",
+            c.events, c.events_published
         );
     }
     if c.measures > 0 || c.buckets_written > 0 {
@@ -92,7 +107,7 @@ pub fn json(report: &RunReport) -> serde_json::Value {
         .map(|(n, s)| {
             (
                 n.clone(),
-                serde_json::json!({"in": s.samples_in, "out": s.samples_out}),
+                serde_json::json!({"in": s.samples_in, "out": s.samples_out, "events": s.events}),
             )
         })
         .collect();
@@ -105,6 +120,7 @@ pub fn json(report: &RunReport) -> serde_json::Value {
         "measures": c.measures,
         "buckets_written": c.buckets_written,
         "sinks": sinks,
+        "events": {"made": c.events, "published": c.events_published},
         "dropped": dropped,
         "alarms": {
             "alarms": c.alarms,

@@ -286,3 +286,239 @@ fn a_killed_engine_loses_nothing_on_restart() {
         &missing[..missing.len().min(5)]
     );
 }
+
+/// Events published to a topic by a kafka:// event sink (one `event` notification each) and
+/// read back from it are the events the file sink writes.
+#[test]
+fn kafka_event_sink_round_trips_through_a_topic() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let topic = format!("mf-events-{nanos}");
+    create_topic(&bootstrap, &topic);
+    let data = format!("{}/tests/data/notifications", env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let direct = dir.path().join("direct.jsonl");
+    let stage1 = dir.path().join("stage1.yaml");
+    std::fs::write(
+        &stage1,
+        format!(
+            "sources: [{{name: e, events: ['*'], sinks: [out]}}]\nsinks: [{{name: out, publishers: ['file://{}', 'kafka://{bootstrap}?topic={topic}']}}]\n",
+            direct.display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec![
+        "run".to_owned(),
+        stage1.display().to_string(),
+        "--no-progress".into(),
+    ];
+    for f in ["cinder", "glance", "neutron", "nova", "swift"] {
+        args.extend(["--input".to_owned(), format!("{data}/{f}.jsonl")]);
+    }
+    let out = meterflow(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+
+    let back = dir.path().join("back.jsonl");
+    let stage2 = dir.path().join("stage2.yaml");
+    std::fs::write(
+        &stage2,
+        format!(
+            "sources: [{{name: e, events: ['*'], sinks: [out]}}]\nsinks: [{{name: out, publishers: ['file://{}']}}]\n",
+            back.display()
+        ),
+    )
+    .unwrap();
+    let out = meterflow(&[
+        "run",
+        stage2.to_str().unwrap(),
+        "--no-progress",
+        "--input",
+        &format!("kafka://{bootstrap}/{topic}?group=ev-{nanos}&eof=true"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sorted = |p: &std::path::Path| {
+        let mut lines: Vec<String> = std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let want = sorted(&direct);
+    assert_eq!(want.len(), 17);
+    assert_eq!(sorted(&back), want);
+}
+
+/// A broker of this test's own (`TANSU`: the broker binary `.ci/run` installs), so pausing it
+/// does not disturb the other tests; stopped when dropped.
+struct OwnBroker {
+    child: std::process::Child,
+    bootstrap: String,
+}
+
+impl OwnBroker {
+    fn start() -> Option<OwnBroker> {
+        let tansu = match std::env::var("TANSU") {
+            Ok(t) if !t.is_empty() => t,
+            _ if std::env::var("CI").is_ok_and(|c| c == "true") => {
+                panic!("TANSU is not set in CI: .ci/run must export the broker binary's path")
+            }
+            _ => {
+                eprintln!("skipping: set TANSU=/path/to/tansu to run the broker-outage test");
+                return None;
+            }
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bootstrap = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{bootstrap}"),
+                "--advertised-listener-url",
+                &format!("tcp://{bootstrap}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the broker starts");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "broker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(OwnBroker { child, bootstrap })
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker stops answering mid-stream (SIGSTOP, as KAFKA.md advises for a memory-only
+/// broker) for longer than the consumer's session timeout: the engine waits, reconnects when
+/// it is back, and every sample reaches both the file and the output topic.
+#[test]
+fn a_broker_outage_mid_stream_loses_nothing() {
+    let Some(broker) = OwnBroker::start() else {
+        return;
+    };
+    let bootstrap = broker.bootstrap.clone();
+    let (input, output_topic) = ("outage-in", "outage-out");
+    create_topic(&bootstrap, input);
+    create_topic(&bootstrap, output_topic);
+    let n = 30_000;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"event_type": "telemetry.polling", "priority": "SAMPLE", "payload": {{"samples": [{{"counter_name": "disk.usage", "counter_type": "gauge", "counter_unit": "B", "counter_volume": {i}, "user_id": null, "project_id": null, "resource_id": "vm-{}", "timestamp": "2021-07-30T02:00:00", "resource_metadata": {{}}, "source": "openstack"}}]}}}}"#,
+                i % 7
+            )
+        })
+        .collect();
+    produce(
+        &bootstrap,
+        input,
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.jsonl");
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "sources: [{{name: s, meters: ['*'], sinks: [k]}}]\nsinks: [{{name: k, publishers: ['file://{}', 'kafka://{bootstrap}?topic={output_topic}']}}]\n",
+            output.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
+        .args([
+            "run",
+            pipeline.to_str().unwrap(),
+            "--input",
+            &format!("kafka://{bootstrap}/{input}?group=outage&eof=true"),
+            "--no-progress",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&output).map_or(0, |m| m.len()) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no output");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    broker.signal("-STOP");
+    let before = std::fs::read_to_string(&output).unwrap().lines().count();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the engine gave up while the broker was away"
+    );
+    broker.signal("-CONT");
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(before < n, "the outage came after the end: nothing tested");
+
+    let count = |path: &std::path::Path| {
+        let mut seen = vec![0u32; n];
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            seen[v["counter_volume"].as_u64().unwrap() as usize] += 1;
+        }
+        seen.iter().filter(|&&c| c == 0).count()
+    };
+    assert_eq!(count(&output), 0, "samples lost in the file; {stderr}");
+    // What went to the output topic, read back by a second run.
+    let back = dir.path().join("back.jsonl");
+    let copy = dir.path().join("copy.yaml");
+    std::fs::write(
+        &copy,
+        format!(
+            "sources: [{{name: s, meters: ['*'], sinks: [k]}}]\nsinks: [{{name: k, publishers: ['file://{}']}}]\n",
+            back.display()
+        ),
+    )
+    .unwrap();
+    let out = meterflow(&[
+        "run",
+        copy.to_str().unwrap(),
+        "--input",
+        &format!("kafka://{bootstrap}/{output_topic}?group=outage-check&eof=true"),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        count(&back),
+        0,
+        "samples lost in the output topic; {stderr}"
+    );
+    eprintln!("{before} samples written before the outage; engine log:\n{stderr}");
+}

@@ -6,6 +6,36 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Cuts an unterminated last line off the regular file at `path`; returns its length.
+fn torn_tail(path: &Path) -> io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(None);
+    }
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = meta.len();
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end == len {
+        return Ok(None);
+    }
+    file.set_len(end)?;
+    file.sync_all()?;
+    Ok(Some(len - end))
+}
+
 /// A file opened for appending, shared by every worker's buffer.
 pub struct AppendFile {
     path: PathBuf,
@@ -15,13 +45,30 @@ pub struct AppendFile {
 
 impl AppendFile {
     /// Opens (creating) `path` for appending; `what` names it in the error ("publisher X").
+    ///
+    /// Every write is whole lines, so a last line without its newline is what a process
+    /// killed in the middle of a write left: it is cut off (and logged), so that the next line
+    /// does not run into it. Its data was never acknowledged (a Kafka input commits offsets
+    /// only after a flush completes), so a replay writes it again in full.
     pub fn open(path: &Path, fsync: bool, what: &str) -> Result<AppendFile, String> {
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+        let cannot = |e: io::Error| {
             format!(
                 "{what}: cannot open {} for appending: {e}; check that the directory exists and is writable",
                 path.display()
             )
-        })?;
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(cannot)?;
+        if let Some(torn) = torn_tail(path).map_err(cannot)? {
+            tracing::warn!(
+                "{what}: {} ended in an incomplete line ({} bytes, from a run that was killed while writing); cut it off: it is written again in full when its input is replayed",
+                path.display(),
+                torn
+            );
+        }
         Ok(AppendFile {
             path: path.to_owned(),
             file: Mutex::new(file),
@@ -51,5 +98,35 @@ impl AppendFile {
             file.sync_data()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        for (before, after) in [
+            ("", ""),
+            ("{\"a\": 1}\n", "{\"a\": 1}\n"),
+            ("{\"a\": 1}\n{\"b\"", "{\"a\": 1}\n"),
+            ("{\"b\"", ""),
+        ] {
+            std::fs::write(&path, before).unwrap();
+            let file = AppendFile::open(&path, false, "test").unwrap();
+            file.append(b"{\"c\": 3}\n", &mut 0).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                format!("{after}{{\"c\": 3}}\n")
+            );
+        }
+        // Long lines: the newline is found further back than one block.
+        let long = format!("{}\n{}", "x".repeat(100_000), "y".repeat(70_000));
+        std::fs::write(&path, &long).unwrap();
+        AppendFile::open(&path, false, "test").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 100_001);
     }
 }

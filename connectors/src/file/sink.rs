@@ -1,4 +1,5 @@
-//! The `file://PATH` publisher: JSONL sample dicts appended to a file.
+//! The `file://PATH` publisher: JSONL sample dicts (and, from an event sink, serialized events)
+//! appended to a file.
 //!
 //! Every worker encodes into its own buffer and appends whole buffers under a lock, so lines
 //! never interleave and the hot path takes no lock per sample. Options: `message_id=true`
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
+use meterflow_engine::model::Event;
 use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_engine::Sample;
 
@@ -99,6 +101,19 @@ impl Publisher for FileHandle {
     fn publish(&mut self, samples: &[Sample]) -> Result<(), PublishError> {
         for s in samples {
             write_sample(s, self.encode, &mut self.buffer);
+        }
+        if self.buffer.len() >= Self::FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// One line per event: Ceilometer's serialized event (`traits` as `[name, dtype, value]`).
+    fn publish_events(&mut self, events: &[Arc<Event>]) -> Result<(), PublishError> {
+        for e in events {
+            serde_json::to_writer(&mut self.buffer, &e.serialize())
+                .expect("writing JSON into memory cannot fail");
+            self.buffer.push(b'\n');
         }
         if self.buffer.len() >= Self::FLUSH_BYTES {
             self.flush()?;

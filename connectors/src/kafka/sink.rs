@@ -1,7 +1,8 @@
 //! The `kafka://HOST:PORT[,HOST:PORT]?topic=T[&compression=...]` publisher: samples as oslo
 //! notifications (the 2.0 envelope, `event_type` `metering`, payload a list of samples, as
 //! Ceilometer's notifier publisher sends them), one message per resource per batch, keyed by
-//! the resource so a resource's samples stay in order on one partition.
+//! the resource so a resource's samples stay in order on one partition. From an event sink,
+//! events as `event` notifications, one per event.
 //!
 //! A flush waits until the broker has acknowledged every message (`acks=all`, idempotent
 //! producer), so an input's offsets are committed only after its output is on the broker.
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
+use meterflow_engine::model::Event;
 use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_engine::{Sample, Sym};
 use rdkafka::config::ClientConfig;
@@ -145,17 +147,40 @@ impl KafkaHandle {
             self.payload.pop(); // the line's newline
         }
         self.payload.extend_from_slice(b"]");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
-        let inner = format!(
-            r#"{{"message_id": "{}", "publisher_id": "meterflow.publisher", "event_type": "metering", "priority": "SAMPLE", "timestamp": "{}", "payload": {}, "_context": {{}}}}"#,
-            meterflow_engine::wire::encode::uuid4(),
-            meterflow_engine::time::format_iso_naive(now).replacen('T', " ", 1),
-            String::from_utf8_lossy(&self.payload)
-        );
-        serde_json::json!({"oslo.version": "2.0", "oslo.message": inner}).to_string()
+        oslo_envelope("metering", &String::from_utf8_lossy(&self.payload))
     }
+
+    /// Queues one message, waiting while librdkafka's queue is full.
+    fn send(&self, key: Option<&str>, value: &str) -> Result<(), PublishError> {
+        let mut record = BaseRecord::<str, str>::to(&self.shared.topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match self.shared.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(self.error(format!("cannot queue a message: {e}"))),
+            }
+        }
+    }
+}
+
+/// An oslo 2.0 envelope around a notification of `event_type` (`metering` or `event`, as
+/// Ceilometer's notifier publisher names them) with `payload` (JSON text).
+fn oslo_envelope(event_type: &str, payload: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let inner = format!(
+        r#"{{"message_id": "{}", "publisher_id": "meterflow.publisher", "event_type": "{event_type}", "priority": "SAMPLE", "timestamp": "{}", "payload": {payload}, "_context": {{}}}}"#,
+        meterflow_engine::wire::encode::uuid4(),
+        meterflow_engine::time::format_iso_naive(now).replacen('T', " ", 1),
+    );
+    serde_json::json!({"oslo.version": "2.0", "oslo.message": inner}).to_string()
 }
 
 impl Publisher for KafkaHandle {
@@ -170,19 +195,22 @@ impl Publisher for KafkaHandle {
         }
         for (resource, group) in groups {
             let value = self.envelope(&group);
-            let mut record = BaseRecord::<str, str>::to(&self.shared.topic)
-                .key(resource.as_str())
-                .payload(&value);
-            loop {
-                match self.shared.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => return Err(self.error(format!("cannot queue a message: {e}"))),
-                }
-            }
+            self.send(Some(resource.as_str()), &value)?;
+        }
+        Ok(())
+    }
+
+    /// One `event` notification per event (payload: a list holding the serialized event, as
+    /// Ceilometer's notifier publisher sends them), keyed by the instance or resource the event
+    /// is about when it names one, so that resource's events stay in order.
+    fn publish_events(&mut self, events: &[Arc<Event>]) -> Result<(), PublishError> {
+        for e in events {
+            let payload = serde_json::Value::Array(vec![e.serialize()]).to_string();
+            let value = oslo_envelope("event", &payload);
+            let key = e
+                .text_trait("instance_id")
+                .or_else(|| e.text_trait("resource_id"));
+            self.send(key, &value)?;
         }
         Ok(())
     }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::KafkaSpec;
 
@@ -27,7 +27,7 @@ const ASSIGN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A Kafka consumer as a [`ChunkSource`].
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     spec: KafkaSpec,
     input: u32,
     target: usize,
@@ -39,6 +39,20 @@ pub struct KafkaSource {
     started: Instant,
 }
 
+/// librdkafka's client callbacks: its errors logged once through `tracing`, without the
+/// end-of-partition notices a bounded run (`eof=true`) asks for.
+struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!("kafka consumer: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
 fn kafka_error(what: &str, e: KafkaError) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
@@ -46,7 +60,7 @@ fn kafka_error(what: &str, e: KafkaError) -> io::Error {
 impl KafkaSource {
     /// Joins the group and subscribes to the topics.
     pub fn open(spec: &KafkaSpec, input: u32, target: usize) -> io::Result<KafkaSource> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
             .set("bootstrap.servers", &spec.brokers)
             .set("group.id", &spec.group)
             .set("enable.auto.commit", "false")
@@ -58,7 +72,7 @@ impl KafkaSource {
             )
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "50")
-            .create()
+            .create_with_context(SourceContext)
             .map_err(|e| {
                 kafka_error(
                     &format!("cannot create a Kafka consumer for {}", spec.brokers),

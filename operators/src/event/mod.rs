@@ -296,34 +296,6 @@ impl TraitDefinition {
     }
 }
 
-/// An event as Ceilometer serializes it for publishers and Aodh (`traits` as
-/// `[name, dtype, value]` triples).
-///
-/// # Examples
-/// ```
-/// use meterflow_engine::model::{Event, Trait, TraitValue};
-/// let e = Event { message_id: "m1".into(), event_type: "image.upload".into(),
-///     generated: "2024-05-01T12:00:00".into(),
-///     traits: vec![Trait { name: "size".into(), dtype: 2, value: TraitValue::Int(5) }],
-///     raw: serde_json::json!({}) };
-/// assert_eq!(meterflow_operators::event::wire(&e).to_string(),
-///     r#"{"message_id":"m1","event_type":"image.upload","generated":"2024-05-01T12:00:00","traits":[["size",2,5]],"raw":{}}"#);
-/// ```
-pub fn wire(event: &Event) -> Value {
-    let traits: Vec<Value> = event
-        .traits
-        .iter()
-        .map(|t| json!([t.name, t.dtype, t.value]))
-        .collect();
-    json!({
-        "message_id": event.message_id,
-        "event_type": event.event_type,
-        "generated": event.generated,
-        "traits": traits,
-        "raw": event.raw,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
