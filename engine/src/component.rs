@@ -25,6 +25,18 @@ pub trait Publisher: Send {
     fn publish_events(&mut self, events: &[Arc<Event>]) -> Result<(), PublishError>;
     /// Writes out anything buffered (called at the end of each epoch and of the run).
     fn flush(&mut self) -> Result<(), PublishError>;
+    /// Starts writing out what is buffered without waiting for it to be durable (a broker's
+    /// acknowledgement): returns a ticket for [`Publisher::durable`], or `None` when this
+    /// publisher only flushes synchronously (then [`Publisher::flush`] is used).
+    fn flush_async(&mut self) -> Option<u64> {
+        None
+    }
+    /// Whether everything published before `ticket` was issued is durable; an error reports
+    /// what was finally lost (the ticket then counts as done).
+    fn durable(&mut self, ticket: u64) -> Result<bool, PublishError> {
+        let _ = ticket;
+        Ok(true)
+    }
 }
 
 /// A publisher opened for a run, shared by all workers; each worker gets its own handle.

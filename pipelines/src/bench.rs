@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use meterflow_connectors::file::source::InputSpec;
+use meterflow_connectors::kafka::bench::RawConsume;
 use meterflow_connectors::PublisherSpec;
 
 use crate::dataflow::{self, RunOptions, RunReport};
@@ -150,6 +151,93 @@ pub fn run(mut plan: Plan, options: &BenchOptions) -> anyhow::Result<(RunReport,
         .unwrap_or_else(|| dir.path().join("bench-store"));
     let report = dataflow::run(plan, &[InputSpec::File(input_path)], &run)?;
     Ok((report, input_bytes))
+}
+
+/// What `bench --kafka` measured.
+#[derive(Debug)]
+pub struct KafkaBenchReport {
+    /// Messages in the input topic (one notification each).
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The raw consume of the input topic (the ceiling).
+    pub raw: RawConsume,
+    /// The engine's run, Kafka to Kafka.
+    pub report: RunReport,
+    /// The engine's time from its first input message to the end (its group join excluded,
+    /// as the raw consume's).
+    pub engine: std::time::Duration,
+}
+
+/// `bench --kafka`: loads a fresh topic on `brokers` with the generated notifications (oslo's
+/// envelope, one per message), measures a plain consumer reading it, then runs `plan` from
+/// that topic with every `file://` publisher replaced by a `kafka://` one on a second fresh
+/// topic (so Kafka → transformers → Kafka, acknowledged by the broker before offsets commit).
+pub fn run_kafka(
+    mut plan: Plan,
+    options: &BenchOptions,
+    brokers: &str,
+    partitions: i32,
+) -> anyhow::Result<KafkaBenchReport> {
+    use meterflow_connectors::kafka::{bench as kafka, sink::KafkaPublisherOptions, KafkaSpec};
+    let mut data = Vec::new();
+    generate(
+        &mut data,
+        options.samples,
+        options.resources,
+        options.batch,
+        42,
+    )?;
+    let text = std::str::from_utf8(&data)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let (input, output) = (
+        format!("meterflow-bench-in-{nanos}"),
+        format!("meterflow-bench-out-{nanos}"),
+    );
+    kafka::create_topics(brokers, &[&input, &output], partitions.max(1))
+        .map_err(anyhow::Error::msg)?;
+    let values: Vec<String> = text.lines().map(kafka::oslo_envelope).collect();
+    drop(data);
+    let bytes = values.iter().map(|v| v.len() as u64).sum();
+    let messages = kafka::produce(brokers, &input, values.iter().map(String::as_str))
+        .map_err(anyhow::Error::msg)?;
+    drop(values);
+    let raw = kafka::raw_consume(brokers, &input, &format!("meterflow-bench-raw-{nanos}"))
+        .map_err(anyhow::Error::msg)?;
+    for p in &mut plan.publishers {
+        if let PublisherSpec::File(_) = p.spec {
+            p.url = format!("kafka://{brokers}?topic={output}");
+            p.spec = PublisherSpec::Kafka(KafkaPublisherOptions {
+                brokers: brokers.to_owned(),
+                topic: output.clone(),
+                compression: "lz4".into(),
+            });
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let mut run = options.run.clone();
+    run.store = options
+        .store
+        .clone()
+        .unwrap_or_else(|| dir.path().join("bench-store"));
+    let spec = InputSpec::Kafka(KafkaSpec {
+        brokers: brokers.to_owned(),
+        topics: vec![input],
+        group: format!("meterflow-bench-{nanos}"),
+        eof: true,
+        offset: "earliest".into(),
+    });
+    let report = dataflow::run(plan, &[spec], &run)?;
+    let engine = report.elapsed - report.first_input.unwrap_or_default();
+    Ok(KafkaBenchReport {
+        messages,
+        bytes,
+        raw,
+        report,
+        engine,
+    })
 }
 
 fn redirect_files(plan: &mut Plan, output: &Path) {

@@ -124,6 +124,9 @@ pub struct RunReport {
     pub bytes: u64,
     /// What the alarm notifiers did, when alarms ran.
     pub notifier: Option<NotifierTotals>,
+    /// When the first input data arrived, after the start (a Kafka input first joins its
+    /// group: benchmarks time from here).
+    pub first_input: Option<Duration>,
 }
 
 /// What the alarm notifiers did in a run.
@@ -496,7 +499,8 @@ impl Transformer {
         }
     }
 
-    /// Ends a batch of notifications: flushes every sink that saw one, publishes, writes out.
+    /// Ends a batch of notifications: flushes every sink that saw one and publishes (the
+    /// publishers may still buffer: [`Transformer::write_out`] makes it durable).
     pub fn end_epoch(&mut self, diag: &mut Diag) {
         for k in 0..self.sinks.len() {
             let sink = &mut self.sinks[k];
@@ -523,9 +527,45 @@ impl Transformer {
                 }
                 events.clear();
             }
-            flush_with_retry(p.as_mut(), url, diag);
         }
         diag.counters.held = self.sinks.iter().map(|s| s.chain.held() as u64).sum();
+    }
+
+    /// Writes out what the publishers buffer: publishers that only write synchronously
+    /// (files: written and synced) are durable on return, retrying what fails (see
+    /// [`flush_with_retry`]); for the others (a broker's acknowledgement) the tickets to wait
+    /// for with [`Transformer::written`].
+    pub fn start_write_out(&mut self, diag: &mut Diag) -> Vec<(usize, u64)> {
+        let mut tickets = Vec::new();
+        for (i, (p, url)) in self.publishers.iter_mut().zip(&self.urls).enumerate() {
+            if let Target::Io(p) = p {
+                match p.flush_async() {
+                    Some(ticket) => tickets.push((i, ticket)),
+                    None => flush_with_retry(p.as_mut(), url, diag),
+                }
+            }
+        }
+        tickets
+    }
+
+    /// Whether every ticket of [`Transformer::start_write_out`] is durable (those that are
+    /// are removed; what a publisher finally lost is counted).
+    pub fn written(&mut self, tickets: &mut Vec<(usize, u64)>, diag: &mut Diag) -> bool {
+        tickets.retain(|&(i, ticket)| {
+            let Target::Io(p) = &mut self.publishers[i] else {
+                return false;
+            };
+            match p.durable(ticket) {
+                Ok(done) => !done,
+                Err(e) => {
+                    diag.drop(DropReason::PublishError, || {
+                        format!("{}: {e}", self.urls[i])
+                    });
+                    false
+                }
+            }
+        });
+        tickets.is_empty()
     }
 
     fn publish(&mut self, k: usize, notification: u64, diag: &mut Diag) {
@@ -704,6 +744,9 @@ impl StoreCaches {
         slot.1.clone()
     }
 }
+
+/// How often an operator waiting for a broker's acknowledgements looks again.
+const ACK_POLL: Duration = Duration::from_micros(500);
 
 /// How long a publisher that fails with a retryable error (a full disk, a broker away) is
 /// retried before its buffered samples are counted as dropped.
@@ -902,6 +945,8 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let sink_count = plan.sinks.len();
     let plan = Arc::new(plan);
     let readers = Arc::new(Mutex::new(Some(readers)));
+    let first_data = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let worker_first_data = first_data.clone();
     let progress = options.progress;
     let live = Arc::new(
         Live::new(workers, names.to_vec(), sink_names.clone())
@@ -1027,12 +1072,16 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     // An event is published by the worker that made it.
                     Pipeline,
                     "Transform",
-                    move |_, _| {
+                    move |_, info| {
                         // Each epoch's data waits here, with a capability that holds the
                         // output frontier back until the epoch is processed and published:
                         // the probe passing an epoch means its output is written.
                         let mut stash = EpochStash::default();
                         let mut event_stash = EpochStash::default();
+                        // Epochs processed whose output a broker has yet to acknowledge,
+                        // oldest first: the worker goes on meanwhile.
+                        let mut writing = std::collections::VecDeque::new();
+                        let activator = scope.activator_for(info.address.clone());
                         move |(input, frontier), (events, events_frontier), output| {
                             input.for_each_stamp(|cap, data| {
                                 if let Some(time) = cap.least() {
@@ -1050,6 +1099,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 }
                             });
                             let mut diag = transform_diag.borrow_mut();
+                            // Every epoch that is ready is processed, then their output is
+                            // written out at once (one sync or broker round trip for all of
+                            // them), and only then do they pass.
+                            let mut done = Vec::new();
                             while let Some(epoch) = ready(
                                 &[frontier, events_frontier],
                                 [stash.oldest(), event_stash.oldest()],
@@ -1076,7 +1129,18 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 {
                                     output.session(capability).give_container(&mut measures);
                                 }
-                                drop(held);
+                                done.append(&mut held);
+                            }
+                            if !done.is_empty() {
+                                let tickets = transformer.start_write_out(&mut diag);
+                                writing.push_back((done, tickets));
+                            }
+                            while let Some((_, tickets)) = writing.front_mut() {
+                                if !transformer.written(tickets, &mut diag) {
+                                    activator.activate_after(ACK_POLL);
+                                    break;
+                                }
+                                writing.pop_front();
                             }
                         }
                     },
@@ -1273,7 +1337,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 input,
                 api,
                 &probe,
-                &readers,
+                (&readers, &worker_first_data),
                 progress.then_some(total_bytes),
                 peers,
                 &live,
@@ -1331,6 +1395,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         workers,
         bytes,
         notifier,
+        first_input: first_data.get().map(|t| t.duration_since(started)),
     })
 }
 
@@ -1473,7 +1538,7 @@ fn feed(
     mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
     mut api: Option<ApiFeed>,
     probe: &ProbeHandle<u64>,
-    readers: &Readers,
+    (readers, first_data): (&Readers, &std::sync::OnceLock<Instant>),
     progress_total: Option<Option<u64>>,
     peers: u64,
     live: &Live,
@@ -1533,6 +1598,9 @@ fn feed(
         if current < sources.len() && !live.stopping() {
             match sources[current].next_chunk(seq) {
                 Ok(Some(chunk)) => {
+                    if !chunk.data.is_empty() {
+                        first_data.get_or_init(Instant::now);
+                    }
                     bytes += chunk.data.len() as u64;
                     if let Some(bar) = &bar {
                         bar.inc(chunk.data.len() as u64);

@@ -143,6 +143,14 @@ enum Command {
         /// Where gnocchi:// publishers write (default: a temporary store).
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Kafka to Kafka through this broker (HOST:PORT): the notifications are loaded into a
+        /// fresh topic, read once by a plain consumer (the raw consume rate), then run through
+        /// the pipeline with its file publishers writing to a second fresh topic.
+        #[arg(long, value_name = "HOST:PORT")]
+        kafka: Option<String>,
+        /// Partitions of the bench's topics (with --kafka).
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
     },
 }
 
@@ -480,6 +488,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             workers: n,
             output,
             store,
+            kafka,
+            partitions,
         } => {
             let plan = match &pipeline {
                 Some(p) => load(p)?,
@@ -498,6 +508,49 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 output,
                 store,
             };
+            if let Some(brokers) = kafka {
+                let k = bench::run_kafka(plan, &options, &brokers, partitions)?;
+                let raw = k.raw.elapsed.as_secs_f64().max(1e-9);
+                let engine = k.engine.as_secs_f64().max(1e-9);
+                let samples = k.report.counters.samples_in;
+                writeln!(stdout, "machine: {}", bench::machine())?;
+                writeln!(
+                    stdout,
+                    "kafka://{brokers}: {} messages ({:.1} MB, {} samples, {batch} per notification, {partitions} partition{})",
+                    k.messages,
+                    k.bytes as f64 / 1e6,
+                    samples,
+                    if partitions == 1 { "" } else { "s" }
+                )?;
+                writeln!(
+                    stdout,
+                    "raw consume (plain rdkafka consumer): {:.3}s, {:.0} messages/s, {:.0} MB/s, {:.0} samples/s",
+                    raw,
+                    k.raw.messages as f64 / raw,
+                    k.raw.bytes as f64 / raw / 1e6,
+                    samples as f64 / raw
+                )?;
+                let out: u64 = k.report.counters.sinks.iter().map(|s| s.samples_out).sum();
+                writeln!(
+                    stdout,
+                    "end to end (kafka -> {} -> kafka, {} worker{}): {:.3}s, {:.0} messages/s, {:.0} samples/s; samples out: {out}",
+                    pipeline.as_ref().map_or("rate_of_change + delta".into(), |p| p.display().to_string()),
+                    k.report.workers,
+                    if k.report.workers == 1 { "" } else { "s" },
+                    engine,
+                    k.report.counters.lines as f64 / engine,
+                    samples as f64 / engine,
+                )?;
+                writeln!(
+                    stdout,
+                    "ratio end to end / raw consume: {:.2}",
+                    raw / engine
+                )?;
+                if k.report.counters.dropped_total() > 0 {
+                    eprint!("{}", summary::render(&k.report));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let (report, bytes) = bench::run(plan, &options)?;
             let secs = report.elapsed.as_secs_f64();
             let rate = report.counters.samples_in as f64 / secs;

@@ -69,10 +69,12 @@ impl AppendFile {
                 torn
             );
         }
+        // A device or a pipe (`/dev/null`, `/dev/stdout`) has nothing to sync.
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
         Ok(AppendFile {
             path: path.to_owned(),
             file: Mutex::new(file),
-            fsync,
+            fsync: fsync && regular,
         })
     }
 

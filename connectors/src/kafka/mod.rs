@@ -1,10 +1,33 @@
 //! Kafka: oslo.messaging's notification topics as an input, and a publisher writing samples
 //! as notifications in the same format.
 
+pub mod bench;
 pub mod sink;
 pub mod source;
 
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientContext;
+
 use crate::Url;
+
+/// librdkafka's client callbacks: its errors logged once through `tracing`, without the
+/// end-of-partition notices a bounded run (`eof=true`) asks for.
+pub(crate) struct ConsumerLog;
+
+impl ClientContext for ConsumerLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
+            tracing::warn!("kafka consumer: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerLog {}
 
 /// A validated `kafka://` input.
 #[derive(Clone, Debug, PartialEq, Eq)]

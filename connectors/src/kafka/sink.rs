@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::model::Event;
-use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
+use meterflow_engine::wire::encode::{write_sample, write_str, EncodeOptions};
 use meterflow_engine::{Sample, Sym};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::Url;
@@ -62,21 +62,29 @@ impl KafkaPublisherOptions {
     }
 }
 
-/// Counts messages the broker did not accept.
+/// Hands each delivery report to the handle that sent the message.
+struct Deliveries;
+
+/// One worker handle's deliveries: each of its messages carries it, so a handle knows when
+/// everything it sent is acknowledged without waiting for the other workers' messages.
 #[derive(Default)]
-struct Deliveries {
+struct Acks {
+    /// Messages acknowledged or finally failed.
+    done: AtomicU64,
+    /// Of those, failed.
     failed: AtomicU64,
 }
 
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = Arc<Acks>;
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
         if let Err((e, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
+            acks.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!("kafka publisher: a message was not delivered: {e}");
         }
+        acks.done.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -96,7 +104,7 @@ impl KafkaPublisher {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .create_with_context(Deliveries::default())
+            .create_with_context(Deliveries)
             .map_err(|e| format!("publisher {url}: cannot create a Kafka producer: {e}"))?;
         Ok(KafkaPublisher {
             url: url.to_owned(),
@@ -114,16 +122,30 @@ impl PublisherFactory for KafkaPublisher {
     fn handle(self: Arc<Self>) -> Box<dyn Publisher> {
         Box::new(KafkaHandle {
             shared: self,
-            failed_seen: 0,
             payload: Vec::new(),
+            inner: Vec::new(),
+            value: Vec::new(),
+            acks: Arc::default(),
+            sent: 0,
+            acks_failed_seen: 0,
         })
     }
 }
 
 struct KafkaHandle {
     shared: Arc<KafkaPublisher>,
-    failed_seen: u64,
+    /// The notification's payload being built.
     payload: Vec<u8>,
+    /// The notification (oslo's inner message) being built.
+    inner: Vec<u8>,
+    /// The message value being built (the envelope).
+    value: Vec<u8>,
+    /// This handle's deliveries.
+    acks: Arc<Acks>,
+    /// Messages this handle queued.
+    sent: u64,
+    /// Failures of this handle already reported by `durable`.
+    acks_failed_seen: u64,
 }
 
 impl KafkaHandle {
@@ -135,8 +157,9 @@ impl KafkaHandle {
         }
     }
 
-    /// The oslo 2.0 envelope around a `metering` notification carrying `samples`.
-    fn envelope(&mut self, samples: &[&Sample]) -> String {
+    /// The oslo 2.0 envelope around a `metering` notification carrying `samples`, into
+    /// `self.value`; `timestamp` is the notification's.
+    fn envelope(&mut self, samples: &[&Sample], timestamp: &str) {
         self.payload.clear();
         self.payload.extend_from_slice(b"[");
         for (i, s) in samples.iter().enumerate() {
@@ -147,18 +170,31 @@ impl KafkaHandle {
             self.payload.pop(); // the line's newline
         }
         self.payload.extend_from_slice(b"]");
-        oslo_envelope("metering", &String::from_utf8_lossy(&self.payload))
+        oslo_envelope(
+            ("metering", timestamp),
+            &self.payload,
+            &mut self.inner,
+            &mut self.value,
+        );
     }
 
     /// Queues one message, waiting while librdkafka's queue is full.
-    fn send(&self, key: Option<&str>, value: &str) -> Result<(), PublishError> {
-        let mut record = BaseRecord::<str, str>::to(&self.shared.topic).payload(value);
+    fn send(&mut self, key: Option<&str>) -> Result<(), PublishError> {
+        let value = self.value.as_slice();
+        let mut record = BaseRecord::<str, [u8], Arc<Acks>>::with_opaque_to(
+            &self.shared.topic,
+            self.acks.clone(),
+        )
+        .payload(value);
         if let Some(key) = key {
             record = record.key(key);
         }
         loop {
             match self.shared.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent += 1;
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     std::thread::sleep(Duration::from_millis(1));
@@ -169,18 +205,37 @@ impl KafkaHandle {
     }
 }
 
-/// An oslo 2.0 envelope around a notification of `event_type` (`metering` or `event`, as
-/// Ceilometer's notifier publisher names them) with `payload` (JSON text).
-fn oslo_envelope(event_type: &str, payload: &str) -> String {
-    let now = std::time::SystemTime::now()
+/// The time a notification is sent, as oslo writes it (`2024-05-01 12:00:00.123456`).
+fn now() -> String {
+    let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
-    let inner = format!(
-        r#"{{"message_id": "{}", "publisher_id": "meterflow.publisher", "event_type": "{event_type}", "priority": "SAMPLE", "timestamp": "{}", "payload": {payload}, "_context": {{}}}}"#,
-        meterflow_engine::wire::encode::uuid4(),
-        meterflow_engine::time::format_iso_naive(now).replacen('T', " ", 1),
-    );
-    serde_json::json!({"oslo.version": "2.0", "oslo.message": inner}).to_string()
+    meterflow_engine::time::format_iso_naive(micros).replacen('T', " ", 1)
+}
+
+/// An oslo 2.0 envelope around a notification of `event_type` (`metering` or `event`, as
+/// Ceilometer's notifier publisher names them) sent at `timestamp`, with `payload` (JSON),
+/// written into `value` (`inner` holds the notification before it is quoted into it).
+fn oslo_envelope(
+    (event_type, timestamp): (&str, &str),
+    payload: &[u8],
+    inner: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) {
+    inner.clear();
+    inner.extend_from_slice(b"{\"message_id\": \"");
+    inner.extend_from_slice(meterflow_engine::wire::encode::uuid4().as_bytes());
+    inner.extend_from_slice(b"\", \"publisher_id\": \"meterflow.publisher\", \"event_type\": \"");
+    inner.extend_from_slice(event_type.as_bytes());
+    inner.extend_from_slice(b"\", \"priority\": \"SAMPLE\", \"timestamp\": \"");
+    inner.extend_from_slice(timestamp.as_bytes());
+    inner.extend_from_slice(b"\", \"payload\": ");
+    inner.extend_from_slice(payload);
+    inner.extend_from_slice(b", \"_context\": {}}");
+    value.clear();
+    value.extend_from_slice(b"{\"oslo.version\": \"2.0\", \"oslo.message\": ");
+    write_str(inner, value);
+    value.push(b'}');
 }
 
 impl Publisher for KafkaHandle {
@@ -193,9 +248,10 @@ impl Publisher for KafkaHandle {
                 None => groups.push((s.resource_id, vec![s])),
             }
         }
+        let timestamp = now();
         for (resource, group) in groups {
-            let value = self.envelope(&group);
-            self.send(Some(resource.as_str()), &value)?;
+            self.envelope(&group, &timestamp);
+            self.send(Some(resource.as_str()))?;
         }
         Ok(())
     }
@@ -204,34 +260,52 @@ impl Publisher for KafkaHandle {
     /// Ceilometer's notifier publisher sends them), keyed by the instance or resource the event
     /// is about when it names one, so that resource's events stay in order.
     fn publish_events(&mut self, events: &[Arc<Event>]) -> Result<(), PublishError> {
+        let timestamp = now();
         for e in events {
             let payload = serde_json::Value::Array(vec![e.serialize()]).to_string();
-            let value = oslo_envelope("event", &payload);
+            oslo_envelope(
+                ("event", &timestamp),
+                payload.as_bytes(),
+                &mut self.inner,
+                &mut self.value,
+            );
             let key = e
                 .text_trait("instance_id")
                 .or_else(|| e.text_trait("resource_id"));
-            self.send(key, &value)?;
+            self.send(key)?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), PublishError> {
-        self.shared.producer.flush(FLUSH_TIMEOUT).map_err(|e| {
-            self.error(format!(
-                "messages not acknowledged within {}s: {e}",
-                FLUSH_TIMEOUT.as_secs()
-            ))
-        })?;
-        let failed = self
-            .shared
-            .producer
-            .context()
-            .failed
-            .load(Ordering::Relaxed);
-        if failed > self.failed_seen {
-            let new = failed - self.failed_seen;
-            self.failed_seen = failed;
+    /// The messages are already queued (librdkafka sends them within `linger.ms`): the
+    /// ticket is how many this handle has sent.
+    fn flush_async(&mut self) -> Option<u64> {
+        Some(self.sent)
+    }
+
+    fn durable(&mut self, ticket: u64) -> Result<bool, PublishError> {
+        let failed = self.acks.failed.load(Ordering::Relaxed);
+        if failed > self.acks_failed_seen {
+            let new = failed - self.acks_failed_seen;
+            self.acks_failed_seen = failed;
             return Err(self.error(format!("{new} message(s) were rejected by the broker")));
+        }
+        Ok(self.acks.done.load(Ordering::Acquire) >= ticket)
+    }
+
+    /// Waits until everything this handle sent is acknowledged (not the other workers'
+    /// messages, as librdkafka's flush would).
+    fn flush(&mut self) -> Result<(), PublishError> {
+        let ticket = self.sent;
+        let started = std::time::Instant::now();
+        while !self.durable(ticket)? {
+            if started.elapsed() >= FLUSH_TIMEOUT {
+                return Err(self.error(format!(
+                    "messages not acknowledged within {}s",
+                    FLUSH_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
         Ok(())
     }
@@ -240,6 +314,27 @@ impl Publisher for KafkaHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelopes_quote_the_notification() {
+        let (mut inner, mut value) = (Vec::new(), Vec::new());
+        oslo_envelope(
+            ("metering", "2024-05-01 12:00:00.000001"),
+            br#"[{"counter_name": "a\"b"}]"#,
+            &mut inner,
+            &mut value,
+        );
+        let outer: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(outer["oslo.version"], "2.0");
+        let message: serde_json::Value =
+            serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        assert_eq!(message["payload"][0]["counter_name"], "a\"b");
+        assert_eq!(message["event_type"], "metering");
+        assert_eq!(message["priority"], "SAMPLE");
+        assert_eq!(message["timestamp"], "2024-05-01 12:00:00.000001");
+        assert_eq!(message["_context"], serde_json::json!({}));
+        assert_eq!(message["message_id"].as_str().unwrap().len(), 36);
+    }
 
     #[test]
     fn parses_publisher_urls() {

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
-use super::KafkaSpec;
+use super::{ConsumerLog, KafkaSpec};
 
 /// How long a poll waits for a message.
 const POLL: Duration = Duration::from_millis(100);
@@ -27,7 +27,7 @@ const ASSIGN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A Kafka consumer as a [`ChunkSource`].
 pub struct KafkaSource {
-    consumer: BaseConsumer<SourceContext>,
+    consumer: BaseConsumer<ConsumerLog>,
     spec: KafkaSpec,
     input: u32,
     target: usize,
@@ -39,20 +39,6 @@ pub struct KafkaSource {
     started: Instant,
 }
 
-/// librdkafka's client callbacks: its errors logged once through `tracing`, without the
-/// end-of-partition notices a bounded run (`eof=true`) asks for.
-struct SourceContext;
-
-impl ClientContext for SourceContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::warn!("kafka consumer: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for SourceContext {}
-
 fn kafka_error(what: &str, e: KafkaError) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
@@ -60,7 +46,7 @@ fn kafka_error(what: &str, e: KafkaError) -> io::Error {
 impl KafkaSource {
     /// Joins the group and subscribes to the topics.
     pub fn open(spec: &KafkaSpec, input: u32, target: usize) -> io::Result<KafkaSource> {
-        let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
+        let consumer: BaseConsumer<ConsumerLog> = ClientConfig::new()
             .set("bootstrap.servers", &spec.brokers)
             .set("group.id", &spec.group)
             .set("enable.auto.commit", "false")
@@ -72,7 +58,11 @@ impl KafkaSource {
             )
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "50")
-            .create_with_context(SourceContext)
+            // librdkafka prefetches up to 64 MB; when that is full it waits this long before
+            // fetching again (1 s by default: a consumer slower than the network then
+            // starves for a second each time its queue fills).
+            .set("fetch.queue.backoff.ms", "5")
+            .create_with_context(ConsumerLog)
             .map_err(|e| {
                 kafka_error(
                     &format!("cannot create a Kafka consumer for {}", spec.brokers),

@@ -1,0 +1,175 @@
+//! What `meterflow bench --kafka` needs of a broker besides the engine's own source and
+//! publisher: fresh topics, loading a topic with notifications in oslo's envelope, and the raw
+//! consume rate of a topic (a plain rdkafka consumer that only counts), the ceiling the
+//! engine's end-to-end rate is compared with.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// How long any one broker operation may take before the bench gives up.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Creates `topics` with `partitions` partitions each.
+pub fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("kafka://{brokers}: cannot create an admin client: {e}"))?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let results = runtime
+        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT))))
+        .map_err(|e| {
+            format!("kafka://{brokers}: creating topics failed: {e}; is the broker up?")
+        })?;
+    for r in results {
+        r.map_err(|(topic, e)| format!("kafka://{brokers}: cannot create topic {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Wraps a notification (one JSON object) in oslo.messaging's Kafka envelope, with an empty
+/// `_context`, as OpenStack services and Ceilometer's agents write them.
+pub fn oslo_envelope(notification: &str) -> String {
+    let inner = match notification.trim().strip_prefix('{') {
+        Some(rest) => format!("{{\"_context\": {{}}, {rest}"),
+        None => notification.to_owned(),
+    };
+    serde_json::json!({"oslo.version": "2.0", "oslo.message": inner}).to_string()
+}
+
+/// Produces each of `values` as one message to `topic` (lz4, round-robin over partitions)
+/// and waits until the broker has them all.
+pub fn produce<'a>(
+    brokers: &str,
+    topic: &str,
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<u64, String> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .map_err(|e| format!("kafka://{brokers}: cannot create a producer: {e}"))?;
+    let mut n = 0;
+    for value in values {
+        let mut record = BaseRecord::<(), str>::to(topic).payload(value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(format!("kafka://{brokers}/{topic}: {e}")),
+            }
+        }
+        n += 1;
+        if n % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer
+        .flush(TIMEOUT)
+        .map_err(|e| format!("kafka://{brokers}/{topic}: not acknowledged: {e}"))?;
+    Ok(n)
+}
+
+/// What a raw consume of a topic read.
+#[derive(Clone, Copy, Debug)]
+pub struct RawConsume {
+    /// Messages read.
+    pub messages: u64,
+    /// Payload bytes read.
+    pub bytes: u64,
+    /// From the first message to the last (the group join before it is not counted).
+    pub elapsed: Duration,
+}
+
+/// Reads `topic` from the start to its end with a plain consumer (a fresh group, the engine's
+/// fetch settings) that only counts messages and bytes.
+pub fn raw_consume(brokers: &str, topic: &str, group: &str) -> Result<RawConsume, String> {
+    let consumer: BaseConsumer<super::ConsumerLog> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("session.timeout.ms", "6000")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.queue.backoff.ms", "5")
+        .create_with_context(super::ConsumerLog)
+        .map_err(|e| format!("kafka://{brokers}: cannot create a consumer: {e}"))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| format!("kafka://{brokers}/{topic}: {e}"))?;
+    let started = Instant::now();
+    let mut first = None;
+    let mut last = started;
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let mut at_end = std::collections::HashSet::new();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                at_end.remove(&m.partition());
+                messages += 1;
+                bytes += m.payload_len() as u64;
+                last = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                let assigned = consumer.assignment().map_or(0, |a| a.count());
+                if messages > 0 && assigned > 0 && at_end.len() >= assigned {
+                    break;
+                }
+            }
+            Some(Err(e)) => tracing::warn!("raw consume of {topic}: {e}"),
+            None if started.elapsed() > TIMEOUT && messages == 0 => {
+                return Err(format!(
+                    "kafka://{brokers}/{topic}: nothing read within {}s",
+                    TIMEOUT.as_secs()
+                ))
+            }
+            None => {}
+        }
+    }
+    Ok(RawConsume {
+        messages,
+        bytes,
+        elapsed: first.map_or(Duration::ZERO, |f| last.duration_since(f)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_carry_the_notification_and_a_context() {
+        let v: serde_json::Value =
+            serde_json::from_str(&oslo_envelope(r#"{"event_type": "x", "payload": {}}"#)).unwrap();
+        assert_eq!(v["oslo.version"], "2.0");
+        let inner: serde_json::Value =
+            serde_json::from_str(v["oslo.message"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            inner,
+            serde_json::json!({"_context": {}, "event_type": "x", "payload": {}})
+        );
+    }
+}
