@@ -522,3 +522,34 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     );
     eprintln!("{before} samples written before the outage; engine log:\n{stderr}");
 }
+
+/// `bench --kafka` loads a topic, measures the raw consume and the engine end to end, and
+/// every generated sample goes through.
+#[test]
+fn bench_kafka_reports_both_rates() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let out = meterflow(&[
+        "bench",
+        "--kafka",
+        &bootstrap,
+        "--samples",
+        "5000",
+        "--batch",
+        "10",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("500 messages") && stdout.contains("5000 samples, 10 per notification"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("raw consume (plain rdkafka consumer)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("samples/s; samples out: "), "{stdout}");
+    assert!(
+        stdout.contains("ratio end to end / raw consume: "),
+        "{stdout}"
+    );
+}

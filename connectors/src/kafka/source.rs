@@ -110,13 +110,11 @@ impl ChunkSource for KafkaSource {
                 Some(Ok(m)) => {
                     self.at_end.remove(&m.partition());
                     let payload = m.payload().unwrap_or_default();
-                    data.extend(payload.iter().map(|&b| {
-                        if b == b'\n' || b == b'\r' {
-                            b' '
-                        } else {
-                            b
-                        }
-                    }));
+                    let start = data.len();
+                    data.extend_from_slice(payload);
+                    for i in memchr::memchr2_iter(b'\n', b'\r', payload) {
+                        data[start + i] = b' ';
+                    }
                     data.extend_from_slice(b"\n");
                     self.messages += 1;
                     positions.push(format!("{}/{}@{}", m.topic(), m.partition(), m.offset()));
