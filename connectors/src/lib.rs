@@ -156,7 +156,7 @@ pub const INPUTS: &[Scheme] = &[
         Status::Supported,
     ),
     scheme("-", "standard input, JSONL", Status::Supported),
-    scheme("poll", "built-in pollsters: poll://host?interval=SECONDS[&count=N] samples this machine from /proc", Status::Supported),
+    scheme("poll", "built-in pollsters: poll://host?interval=SECONDS[&count=N] samples this machine from /proc; poll://http/HOST:PORT/PATH?interval=SECONDS[&event_type=T] polls a JSON document into a notification for the meter definitions", Status::Supported),
     scheme(
         "kafka",
         "kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]?group=NAME[&eof=true][&offset=earliest|latest]: oslo notifications (2.0 envelope) or plain JSON; offsets committed once the output is durable",

@@ -337,3 +337,97 @@ fn host_pollster_runs_the_ceilometer_cpu_util_pipeline_on_live_data() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["notifications"], 3);
 }
+
+/// A real HTTP server on 127.0.0.1 answering each GET with the next of `bodies` (status and
+/// JSON text), then 404; returns its address.
+fn serve_json(bodies: Vec<(u16, String)>) -> String {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut bodies = bodies.into_iter();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let (status, body) = bodies.next().unwrap_or((404, "{}".into()));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// The HTTP-JSON pollster: each poll's document becomes a notification that inline meter
+/// definitions turn into a sample, which then goes through rate_of_change; a failing poll (an
+/// error status, a body that is not JSON) is logged and skipped.
+#[test]
+fn http_pollster_feeds_meter_definitions_and_transformers() {
+    let doc = |requests: u64| format!(r#"{{"node": "web-1", "requests": {requests}}}"#);
+    let addr = serve_json(vec![
+        (200, doc(100)),
+        (500, "{\"error\": \"busy\"}".into()),
+        (200, doc(160)),
+        (200, "not json".into()),
+        (200, doc(220)),
+    ]);
+    let s = setup(
+        r#"
+sources:
+  - {name: web, meters: [http.requests], sinks: [rate]}
+sinks:
+  - name: rate
+    transformers:
+      - name: rate_of_change
+        parameters:
+          source: {}
+          target: {name: http.requests.rate, unit: request/s, type: gauge}
+    publishers: ['file://OUTPUT']
+meter_definitions:
+  metric:
+    - name: http.requests
+      event_type: node.stats
+      type: cumulative
+      unit: request
+      volume: $.payload.requests
+      resource_id: $.payload.node
+"#,
+    );
+    let out = meterflow(&[
+        "run",
+        s.pipeline.to_str().unwrap(),
+        "--input",
+        &format!("poll://http/{addr}/stats?interval=0.3&count=5&event_type=node.stats"),
+        "--summary-json",
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("answered 500"), "{stderr}");
+    assert!(stderr.contains("the body is not JSON"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["notifications"], 3, "{summary}");
+    assert_eq!(summary["samples_in"], 3, "{summary}");
+    let rates: Vec<f64> = std::fs::read_to_string(&s.output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            assert_eq!(v["counter_name"], "http.requests.rate");
+            assert_eq!(v["resource_id"], "web-1");
+            v["counter_volume"].as_f64().unwrap()
+        })
+        .collect();
+    // The first poll sets the baseline; then 60 requests per two intervals (0.6 s): ≈ 100/s.
+    assert_eq!(rates.len(), 2, "{rates:?}");
+    assert!(
+        rates.iter().all(|r| (30.0..=110.0).contains(r)),
+        "{rates:?}"
+    );
+}

@@ -60,7 +60,7 @@ impl InputSpec {
         match self {
             InputSpec::File(p) => p.display().to_string(),
             InputSpec::Stdin => "<stdin>".into(),
-            InputSpec::Poll(_) => "poll://host".into(),
+            InputSpec::Poll(p) => p.display(),
             InputSpec::Kafka(k) => format!("kafka://{}/{}", k.brokers, k.topics.join(",")),
         }
     }
