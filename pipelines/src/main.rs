@@ -28,8 +28,10 @@ enum Command {
     Run {
         /// The pipeline definition (Ceilometer's pipeline.yaml format).
         pipeline: PathBuf,
-        /// Input URL: a path or file://PATH (JSONL), or - for stdin. Repeatable; read in order.
-        #[arg(long = "input", short = 'i', required_unless_present = "listen")]
+        /// Input URL: a path or file://PATH (JSONL), - for stdin, kafka://..., poll://...
+        /// Repeatable; read in order. Without any, the definition's polling sources (those
+        /// with an `interval`) poll.
+        #[arg(long = "input", short = 'i')]
         inputs: Vec<String>,
         /// Worker threads (default: all cores).
         #[arg(long, short = 'w')]
@@ -294,10 +296,26 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .transpose()?;
-            let inputs = inputs
+            let mut inputs = inputs
                 .iter()
                 .map(|i| InputSpec::parse(i).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            if inputs.is_empty() {
+                for p in plan.polling_inputs() {
+                    eprintln!(
+                        "meterflow: polling {} every {}s (a source with interval:, and no --input)",
+                        p.display(),
+                        p.interval.as_secs_f64()
+                    );
+                    inputs.push(InputSpec::Poll(p));
+                }
+                if inputs.is_empty() && listen.is_none() {
+                    anyhow::bail!(
+                        "{}: no input: give --input URL (a file, -, kafka://..., poll://host), or add interval: SECONDS to a source so that it polls",
+                        pipeline.display()
+                    );
+                }
+            }
             let options = RunOptions {
                 workers: workers(n)?,
                 progress: !no_progress && std::io::stderr().is_terminal(),

@@ -9,8 +9,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use meterflow_connectors::gnocchi::alarm_uuid;
+use meterflow_connectors::poll::{PollSpec, Pollster};
 use meterflow_connectors::{parse_publisher, PublisherSpec};
 use meterflow_operators::aggregate::{ArchivePolicy, Method};
 use meterflow_operators::alarm::cross::Shape;
@@ -91,6 +93,9 @@ pub struct SourcePlan {
     pub matcher: MeterMatcher,
     /// Indices into [`Plan::sinks`].
     pub sinks: Vec<usize>,
+    /// What it polls when the run has no `--input` (polling.yaml's `interval` and
+    /// `resources`): the host pollster, or each resource URL, every `interval` seconds.
+    pub polls: Vec<PollSpec>,
 }
 
 /// A sink: its transformers and publishers.
@@ -272,6 +277,26 @@ impl Plan {
             sinks.into_iter().collect(),
             publishers.into_iter().collect(),
         )
+    }
+
+    /// What the definition's polling sources poll when a run is given no input: each
+    /// resource URL of each source with an `interval`, and the host once (at the shortest
+    /// interval of the sources that poll it).
+    pub fn polling_inputs(&self) -> Vec<PollSpec> {
+        let mut host: Option<PollSpec> = None;
+        let mut polls: Vec<PollSpec> = Vec::new();
+        for spec in self.sources.iter().flat_map(|s| &s.polls) {
+            match spec.pollster {
+                Pollster::Host => {
+                    if host.as_ref().is_none_or(|h| spec.interval < h.interval) {
+                        host = Some(spec.clone());
+                    }
+                }
+                _ if polls.contains(spec) => {}
+                _ => polls.push(spec.clone()),
+            }
+        }
+        host.into_iter().chain(polls).collect()
     }
 
     /// Whether the definition has event sources (notifications then become events that are
@@ -1080,15 +1105,20 @@ impl Validator {
                     self.meters(map.get("meters"), &format!("{path}.meters"), &label)
                 }
             };
+            let mut polls = Vec::new();
             if let Some(interval) = map.get("interval") {
-                if interval.as_u64().is_none_or(|n| n == 0) {
-                    self.problem(
+                match interval.as_u64().filter(|n| *n > 0) {
+                    None => self.problem(
                         format!("{path}.interval"),
                         format!(
                             "must be a positive integer (seconds), got {}",
                             describe(interval)
                         ),
-                    );
+                    ),
+                    Some(seconds) => {
+                        polls =
+                            self.polls(map.get("resources"), seconds, &format!("{path}.resources"));
+                    }
                 }
             }
             for key in ["resources", "discovery"] {
@@ -1151,9 +1181,54 @@ impl Validator {
                 matcher: MeterMatcher::new(&meters),
                 meters,
                 sinks: sink_ids,
+                polls,
             });
         }
         out
+    }
+
+    /// What a polling source polls every `seconds`: each of its `resources` (`http(s)://`
+    /// URLs or `poll://` inputs), or without any, the host.
+    fn polls(&mut self, resources: Option<&Value>, seconds: u64, path: &str) -> Vec<PollSpec> {
+        let resources: Vec<&Value> = match resources {
+            Some(Value::Sequence(list)) => list.iter().collect(),
+            _ => Vec::new(),
+        };
+        if resources.is_empty() {
+            return vec![PollSpec {
+                pollster: Pollster::Host,
+                interval: Duration::from_secs(seconds),
+                count: None,
+            }];
+        }
+        let mut polls = Vec::new();
+        for (j, r) in resources.into_iter().enumerate() {
+            let url = match r.as_str() {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    format!("poll://{}", u.replacen("://", "/", 1))
+                }
+                Some(u) if u.starts_with("poll://") => u.to_owned(),
+                _ => {
+                    self.problem(
+                        format!("{path}[{j}]"),
+                        format!("{} is not a resource meterflow can poll; give http(s)://HOST:PORT/PATH[?event_type=T] (a JSON document) or poll://host", describe(r)),
+                    );
+                    continue;
+                }
+            };
+            let parsed =
+                meterflow_connectors::Url::parse(&url).and_then(|u| PollSpec::from_url(&u));
+            match parsed {
+                Ok(mut spec) => {
+                    if !url.contains("interval=") {
+                        spec.interval = Duration::from_secs(seconds);
+                    }
+                    polls.push(spec);
+                }
+                Err(e) => self.problem(format!("{path}[{j}]"), e),
+            }
+        }
+        polls
     }
 
     /// What an event pipeline's sink may not have (Ceilometer: event sinks load no

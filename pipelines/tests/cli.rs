@@ -431,3 +431,57 @@ meter_definitions:
         "{rates:?}"
     );
 }
+
+/// Without --input, the definition's polling sources poll: here a resource URL (polling.yaml's
+/// `interval` and `resources`); without any polling source, a run without input is refused.
+#[test]
+fn polling_sources_poll_when_no_input_is_given() {
+    let addr = serve_json(vec![
+        (200, r#"{"node": "web-1", "requests": 10}"#.into()),
+        (200, r#"{"node": "web-1", "requests": 15}"#.into()),
+    ]);
+    let s = setup(&format!(
+        r#"
+sources:
+  - name: web
+    interval: 1
+    resources: ['poll://http/{addr}/stats?event_type=node.stats&count=2&interval=0.2']
+    meters: [http.requests]
+    sinks: [out]
+sinks:
+  - {{name: out, publishers: ['file://OUTPUT']}}
+meter_definitions:
+  metric:
+    - {{name: http.requests, event_type: node.stats, type: cumulative, unit: request, volume: $.payload.requests, resource_id: $.payload.node}}
+"#
+    ));
+    let out = meterflow(&["run", s.pipeline.to_str().unwrap(), "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("polling poll http://{addr}/stats every 0.2s")),
+        "{}",
+        text(&out)
+    );
+    let volumes: Vec<i64> = std::fs::read_to_string(&s.output)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter_volume"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(volumes, [10, 15]);
+
+    let plain = setup("sources: [{name: a, meters: ['*'], sinks: [o]}]\nsinks: [{name: o, publishers: ['file://OUTPUT']}]\n");
+    assert_fails_with(
+        &["run", plain.pipeline.to_str().unwrap()],
+        "no input: give --input URL",
+    );
+    let bad = setup("sources: [{name: a, interval: 5, resources: ['snmp://h'], meters: ['*'], sinks: [o]}]\nsinks: [{name: o, publishers: ['file://OUTPUT']}]\n");
+    assert_fails_with(
+        &["validate", bad.pipeline.to_str().unwrap()],
+        "sources[0].resources[0]: \"snmp://h\" is not a resource meterflow can poll",
+    );
+}
