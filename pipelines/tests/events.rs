@@ -27,16 +27,6 @@ fn definition(dir: &Path, events: &str) -> std::path::PathBuf {
     def
 }
 
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
-}
-
 #[test]
 fn event_sinks_publish_the_events_their_sources_select() {
     let events = "['compute.instance.*', 'volume.*']";

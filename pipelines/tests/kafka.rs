@@ -76,6 +76,32 @@ fn produce_raw(bootstrap: &str, topic: &str, value: &str) {
     producer.flush(Duration::from_secs(10)).expect("flush");
 }
 
+/// Reads `topic` from its start to its end (group `group`) and writes what a source of `kind`
+/// (`meters` or `events`) takes of it to `output`, unchanged; returns the run.
+fn copy_topic(
+    bootstrap: &str,
+    (topic, group): (&str, &str),
+    kind: &str,
+    output: &std::path::Path,
+) -> std::process::Output {
+    let definition = output.with_extension("yaml");
+    std::fs::write(
+        &definition,
+        format!(
+            "sources: [{{name: all, {kind}: ['*'], sinks: [copy]}}]\nsinks: [{{name: copy, publishers: ['file://{}']}}]\n",
+            output.display()
+        ),
+    )
+    .unwrap();
+    meterflow(&[
+        "run",
+        definition.to_str().unwrap(),
+        "--no-progress",
+        "--input",
+        &format!("kafka://{bootstrap}/{topic}?group={group}&eof=true"),
+    ])
+}
+
 #[test]
 fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -175,21 +201,8 @@ fn kafka_publisher_round_trips_through_a_topic() {
 
     // Stage 2: read that topic back and write it to a file, unchanged.
     let output = dir.path().join("out.jsonl");
-    let stage2 = dir.path().join("stage2.yaml");
-    std::fs::write(
-        &stage2,
-        format!(
-            "sources: [{{name: all, meters: ['*'], sinks: [copy]}}]\nsinks: [{{name: copy, publishers: ['file://{}']}}]\n",
-            output.display()
-        ),
-    )
-    .unwrap();
-    let out = meterflow(&[
-        "run",
-        stage2.to_str().unwrap(),
-        "--input",
-        &format!("kafka://{bootstrap}/{output_topic}?group=s2-{nanos}&eof=true"),
-    ]);
+    let group = format!("s2-{nanos}");
+    let out = copy_topic(&bootstrap, (&output_topic, &group), "meters", &output);
     assert!(out.status.success(), "{}", text(&out));
     compare(&case.join("expected.jsonl"), &output)
         .unwrap_or_else(|d| panic!("{d}\n{}", text(&out)));
@@ -322,35 +335,12 @@ fn kafka_event_sink_round_trips_through_a_topic() {
     assert!(out.status.success(), "{}", text(&out));
 
     let back = dir.path().join("back.jsonl");
-    let stage2 = dir.path().join("stage2.yaml");
-    std::fs::write(
-        &stage2,
-        format!(
-            "sources: [{{name: e, events: ['*'], sinks: [out]}}]\nsinks: [{{name: out, publishers: ['file://{}']}}]\n",
-            back.display()
-        ),
-    )
-    .unwrap();
-    let out = meterflow(&[
-        "run",
-        stage2.to_str().unwrap(),
-        "--no-progress",
-        "--input",
-        &format!("kafka://{bootstrap}/{topic}?group=ev-{nanos}&eof=true"),
-    ]);
+    let group = format!("ev-{nanos}");
+    let out = copy_topic(&bootstrap, (&topic, &group), "events", &back);
     assert!(out.status.success(), "{}", text(&out));
-    let sorted = |p: &std::path::Path| {
-        let mut lines: Vec<String> = std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        lines
-    };
-    let want = sorted(&direct);
+    let want = sorted_lines(&direct);
     assert_eq!(want.len(), 17);
-    assert_eq!(sorted(&back), want);
+    assert_eq!(sorted_lines(&back), want);
 }
 
 /// A broker of this test's own (`TANSU`: the broker binary `.ci/run` installs), so pausing it
@@ -498,22 +488,7 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     assert_eq!(count(&output), 0, "samples lost in the file; {stderr}");
     // What went to the output topic, read back by a second run.
     let back = dir.path().join("back.jsonl");
-    let copy = dir.path().join("copy.yaml");
-    std::fs::write(
-        &copy,
-        format!(
-            "sources: [{{name: s, meters: ['*'], sinks: [k]}}]\nsinks: [{{name: k, publishers: ['file://{}']}}]\n",
-            back.display()
-        ),
-    )
-    .unwrap();
-    let out = meterflow(&[
-        "run",
-        copy.to_str().unwrap(),
-        "--input",
-        &format!("kafka://{bootstrap}/{output_topic}?group=outage-check&eof=true"),
-        "--no-progress",
-    ]);
+    let out = copy_topic(&bootstrap, (output_topic, "outage-check"), "meters", &back);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         count(&back),

@@ -223,3 +223,14 @@ pub fn same_point(got: &(String, f64, f64), want: &(String, f64, f64)) -> bool {
     let close = got.2 == want.2 || (got.2 - want.2).abs() <= 1e-9 * got.2.abs().max(want.2.abs());
     got.0 == want.0 && got.1 == want.1 && close
 }
+
+/// The lines of the file at `path`, sorted (a multiset to compare runs by).
+pub fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
