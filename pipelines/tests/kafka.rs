@@ -102,6 +102,19 @@ fn copy_topic(
     ])
 }
 
+/// `n` polling notifications of one `disk.usage` sample each, the volume numbering them (so a
+/// lost or repeated sample shows), over 7 resources.
+fn disk_usage_lines(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"event_type": "telemetry.polling", "priority": "SAMPLE", "payload": {{"samples": [{{"counter_name": "disk.usage", "counter_type": "gauge", "counter_unit": "B", "counter_volume": {i}, "user_id": null, "project_id": null, "resource_id": "vm-{}", "timestamp": "2021-07-30T02:00:00", "resource_metadata": {{}}, "source": "openstack"}}]}}}}"#,
+                i % 7
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -219,14 +232,7 @@ fn a_killed_engine_loses_nothing_on_restart() {
     create_topic(&bootstrap, &topic);
     // 40,000 notifications of one sample each; the pipeline is stateless, so every input
     // sample must come out at least once whatever the restarts.
-    let lines: Vec<String> = (0..40_000)
-        .map(|i| {
-            format!(
-                r#"{{"event_type": "telemetry.polling", "priority": "SAMPLE", "payload": {{"samples": [{{"counter_name": "disk.usage", "counter_type": "gauge", "counter_unit": "B", "counter_volume": {i}, "user_id": null, "project_id": null, "resource_id": "vm-{}", "timestamp": "2021-07-30T02:00:00", "resource_metadata": {{}}, "source": "openstack"}}]}}}}"#,
-                i % 7
-            )
-        })
-        .collect();
+    let lines = disk_usage_lines(40_000);
     produce(
         &bootstrap,
         &topic,
@@ -422,14 +428,7 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     create_topic(&bootstrap, input);
     create_topic(&bootstrap, output_topic);
     let n = 30_000;
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"event_type": "telemetry.polling", "priority": "SAMPLE", "payload": {{"samples": [{{"counter_name": "disk.usage", "counter_type": "gauge", "counter_unit": "B", "counter_volume": {i}, "user_id": null, "project_id": null, "resource_id": "vm-{}", "timestamp": "2021-07-30T02:00:00", "resource_metadata": {{}}, "source": "openstack"}}]}}}}"#,
-                i % 7
-            )
-        })
-        .collect();
+    let lines = disk_usage_lines(n);
     produce(
         &bootstrap,
         input,
