@@ -500,7 +500,7 @@ impl Transformer {
     }
 
     /// Ends a batch of notifications: flushes every sink that saw one and publishes (the
-    /// publishers may still buffer: [`Transformer::write_out`] makes it durable).
+    /// publishers may still buffer: [`Transformer::start_write_out`] writes it out).
     pub fn end_epoch(&mut self, diag: &mut Diag) {
         for k in 0..self.sinks.len() {
             let sink = &mut self.sinks[k];
