@@ -48,7 +48,9 @@ pub fn oslo_envelope(notification: &str) -> String {
         Some(rest) => format!("{{\"_context\": {{}}, {rest}"),
         None => notification.to_owned(),
     };
-    serde_json::json!({"oslo.version": "2.0", "oslo.message": inner}).to_string()
+    let mut value = Vec::with_capacity(inner.len() + inner.len() / 8 + 40);
+    super::write_envelope(inner.as_bytes(), &mut value);
+    String::from_utf8(value).expect("JSON text of UTF-8 text is UTF-8")
 }
 
 /// Produces each of `values` as one message to `topic` (lz4, round-robin over partitions)
@@ -104,17 +106,10 @@ pub struct RawConsume {
 /// Reads `topic` from the start to its end with a plain consumer (a fresh group, the engine's
 /// fetch settings) that only counts messages and bytes.
 pub fn raw_consume(brokers: &str, topic: &str, group: &str) -> Result<RawConsume, String> {
-    let consumer: BaseConsumer<super::ConsumerLog> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("session.timeout.ms", "6000")
-        .set("fetch.wait.max.ms", "50")
-        .set("fetch.queue.backoff.ms", "5")
-        .create_with_context(super::ConsumerLog)
-        .map_err(|e| format!("kafka://{brokers}: cannot create a consumer: {e}"))?;
+    let consumer: BaseConsumer<super::ConsumerLog> =
+        super::consumer_config(brokers, group, "earliest", true)
+            .create_with_context(super::ConsumerLog)
+            .map_err(|e| format!("kafka://{brokers}: cannot create a consumer: {e}"))?;
     consumer
         .subscribe(&[topic])
         .map_err(|e| format!("kafka://{brokers}/{topic}: {e}"))?;

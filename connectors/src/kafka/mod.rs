@@ -5,6 +5,7 @@ pub mod bench;
 pub mod sink;
 pub mod source;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
@@ -28,6 +29,35 @@ impl ClientContext for ConsumerLog {
 }
 
 impl ConsumerContext for ConsumerLog {}
+
+/// The consumer settings meterflow reads with (the engine's source and the bench's raw
+/// consumer alike): offsets committed by hand, group `group`, starting at `offset` when the
+/// group has none, end-of-partition reported when `eof`.
+pub(crate) fn consumer_config(brokers: &str, group: &str, offset: &str, eof: bool) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", offset)
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
+        .set("session.timeout.ms", "6000")
+        .set("fetch.wait.max.ms", "50")
+        // librdkafka prefetches up to 64 MB; when that is full it waits this long before
+        // fetching again (1 s by default: a consumer slower than the network then starves
+        // for a second each time its queue fills).
+        .set("fetch.queue.backoff.ms", "5");
+    config
+}
+
+/// Appends oslo.messaging's Kafka envelope around the notification `inner` (JSON) to `value`:
+/// `{"oslo.version": "2.0", "oslo.message": "<inner as a JSON string>"}`.
+pub(crate) fn write_envelope(inner: &[u8], value: &mut Vec<u8>) {
+    value.extend_from_slice(b"{\"oslo.version\": \"2.0\", \"oslo.message\": ");
+    meterflow_engine::wire::encode::write_str(inner, value);
+    value.push(b'}');
+}
 
 /// A validated `kafka://` input.
 #[derive(Clone, Debug, PartialEq, Eq)]

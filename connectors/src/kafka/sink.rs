@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::model::Event;
-use meterflow_engine::wire::encode::{write_sample, write_str, EncodeOptions};
+use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_engine::{Sample, Sym};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -233,9 +233,7 @@ fn oslo_envelope(
     inner.extend_from_slice(payload);
     inner.extend_from_slice(b", \"_context\": {}}");
     value.clear();
-    value.extend_from_slice(b"{\"oslo.version\": \"2.0\", \"oslo.message\": ");
-    write_str(inner, value);
-    value.push(b'}');
+    super::write_envelope(inner, value);
 }
 
 impl Publisher for KafkaHandle {

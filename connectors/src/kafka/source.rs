@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use meterflow_engine::chunk::{Chunk, ChunkSource};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{ConsumerLog, KafkaSpec};
+use super::{consumer_config, ConsumerLog, KafkaSpec};
 
 /// How long a poll waits for a message.
 const POLL: Duration = Duration::from_millis(100);
@@ -46,29 +45,15 @@ fn kafka_error(what: &str, e: KafkaError) -> io::Error {
 impl KafkaSource {
     /// Joins the group and subscribes to the topics.
     pub fn open(spec: &KafkaSpec, input: u32, target: usize) -> io::Result<KafkaSource> {
-        let consumer: BaseConsumer<ConsumerLog> = ClientConfig::new()
-            .set("bootstrap.servers", &spec.brokers)
-            .set("group.id", &spec.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &spec.offset)
-            .set(
-                "enable.partition.eof",
-                if spec.eof { "true" } else { "false" },
-            )
-            .set("session.timeout.ms", "6000")
-            .set("fetch.wait.max.ms", "50")
-            // librdkafka prefetches up to 64 MB; when that is full it waits this long before
-            // fetching again (1 s by default: a consumer slower than the network then
-            // starves for a second each time its queue fills).
-            .set("fetch.queue.backoff.ms", "5")
-            .create_with_context(ConsumerLog)
-            .map_err(|e| {
-                kafka_error(
-                    &format!("cannot create a Kafka consumer for {}", spec.brokers),
-                    e,
-                )
-            })?;
+        let consumer: BaseConsumer<ConsumerLog> =
+            consumer_config(&spec.brokers, &spec.group, &spec.offset, spec.eof)
+                .create_with_context(ConsumerLog)
+                .map_err(|e| {
+                    kafka_error(
+                        &format!("cannot create a Kafka consumer for {}", spec.brokers),
+                        e,
+                    )
+                })?;
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| {
             kafka_error(&format!("cannot subscribe to {}", spec.topics.join(",")), e)
@@ -215,6 +200,7 @@ impl ChunkSource for KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::config::ClientConfig;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
