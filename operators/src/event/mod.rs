@@ -17,7 +17,7 @@ use meterflow_engine::model::{Event, Trait, TraitValue};
 
 use crate::glob::MeterMatcher;
 use crate::notification::field::Field;
-use crate::notification::{python_str, read_document, text_list, DefinitionProblem};
+use crate::notification::{each_document, python_str, text_list, DefinitionProblem};
 
 /// Ceilometer's trait types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,31 +79,16 @@ impl EventDefinitions {
         drop_unmatched: bool,
     ) -> (EventDefinitions, Vec<DefinitionProblem>) {
         let mut listed = Vec::new();
-        let mut problems = Vec::new();
-        for (origin, text) in files {
-            let doc = match read_document(origin, text) {
-                Ok(doc) => doc,
-                Err(p) => {
-                    problems.push(p);
-                    continue;
-                }
-            };
-            let mut problem = |place: String, message: String| {
-                problems.push(DefinitionProblem {
-                    file: origin.clone(),
-                    place,
-                    message,
-                })
-            };
+        let problems = each_document(files, |doc, problem| {
             let entries = match doc {
                 Yaml::Sequence(entries) => entries,
-                Yaml::Null => continue,
+                Yaml::Null => return,
                 _ => {
                     problem(
                         String::new(),
                         "an event definition file is a list of {event_type, traits}".into(),
                     );
-                    continue;
+                    return;
                 }
             };
             for (i, entry) in entries.iter().enumerate() {
@@ -112,7 +97,7 @@ impl EventDefinitions {
                     Err((key, message)) => problem(format!("[{i}]{key}"), message),
                 }
             }
-        }
+        });
         listed.reverse();
         if !drop_unmatched && !listed.iter().any(|d| d.catch_all) {
             listed.push(EventDefinition::with_traits(

@@ -22,7 +22,7 @@ use meterflow_engine::wire::{Decoded, Rejected};
 use meterflow_engine::{Sample, SampleType, Sym, Volume};
 
 use super::field::Field;
-use super::{python_str, read_document, text_list, truthy, DefinitionProblem};
+use super::{each_document, python_str, text_list, truthy, DefinitionProblem};
 
 /// The sample attributes a definition may set, in Ceilometer's order.
 const ATTRIBUTES: [&str; 8] = [
@@ -44,21 +44,8 @@ const USER: usize = 5;
 const PROJECT: usize = 6;
 const RESOURCE: usize = 7;
 
-/// Keys a `metric:` entry may have.
-const KEYS: [&str; 12] = [
-    "name",
-    "type",
-    "volume",
-    "unit",
-    "timestamp",
-    "user_id",
-    "project_id",
-    "resource_id",
-    "event_type",
-    "metadata",
-    "user_metadata",
-    "lookup",
-];
+/// Keys a `metric:` entry may have besides the [`ATTRIBUTES`].
+const OTHER_KEYS: [&str; 4] = ["event_type", "metadata", "user_metadata", "lookup"];
 
 /// Ceilometer's `reserved_metadata_length`: user metadata text is cut to this many characters.
 const RESERVED_METADATA_LENGTH: usize = 256;
@@ -89,31 +76,16 @@ impl MeterDefinitions {
     /// reports it).
     pub fn load(files: &[(String, String)]) -> (MeterDefinitions, Vec<DefinitionProblem>) {
         let mut definitions: Vec<MeterDefinition> = Vec::new();
-        let mut problems = Vec::new();
-        for (origin, text) in files {
-            let doc = match read_document(origin, text) {
-                Ok(doc) => doc,
-                Err(p) => {
-                    problems.push(p);
-                    continue;
-                }
-            };
-            let mut problem = |place: String, message: String| {
-                problems.push(DefinitionProblem {
-                    file: origin.clone(),
-                    place,
-                    message,
-                })
-            };
+        let problems = each_document(files, |doc, problem| {
             let entries = match doc.get("metric") {
                 Some(Yaml::Sequence(entries)) => entries,
-                Some(Yaml::Null) => continue,
+                Some(Yaml::Null) => return,
                 _ => {
                     problem(
                         "metric".into(),
                         "a meter definition file needs a top-level metric: list".into(),
                     );
-                    continue;
+                    return;
                 }
             };
             let mut from_file = Vec::new();
@@ -133,7 +105,7 @@ impl MeterDefinitions {
                 }
             }
             definitions.extend(from_file);
-        }
+        });
         (MeterDefinitions { definitions }, problems)
     }
 
@@ -182,10 +154,11 @@ impl MeterDefinition {
         };
         for key in map.keys() {
             let k = key.as_str().unwrap_or("?");
-            if !KEYS.contains(&k) {
+            if !ATTRIBUTES.contains(&k) && !OTHER_KEYS.contains(&k) {
+                let known: Vec<&str> = ATTRIBUTES.iter().chain(&OTHER_KEYS).copied().collect();
                 return Err((
                     format!(".{k}"),
-                    format!("unknown key {k:?} (known: {})", KEYS.join(", ")),
+                    format!("unknown key {k:?} (known: {})", known.join(", ")),
                 ));
             }
         }

@@ -168,6 +168,29 @@ pub fn read_document(origin: &str, text: &str) -> Result<Yaml, DefinitionProblem
     Ok(doc)
 }
 
+/// Reads each definition file `(origin, text)` in order and hands its document to `each`,
+/// with a function recording a problem `(place, message)` in that file; a file that cannot be
+/// read is a problem of its own. Returns every problem.
+pub fn each_document(
+    files: &[(String, String)],
+    mut each: impl FnMut(Yaml, &mut dyn FnMut(String, String)),
+) -> Vec<DefinitionProblem> {
+    let mut problems = Vec::new();
+    for (origin, text) in files {
+        match read_document(origin, text) {
+            Ok(doc) => each(doc, &mut |place, message| {
+                problems.push(DefinitionProblem {
+                    file: origin.clone(),
+                    place,
+                    message,
+                })
+            }),
+            Err(p) => problems.push(p),
+        }
+    }
+    problems
+}
+
 /// A definition key that is one text or a list of texts (`event_type`, `lookup`): `None` when
 /// absent; otherwise the texts, or `(".KEY", what)` naming what is accepted.
 pub fn text_list(
