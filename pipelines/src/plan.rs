@@ -1216,11 +1216,12 @@ impl Validator {
                     continue;
                 }
             };
-            let parsed =
-                meterflow_connectors::Url::parse(&url).and_then(|u| PollSpec::from_url(&u));
+            let parsed = meterflow_connectors::Url::parse(&url)
+                .and_then(|u| Ok((PollSpec::from_url(&u)?, u.option("interval").is_some())));
             match parsed {
-                Ok(mut spec) => {
-                    if !url.contains("interval=") {
+                // The source's interval, unless the resource names its own.
+                Ok((mut spec, own_interval)) => {
+                    if !own_interval {
                         spec.interval = Duration::from_secs(seconds);
                     }
                     polls.push(spec);

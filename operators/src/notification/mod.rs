@@ -150,7 +150,7 @@ pub struct DefinitionProblem {
 
 /// One definition file `(origin, text)` as YAML with its merge keys resolved, or the problem
 /// that stops it being read.
-pub fn read_document(origin: &str, text: &str) -> Result<Yaml, DefinitionProblem> {
+fn read_document(origin: &str, text: &str) -> Result<Yaml, DefinitionProblem> {
     let problem = |place: String, message: String| DefinitionProblem {
         file: origin.to_owned(),
         place,
