@@ -115,6 +115,18 @@ fn disk_usage_lines(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// How many times each of the `n` numbered samples of [`disk_usage_lines`] (by its volume)
+/// is in the file at `path`.
+fn copies_by_volume(path: &std::path::Path, n: usize) -> Vec<u32> {
+    let mut seen = vec![0u32; n];
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        seen[v["counter_volume"].as_u64().unwrap() as usize] += 1;
+    }
+    seen
+}
+
 #[test]
 fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -283,12 +295,7 @@ fn a_killed_engine_loses_nothing_on_restart() {
     // Restart: resumes from the last committed offset and reads to the end.
     let out = meterflow(&args);
     assert!(out.status.success(), "{}", text(&out));
-    let mut seen = vec![0u32; lines.len()];
-    for line in std::fs::read_to_string(&output).unwrap().lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        seen[v["counter_volume"].as_u64().unwrap() as usize] += 1;
-    }
+    let seen = copies_by_volume(&output, lines.len());
     let missing: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == 0).collect();
     let replayed: u32 = seen.iter().map(|&n| n.saturating_sub(1)).sum();
     eprintln!(
@@ -477,12 +484,10 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     assert!(before < n, "the outage came after the end: nothing tested");
 
     let count = |path: &std::path::Path| {
-        let mut seen = vec![0u32; n];
-        for line in std::fs::read_to_string(path).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            seen[v["counter_volume"].as_u64().unwrap() as usize] += 1;
-        }
-        seen.iter().filter(|&&c| c == 0).count()
+        copies_by_volume(path, n)
+            .iter()
+            .filter(|&&c| c == 0)
+            .count()
     };
     assert_eq!(count(&output), 0, "samples lost in the file; {stderr}");
     // What went to the output topic, read back by a second run.
