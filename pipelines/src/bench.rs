@@ -36,6 +36,24 @@ pub struct BenchOptions {
     pub store: Option<PathBuf>,
 }
 
+impl BenchOptions {
+    /// Writes the bench's input (its samples, resources and batch, always the same seed).
+    fn generate(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        generate(out, self.samples, self.resources, self.batch, 42)
+    }
+
+    /// How to run, with the store under `dir` unless one was given.
+    fn run_options(&self, dir: &Path) -> RunOptions {
+        RunOptions {
+            store: self
+                .store
+                .clone()
+                .unwrap_or_else(|| dir.join("bench-store")),
+            ..self.run.clone()
+        }
+    }
+}
+
 /// Writes `samples` synthetic samples as polling notifications of `batch` samples to `out`.
 /// Each round every instance reports `cpu` (cumulative ns) and network/disk byte counters,
 /// 60 s apart; about 1 in 500 counters resets.
@@ -126,13 +144,7 @@ pub fn run(mut plan: Plan, options: &BenchOptions) -> anyhow::Result<(RunReport,
     let dir = tempfile::tempdir()?;
     let input_path = dir.path().join("bench-input.jsonl");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&input_path)?);
-    generate(
-        &mut file,
-        options.samples,
-        options.resources,
-        options.batch,
-        42,
-    )?;
+    options.generate(&mut file)?;
     file.flush()?;
     // Let the kernel write the generated input back now, so its writeback does not compete
     // with (and throttle) the timed run's own output.
@@ -144,11 +156,7 @@ pub fn run(mut plan: Plan, options: &BenchOptions) -> anyhow::Result<(RunReport,
         .unwrap_or_else(|| dir.path().join("bench-output.jsonl"));
     redirect_files(&mut plan, &output);
     let input_bytes = std::fs::metadata(&input_path)?.len();
-    let mut run = options.run.clone();
-    run.store = options
-        .store
-        .clone()
-        .unwrap_or_else(|| dir.path().join("bench-store"));
+    let run = options.run_options(dir.path());
     let report = dataflow::run(plan, &[InputSpec::File(input_path)], &run)?;
     Ok((report, input_bytes))
 }
@@ -181,13 +189,7 @@ pub fn run_kafka(
 ) -> anyhow::Result<KafkaBenchReport> {
     use meterflow_connectors::kafka::{bench as kafka, sink::KafkaPublisherOptions, KafkaSpec};
     let mut data = Vec::new();
-    generate(
-        &mut data,
-        options.samples,
-        options.resources,
-        options.batch,
-        42,
-    )?;
+    options.generate(&mut data)?;
     let text = std::str::from_utf8(&data)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -217,11 +219,7 @@ pub fn run_kafka(
         }
     }
     let dir = tempfile::tempdir()?;
-    let mut run = options.run.clone();
-    run.store = options
-        .store
-        .clone()
-        .unwrap_or_else(|| dir.path().join("bench-store"));
+    let run = options.run_options(dir.path());
     let spec = InputSpec::Kafka(KafkaSpec {
         brokers: brokers.to_owned(),
         topics: vec![input],
