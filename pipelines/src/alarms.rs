@@ -28,7 +28,7 @@ use meterflow_operators::alarm::cross::{is_cross, CrossMemory, Shape};
 use meterflow_operators::alarm::definition::{AlarmDefinition, Rule, Target};
 use meterflow_operators::alarm::evaluator::{granularity_ns, Conduct, Evaluator, Outcome};
 use meterflow_operators::alarm::event::{hits, project_of};
-use meterflow_operators::alarm::threshold::{AlarmState, Evaluation, Refresh};
+use meterflow_operators::alarm::threshold::{AlarmState, Evaluation, ReasonData, Refresh};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -724,7 +724,7 @@ impl Alarms {
                     event.event_type,
                     python_json(&sorted_keys(query))
                 ),
-                reason_data: json!({"type": "event", "event": event.serialize()}),
+                reason_data: ReasonData::Json(json!({"type": "event", "event": event.serialize()})),
             };
             slot.dirty = true;
             slot.evaluator
@@ -802,7 +802,7 @@ impl Alarms {
             previous: o.previous.as_str().to_owned(),
             current: o.refresh.state.as_str().to_owned(),
             reason: o.refresh.reason.clone(),
-            reason_data: o.refresh.reason_data.clone(),
+            reason_data: o.refresh.reason_data.to_value(),
         };
         for url in actions {
             diag.counters.alarm_notifications += 1;
@@ -918,7 +918,7 @@ fn evaluate(
                 // Aodh: the aggregation does not exist → insufficient data.
                 if slot.evaluator.state != AlarmState::InsufficientData && slot.definition.enabled {
                     let evaluation = Evaluation::Insufficient {
-                        reason: reason.clone(),
+                        reason: Some(reason.clone()),
                         periods: rule.evaluation_periods,
                         most_recent: None,
                     };

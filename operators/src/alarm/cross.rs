@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::definition::{AlarmDefinition, Composite, Rule, Target, ThresholdRule};
 use super::evaluator::{granularity_ns, Conduct, Evaluator, Outcome};
-use super::threshold::{evaluate, AlarmState, Evaluation, Refresh};
+use super::threshold::{evaluate, AlarmState, Evaluation, ReasonData, Refresh};
 use crate::aggregate::Method;
 
 /// How the values of several metrics at one timestamp become one: the reductions of
@@ -581,7 +581,7 @@ pub fn composite(
                 "Composite rule alarm with composition form: {form} {verb} {state}, due to rules: {} {description}",
                 names.join(", ")
             ),
-            reason_data: data,
+            reason_data: ReasonData::Json(data),
         }
     };
     let refresh = |r: Refresh| (r.changed || repeat).then_some(r);
@@ -851,7 +851,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.reason, "Composite rule alarm with composition form: (rule1 or (rule2 and rule3)) transition to alarm, due to rules: rule1 outside their threshold.");
         assert_eq!(
-            r.reason_data["causative_rules"].as_object().unwrap().len(),
+            r.reason_data.to_value()["causative_rules"]
+                .as_object()
+                .unwrap()
+                .len(),
             1
         );
         // rule1 mixed (trend ok), rule2 ok, rule3 alarm: pass 1 — alarm view false, ok view

@@ -7,10 +7,9 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::definition::{AlarmDefinition, AlarmOptions, ThresholdRule};
-use super::threshold::{decide, evaluate, AlarmState, Evaluation, Refresh};
+use super::threshold::{decide, evaluate, AlarmState, Evaluation, ReasonData, Refresh};
 
 /// What one evaluation did to an alarm (a transition, or with `repeat_actions` a refresh).
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +31,7 @@ pub struct Evaluator {
     /// The reason of the last transition.
     pub state_reason: String,
     /// `reason_data` of the last transition.
-    pub reason_data: Value,
+    pub reason_data: ReasonData,
     /// The bucket boundary (ns) evaluated last; `None` before the first closed bucket.
     pub through: Option<i64>,
     /// Closed buckets still inside the evaluation window: (bucket start ns, value), oldest
@@ -76,7 +75,7 @@ impl Evaluator {
         Evaluator {
             state,
             state_reason: state_reason.to_owned(),
-            reason_data: Value::Null,
+            reason_data: ReasonData::None,
             through: None,
             recent: VecDeque::new(),
             gap: false,

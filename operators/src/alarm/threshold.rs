@@ -4,9 +4,10 @@
 //! insufficient data; then whether that changes (or, with `repeat_actions`, refreshes) the
 //! alarm, with Aodh's reason text and `reason_data`.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 
 /// An alarm's state.
@@ -109,8 +110,9 @@ impl Comparison {
 pub enum Evaluation {
     /// Fewer values than needed (or none could be read): `reason` is Aodh's text.
     Insufficient {
-        /// Why, in Aodh's words (e.g. `3 datapoints are unknown`).
-        reason: String,
+        /// Why, in Aodh's words; `None` for Aodh's usual `N datapoints are unknown` (written
+        /// only when a transition needs it).
+        reason: Option<String>,
         /// The rule's `evaluation_periods` (Aodh's `count` in `reason_data`).
         periods: usize,
         /// The newest value, if any.
@@ -153,7 +155,7 @@ pub enum Evaluation {
 pub fn evaluate(values: &[f64], periods: usize, op: Comparison, threshold: f64) -> Evaluation {
     if values.len() < periods || periods == 0 {
         return Evaluation::Insufficient {
-            reason: format!("{periods} datapoints are unknown"),
+            reason: None,
             periods,
             most_recent: values.last().copied(),
         };
@@ -199,7 +201,131 @@ pub struct Refresh {
     /// Aodh's reason text.
     pub reason: String,
     /// Aodh's `reason_data`.
-    pub reason_data: Value,
+    pub reason_data: ReasonData,
+}
+
+/// Aodh's `reason_data`. A threshold rule's is four plain fields, kept as such so that an
+/// evaluation builds no JSON; it serializes to Aodh's JSON object
+/// (`{"type": "threshold", "disposition": …, "count": …, "most_recent": …}`), and any other
+/// rule's (composite, event) is that JSON.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum ReasonData {
+    /// None yet (`null`).
+    #[default]
+    None,
+    /// A threshold rule's.
+    Threshold {
+        /// `inside`, `outside` or `unknown`.
+        disposition: Disposition,
+        /// Values counted.
+        count: usize,
+        /// The newest value, if any.
+        most_recent: Option<f64>,
+    },
+    /// Any other rule's, as JSON.
+    Json(Value),
+}
+
+/// Where a threshold rule's counted values lie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Inside the threshold (counted towards ok).
+    Inside,
+    /// Outside it (towards alarm).
+    Outside,
+    /// Unknown (too few values).
+    Unknown,
+}
+
+impl Disposition {
+    /// Aodh's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Inside => "inside",
+            Disposition::Outside => "outside",
+            Disposition::Unknown => "unknown",
+        }
+    }
+}
+
+impl ReasonData {
+    /// The JSON Aodh stores and sends.
+    ///
+    /// # Examples
+    /// ```
+    /// use meterflow_operators::alarm::threshold::{Disposition, ReasonData};
+    /// let data = ReasonData::Threshold { disposition: Disposition::Inside, count: 1, most_recent: Some(70.0) };
+    /// assert_eq!(
+    ///     serde_json::to_string(&data.to_value()).unwrap(),
+    ///     r#"{"type":"threshold","disposition":"inside","count":1,"most_recent":70.0}"#
+    /// );
+    /// ```
+    pub fn to_value(&self) -> Value {
+        match self {
+            ReasonData::None => Value::Null,
+            ReasonData::Threshold {
+                disposition,
+                count,
+                most_recent,
+            } => json!({
+                "type": "threshold",
+                "disposition": disposition.as_str(),
+                "count": count,
+                "most_recent": most_recent,
+            }),
+            ReasonData::Json(v) => v.clone(),
+        }
+    }
+
+    /// Reads Aodh's JSON back (a checkpoint, the API): a threshold rule's object becomes
+    /// [`ReasonData::Threshold`] again, anything else stays JSON.
+    pub fn from_value(value: Value) -> ReasonData {
+        let threshold = || {
+            let object = value.as_object()?;
+            if object.len() != 4 || object.get("type")?.as_str()? != "threshold" {
+                return None;
+            }
+            let disposition = match object.get("disposition")?.as_str()? {
+                "inside" => Disposition::Inside,
+                "outside" => Disposition::Outside,
+                "unknown" => Disposition::Unknown,
+                _ => return None,
+            };
+            let count = object.get("count")?.as_u64()? as usize;
+            let most_recent = match object.get("most_recent")? {
+                Value::Null => None,
+                v => Some(v.as_f64()?),
+            };
+            Some(ReasonData::Threshold {
+                disposition,
+                count,
+                most_recent,
+            })
+        };
+        match threshold() {
+            Some(data) => data,
+            None if value.is_null() => ReasonData::None,
+            None => ReasonData::Json(value),
+        }
+    }
+}
+
+impl Serialize for ReasonData {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReasonData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ReasonData, D::Error> {
+        Value::deserialize(deserializer).map(ReasonData::from_value)
+    }
+}
+
+impl From<Value> for ReasonData {
+    fn from(value: Value) -> ReasonData {
+        ReasonData::from_value(value)
+    }
 }
 
 /// Aodh's transition step: what `evaluation` does to an alarm in state `current`; `None` when
@@ -221,17 +347,18 @@ pub fn decide(current: AlarmState, repeat: bool, evaluation: &Evaluation) -> Opt
             most_recent,
         } => {
             if current != AlarmState::InsufficientData {
-                let data = json!({
-                    "type": "threshold",
-                    "disposition": "unknown",
-                    "count": periods,
-                    "most_recent": most_recent,
-                });
                 Some(Refresh {
                     state: AlarmState::InsufficientData,
                     changed: true,
-                    reason: reason.clone(),
-                    reason_data: data,
+                    reason: match reason {
+                        Some(reason) => reason.clone(),
+                        None => format!("{periods} datapoints are unknown"),
+                    },
+                    reason_data: ReasonData::Threshold {
+                        disposition: Disposition::Unknown,
+                        count: *periods,
+                        most_recent: *most_recent,
+                    },
                 })
             } else if repeat {
                 // Aodh's code path for this case reports no samples and no value.
@@ -239,12 +366,11 @@ pub fn decide(current: AlarmState, repeat: bool, evaluation: &Evaluation) -> Opt
                     state: AlarmState::InsufficientData,
                     changed: false,
                     reason: "Remaining as insufficient data due to 0 samples outside threshold, most recent: None".into(),
-                    reason_data: json!({
-                        "type": "threshold",
-                        "disposition": "outside",
-                        "count": 0,
-                        "most_recent": Value::Null,
-                    }),
+                    reason_data: ReasonData::Threshold {
+                        disposition: Disposition::Outside,
+                        count: 0,
+                        most_recent: None,
+                    },
                 })
             } else {
                 None
@@ -284,28 +410,32 @@ fn refresh(
     most_recent: f64,
 ) -> Refresh {
     let (disposition, count) = if state == AlarmState::Ok {
-        ("inside", values - outside)
+        (Disposition::Inside, values - outside)
     } else {
-        ("outside", outside)
+        (Disposition::Outside, outside)
     };
     let verb = if changed {
         "Transition to"
     } else {
         "Remaining as"
     };
+    // One allocation: the text and the float written into one buffer.
+    let mut reason = String::with_capacity(80);
+    let _ = write!(
+        reason,
+        "{verb} {state} due to {count} samples {} threshold, most recent: ",
+        disposition.as_str()
+    );
+    write_python_float(&mut reason, most_recent);
     Refresh {
         state,
         changed,
-        reason: format!(
-            "{verb} {state} due to {count} samples {disposition} threshold, most recent: {}",
-            python_float(most_recent)
-        ),
-        reason_data: json!({
-            "type": "threshold",
-            "disposition": disposition,
-            "count": count,
-            "most_recent": most_recent,
-        }),
+        reason,
+        reason_data: ReasonData::Threshold {
+            disposition,
+            count,
+            most_recent: Some(most_recent),
+        },
     }
 }
 
@@ -326,43 +456,87 @@ fn refresh(
 /// assert_eq!(python_float(f64::INFINITY), "inf");
 /// ```
 pub fn python_float(v: f64) -> String {
+    let mut text = String::new();
+    write_python_float(&mut text, v);
+    text
+}
+
+/// [`python_float`] appended to `out`, with no allocation of its own.
+pub fn write_python_float(out: &mut String, v: f64) {
     if v.is_nan() {
-        return "nan".into();
+        out.push_str("nan");
+        return;
     }
     if v.is_infinite() {
-        return if v > 0.0 { "inf" } else { "-inf" }.into();
+        out.push_str(if v > 0.0 { "inf" } else { "-inf" });
+        return;
     }
     if v == 0.0 {
-        return if v.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+        out.push_str(if v.is_sign_negative() { "-0.0" } else { "0.0" });
+        return;
     }
-    // Shortest round-trip digits and the decimal exponent, from Rust's own shortest form.
-    let sci = format!("{:e}", v.abs());
+    // Shortest round-trip digits and the decimal exponent, from Rust's own shortest form
+    // (`d.ddde±x`, at most 24 bytes), written on the stack.
+    let mut sci = StackText::default();
+    let _ = write!(sci, "{:e}", v.abs());
+    let sci = sci.as_str();
     let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
     let exp: i32 = exp.parse().expect("an integer exponent");
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let sign = if v < 0.0 { "-" } else { "" };
+    let mut digits = StackText::default();
+    for c in mantissa.chars().filter(|c| *c != '.') {
+        let _ = digits.write_char(c);
+    }
+    let digits = digits.as_str();
+    if v < 0.0 {
+        out.push('-');
+    }
+    let zeros = |out: &mut String, n: usize| out.extend(std::iter::repeat_n('0', n));
     if (-4..16).contains(&exp) {
         let point = exp + 1;
-        let text = if point <= 0 {
-            format!("0.{}{digits}", "0".repeat((-point) as usize))
+        if point <= 0 {
+            out.push_str("0.");
+            zeros(out, (-point) as usize);
+            out.push_str(digits);
         } else if point as usize >= digits.len() {
-            format!("{digits}{}.0", "0".repeat(point as usize - digits.len()))
+            out.push_str(digits);
+            zeros(out, point as usize - digits.len());
+            out.push_str(".0");
         } else {
-            format!(
-                "{}.{}",
-                &digits[..point as usize],
-                &digits[point as usize..]
-            )
-        };
-        format!("{sign}{text}")
+            out.push_str(&digits[..point as usize]);
+            out.push('.');
+            out.push_str(&digits[point as usize..]);
+        }
     } else {
-        let mantissa = if digits.len() == 1 {
-            digits
-        } else {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        };
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
         let esign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{mantissa}e{esign}{:02}", exp.abs())
+        let _ = write!(out, "e{esign}{:02}", exp.abs());
+    }
+}
+
+/// A short text written on the stack (a float's digits).
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("written from &str")
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.len + text.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -390,7 +564,7 @@ mod tests {
             "Transition to ok due to 1 samples inside threshold, most recent: 70.0"
         );
         assert_eq!(
-            r.reason_data,
+            r.reason_data.to_value(),
             json!({"type": "threshold", "disposition": "inside", "count": 1, "most_recent": 70.0})
         );
         assert_eq!(run(AlarmState::Alarm, false, &[85.0, 90.0, 70.0]), None);
@@ -434,13 +608,38 @@ mod tests {
     }
 
     #[test]
+    fn reason_data_reads_back_as_it_was_written() {
+        let threshold = ReasonData::Threshold {
+            disposition: Disposition::Unknown,
+            count: 3,
+            most_recent: None,
+        };
+        let text = serde_json::to_string(&threshold).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"threshold","disposition":"unknown","count":3,"most_recent":null}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ReasonData>(&text).unwrap(),
+            threshold
+        );
+        let composite = json!({"type": "composite", "causative_rules": {}});
+        let back: ReasonData = serde_json::from_value(composite.clone()).unwrap();
+        assert_eq!(back, ReasonData::Json(composite));
+        assert_eq!(ReasonData::from_value(Value::Null), ReasonData::None);
+        // A threshold-looking object with a field more is not ours: kept whole.
+        let odd = json!({"type": "threshold", "disposition": "inside", "count": 1, "most_recent": 1.0, "x": 1});
+        assert_eq!(ReasonData::from_value(odd.clone()).to_value(), odd);
+    }
+
+    #[test]
     fn insufficient_data_and_its_quirk() {
         let e = evaluate(&[90.0], 3, Comparison::Gt, 80.0);
         let r = decide(AlarmState::Ok, false, &e).unwrap();
         assert_eq!(r.state, AlarmState::InsufficientData);
         assert_eq!(r.reason, "3 datapoints are unknown");
         assert_eq!(
-            r.reason_data,
+            r.reason_data.to_value(),
             json!({"type": "threshold", "disposition": "unknown", "count": 3, "most_recent": 90.0})
         );
         assert_eq!(decide(AlarmState::InsufficientData, false, &e), None);
