@@ -24,7 +24,7 @@
 //! number of workers.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -752,6 +752,38 @@ const ACK_POLL: Duration = Duration::from_micros(500);
 /// retried before its buffered samples are counted as dropped.
 const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(300);
 
+/// Epochs' capabilities held until the store commit they owe is written (see
+/// [`crate::committer`]): answers to the API and source offsets wait for them. Released
+/// oldest first.
+#[derive(Default)]
+struct Owing(VecDeque<(u64, Vec<Capability<u64>>)>);
+
+impl Owing {
+    /// Holds `capabilities` until commit `ticket` is written; with no ticket they owe
+    /// nothing and are dropped.
+    fn hold(&mut self, ticket: Option<u64>, capabilities: Vec<Capability<u64>>) {
+        if let Some(ticket) = ticket {
+            self.0.push_back((ticket, capabilities));
+        }
+    }
+
+    /// Drops the capabilities of every commit up to `committed`.
+    fn release(&mut self, committed: u64) {
+        while self.0.front().is_some_and(|(t, _)| *t <= committed) {
+            self.0.pop_front();
+        }
+    }
+}
+
+/// Something another thread calls to schedule operator `address` (a commit finished).
+fn waker(worker: &timely::worker::Worker, address: &[usize]) -> Arc<dyn Fn() + Send + Sync> {
+    let activator = Mutex::new(worker.sync_activator_for(address.to_vec()));
+    Arc::new(move || {
+        // A worker that has gone away has nothing left to wake.
+        let _ = activator.lock().map(|a| a.activate());
+    })
+}
+
 /// Each epoch's data held until the input frontier has passed the epoch, with a capability
 /// that holds the output frontier back until the epoch is processed: the probe passing an
 /// epoch means its output is written. Epochs come out oldest first.
@@ -1175,9 +1207,13 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 // the end means every checkpoint is committed.
                                 let mut last = Some(default);
                                 let activator = scope.activator_for(info.address.clone());
+                                aggregator
+                                    .borrow_mut()
+                                    .wake_with(waker(scope.worker(), &info.address));
                                 let mut arrived = false;
                                 let mut stash = EpochStash::default();
                                 let mut edits = EpochStash::default();
+                                let mut owing = Owing::default();
                                 move |(input, frontier), (alarm_input, alarm_frontier), output| {
                                     input.for_each_stamp(|cap, data| {
                                         if let Some(time) = cap.least() {
@@ -1196,7 +1232,8 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                     // Epoch by epoch, once both inputs passed it: alarm changes
                                     // first, then the measures. The epochs pass (their
                                     // capabilities dropped) once the checkpoint they owe is
-                                    // committed: one commit for all that were ready.
+                                    // written, off this thread: one commit for all that were
+                                    // ready, and for all processed while one was in flight.
                                     let mut done = Vec::new();
                                     while let Some(epoch) = ready(
                                         &[frontier, alarm_frontier],
@@ -1226,11 +1263,8 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                         done.append(&mut held);
                                     }
                                     aggregator.sweep_alarms(&mut diag);
-                                    aggregator.settle(&mut diag);
-                                    if let Some(why) = aggregator.failure() {
-                                        live.fail(why);
-                                    }
-                                    drop(done);
+                                    let ticket = aggregator.settle(&mut diag);
+                                    owing.hold(ticket, done);
                                     aggregator.checkpoint_if_due(&mut diag);
                                     if frontier.is_empty() && alarm_frontier.is_empty() {
                                         // Every worker has aggregated all it will before any
@@ -1276,6 +1310,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                             cap.downgrade(t);
                                         }
                                     }
+                                    owing.release(aggregator.committed(&mut diag));
+                                    if let Some(why) = aggregator.failure() {
+                                        live.fail(why);
+                                    }
                                 }
                             },
                         )
@@ -1283,10 +1321,12 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                         .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
                             Exchange::new(|f: &Feed| f.route()),
                             "Cross",
-                            move |_, _| {
+                            move |_, info| {
                                 // Each epoch's feeds wait for the input frontier to pass it;
-                                // the epoch passes once its checkpoint is committed.
+                                // the epoch passes once its checkpoint is written.
                                 let mut stash = EpochStash::default();
+                                let mut owing = Owing::default();
+                                cross.wake_with(waker(scope.worker(), &info.address));
                                 move |(input, frontier), _output| {
                                     input.for_each_stamp(|cap, data| {
                                         if let Some(time) = cap.least() {
@@ -1301,16 +1341,17 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                         cross.process(feeds, &mut diag);
                                         done.push(capability);
                                     }
-                                    cross.settle(&mut diag);
+                                    let ticket = cross.settle(&mut diag);
+                                    owing.hold(ticket, done);
                                     if frontier.is_empty() {
                                         cross.checkpoint_all(&mut diag);
                                     } else {
                                         cross.checkpoint_if_due(&mut diag);
                                     }
+                                    owing.release(cross.committed(&mut diag));
                                     if let Some(why) = cross.failure() {
                                         cross_live.fail(why);
                                     }
-                                    drop(done);
                                 }
                             },
                         )

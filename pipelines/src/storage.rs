@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alarms::{AlarmEdit, Alarms};
 use crate::api::API_SINK;
-use crate::dataflow::retry_with_backoff;
+use crate::committer::Committer;
 use crate::feeds::{Feed, Feeds, MetricView};
 use crate::plan::Plan;
 
@@ -207,6 +207,10 @@ pub struct Aggregator {
     known: HashMap<(String, String), MetricRecord>,
     states: HashMap<(String, String), MetricState>,
     checkpoint: Checkpoint,
+    /// Writes the checkpoints, off the worker's thread.
+    committer: Committer,
+    /// Epochs owe a checkpoint that waits for the commit in flight.
+    queued: bool,
     durable: bool,
     cadence: Cadence,
     failure: Option<String>,
@@ -236,6 +240,8 @@ impl Aggregator {
             states,
         } = share;
         Aggregator {
+            committer: Committer::new(store.clone(), partition),
+            queued: false,
             store,
             partition,
             plan,
@@ -313,7 +319,7 @@ impl Aggregator {
                 }
                 if prime {
                     if !flushed {
-                        self.commit(diag);
+                        self.commit_now(diag);
                         flushed = true;
                     }
                     let keys: Vec<(Sym, Sym)> = self.metrics.keys().copied().collect();
@@ -336,7 +342,7 @@ impl Aggregator {
             }
             if !flushed {
                 // The final buckets buffered here go to the store first, to be read back.
-                self.commit(diag);
+                self.commit_now(diag);
                 flushed = true;
             }
             let (id, metric) = (resource.as_str(), name.as_str());
@@ -393,14 +399,35 @@ impl Aggregator {
             .prime(key, &entry.id, &entry.metric, &stored, &mut self.outbox);
     }
 
-    /// Writes the checkpoint the epochs processed since the last call owe, if they owe one
+    /// Calls `wake` (from another thread) when a commit finishes: the operator holding
+    /// epochs for it runs again.
+    pub fn wake_with(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
+        self.committer.wake_with(wake);
+    }
+
+    /// Starts the checkpoint the epochs processed since the last call owe, if they owe one
     /// (an input that commits offsets, measures or alarm changes the API answers once
-    /// committed). The caller holds those epochs' capabilities until this returns: under
-    /// load, many epochs share one commit (group commit).
-    pub fn settle(&mut self, diag: &mut Diag) {
-        if std::mem::take(&mut self.cadence.owed) {
-            self.checkpoint_all(diag);
+    /// committed), and returns the number of the commit they wait for
+    /// ([`Aggregator::committed`] reaching it); `None` when they owe none. The disk writes
+    /// while the worker goes on; a checkpoint owed while a commit is in flight starts when it
+    /// finishes and takes every epoch processed meanwhile (group commit).
+    pub fn settle(&mut self, diag: &mut Diag) -> Option<u64> {
+        self.queued |= std::mem::take(&mut self.cadence.owed);
+        if !self.queued {
+            return None;
         }
+        self.committer.committed(diag);
+        if self.committer.busy() {
+            return Some(self.committer.next());
+        }
+        self.queued = false;
+        self.collect(diag);
+        Some(self.committer.start(&mut self.checkpoint, diag))
+    }
+
+    /// The number of the last commit written (see [`Aggregator::settle`]).
+    pub fn committed(&mut self, diag: &mut Diag) -> u64 {
+        self.committer.committed(diag)
     }
 
     /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.
@@ -423,16 +450,18 @@ impl Aggregator {
         self.cadence.interval = Some(interval);
     }
 
-    /// Checkpoints if something changed and the interval has passed.
+    /// Starts a checkpoint if something changed and the interval has passed (and no commit
+    /// is in flight).
     pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
-        if self.cadence.due() {
-            self.checkpoint_all(diag);
+        if self.cadence.due() && !self.committer.busy() {
+            self.collect(diag);
+            self.committer.start(&mut self.checkpoint, diag);
         }
     }
 
     /// Why the store could not be written, if it could not.
     pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
+        self.failure.as_deref().or(self.committer.failure())
     }
 
     fn policy(&mut self, name: &str) -> Option<Arc<Policy>> {
@@ -631,7 +660,7 @@ impl Aggregator {
         if self.durable || from_api {
             self.cadence.owed = true;
         } else if self.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
-            self.commit(diag);
+            self.committer.start(&mut self.checkpoint, diag);
         }
     }
 
@@ -653,8 +682,16 @@ impl Aggregator {
         }
     }
 
-    /// Writes every changed metric's open buckets and state, then commits.
+    /// Writes every changed metric's open buckets and state, commits, and waits until it is
+    /// written.
     pub fn checkpoint_all(&mut self, diag: &mut Diag) {
+        self.queued = false;
+        self.collect(diag);
+        self.committer.commit_now(&mut self.checkpoint, diag);
+    }
+
+    /// Adds every changed metric's open buckets and state to the checkpoint, and the alarms'.
+    fn collect(&mut self, diag: &mut Diag) {
         self.cadence.restart();
         for (&(resource, name), entry) in self.metrics.iter_mut().filter(|(_, e)| e.dirty) {
             entry.dirty = false;
@@ -679,40 +716,26 @@ impl Aggregator {
         if let Err(e) = self.alarms.checkpoint(&mut self.checkpoint) {
             self.failure = Some(e);
         }
-        self.commit(diag);
     }
 
-    /// Commits what is buffered, retrying a failing disk with backoff for a while; what
-    /// finally fails is reported as the run's failure (nothing is acknowledged past it).
-    fn commit(&mut self, diag: &mut Diag) {
-        if self.checkpoint.is_empty() || self.failure.is_some() {
-            return;
-        }
-        let rows = self.checkpoint.aggregates.len() as u64;
-        match commit(&self.store, self.partition, &mut self.checkpoint) {
-            Ok(()) => diag.counters.buckets_written += rows,
-            Err(e) => self.failure = Some(e),
+    /// Commits what is buffered and waits until it is written (to read the store back).
+    fn commit_now(&mut self, diag: &mut Diag) {
+        if self.failure.is_none() {
+            self.committer.commit_now(&mut self.checkpoint, diag);
         }
     }
-}
-
-/// Commits `checkpoint`, retrying a failing disk with backoff for a while.
-fn commit(store: &Store, partition: Partition, checkpoint: &mut Checkpoint) -> Result<(), String> {
-    let what = format!("store {}", store.dir().display());
-    retry_with_backoff(&what, RETRY_LIMIT, StoreError::retryable, || {
-        store.commit(partition, checkpoint).map(drop)
-    })
-    .map_err(|e| format!("cannot write the store: {e}"))
 }
 
 /// One worker's cross operator: evaluates the alarms over several metrics it owns from the
 /// [`Feed`]s the store operators send, and checkpoints their state and history into the
 /// store beside the measures.
 pub struct CrossStage {
-    store: Arc<Store>,
-    partition: Partition,
     alarms: Alarms,
     checkpoint: Checkpoint,
+    /// Writes the checkpoints, off the worker's thread.
+    committer: Committer,
+    /// Epochs owe a checkpoint that waits for the commit in flight.
+    queued: bool,
     durable: bool,
     cadence: Cadence,
     failure: Option<String>,
@@ -726,12 +749,13 @@ impl CrossStage {
         alarms: Alarms,
         durable: bool,
     ) -> CrossStage {
+        let partition = Partition {
+            index: index as u32,
+            count: count as u32,
+        };
         CrossStage {
-            store,
-            partition: Partition {
-                index: index as u32,
-                count: count as u32,
-            },
+            committer: Committer::new(store, partition),
+            queued: false,
             cadence: Cadence {
                 changed: !alarms.is_empty(),
                 ..Cadence::default()
@@ -796,44 +820,64 @@ impl CrossStage {
         self.cadence.owed |= self.durable;
     }
 
-    /// Commits what the epochs processed since the last call owe (alarm changes the API
-    /// answers once committed; everything with an input that commits offsets).
-    pub fn settle(&mut self, diag: &mut Diag) {
-        if std::mem::take(&mut self.cadence.owed) {
-            self.checkpoint_all(diag);
-        }
+    /// Calls `wake` (from another thread) when a commit finishes.
+    pub fn wake_with(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
+        self.committer.wake_with(wake);
     }
 
-    /// Checkpoints if something changed and the interval has passed.
+    /// Starts the checkpoint the epochs processed since the last call owe (alarm changes the
+    /// API answers once committed; everything with an input that commits offsets); returns
+    /// the number of the commit they wait for, as [`Aggregator::settle`] does.
+    pub fn settle(&mut self, diag: &mut Diag) -> Option<u64> {
+        self.queued |= std::mem::take(&mut self.cadence.owed);
+        if !self.queued {
+            return None;
+        }
+        self.committer.committed(diag);
+        if self.committer.busy() {
+            return Some(self.committer.next());
+        }
+        self.queued = false;
+        self.collect(diag);
+        Some(self.committer.start(&mut self.checkpoint, diag))
+    }
+
+    /// The number of the last commit written.
+    pub fn committed(&mut self, diag: &mut Diag) -> u64 {
+        self.committer.committed(diag)
+    }
+
+    /// Starts a checkpoint if something changed and the interval has passed (and no commit
+    /// is in flight).
     pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
-        if self.cadence.due() {
-            self.checkpoint_all(diag);
+        if self.cadence.due() && !self.committer.busy() {
+            self.collect(diag);
+            self.committer.start(&mut self.checkpoint, diag);
         }
     }
 
-    /// Writes every changed alarm's state and the history, then commits.
+    /// Writes every changed alarm's state and the history, commits, and waits until it is
+    /// written.
     pub fn checkpoint_all(&mut self, diag: &mut Diag) {
+        self.queued = false;
+        self.collect(diag);
+        self.committer.commit_now(&mut self.checkpoint, diag);
+    }
+
+    /// Adds every changed alarm's state and the history to the checkpoint.
+    fn collect(&mut self, diag: &mut Diag) {
         self.cadence.restart();
         diag.counters.alarms_cross = self.alarms.len() as u64;
         if let Err(e) = self.alarms.checkpoint(&mut self.checkpoint) {
-            self.failure = Some(e);
-        }
-        if self.checkpoint.is_empty() || self.failure.is_some() {
-            return;
-        }
-        if let Err(e) = commit(&self.store, self.partition, &mut self.checkpoint) {
             self.failure = Some(e);
         }
     }
 
     /// Why the store could not be written, if it could not.
     pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
+        self.failure.as_deref().or(self.committer.failure())
     }
 }
-
-/// How long a store that fails with a retryable error (a full disk) is retried.
-const RETRY_LIMIT: Duration = Duration::from_secs(60);
 
 /// A metric resumed from its stored state (raw measures, open buckets).
 fn resume(policy: &Policy, state: MetricState) -> Metric {
