@@ -222,6 +222,17 @@ impl ArchivePolicy {
         ArchivePolicy::from_json(&Self::builtin_json(name)?).ok()
     }
 
+    /// Every built-in policy, parsed once.
+    pub fn builtins() -> &'static [ArchivePolicy] {
+        static ALL: std::sync::OnceLock<Vec<ArchivePolicy>> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| {
+            ArchivePolicy::BUILTIN
+                .iter()
+                .filter_map(|n| ArchivePolicy::builtin(n))
+                .collect()
+        })
+    }
+
     /// Names of the built-in policies.
     pub const BUILTIN: [&'static str; 8] = [
         "bool",
