@@ -8,7 +8,7 @@
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use meterflow_connectors::gnocchi::store::{Checkpoint, Partition, Store, StoreError};
 use meterflow_engine::metrics::Diag;
@@ -188,6 +188,143 @@ fn spawn(
         })
         .expect("a thread for the store's commits");
     Worker { jobs, done, handle }
+}
+
+/// When a stage checkpoints: when the epochs it processed owe a commit (they must not pass
+/// before it), or, with an interval, once that long passed while something changed.
+pub struct Cadence {
+    /// Checkpoint at least this often while something changed (a long-running engine).
+    pub interval: Option<Duration>,
+    /// When the last checkpoint was collected.
+    pub last: Instant,
+    /// Something changed since the last checkpoint.
+    pub changed: bool,
+    /// The epochs processed since the last checkpoint must not pass before the next one.
+    pub owed: bool,
+}
+
+impl Default for Cadence {
+    fn default() -> Cadence {
+        Cadence {
+            interval: None,
+            last: Instant::now(),
+            changed: false,
+            owed: false,
+        }
+    }
+}
+
+impl Cadence {
+    /// Something changed and the interval has passed.
+    fn due(&self) -> bool {
+        self.changed && self.interval.is_some_and(|i| self.last.elapsed() >= i)
+    }
+
+    /// A checkpoint is being collected: nothing is owed or changed since.
+    pub fn restart(&mut self) {
+        self.changed = false;
+        self.owed = false;
+        self.last = Instant::now();
+    }
+}
+
+/// A stage's way into the store: what the next checkpoint writes, when it is due, and the
+/// [`Committer`] that writes it.
+pub struct Commits {
+    /// What the next checkpoint writes.
+    pub checkpoint: Checkpoint,
+    /// When it is due.
+    pub cadence: Cadence,
+    committer: Committer,
+    /// Epochs owe a checkpoint that waits for the commit in flight.
+    queued: bool,
+}
+
+impl Commits {
+    /// Worker `partition`'s commits into `store`.
+    pub fn new(store: Arc<Store>, partition: Partition, cadence: Cadence) -> Commits {
+        Commits {
+            checkpoint: Checkpoint::default(),
+            cadence,
+            committer: Committer::new(store, partition),
+            queued: false,
+        }
+    }
+
+    /// Starts committing what is buffered (after the commit in flight); its number.
+    pub fn start(&mut self, diag: &mut Diag) -> u64 {
+        self.committer.start(&mut self.checkpoint, diag)
+    }
+
+    /// Commits what is buffered and waits until it is written.
+    pub fn commit_now(&mut self, diag: &mut Diag) {
+        self.committer.commit_now(&mut self.checkpoint, diag);
+    }
+
+    /// Why the store could not be written, if it could not.
+    pub fn failure(&self) -> Option<&str> {
+        self.committer.failure()
+    }
+}
+
+/// A stage that checkpoints into the store through its [`Commits`] (the aggregation
+/// operator, the cross-alarm operator): how its operator settles epochs with the store.
+pub trait Checkpointed {
+    /// The stage's commits.
+    fn commits(&mut self) -> &mut Commits;
+
+    /// Adds what changed since the last checkpoint to `commits().checkpoint` (and restarts
+    /// the cadence).
+    fn collect(&mut self, diag: &mut Diag);
+
+    /// Calls `wake` (from another thread) when a commit finishes: the operator holding
+    /// epochs for it runs again.
+    fn wake_with(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
+        self.commits().committer.wake_with(wake);
+    }
+
+    /// Starts the checkpoint the epochs processed since the last call owe, if they owe one
+    /// (an input that commits offsets, measures or alarm changes the API answers once
+    /// committed), and returns the number of the commit they wait for
+    /// ([`Checkpointed::committed`] reaching it); `None` when they owe none. The disk writes
+    /// while the worker goes on; a checkpoint owed while a commit is in flight starts when it
+    /// finishes and takes every epoch processed meanwhile (group commit).
+    fn settle(&mut self, diag: &mut Diag) -> Option<u64> {
+        let commits = self.commits();
+        commits.queued |= std::mem::take(&mut commits.cadence.owed);
+        if !commits.queued {
+            return None;
+        }
+        commits.committer.committed(diag);
+        if commits.committer.busy() {
+            return Some(commits.committer.next());
+        }
+        commits.queued = false;
+        self.collect(diag);
+        Some(self.commits().start(diag))
+    }
+
+    /// The number of the last commit written (see [`Checkpointed::settle`]).
+    fn committed(&mut self, diag: &mut Diag) -> u64 {
+        self.commits().committer.committed(diag)
+    }
+
+    /// Starts a checkpoint if something changed and the interval has passed (and no commit
+    /// is in flight).
+    fn checkpoint_if_due(&mut self, diag: &mut Diag) {
+        let commits = self.commits();
+        if commits.cadence.due() && !commits.committer.busy() {
+            self.collect(diag);
+            self.commits().start(diag);
+        }
+    }
+
+    /// Collects everything that changed, commits it, and waits until it is written.
+    fn checkpoint_all(&mut self, diag: &mut Diag) {
+        self.commits().queued = false;
+        self.collect(diag);
+        self.commits().commit_now(diag);
+    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::alarms::{cross_definitions, owns, stored_alarms, AlarmEdit, Alarms};
 use crate::api::{ListenOptions, Live, Requests, Server};
+use crate::committer::Checkpointed;
 use crate::feeds::Feed;
 use crate::plan::Plan;
 use crate::storage::{load_shares, open_store, Aggregator, CrossStage, Measure, Share};

@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use meterflow_connectors::gnocchi::store::{
-    Checkpoint, MetricRecord, MetricState, Partition, Store, StoreError,
+    MetricRecord, MetricState, Partition, Store, StoreError,
 };
 use meterflow_connectors::gnocchi::{metric_uuid, GnocchiOptions};
 use meterflow_engine::intern::Sym;
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alarms::{AlarmEdit, Alarms};
 use crate::api::API_SINK;
-use crate::committer::Committer;
+use crate::committer::{Cadence, Checkpointed, Commits};
 use crate::feeds::{Feed, Feeds, MetricView};
 use crate::plan::Plan;
 
@@ -160,41 +160,6 @@ struct Entry {
     id: Arc<str>,
 }
 
-/// When an operator checkpoints: when the epochs it processed owe a commit (they must not
-/// pass before it), or, with an interval, once that long passed while something changed.
-struct Cadence {
-    interval: Option<Duration>,
-    last: Instant,
-    changed: bool,
-    /// The epochs processed since the last checkpoint must not pass before the next one.
-    owed: bool,
-}
-
-impl Default for Cadence {
-    fn default() -> Cadence {
-        Cadence {
-            interval: None,
-            last: Instant::now(),
-            changed: false,
-            owed: false,
-        }
-    }
-}
-
-impl Cadence {
-    /// Something changed and the interval has passed.
-    fn due(&self) -> bool {
-        self.changed && self.interval.is_some_and(|i| self.last.elapsed() >= i)
-    }
-
-    /// A checkpoint is being written: nothing is owed or changed since.
-    fn restart(&mut self) {
-        self.changed = false;
-        self.owed = false;
-        self.last = Instant::now();
-    }
-}
-
 /// One worker's share of the metrics: aggregation state, checkpoints into the store.
 pub struct Aggregator {
     store: Arc<Store>,
@@ -206,13 +171,9 @@ pub struct Aggregator {
     by_resource: FxHashMap<Sym, Vec<Sym>>,
     known: HashMap<(String, String), MetricRecord>,
     states: HashMap<(String, String), MetricState>,
-    checkpoint: Checkpoint,
-    /// Writes the checkpoints, off the worker's thread.
-    committer: Committer,
-    /// Epochs owe a checkpoint that waits for the commit in flight.
-    queued: bool,
+    /// What the next checkpoint writes, when, and the thread that writes it.
+    commits: Commits,
     durable: bool,
-    cadence: Cadence,
     failure: Option<String>,
     /// The newest measure any worker has aggregated (ns): the watermark `no_data_grace`
     /// alarms are judged by.
@@ -240,8 +201,7 @@ impl Aggregator {
             states,
         } = share;
         Aggregator {
-            committer: Committer::new(store.clone(), partition),
-            queued: false,
+            commits: Commits::new(store.clone(), partition, Cadence::default()),
             store,
             partition,
             plan,
@@ -250,9 +210,7 @@ impl Aggregator {
             by_resource: FxHashMap::default(),
             known,
             states,
-            checkpoint: Checkpoint::default(),
             durable,
-            cadence: Cadence::default(),
             failure: None,
             watermark: Arc::new(AtomicI64::new(i64::MIN)),
             alarms: Alarms::default(),
@@ -281,7 +239,7 @@ impl Aggregator {
 
     /// Evaluates `alarms` (this worker's) as the metrics they read close buckets.
     pub fn with_alarms(mut self, alarms: Alarms) -> Aggregator {
-        self.cadence.changed |= !alarms.is_empty();
+        self.commits.cadence.changed |= !alarms.is_empty();
         self.alarms = alarms;
         self
     }
@@ -357,7 +315,7 @@ impl Aggregator {
                 self.alarms.prime(i, &entry.metric, &stored);
             }
         }
-        self.cadence.owed = true;
+        self.commits.cadence.owed = true;
     }
 
     /// Works out which cross alarms metric `key` feeds and sends the window of those it has
@@ -399,37 +357,6 @@ impl Aggregator {
             .prime(key, &entry.id, &entry.metric, &stored, &mut self.outbox);
     }
 
-    /// Calls `wake` (from another thread) when a commit finishes: the operator holding
-    /// epochs for it runs again.
-    pub fn wake_with(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
-        self.committer.wake_with(wake);
-    }
-
-    /// Starts the checkpoint the epochs processed since the last call owe, if they owe one
-    /// (an input that commits offsets, measures or alarm changes the API answers once
-    /// committed), and returns the number of the commit they wait for
-    /// ([`Aggregator::committed`] reaching it); `None` when they owe none. The disk writes
-    /// while the worker goes on; a checkpoint owed while a commit is in flight starts when it
-    /// finishes and takes every epoch processed meanwhile (group commit).
-    pub fn settle(&mut self, diag: &mut Diag) -> Option<u64> {
-        self.queued |= std::mem::take(&mut self.cadence.owed);
-        if !self.queued {
-            return None;
-        }
-        self.committer.committed(diag);
-        if self.committer.busy() {
-            return Some(self.committer.next());
-        }
-        self.queued = false;
-        self.collect(diag);
-        Some(self.committer.start(&mut self.checkpoint, diag))
-    }
-
-    /// The number of the last commit written (see [`Aggregator::settle`]).
-    pub fn committed(&mut self, diag: &mut Diag) -> u64 {
-        self.committer.committed(diag)
-    }
-
     /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.
     pub fn close_alarms(&mut self, diag: &mut Diag) {
         self.sweep_alarms(diag);
@@ -441,27 +368,18 @@ impl Aggregator {
             self.feeds
                 .on_metric(key, &entry.id, &entry.metric, true, &mut self.outbox);
         }
-        self.cadence.changed |= !alarms.is_empty();
+        self.commits.cadence.changed |= !alarms.is_empty();
     }
 
     /// Also checkpoints whenever [`Aggregator::checkpoint_if_due`] finds `interval` passed
     /// since the last one (a long-running engine whose store is being read).
     pub fn checkpoint_every(&mut self, interval: Duration) {
-        self.cadence.interval = Some(interval);
-    }
-
-    /// Starts a checkpoint if something changed and the interval has passed (and no commit
-    /// is in flight).
-    pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
-        if self.cadence.due() && !self.committer.busy() {
-            self.collect(diag);
-            self.committer.start(&mut self.checkpoint, diag);
-        }
+        self.commits.cadence.interval = Some(interval);
     }
 
     /// Why the store could not be written, if it could not.
     pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref().or(self.committer.failure())
+        self.failure.as_deref().or(self.commits.failure())
     }
 
     fn policy(&mut self, name: &str) -> Option<Arc<Policy>> {
@@ -524,7 +442,7 @@ impl Aggregator {
                     project_id: m.project_id.map(|s| s.as_str().to_owned()),
                     resource_attributes: m.attributes.as_deref().map(str::to_owned),
                 };
-                self.checkpoint.metrics.push(record.clone());
+                self.commits.checkpoint.metrics.push(record.clone());
                 self.known.insert(skey.clone(), record);
             }
             let attributes = self
@@ -569,7 +487,7 @@ impl Aggregator {
     ) {
         // Measures the API accepted are answered once committed: checkpoint their epoch.
         let from_api = measures.iter().any(|m| m.sink == API_SINK);
-        self.cadence.changed |= !measures.is_empty();
+        self.commits.cadence.changed |= !measures.is_empty();
         let ptr = |s: Sym| s.as_str().as_ptr() as usize;
         measures.sort_by_key(|m| (m.batch, m.sink, ptr(m.resource_key), ptr(m.name)));
         let mut points = Vec::new();
@@ -633,7 +551,7 @@ impl Aggregator {
                 .on_metric(key, &entry.id, &entry.metric, false, &mut self.outbox);
             let (resource, name, methods) = (m.resource_key, m.name, &entry.policy.methods);
             let definition = &entry.policy.policy.definition;
-            let rows = &mut self.checkpoint.aggregates;
+            let rows = &mut self.commits.checkpoint.aggregates;
             entry.metric.take_final(&mut |gi, mi, t, v| {
                 rows.push(
                     resource,
@@ -658,9 +576,9 @@ impl Aggregator {
         }
         measures.clear();
         if self.durable || from_api {
-            self.cadence.owed = true;
-        } else if self.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
-            self.committer.start(&mut self.checkpoint, diag);
+            self.commits.cadence.owed = true;
+        } else if self.commits.checkpoint.aggregates.len() >= Self::MAX_BUFFERED_ROWS {
+            self.commits.start(diag);
         }
     }
 
@@ -676,28 +594,34 @@ impl Aggregator {
             if let Some(record) = self.known.get_mut(&key) {
                 if record.resource_attributes.as_deref() != Some(&*attributes) {
                     record.resource_attributes = Some(attributes.to_string());
-                    self.checkpoint.metrics.push(record.clone());
+                    self.commits.checkpoint.metrics.push(record.clone());
                 }
             }
         }
     }
 
-    /// Writes every changed metric's open buckets and state, commits, and waits until it is
-    /// written.
-    pub fn checkpoint_all(&mut self, diag: &mut Diag) {
-        self.queued = false;
-        self.collect(diag);
-        self.committer.commit_now(&mut self.checkpoint, diag);
+    /// Commits what is buffered and waits until it is written (to read the store back).
+    fn commit_now(&mut self, diag: &mut Diag) {
+        if self.failure.is_none() {
+            self.commits.commit_now(diag);
+        }
+    }
+}
+
+impl Checkpointed for Aggregator {
+    fn commits(&mut self) -> &mut Commits {
+        &mut self.commits
     }
 
     /// Adds every changed metric's open buckets and state to the checkpoint, and the alarms'.
     fn collect(&mut self, diag: &mut Diag) {
-        self.cadence.restart();
+        self.commits.cadence.restart();
         for (&(resource, name), entry) in self.metrics.iter_mut().filter(|(_, e)| e.dirty) {
             entry.dirty = false;
             let methods = &entry.policy.methods;
             let definition = &entry.policy.policy.definition;
-            let (aggregates, state) = (&mut self.checkpoint.aggregates, &mut self.checkpoint.state);
+            let checkpoint = &mut self.commits.checkpoint;
+            let (aggregates, state) = (&mut checkpoint.aggregates, &mut checkpoint.state);
             let mut held = 0;
             entry.metric.provisional(&mut |gi, mi, t, v| {
                 let g = definition[gi].granularity;
@@ -713,15 +637,8 @@ impl Aggregator {
             }
         }
         diag.counters.alarms = self.alarms.len() as u64;
-        if let Err(e) = self.alarms.checkpoint(&mut self.checkpoint) {
+        if let Err(e) = self.alarms.checkpoint(&mut self.commits.checkpoint) {
             self.failure = Some(e);
-        }
-    }
-
-    /// Commits what is buffered and waits until it is written (to read the store back).
-    fn commit_now(&mut self, diag: &mut Diag) {
-        if self.failure.is_none() {
-            self.committer.commit_now(&mut self.checkpoint, diag);
         }
     }
 }
@@ -731,13 +648,9 @@ impl Aggregator {
 /// store beside the measures.
 pub struct CrossStage {
     alarms: Alarms,
-    checkpoint: Checkpoint,
-    /// Writes the checkpoints, off the worker's thread.
-    committer: Committer,
-    /// Epochs owe a checkpoint that waits for the commit in flight.
-    queued: bool,
+    /// What the next checkpoint writes, when, and the thread that writes it.
+    commits: Commits,
     durable: bool,
-    cadence: Cadence,
     failure: Option<String>,
 }
 
@@ -753,15 +666,13 @@ impl CrossStage {
             index: index as u32,
             count: count as u32,
         };
+        let cadence = Cadence {
+            changed: !alarms.is_empty(),
+            ..Cadence::default()
+        };
         CrossStage {
-            committer: Committer::new(store, partition),
-            queued: false,
-            cadence: Cadence {
-                changed: !alarms.is_empty(),
-                ..Cadence::default()
-            },
+            commits: Commits::new(store, partition, cadence),
             alarms,
-            checkpoint: Checkpoint::default(),
             durable,
             failure: None,
         }
@@ -769,7 +680,7 @@ impl CrossStage {
 
     /// Also checkpoints at least this often while something changed.
     pub fn checkpoint_every(&mut self, interval: Duration) {
-        self.cadence.interval = Some(interval);
+        self.commits.cadence.interval = Some(interval);
     }
 
     /// Takes one epoch's feeds: alarm changes first, then buckets, then the store
@@ -792,7 +703,7 @@ impl CrossStage {
             match feed {
                 Feed::Edit(edit) => {
                     self.alarms.apply(edit);
-                    self.cadence.owed = true;
+                    self.commits.cadence.owed = true;
                 }
                 Feed::Points {
                     alarm_id,
@@ -807,75 +718,37 @@ impl CrossStage {
                         (&alarm_id, leaf as usize, &metric_id),
                         (&points, newest, ended),
                     );
-                    self.cadence.changed = true;
+                    self.commits.cadence.changed = true;
                 }
                 Feed::Tick { newest, .. } => self.alarms.on_tick(newest),
                 Feed::Event { event, .. } => {
                     self.alarms.on_event(&event, diag);
-                    self.cadence.changed = true;
+                    self.commits.cadence.changed = true;
                 }
             }
         }
         self.alarms.run_cross(diag);
-        self.cadence.owed |= self.durable;
-    }
-
-    /// Calls `wake` (from another thread) when a commit finishes.
-    pub fn wake_with(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
-        self.committer.wake_with(wake);
-    }
-
-    /// Starts the checkpoint the epochs processed since the last call owe (alarm changes the
-    /// API answers once committed; everything with an input that commits offsets); returns
-    /// the number of the commit they wait for, as [`Aggregator::settle`] does.
-    pub fn settle(&mut self, diag: &mut Diag) -> Option<u64> {
-        self.queued |= std::mem::take(&mut self.cadence.owed);
-        if !self.queued {
-            return None;
-        }
-        self.committer.committed(diag);
-        if self.committer.busy() {
-            return Some(self.committer.next());
-        }
-        self.queued = false;
-        self.collect(diag);
-        Some(self.committer.start(&mut self.checkpoint, diag))
-    }
-
-    /// The number of the last commit written.
-    pub fn committed(&mut self, diag: &mut Diag) -> u64 {
-        self.committer.committed(diag)
-    }
-
-    /// Starts a checkpoint if something changed and the interval has passed (and no commit
-    /// is in flight).
-    pub fn checkpoint_if_due(&mut self, diag: &mut Diag) {
-        if self.cadence.due() && !self.committer.busy() {
-            self.collect(diag);
-            self.committer.start(&mut self.checkpoint, diag);
-        }
-    }
-
-    /// Writes every changed alarm's state and the history, commits, and waits until it is
-    /// written.
-    pub fn checkpoint_all(&mut self, diag: &mut Diag) {
-        self.queued = false;
-        self.collect(diag);
-        self.committer.commit_now(&mut self.checkpoint, diag);
-    }
-
-    /// Adds every changed alarm's state and the history to the checkpoint.
-    fn collect(&mut self, diag: &mut Diag) {
-        self.cadence.restart();
-        diag.counters.alarms_cross = self.alarms.len() as u64;
-        if let Err(e) = self.alarms.checkpoint(&mut self.checkpoint) {
-            self.failure = Some(e);
-        }
+        self.commits.cadence.owed |= self.durable;
     }
 
     /// Why the store could not be written, if it could not.
     pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref().or(self.committer.failure())
+        self.failure.as_deref().or(self.commits.failure())
+    }
+}
+
+impl Checkpointed for CrossStage {
+    fn commits(&mut self) -> &mut Commits {
+        &mut self.commits
+    }
+
+    /// Adds every changed alarm's state and the history to the checkpoint.
+    fn collect(&mut self, diag: &mut Diag) {
+        self.commits.cadence.restart();
+        diag.counters.alarms_cross = self.alarms.len() as u64;
+        if let Err(e) = self.alarms.checkpoint(&mut self.commits.checkpoint) {
+            self.failure = Some(e);
+        }
     }
 }
 
