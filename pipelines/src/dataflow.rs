@@ -534,7 +534,7 @@ impl Transformer {
 
     /// Writes out what the publishers buffer: publishers that only write synchronously
     /// (files: written and synced) are durable on return, retrying what fails (see
-    /// [`flush_with_retry`]); for the others (a broker's acknowledgement) the tickets to wait
+    /// `flush_with_retry`); for the others (a broker's acknowledgement) the tickets to wait
     /// for with [`Transformer::written`].
     pub fn start_write_out(&mut self, diag: &mut Diag) -> Vec<(usize, u64)> {
         let mut tickets = Vec::new();
@@ -1691,7 +1691,7 @@ fn feed(
                 Some(_) if !sent => {
                     worker.step_or_park(Some(Duration::from_millis(2)));
                     // An empty epoch now and then lets the store's operator write what it
-                    // holds (it checkpoints when due, see `Aggregator::checkpoint_if_due`).
+                    // holds (it checkpoints when due, see `Checkpointed::checkpoint_if_due`).
                     if ticked.elapsed() >= TICK_EVERY {
                         seq += 1;
                         input.advance_to(seq);

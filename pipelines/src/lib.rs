@@ -4,7 +4,7 @@
 //! [`plan::Plan::from_yaml`] parses and validates a Ceilometer `pipeline.yaml` (reporting
 //! every problem with its key path); [`dataflow::run`] turns the plan into a timely dataflow
 //! over `--workers` threads and runs it to the end of its inputs; [`sequential::run`] is the
-//! plain one-loop reference the dataflow is tested against; [`bench`] generates synthetic
+//! plain one-loop reference the dataflow is tested against; [`bench`](mod@bench) generates synthetic
 //! telemetry and measures throughput. `gnocchi://` publishers feed [`storage`]'s aggregation
 //! operator, which writes the embedded store; [`query`] reads it back as Gnocchi does, and
 //! [`api`] serves Gnocchi's REST API over it (feeding POSTed measures into the same operator);

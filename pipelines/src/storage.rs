@@ -261,7 +261,7 @@ impl Aggregator {
     }
 
     /// Applies alarm changes made through the API; they are committed by the next
-    /// [`Aggregator::settle`] (the API answers once they are).
+    /// [`Checkpointed::settle`] (the API answers once they are).
     pub fn edit_alarms(&mut self, edits: Vec<AlarmEdit>, diag: &mut Diag) {
         if edits.is_empty() {
             return;
@@ -371,7 +371,7 @@ impl Aggregator {
         self.commits.cadence.changed |= !alarms.is_empty();
     }
 
-    /// Also checkpoints whenever [`Aggregator::checkpoint_if_due`] finds `interval` passed
+    /// Also checkpoints whenever [`Checkpointed::checkpoint_if_due`] finds `interval` passed
     /// since the last one (a long-running engine whose store is being read).
     pub fn checkpoint_every(&mut self, interval: Duration) {
         self.commits.cadence.interval = Some(interval);
