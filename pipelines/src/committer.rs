@@ -366,6 +366,12 @@ mod tests {
         committer.wait(&mut diag);
         assert_eq!(committer.committed(&mut diag), 3);
         assert!(!committer.busy());
+        // The thread wakes the worker right after reporting each commit (so a woken
+        // operator finds it done): the third wake may follow the report by a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while woken.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(woken.load(Ordering::SeqCst), 3);
         assert_eq!(diag.counters.buckets_written, 3);
         let route = meterflow_engine::partition::route("vm");
