@@ -88,8 +88,20 @@ fn main() {
             .collect();
         latencies.sort_by(f64::total_cmp);
         let q = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        // Ticks sent on separate connections can overtake each other: an older one that
+        // arrives after its bucket closed is dropped as late (back_window 0), and each alarm
+        // makes one transition fewer. The engine counts those.
+        let late = reqwest::blocking::get(format!("{base}/metrics"))
+            .and_then(|r| r.text())
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("meterflow_late_measures_total"))
+                    .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            })
+            .unwrap_or(f64::NAN);
         println!(
-            "rate {rate} ticks/s ({} notifications/s): {} of {want} received; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+            "rate {rate} ticks/s ({} notifications/s): {} of {want} received ({late} late measures); latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
             rate * alarms as u64,
             latencies.len(),
             q(0.5),
