@@ -48,10 +48,10 @@ fn producer(bootstrap: &str) -> BaseProducer {
 }
 
 /// Produces each line as oslo.messaging's Kafka driver writes notifications.
-fn produce(bootstrap: &str, topic: &str, lines: &[&str]) {
+fn produce(bootstrap: &str, topic: &str, lines: &[impl AsRef<str>]) {
     let producer = producer(bootstrap);
     for line in lines {
-        let mut inner: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut inner: serde_json::Value = serde_json::from_str(line.as_ref()).unwrap();
         inner["_context"] = serde_json::json!({});
         let value = serde_json::json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})
             .to_string();
@@ -245,11 +245,7 @@ fn a_killed_engine_loses_nothing_on_restart() {
     // 40,000 notifications of one sample each; the pipeline is stateless, so every input
     // sample must come out at least once whatever the restarts.
     let lines = disk_usage_lines(40_000);
-    produce(
-        &bootstrap,
-        &topic,
-        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    produce(&bootstrap, &topic, &lines);
 
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.jsonl");
@@ -436,11 +432,7 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     create_topic(&bootstrap, output_topic);
     let n = 30_000;
     let lines = disk_usage_lines(n);
-    produce(
-        &bootstrap,
-        input,
-        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    produce(&bootstrap, input, &lines);
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.jsonl");
     let pipeline = dir.path().join("pipeline.yaml");

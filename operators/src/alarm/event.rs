@@ -8,13 +8,10 @@
 //! `None < x` raises, which Aodh catches); conditions on other fields never hold (Aodh's code cannot call their
 //! operator, so such alarms never fire).
 
-use std::cmp::Ordering;
-
 use meterflow_engine::model::{Event, TraitValue};
 use serde_json::Value;
 
 use super::definition::{EventCondition, EventRule};
-use super::threshold::Comparison;
 use crate::glob::Glob;
 
 /// The project an event belongs to, as Aodh works it out.
@@ -69,21 +66,13 @@ fn holds(condition: &EventCondition, event: &Event) -> bool {
         (TraitValue::Int(a), Value::Bool(b)) => Some(a.cmp(&i64::from(*b))),
         _ => None,
     };
-    match (condition.op, ordering) {
-        (Comparison::Ne, None) => true,
-        (_, None) => false,
-        (Comparison::Eq, Some(o)) => o == Ordering::Equal,
-        (Comparison::Ne, Some(o)) => o != Ordering::Equal,
-        (Comparison::Lt, Some(o)) => o == Ordering::Less,
-        (Comparison::Le, Some(o)) => o != Ordering::Greater,
-        (Comparison::Gt, Some(o)) => o == Ordering::Greater,
-        (Comparison::Ge, Some(o)) => o != Ordering::Less,
-    }
+    condition.op.holds(ordering)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarm::threshold::Comparison;
     use meterflow_engine::model::Trait;
     use serde_json::json;
 

@@ -92,6 +92,32 @@ impl FromStr for Comparison {
 }
 
 impl Comparison {
+    /// Whether it holds for two values ordered as `ordering` (`None`: not comparable, e.g.
+    /// of different kinds, or NaN): only `ne` holds for incomparable values, as Python's
+    /// comparisons answer.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::cmp::Ordering;
+    /// use meterflow_operators::alarm::threshold::Comparison;
+    /// assert!(Comparison::Le.holds(Some(Ordering::Equal)));
+    /// assert!(Comparison::Ne.holds(None));
+    /// assert!(!Comparison::Lt.holds(None));
+    /// ```
+    pub fn holds(self, ordering: Option<std::cmp::Ordering>) -> bool {
+        use std::cmp::Ordering;
+        match (self, ordering) {
+            (Comparison::Ne, None) => true,
+            (_, None) => false,
+            (Comparison::Eq, Some(o)) => o == Ordering::Equal,
+            (Comparison::Ne, Some(o)) => o != Ordering::Equal,
+            (Comparison::Lt, Some(o)) => o == Ordering::Less,
+            (Comparison::Le, Some(o)) => o != Ordering::Greater,
+            (Comparison::Gt, Some(o)) => o == Ordering::Greater,
+            (Comparison::Ge, Some(o)) => o != Ordering::Less,
+        }
+    }
+
     /// Whether `value` breaches `threshold`.
     pub fn breaches(self, value: f64, threshold: f64) -> bool {
         match self {

@@ -22,6 +22,8 @@ use std::fmt;
 
 use serde_json::{Number, Value};
 
+use crate::alarm::threshold::Comparison;
+
 /// A parsed path expression.
 #[derive(Clone, Debug)]
 pub struct Path {
@@ -79,17 +81,7 @@ enum ArithOp {
 #[derive(Clone, Debug)]
 struct Condition {
     target: Node,
-    test: Option<(CmpOp, Literal)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum CmpOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
+    test: Option<(Comparison, Literal)>,
 }
 
 #[derive(Clone, Debug)]
@@ -326,7 +318,7 @@ impl Condition {
 
 /// `jsonpath_rw_ext`'s filter comparison: against an integer the value is converted with
 /// Python's `int()` first (values it cannot convert never match).
-fn compare(value: &Value, op: CmpOp, literal: &Literal) -> bool {
+fn compare(value: &Value, op: Comparison, literal: &Literal) -> bool {
     use std::cmp::Ordering;
     let ordering: Option<Ordering> = match literal {
         Literal::Int(want) => {
@@ -350,15 +342,7 @@ fn compare(value: &Value, op: CmpOp, literal: &Literal) -> bool {
             _ => None,
         },
     };
-    match (op, ordering) {
-        (CmpOp::Eq, o) => o == Some(Ordering::Equal),
-        (CmpOp::Ne, o) => o != Some(Ordering::Equal),
-        (_, None) => false,
-        (CmpOp::Lt, Some(o)) => o == Ordering::Less,
-        (CmpOp::Le, Some(o)) => o != Ordering::Greater,
-        (CmpOp::Gt, Some(o)) => o == Ordering::Greater,
-        (CmpOp::Ge, Some(o)) => o != Ordering::Less,
-    }
+    op.holds(ordering)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -380,7 +364,7 @@ enum Token {
     Question,
     Colon,
     Comma,
-    Cmp(CmpOp),
+    Cmp(Comparison),
     /// A bare or quoted name (`jsonpath_rw` lexes quoted strings as IDs too).
     Id(String, bool),
     Int(i64),
@@ -434,12 +418,12 @@ fn lex(text: &str) -> Result<Vec<Token>, String> {
                     i += 1;
                 }
                 Token::Cmp(match (c, two) {
-                    ('=', _) => CmpOp::Eq,
-                    ('!', true) => CmpOp::Ne,
-                    ('<', false) => CmpOp::Lt,
-                    ('<', true) => CmpOp::Le,
-                    ('>', false) => CmpOp::Gt,
-                    ('>', true) => CmpOp::Ge,
+                    ('=', _) => Comparison::Eq,
+                    ('!', true) => Comparison::Ne,
+                    ('<', false) => Comparison::Lt,
+                    ('<', true) => Comparison::Le,
+                    ('>', false) => Comparison::Gt,
+                    ('>', true) => Comparison::Ge,
                     _ => return Err(format!("'!' at {} must be followed by '='", i - 1)),
                 })
             }
