@@ -236,8 +236,6 @@ pub struct Commits {
     /// When it is due.
     pub cadence: Cadence,
     committer: Committer,
-    /// Epochs owe a checkpoint that waits for the commit in flight.
-    queued: bool,
 }
 
 impl Commits {
@@ -247,7 +245,6 @@ impl Commits {
             checkpoint: Checkpoint::default(),
             cadence,
             committer: Committer::new(store, partition),
-            queued: false,
         }
     }
 
@@ -273,8 +270,8 @@ pub trait Checkpointed {
     /// The stage's commits.
     fn commits(&mut self) -> &mut Commits;
 
-    /// Adds what changed since the last checkpoint to `commits().checkpoint` (and restarts
-    /// the cadence).
+    /// Adds what changed since the last checkpoint to `commits().checkpoint`, and restarts
+    /// the cadence (clearing what is owed: [`Checkpointed::settle`] relies on it).
     fn collect(&mut self, diag: &mut Diag);
 
     /// Calls `wake` (from another thread) when a commit finishes: the operator holding
@@ -290,16 +287,16 @@ pub trait Checkpointed {
     /// while the worker goes on; a checkpoint owed while a commit is in flight starts when it
     /// finishes and takes every epoch processed meanwhile (group commit).
     fn settle(&mut self, diag: &mut Diag) -> Option<u64> {
+        // What is owed stays owed until a checkpoint is collected (which restarts the
+        // cadence): the next commit to start carries it.
         let commits = self.commits();
-        commits.queued |= std::mem::take(&mut commits.cadence.owed);
-        if !commits.queued {
+        if !commits.cadence.owed {
             return None;
         }
         commits.committer.committed(diag);
         if commits.committer.busy() {
             return Some(commits.committer.next());
         }
-        commits.queued = false;
         self.collect(diag);
         Some(self.commits().start(diag))
     }
@@ -321,7 +318,6 @@ pub trait Checkpointed {
 
     /// Collects everything that changed, commits it, and waits until it is written.
     fn checkpoint_all(&mut self, diag: &mut Diag) {
-        self.commits().queued = false;
         self.collect(diag);
         self.commits().commit_now(diag);
     }

@@ -348,12 +348,6 @@ impl<'de> Deserialize<'de> for ReasonData {
     }
 }
 
-impl From<Value> for ReasonData {
-    fn from(value: Value) -> ReasonData {
-        ReasonData::from_value(value)
-    }
-}
-
 /// Aodh's transition step: what `evaluation` does to an alarm in state `current`; `None` when
 /// nothing is recorded or sent.
 ///
