@@ -8,6 +8,10 @@
 
 use std::sync::Arc;
 
+/// The allocator the `meterflow` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use meterflow_connectors::gnocchi::store::Store;
 use meterflow_connectors::gnocchi::GnocchiOptions;
@@ -84,7 +88,10 @@ sinks: [{name: store, publishers: ["gnocchi://?archive_policy=bench"]}]
         resource_type: "generic".into(),
         ..GnocchiOptions::default()
     })];
-    let metrics = 10_000u64;
+    let metrics: u64 = std::env::var("BENCH_METRICS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let epochs = 61i64;
     let resources: Vec<Sym> = (0..metrics)
         .map(|i| Sym::new(&format!("instance-{i:05}")))

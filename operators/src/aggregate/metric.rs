@@ -1,4 +1,5 @@
-//! One metric's state: Gnocchi's raw buffer plus one aggregate series per (granularity, method).
+//! One metric's state: Gnocchi's raw buffer plus, per granularity, the aggregates of every
+//! method (one row per bucket) and the running aggregates of the newest bucket.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -49,8 +50,9 @@ pub struct BatchOutcome {
 pub struct Metric {
     policy: Arc<ArchivePolicy>,
     raw: Vec<Point>,
-    /// Indexed `[granule][method]`, like `policy.definition` and `policy.methods`.
-    series: Vec<Vec<Series>>,
+    /// Per granule (like `policy.definition`), one row per bucket with a value per method
+    /// (like `policy.methods`).
+    series: Vec<Rows>,
     /// Per granule, the running aggregates of its newest bucket (see [`Metric::append`]).
     open: Vec<Option<Open>>,
     /// Whether appends may take the running path (every granularity divides the block, so the
@@ -60,36 +62,81 @@ pub struct Metric {
     has_rate: bool,
     /// The block of the newest measure when [`Metric::take_final`] last ran.
     taken_at: Option<i64>,
+    /// The start of the window when the raw buffer was last cut back to it (nothing older is
+    /// held): the buffer's head is only looked at when the window moves.
+    cut_at: i64,
 }
 
-/// The newest bucket of one granule, aggregated as measures are appended.
+/// The newest bucket of one granule, aggregated as measures are appended. Its plain values
+/// are the raw buffer's points in the bucket (the buffer holds whole buckets whenever this is
+/// used), read from there by the order statistics. Small on purpose (appending a measure
+/// touches the open bucket of every granule): what only `rate:` methods need is apart.
 #[derive(Clone, Debug)]
+#[repr(C)]
 struct Open {
     bucket: i64,
     plain: Running,
-    rate: Running,
+    /// Present when the policy has `rate:` methods.
+    rate: Option<Box<RateOpen>>,
+}
+
+/// The `rate:` side of an open bucket: the differences between consecutive raw values.
+#[derive(Clone, Debug, Default)]
+struct RateOpen {
+    running: Running,
     /// The bucket's first rate difference was counted by an earlier batch that started in an
     /// older bucket; a recompute from this bucket would not count it, so rebuild before reuse.
     stale: bool,
+    /// The differences, kept only when a `rate:` median or percentile needs them.
+    values: Vec<f64>,
 }
 
-/// Stores the values of `open`'s bucket into a granule's series (by method); a method with no
-/// value keeps what was stored.
-fn write_values(methods: &[Method], series: &mut [Series], open: &Open) {
-    for (mi, method) in methods.iter().enumerate() {
-        if let Some(v) = open.value(*method) {
-            series[mi].insert(open.bucket, v);
-        }
-    }
+/// Stores the values of `open`'s bucket (granularity `g`) into the granule's rows; a method
+/// with no value keeps what was stored.
+fn write_values(methods: &[Method], rows: &mut Rows, open: &Open, g: i64, raw: &[Point]) {
+    rows.write_row(open.bucket, |mi| open.value(methods[mi], g, raw));
+}
+
+/// The values of the raw points in bucket `[bucket, bucket + g)`.
+fn bucket_values(raw: &[Point], bucket: i64, g: i64) -> Vec<f64> {
+    let lo = raw.partition_point(|p| p.0 < bucket);
+    let hi = raw.partition_point(|p| p.0 < bucket.saturating_add(g));
+    raw[lo..hi].iter().map(|p| p.1).collect()
 }
 
 impl Open {
+    /// An empty bucket; `rate` when the policy has `rate:` methods.
+    fn new(bucket: i64, rate: bool) -> Open {
+        Open {
+            bucket,
+            plain: Running::default(),
+            rate: rate.then(Box::default),
+        }
+    }
+
     /// Empties it for the next bucket, keeping its allocations.
     fn reset(&mut self, bucket: i64) {
         self.bucket = bucket;
         self.plain.clear();
-        self.rate.clear();
-        self.stale = false;
+        if let Some(rate) = &mut self.rate {
+            rate.running.clear();
+            rate.stale = false;
+            rate.values.clear();
+        }
+    }
+
+    /// Adds the next rate difference (a policy with `rate:` methods).
+    fn push_rate(&mut self, d: f64, keep: bool) {
+        if let Some(rate) = &mut self.rate {
+            rate.running.push(d);
+            if keep {
+                rate.values.push(d);
+            }
+        }
+    }
+
+    fn stale(&self) -> bool {
+        self.rate.as_ref().is_some_and(|r| r.stale)
     }
 }
 
@@ -97,10 +144,20 @@ fn floor(ts: i64, g: i64) -> i64 {
     ts.div_euclid(g) * g
 }
 
+/// [`floor`], without the division when `ts` falls in the bucket `near` starts (the usual
+/// case: the bucket of the previous measure).
+fn floor_near(ts: i64, g: i64, near: i64) -> i64 {
+    if ts >= near && ts.checked_sub(near).is_some_and(|d| d < g) {
+        near
+    } else {
+        floor(ts, g)
+    }
+}
+
 impl Metric {
     /// An empty metric under `policy`.
     pub fn new(policy: Arc<ArchivePolicy>) -> Metric {
-        let series = vec![vec![Series::default(); policy.methods.len()]; policy.definition.len()];
+        let series = vec![Rows::new(policy.methods.len()); policy.definition.len()];
         let block = policy.block();
         Metric {
             open: vec![None; policy.definition.len()],
@@ -114,6 +171,7 @@ impl Metric {
             raw: Vec::new(),
             series,
             taken_at: None,
+            cut_at: i64::MIN,
         }
     }
 
@@ -122,6 +180,17 @@ impl Metric {
     pub fn without_running_aggregates(mut self) -> Metric {
         self.incremental = false;
         self
+    }
+
+    /// Reads what appending a measure touches (the raw buffer's newest point, the open
+    /// buckets) and returns a value made of it, for `std::hint::black_box`: a caller that
+    /// touches the next several metrics first has their cache misses overlap, where
+    /// aggregating one after the other meets them one at a time.
+    pub fn touch(&self) -> i64 {
+        let newest = self.raw.last().map_or(0, |p| p.0) ^ self.cut_at;
+        self.open.iter().flatten().fold(newest, |acc, o| {
+            acc ^ o.bucket ^ o.plain.m2().to_bits() as i64
+        })
     }
 
     /// The policy.
@@ -158,7 +227,7 @@ impl Metric {
         let block = self.policy.block();
         let window = block.saturating_mul(self.policy.effective_back_window() as i64);
         if let Some(&(last, _)) = self.raw.last() {
-            let cutoff = floor(last, block) - window;
+            let cutoff = floor_near(last, block, self.cut_at.saturating_add(window)) - window;
             let before = batch.len();
             batch.retain(|p| p.0 >= cutoff);
             outcome.late = before - batch.len();
@@ -206,21 +275,53 @@ impl Metric {
             }
         }
         let last = self.raw.last().map_or(0, |p| p.0);
-        let keep_from = floor(last, block) - window;
-        if self.raw.first().is_some_and(|p| p.0 < keep_from) {
-            let cut = self.raw.partition_point(|p| p.0 < keep_from);
-            self.raw.drain(..cut);
+        let keep_from = floor_near(last, block, self.cut_at.saturating_add(window)) - window;
+        // Points older than the window are dropped before they are merged, so only a moved
+        // window (or a resumed buffer) can leave any in the buffer.
+        if keep_from != self.cut_at {
+            self.cut_at = keep_from;
+            if self.raw.first().is_some_and(|p| p.0 < keep_from) {
+                let cut = self.raw.partition_point(|p| p.0 < keep_from);
+                self.raw.drain(..cut);
+            }
         }
-        for (gi, granule) in self.policy.definition.iter().enumerate() {
+        for gi in 0..self.policy.definition.len() {
             let granule_moved = gi >= 64 || moved & (1 << gi) != 0;
-            if let Some(span) = granule.timespan().filter(|_| granule_moved) {
-                for (mi, method) in self.policy.methods.iter().enumerate() {
-                    let open = self.open[gi].as_ref().filter(|o| o.has_value(*method));
-                    retain_newest(&mut self.series[gi][mi], span, open.map(|o| o.bucket));
-                }
+            let span = self.policy.definition[gi].timespan();
+            if let Some(span) = span.filter(|_| granule_moved) {
+                self.retain_newest(gi, span);
             }
         }
         outcome
+    }
+
+    /// Gnocchi's retention for granule `gi`: each method's series keeps the buckets newer
+    /// than its own newest bucket minus `span`.
+    fn retain_newest(&mut self, gi: usize, span: i64) {
+        let open = self.open[gi].as_ref();
+        let rows = &mut self.series[gi];
+        let Some(first) = rows.first_time() else {
+            return;
+        };
+        // No method's newest bucket is newer than this: when the oldest row is inside the
+        // span from it, every method keeps all of its rows.
+        let newest = rows
+            .last_time()
+            .max(open.map(|o| o.bucket))
+            .unwrap_or(first);
+        if first > newest - span {
+            return;
+        }
+        for (mi, method) in self.policy.methods.iter().enumerate() {
+            let last = match open.filter(|o| o.has_value(*method)) {
+                Some(o) => Some(o.bucket),
+                None => rows.last_time_of(mi),
+            };
+            if let Some(last) = last {
+                rows.remove_before(mi, (last - span).saturating_add(1));
+            }
+        }
+        rows.drop_empty_front();
     }
 
     /// Whether the raw buffer holds exactly this point.
@@ -260,10 +361,11 @@ impl Metric {
     /// newest bucket's running aggregates instead of rereading its points.
     fn append(&mut self, gi: usize, first_new: usize) {
         let g = self.policy.definition[gi].granularity;
-        let start = floor(self.raw[first_new].0, g);
+        let near = self.open[gi].as_ref().map_or(i64::MIN, |o| o.bucket);
+        let start = floor_near(self.raw[first_new].0, g, near);
         // The open bucket is updated in place (it is large: moving it costs more than the
         // arithmetic).
-        let reusable = matches!(&self.open[gi], Some(o) if o.bucket == start && !o.stale);
+        let reusable = matches!(&self.open[gi], Some(o) if o.bucket == start && !o.stale());
         if !reusable {
             // An older (or stale) bucket: store what it shows, then start over from raw.
             if let Some(o) = self.open[gi].take() {
@@ -277,14 +379,15 @@ impl Metric {
             open,
             policy,
             has_rate,
+            keep_sorted,
             ..
         } = self;
         let open = open[gi].as_mut().expect("set above");
         for j in first_new..raw.len() {
             let (t, v) = raw[j];
-            let bucket = floor(t, g);
+            let bucket = floor_near(t, g, open.bucket);
             if bucket != open.bucket {
-                write_values(&policy.methods, &mut series[gi], open);
+                write_values(&policy.methods, &mut series[gi], open, g, raw);
                 open.reset(bucket);
             }
             open.plain.push(v);
@@ -292,9 +395,11 @@ impl Metric {
                 let (pt, pv) = raw[j - 1];
                 // Recompute from `start` pairs points from `start - g` on.
                 if j > first_new || pt >= start - g {
-                    open.rate.push(v - pv);
+                    open.push_rate(v - pv, *keep_sorted);
                     if bucket != start && open.plain.len() == 1 && pt < bucket - g {
-                        open.stale = true;
+                        if let Some(rate) = &mut open.rate {
+                            rate.stale = true;
+                        }
                     }
                 }
             }
@@ -305,17 +410,12 @@ impl Metric {
     /// Running aggregates of bucket `bucket` from the raw points before index `end`, as a
     /// recompute from that bucket sees them.
     fn rebuild(&self, g: i64, bucket: i64, end: usize) -> Open {
-        let mut open = Open {
-            bucket,
-            plain: Running::new(self.keep_sorted),
-            rate: Running::new(self.keep_sorted),
-            stale: false,
-        };
+        let mut open = Open::new(bucket, self.has_rate);
         let lo = self.raw[..end].partition_point(|p| p.0 < bucket);
         for j in lo..end {
             open.plain.push(self.raw[j].1);
             if self.has_rate && j > 0 && self.raw[j - 1].0 >= bucket - g {
-                open.rate.push(self.raw[j].1 - self.raw[j - 1].1);
+                open.push_rate(self.raw[j].1 - self.raw[j - 1].1, self.keep_sorted);
             }
         }
         open
@@ -323,7 +423,14 @@ impl Metric {
 
     /// Stores the values of `open`'s bucket (a method with no value keeps what was stored).
     fn write(&mut self, gi: usize, open: &Open) {
-        write_values(&self.policy.methods, &mut self.series[gi], open);
+        let g = self.policy.definition[gi].granularity;
+        write_values(
+            &self.policy.methods,
+            &mut self.series[gi],
+            open,
+            g,
+            &self.raw,
+        );
     }
 
     /// Recomputes every bucket of granule `gi` from the one holding `from`.
@@ -349,13 +456,13 @@ impl Metric {
             } else {
                 &self.raw[first..]
             };
-            let series = &mut self.series[gi][mi];
+            let rows = &mut self.series[gi];
             for bucket in points.chunk_by(|a, b| floor(a.0, g) == floor(b.0, g)) {
                 values.clear();
                 values.extend(bucket.iter().map(|p| p.1));
                 // A bucket with no value (std of one point) keeps what was stored, as Gnocchi does.
                 if let Some(v) = method.reduce(&values) {
-                    series.insert(floor(bucket[0].0, g), v);
+                    rows.set(floor(bucket[0].0, g), mi, v);
                 }
             }
         }
@@ -380,7 +487,11 @@ impl Metric {
     pub fn take_final(&mut self, out: &mut dyn FnMut(usize, usize, i64, f64)) {
         // What is final only changes when the newest measure enters a new block: every bucket
         // written since the last call is at or after the cutoff it had then.
-        let block = self.raw.last().map(|p| floor(p.0, self.policy.block()));
+        let near = self.taken_at.unwrap_or(i64::MIN);
+        let block = self
+            .raw
+            .last()
+            .map(|p| floor_near(p.0, self.policy.block(), near));
         if block.is_some() && block == self.taken_at {
             return;
         }
@@ -389,12 +500,9 @@ impl Metric {
             let Some(from) = self.open_from(gi) else {
                 return;
             };
-            for (mi, series) in self.series[gi].iter_mut().enumerate() {
-                if series.first_key().is_some_and(|t| t < from) {
-                    for (t, v) in series.drain_before(from) {
-                        out(gi, mi, t, v);
-                    }
-                }
+            let rows = &mut self.series[gi];
+            if rows.first_time().is_some_and(|t| t < from) {
+                rows.drain_before(from, &mut |mi, t, v| out(gi, mi, t, v));
             }
         }
     }
@@ -402,14 +510,11 @@ impl Metric {
     /// The value of every bucket still held in memory (those a later batch may change), as
     /// `out(granule, method, bucket, value)`.
     pub fn provisional(&self, out: &mut dyn FnMut(usize, usize, i64, f64)) {
-        for (gi, by_method) in self.series.iter().enumerate() {
-            for (mi, series) in by_method.iter().enumerate() {
-                let method = self.policy.methods[mi];
-                let open = self.open[gi]
-                    .as_ref()
-                    .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
+        for (gi, rows) in self.series.iter().enumerate() {
+            for (mi, &method) in self.policy.methods.iter().enumerate() {
+                let open = self.open_value(gi, method);
                 let until = open.map_or(i64::MAX, |(bucket, _)| bucket);
-                for (t, v) in series.range(i64::MIN, until) {
+                for (t, v) in rows.range(mi, i64::MIN, until) {
                     out(gi, mi, t, v);
                 }
                 if let Some((bucket, v)) = open {
@@ -434,15 +539,12 @@ impl Metric {
         (from, until): (i64, i64),
         out: &mut dyn FnMut(i64, f64),
     ) {
-        let Some(series) = self.series.get(gi).and_then(|s| s.get(mi)) else {
+        let (Some(rows), Some(&method)) = (self.series.get(gi), self.policy.methods.get(mi)) else {
             return;
         };
-        let method = self.policy.methods[mi];
-        let open = self.open[gi]
-            .as_ref()
-            .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
+        let open = self.open_value(gi, method);
         let stored_until = open.map_or(until, |(bucket, _)| bucket.min(until));
-        for (t, v) in series.range(from, stored_until) {
+        for (t, v) in rows.range(mi, from, stored_until) {
             out(t, v);
         }
         if let Some((bucket, v)) = open.filter(|&(b, _)| b >= from && b < until) {
@@ -450,7 +552,7 @@ impl Metric {
         }
         if let Some((bucket, _)) = open {
             let rest = if bucket >= from { bucket + 1 } else { from };
-            for (t, v) in series.range(rest, until) {
+            for (t, v) in rows.range(mi, rest, until) {
                 out(t, v);
             }
         }
@@ -472,9 +574,10 @@ impl Metric {
         raw.sort_by_key(|p| p.0);
         raw.dedup_by_key(|p| p.0);
         metric.raw = raw;
+        let width = metric.policy.methods.len();
         for (gi, mi, t, v) in buckets {
-            if let Some(series) = metric.series.get_mut(gi).and_then(|s| s.get_mut(mi)) {
-                series.insert(t, v);
+            if let Some(rows) = metric.series.get_mut(gi).filter(|_| mi < width) {
+                rows.set(t, mi, v);
             }
         }
         metric
@@ -492,14 +595,12 @@ impl Metric {
             if granularity.is_some_and(|g| g != granule.granularity) {
                 continue;
             }
-            let series = &self.series[gi][mi];
+            let rows = &self.series[gi];
             // The newest bucket's value lives in `open` while the bucket is being appended to.
-            let open = self.open[gi]
-                .as_ref()
-                .and_then(|o| o.value(method).map(|v| (o.bucket, v)));
+            let open = self.open_value(gi, method);
             let last = match open {
                 Some((bucket, _)) => Some(bucket),
-                None => series.last_key(),
+                None => rows.last_time_of(mi),
             };
             let oldest = match (granule.timespan(), last) {
                 (Some(span), Some(last)) => last - span,
@@ -507,8 +608,7 @@ impl Metric {
             };
             let stored_until = open.map_or(i64::MAX, |(bucket, _)| bucket);
             out.extend(
-                series
-                    .range(oldest.saturating_add(1), stored_until)
+                rows.range(mi, oldest.saturating_add(1), stored_until)
                     .map(|(t, v)| (t, granule.seconds(), v)),
             );
             if let Some((bucket, v)) = open {
@@ -521,80 +621,174 @@ impl Metric {
 
 /// Keeps the points strictly newer than the last point minus `span`; `open` is a newer bucket
 /// held outside the map.
-fn retain_newest(series: &mut Series, span: i64, open: Option<i64>) {
-    let last = match (series.last_key(), open) {
-        (_, Some(o)) => o,
-        (Some(l), None) => l,
-        (None, None) => return,
-    };
-    let keep_from = (last - span).saturating_add(1);
-    if series.first_key().is_some_and(|first| first < keep_from) {
-        series.remove_before(keep_from);
-    }
+/// The payload of a value no aggregation produces (arithmetic on finite values gives the
+/// default NaN, never this one): "this method has no value for this bucket".
+const ABSENT: u64 = 0x7ff8_a65e_0000_0001;
+
+fn absent() -> f64 {
+    f64::from_bits(ABSENT)
 }
 
-/// One aggregate series: `(bucket, value)` sorted by bucket. Buckets nearly always arrive
-/// newest last and leave oldest first, so a deque makes both O(1); a late bucket is inserted
-/// in place.
-#[derive(Clone, Debug, Default)]
-struct Series(VecDeque<(i64, f64)>);
+fn present(v: f64) -> bool {
+    v.to_bits() != ABSENT
+}
 
-impl Series {
-    /// Sets the value of bucket `t`.
-    fn insert(&mut self, t: i64, v: f64) {
-        match self.0.back_mut() {
-            None => self.0.push_back((t, v)),
-            Some(last) if last.0 < t => self.0.push_back((t, v)),
-            Some(last) if last.0 == t => last.1 = v,
-            Some(_) => match self.0.binary_search_by_key(&t, |p| p.0) {
-                Ok(i) => self.0[i].1 = v,
-                Err(i) => self.0.insert(i, (t, v)),
-            },
+/// The aggregates of one granule, one row per bucket sorted by bucket, each row holding every
+/// method's value (or [`ABSENT`]): closing a bucket writes one row, not one entry per method.
+/// Buckets nearly always arrive newest last and leave oldest first, so deques make both O(1);
+/// a late bucket is inserted in place.
+#[derive(Clone, Debug)]
+struct Rows {
+    width: usize,
+    times: VecDeque<i64>,
+    /// `width` values per row.
+    values: VecDeque<f64>,
+}
+
+impl Rows {
+    fn new(width: usize) -> Rows {
+        Rows {
+            width,
+            times: VecDeque::new(),
+            values: VecDeque::new(),
         }
     }
 
-    fn first_key(&self) -> Option<i64> {
-        self.0.front().map(|p| p.0)
+    /// The index of bucket `t`'s row, made (every method absent) when missing.
+    fn row(&mut self, t: i64) -> usize {
+        match self.times.back() {
+            Some(&last) if last == t => return self.times.len() - 1,
+            Some(&last) if last > t => {}
+            _ => {
+                self.times.push_back(t);
+                self.values
+                    .extend(std::iter::repeat_n(absent(), self.width));
+                return self.times.len() - 1;
+            }
+        }
+        match self.times.binary_search(&t) {
+            Ok(i) => i,
+            Err(i) => {
+                self.times.insert(i, t);
+                for _ in 0..self.width {
+                    self.values.insert(i * self.width, absent());
+                }
+                i
+            }
+        }
     }
 
-    fn last_key(&self) -> Option<i64> {
-        self.0.back().map(|p| p.0)
+    /// Sets method `mi`'s value of bucket `t`.
+    fn set(&mut self, t: i64, mi: usize, v: f64) {
+        let i = self.row(t);
+        self.values[i * self.width + mi] = v;
     }
 
-    /// Removes and yields the buckets before `from`, oldest first.
-    fn drain_before(&mut self, from: i64) -> impl Iterator<Item = (i64, f64)> + '_ {
-        let n = self.0.partition_point(|p| p.0 < from);
-        self.0.drain(..n)
+    /// Sets the value of every method `value` gives one for; the others keep theirs.
+    fn write_row(&mut self, t: i64, value: impl Fn(usize) -> Option<f64>) {
+        if self.times.back().is_none_or(|&last| last < t) {
+            self.times.push_back(t);
+            self.values
+                .extend((0..self.width).map(|mi| value(mi).unwrap_or_else(absent)));
+            return;
+        }
+        let i = self.row(t);
+        for mi in 0..self.width {
+            if let Some(v) = value(mi) {
+                self.values[i * self.width + mi] = v;
+            }
+        }
     }
 
-    /// Removes the buckets before `from`.
-    fn remove_before(&mut self, from: i64) {
-        let n = self.0.partition_point(|p| p.0 < from);
-        self.0.drain(..n);
+    fn first_time(&self) -> Option<i64> {
+        self.times.front().copied()
     }
 
-    /// The buckets in `lo..hi`, oldest first.
-    fn range(&self, lo: i64, hi: i64) -> impl Iterator<Item = (i64, f64)> + '_ {
-        let a = self.0.partition_point(|p| p.0 < lo);
-        let b = self.0.partition_point(|p| p.0 < hi).max(a);
-        self.0.range(a..b).copied()
+    fn last_time(&self) -> Option<i64> {
+        self.times.back().copied()
+    }
+
+    /// The newest bucket method `mi` has a value for.
+    fn last_time_of(&self, mi: usize) -> Option<i64> {
+        (0..self.times.len())
+            .rev()
+            .find(|i| present(self.values[i * self.width + mi]))
+            .map(|i| self.times[i])
+    }
+
+    /// Removes and yields (method, bucket, value) of the buckets before `from`, method by
+    /// method, oldest first.
+    fn drain_before(&mut self, from: i64, out: &mut dyn FnMut(usize, i64, f64)) {
+        let n = self.times.partition_point(|&t| t < from);
+        for mi in 0..self.width {
+            for i in 0..n {
+                let v = self.values[i * self.width + mi];
+                if present(v) {
+                    out(mi, self.times[i], v);
+                }
+            }
+        }
+        self.times.drain(..n);
+        self.values.drain(..n * self.width);
+    }
+
+    /// Removes method `mi`'s values of the buckets before `from` (the rows stay; see
+    /// [`Rows::drop_empty_front`]).
+    fn remove_before(&mut self, mi: usize, from: i64) {
+        let n = self.times.partition_point(|&t| t < from);
+        for i in 0..n {
+            self.values[i * self.width + mi] = absent();
+        }
+    }
+
+    /// Removes the oldest rows while no method has a value in them.
+    fn drop_empty_front(&mut self) {
+        let width = self.width;
+        let n = (0..self.times.len())
+            .take_while(|i| !(0..width).any(|mi| present(self.values[i * width + mi])))
+            .count();
+        self.times.drain(..n);
+        self.values.drain(..n * width);
+    }
+
+    /// Method `mi`'s buckets in `lo..hi`, oldest first.
+    fn range(&self, mi: usize, lo: i64, hi: i64) -> impl Iterator<Item = (i64, f64)> + '_ {
+        let a = self.times.partition_point(|&t| t < lo);
+        let b = self.times.partition_point(|&t| t < hi).max(a);
+        (a..b)
+            .map(move |i| (self.times[i], self.values[i * self.width + mi]))
+            .filter(|p| present(p.1))
+    }
+}
+
+impl Metric {
+    /// The newest bucket of granule `gi` and its current value of `method`, while it is open.
+    fn open_value(&self, gi: usize, method: Method) -> Option<(i64, f64)> {
+        let g = self.policy.definition[gi].granularity;
+        let open = self.open[gi].as_ref()?;
+        Some((open.bucket, open.value(method, g, &self.raw)?))
     }
 }
 
 impl Open {
-    /// The bucket's current value of `method`.
-    fn value(&self, method: Method) -> Option<f64> {
+    /// The bucket's current value of `method` (its granularity `g`; `raw` holds its points).
+    fn value(&self, method: Method, g: i64, raw: &[Point]) -> Option<f64> {
         if method.rate {
-            self.rate.value(method)
+            let rate = self.rate.as_ref()?;
+            rate.running.value(method, || rate.values.clone())
         } else {
-            self.plain.value(method)
+            self.plain
+                .value(method, || bucket_values(raw, self.bucket, g))
         }
     }
 
     /// Whether [`Open::value`] gives a value (without computing it).
     fn has_value(&self, method: Method) -> bool {
-        let running = if method.rate { &self.rate } else { &self.plain };
-        running.has_value(method)
+        match (&self.rate, method.rate) {
+            (_, false) => self.plain.has_value(method),
+            (Some(rate), true) => rate.running.has_value(method),
+            (None, true) => false,
+        }
     }
 }
 
@@ -688,7 +882,7 @@ mod tests {
             ),
         ) {
             let policy = serde_json::json!({"name": "p", "back_window": back_window,
-                "aggregation_methods": ["mean", "sum", "min", "max", "first", "last", "count", "std", "median", "90pct", "rate:mean", "rate:sum", "rate:last"],
+                "aggregation_methods": ["mean", "sum", "min", "max", "first", "last", "count", "std", "median", "90pct", "rate:mean", "rate:sum", "rate:last", "rate:median", "rate:10pct"],
                 "definition": [{"granularity": 10, "points": 30}, {"granularity": 60, "points": 20}, {"granularity": 300, "points": 10}]});
             let mut running = metric(policy.clone());
             let mut reference = metric(policy).without_running_aggregates();

@@ -4,8 +4,11 @@
 
 use super::method::{percentile_sorted, Base, Method};
 
-/// The state of one bucket's values, fed in timestamp order.
+/// The state of one bucket's values, fed in timestamp order: one cache line. Order statistics
+/// (median, percentiles) need the values themselves, which the caller keeps (the raw buffer
+/// for plain values, a vector for `rate:` differences) and hands to [`Running::value`].
 #[derive(Clone, Debug, Default)]
+#[repr(C)]
 pub(super) struct Running {
     n: u64,
     sum: f64,
@@ -13,41 +16,28 @@ pub(super) struct Running {
     max: f64,
     first: f64,
     last: f64,
+    /// Welford's running mean and sum of squared differences from it, for `std`.
     mean: f64,
     m2: f64,
-    /// The values in arrival order, kept only when a median or percentile is asked for
-    /// (sorted when read: appending stays O(1), a bucket is read about once, when it closes).
-    values: Option<Vec<f64>>,
 }
 
 impl Running {
-    /// An empty bucket; `keep_sorted` when order statistics are needed.
-    pub(super) fn new(keep_sorted: bool) -> Running {
-        Running {
-            values: keep_sorted.then(Vec::new),
-            ..Running::default()
-        }
-    }
-
-    /// Empties it, keeping the allocation of its kept values.
+    /// Empties it.
     pub(super) fn clear(&mut self) {
-        let values = self.values.take().map(|mut v| {
-            v.clear();
-            v
-        });
-        *self = Running {
-            values,
-            ..Running::default()
-        };
+        *self = Running::default();
     }
 
     /// Whether [`Running::value`] gives a value for `method`.
     pub(super) fn has_value(&self, method: Method) -> bool {
         match method.base {
             Base::Std => self.n >= 2,
-            Base::Median | Base::Pct(_) => self.n > 0 && self.values.is_some(),
             _ => self.n > 0,
         }
+    }
+
+    /// The last field (see `Metric::touch`).
+    pub(super) fn m2(&self) -> f64 {
+        self.m2
     }
 
     /// How many values the bucket has.
@@ -71,23 +61,20 @@ impl Running {
         let delta = v - self.mean;
         self.mean += delta / self.n as f64;
         self.m2 += delta * (v - self.mean);
-        if let Some(values) = &mut self.values {
-            values.push(v);
-        }
     }
 
-    fn sorted(&self) -> Option<Vec<f64>> {
-        let mut sorted = self.values.clone()?;
-        sorted.sort_unstable_by(f64::total_cmp);
-        Some(sorted)
-    }
-
-    /// The value of `method` for the bucket so far (`None` where `reduce` gives none).
-    pub(super) fn value(&self, method: Method) -> Option<f64> {
+    /// The value of `method` for the bucket so far (`None` where `reduce` gives none);
+    /// `values` gives the bucket's values, in any order, when an order statistic needs them.
+    pub(super) fn value(&self, method: Method, values: impl FnOnce() -> Vec<f64>) -> Option<f64> {
         if self.n == 0 {
             return None;
         }
         let n = self.n as f64;
+        let sorted = || {
+            let mut sorted = values();
+            sorted.sort_unstable_by(f64::total_cmp);
+            sorted
+        };
         Some(match method.base {
             Base::Mean => self.sum / n,
             Base::Sum => self.sum,
@@ -102,8 +89,8 @@ impl Running {
                 }
                 (self.m2 / (n - 1.0)).sqrt()
             }
-            Base::Median => percentile_sorted(&self.sorted()?, 50.0),
-            Base::Pct(p) => percentile_sorted(&self.sorted()?, f64::from(p)),
+            Base::Median => percentile_sorted(&sorted(), 50.0),
+            Base::Pct(p) => percentile_sorted(&sorted(), f64::from(p)),
         })
     }
 }
@@ -120,9 +107,9 @@ mod tests {
         ] {
             let m: Method = name.parse().unwrap();
             for n in 1..=values.len() {
-                let mut r = Running::new(true);
+                let mut r = Running::default();
                 values[..n].iter().for_each(|v| r.push(*v));
-                let (a, b) = (r.value(m), m.reduce(&values[..n]));
+                let (a, b) = (r.value(m, || values[..n].to_vec()), m.reduce(&values[..n]));
                 match (a, b) {
                     (Some(a), Some(b)) => assert!(
                         (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0),
