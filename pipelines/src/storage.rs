@@ -161,16 +161,8 @@ struct Entry {
     id: Arc<str>,
 }
 
-impl Entry {
-    /// Reads what aggregating a batch reads (see [`Metric::touch`]).
-    fn touch(&self) -> i64 {
-        let attributes = self.attributes.as_ref().map_or(0, |a| a.len() as i64);
-        self.metric.touch() ^ attributes ^ i64::from(self.dirty)
-    }
-}
-
-/// The metrics in memory, in the order they arrived, found by (resource, name): batches are
-/// matched to their metrics first, then the metrics are read ahead by position.
+/// The metrics in memory, in the order they arrived, found by (resource, name) once per
+/// batch.
 #[derive(Default)]
 struct Metrics {
     index: FxHashMap<(Sym, Sym), u32>,
@@ -241,9 +233,6 @@ pub struct Aggregator {
 impl Aggregator {
     /// Final buckets buffered before a checkpoint writes them out (bounds memory).
     const MAX_BUFFERED_ROWS: usize = 1 << 20;
-
-    /// How many batches' metrics [`Aggregator::process`] reads ahead at a time.
-    const READ_AHEAD: usize = 16;
 
     /// Worker `share.partition.index`: the metrics and state of its resources come from
     /// [`load_shares`]. `durable`: checkpoint every epoch (an input commits offsets after each).
@@ -562,18 +551,7 @@ impl Aggregator {
         }
         let mut points = Vec::new();
         let mut newest = i64::MIN;
-        for (g, (range, found)) in groups.iter().enumerate() {
-            // Every few batches, read what the next few metrics hold first: their cache misses
-            // overlap instead of each stalling the batch that meets it (2.3 → M measures/s
-            // with 10,000 metrics in the operator bench).
-            if g % Self::READ_AHEAD == 0 {
-                let touched = groups[g..]
-                    .iter()
-                    .take(Self::READ_AHEAD)
-                    .filter_map(|(_, found)| *found)
-                    .fold(0, |acc, i| acc ^ self.metrics.entries[i].touch());
-                std::hint::black_box(touched);
-            }
+        for (range, found) in &groups {
             let group = &measures[range.clone()];
             let m = &group[0];
             let Some(options) = options

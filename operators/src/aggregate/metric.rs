@@ -72,7 +72,6 @@ pub struct Metric {
 /// used), read from there by the order statistics. Small on purpose (appending a measure
 /// touches the open bucket of every granule): what only `rate:` methods need is apart.
 #[derive(Clone, Debug)]
-#[repr(C)]
 struct Open {
     bucket: i64,
     plain: Running,
@@ -180,17 +179,6 @@ impl Metric {
     pub fn without_running_aggregates(mut self) -> Metric {
         self.incremental = false;
         self
-    }
-
-    /// Reads what appending a measure touches (the raw buffer's newest point, the open
-    /// buckets) and returns a value made of it, for `std::hint::black_box`: a caller that
-    /// touches the next several metrics first has their cache misses overlap, where
-    /// aggregating one after the other meets them one at a time.
-    pub fn touch(&self) -> i64 {
-        let newest = self.raw.last().map_or(0, |p| p.0) ^ self.cut_at;
-        self.open.iter().flatten().fold(newest, |acc, o| {
-            acc ^ o.bucket ^ o.plain.m2().to_bits() as i64
-        })
     }
 
     /// The policy.

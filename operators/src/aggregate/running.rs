@@ -8,7 +8,6 @@ use super::method::{percentile_sorted, Base, Method};
 /// (median, percentiles) need the values themselves, which the caller keeps (the raw buffer
 /// for plain values, a vector for `rate:` differences) and hands to [`Running::value`].
 #[derive(Clone, Debug, Default)]
-#[repr(C)]
 pub(super) struct Running {
     n: u64,
     sum: f64,
@@ -33,11 +32,6 @@ impl Running {
             Base::Std => self.n >= 2,
             _ => self.n > 0,
         }
-    }
-
-    /// The last field (see `Metric::touch`).
-    pub(super) fn m2(&self) -> f64 {
-        self.m2
     }
 
     /// How many values the bucket has.
