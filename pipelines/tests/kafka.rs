@@ -192,19 +192,26 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     assert_eq!(summary["notifications"], 1, "{}", text(&out));
 }
 
+/// Compressed as `compression=` asks (lz4 by default, zstd: both codecs are built in).
 #[test]
 fn kafka_publisher_round_trips_through_a_topic() {
     let Some(bootstrap) = bootstrap() else { return };
+    for compression in ["lz4", "zstd"] {
+        publisher_round_trip(&bootstrap, compression);
+    }
+}
+
+fn publisher_round_trip(bootstrap: &str, compression: &str) {
     let case = golden_dir().join("roc_cpu_util");
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     let (input_topic, output_topic) = (format!("mf-in-{nanos}"), format!("mf-out-{nanos}"));
-    create_topic(&bootstrap, &input_topic);
-    create_topic(&bootstrap, &output_topic);
+    create_topic(bootstrap, &input_topic);
+    create_topic(bootstrap, &output_topic);
     let input = std::fs::read_to_string(case.join("input.jsonl")).unwrap();
-    produce(&bootstrap, &input_topic, &input.lines().collect::<Vec<_>>());
+    produce(bootstrap, &input_topic, &input.lines().collect::<Vec<_>>());
 
     // Stage 1: the case's pipeline, publishing to a Kafka topic.
     let dir = tempfile::tempdir().unwrap();
@@ -213,7 +220,7 @@ fn kafka_publisher_round_trips_through_a_topic() {
         .unwrap()
         .replace(
             "file://OUTPUT",
-            &format!("kafka://{bootstrap}?topic={output_topic}"),
+            &format!("kafka://{bootstrap}?topic={output_topic}&compression={compression}"),
         );
     std::fs::write(&stage1, yaml).unwrap();
     let out = meterflow(&[
@@ -222,15 +229,15 @@ fn kafka_publisher_round_trips_through_a_topic() {
         "--input",
         &format!("kafka://{bootstrap}/{input_topic}?group=s1-{nanos}&eof=true"),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{compression}: {}", text(&out));
 
     // Stage 2: read that topic back and write it to a file, unchanged.
     let output = dir.path().join("out.jsonl");
     let group = format!("s2-{nanos}");
-    let out = copy_topic(&bootstrap, (&output_topic, &group), "meters", &output);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = copy_topic(bootstrap, (&output_topic, &group), "meters", &output);
+    assert!(out.status.success(), "{compression}: {}", text(&out));
     compare(&case.join("expected.jsonl"), &output)
-        .unwrap_or_else(|d| panic!("{d}\n{}", text(&out)));
+        .unwrap_or_else(|d| panic!("{compression}: {d}\n{}", text(&out)));
 }
 
 #[test]
