@@ -51,9 +51,11 @@ impl KafkaPublisherOptions {
         )?;
         let compression = match url.option("compression").unwrap_or("lz4") {
             c @ ("none" | "lz4" | "zstd" | "snappy" | "gzip") => c.to_owned(),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "kafka:// publisher: compression={other:?}: use none, lz4, zstd, snappy or gzip"
-            )),
+            ))
+            }
         };
         Ok(KafkaPublisherOptions {
             brokers: brokers.to_owned(),

@@ -26,6 +26,9 @@ pub(super) enum Fast<'a> {
     Service(&'a str),
     /// A bare sample.
     Bare(Box<WireSample<'a>>),
+    /// The oslo.messaging 2.0 envelope (`oslo.version` and `oslo.message` only): the
+    /// notification's text, unescaped from the `oslo.message` string.
+    Envelope(String),
 }
 
 /// Position of the first `"`, `\\` or control character at or after `from` (8 bytes a step).
@@ -139,6 +142,65 @@ impl<'a> Scanner<'a> {
                 }
                 _ => return None,
             }
+        }
+    }
+
+    /// A string with its escapes resolved, exactly as serde_json reads it; `None` (bail out)
+    /// for an invalid string or a lone surrogate (the general path reports those).
+    fn unescaped_string(&mut self) -> Option<String> {
+        self.eat(b'"')?;
+        let mut out = String::with_capacity(self.b.len() - self.i);
+        loop {
+            let at = special(self.b, self.i)?;
+            out.push_str(&self.text[self.i..at]);
+            match self.b[at] {
+                b'"' => {
+                    self.i = at + 1;
+                    return Some(out);
+                }
+                b'\\' => {}
+                _ => return None, // a raw control character
+            }
+            let c = match *self.b.get(at + 1)? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let unit = |i: usize| {
+                        let hex = std::str::from_utf8(self.b.get(i..i + 4)?).ok()?;
+                        if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                            return None;
+                        }
+                        u32::from_str_radix(hex, 16).ok()
+                    };
+                    let first = unit(at + 2)?;
+                    let (code, len) = match first {
+                        0xD800..=0xDBFF => {
+                            if self.b.get(at + 6..at + 8)? != b"\\u" {
+                                return None;
+                            }
+                            let low = unit(at + 8)?;
+                            if !(0xDC00..=0xDFFF).contains(&low) {
+                                return None;
+                            }
+                            (0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00), 12)
+                        }
+                        0xDC00..=0xDFFF => return None,
+                        code => (code, 6),
+                    };
+                    out.push(char::from_u32(code)?);
+                    self.i = at + len;
+                    continue;
+                }
+                _ => return None,
+            };
+            out.push(c);
+            self.i = at + 2;
         }
     }
 
@@ -393,6 +455,7 @@ impl<'a> Scanner<'a> {
         let mut samples: Option<Vec<WireSample<'a>>> = None;
         let mut payloads = 0;
         let mut bare = WireSample::default();
+        let mut envelope: Option<String> = None;
         self.object(|this, key| match key {
             // A repeated event type or payload is left to the general path.
             "event_type" if event_type.is_none() => {
@@ -421,9 +484,19 @@ impl<'a> Scanner<'a> {
                 samples = Some(out);
                 Some(())
             }
-            "oslo.message" | "oslo.version" => None,
+            "oslo.message" if envelope.is_none() => {
+                envelope = Some(this.unescaped_string()?);
+                Some(())
+            }
+            "oslo.version" => this.skip_value(),
+            "oslo.message" => None,
             other => this.field(other, &mut bare).map(|_| ()),
         })?;
+        if let Some(inner) = envelope {
+            // Anything beside the envelope's own keys is left to the general path.
+            let alone = event_type.is_none() && payloads == 0 && !bare.any;
+            return alone.then_some(Fast::Envelope(inner));
+        }
         match (event_type, samples) {
             (Some(et), Some(samples)) if carries_samples(et) => Some(Fast::Notification {
                 samples,
@@ -462,6 +535,16 @@ mod tests {
             SAMPLE.replace("230454583686", "18446744073709551616").replace("\"cpu\"", "\"cpu.x\""),
             SAMPLE.replace("230454583686", "true").replace("\"counter_unit\": \"ns\", ", ""),
             serde_json::json!({"oslo.version": "2.0", "oslo.message": format!(r#"{{"event_type": "telemetry.polling", "payload": {{"samples": [{SAMPLE}]}}}}"#)}).to_string(),
+            // Python's json.dumps (ensure_ascii) at both levels: non-ASCII as \u escapes in the
+            // notification's text, and in the envelope's string (one a surrogate pair).
+            format!(
+                r#"{{"oslo.message": "{}", "oslo.version": "2.0"}}"#,
+                format!(r#"{{"event_type": "metering", "payload": [{SAMPLE}]}}"#)
+                    .replace("inst-0", r"inst-ZZ-\u00e9")
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace("ZZ", r"\u00e9\ud83d\ude00")
+            ),
         ]
     }
 
@@ -528,6 +611,18 @@ mod tests {
             super::scan(&corpus()[2]).is_none(),
             "payload first goes the general way"
         );
+        assert!(
+            matches!(super::scan(&corpus()[7]), Some(super::Fast::Envelope(inner)) if inner.starts_with(r#"{"event_type": "telemetry.polling""#))
+        );
+        let Some(super::Fast::Envelope(inner)) = super::scan(&corpus()[8]) else {
+            panic!("an escaped envelope takes the fast path");
+        };
+        assert!(
+            inner.contains(r#""display_name": "inst-é😀-\u00e9""#),
+            "{inner}"
+        );
+        let ((decoded, samples), _) = both(&corpus()[8]);
+        assert!(decoded.is_ok() && samples.len() == 1, "{decoded:?}");
     }
 
     fn mutate(line: &str, edits: &[(usize, u8, usize)]) -> Option<String> {
@@ -555,7 +650,7 @@ mod tests {
 
         #[test]
         fn fast_and_general_paths_agree_on_mutated_lines(
-            which in 0usize..8,
+            which in 0usize..9,
             edits in prop::collection::vec((0usize..100_000, 0u8..3, 0usize..64), 1..4),
         ) {
             let base = &corpus()[which];

@@ -108,6 +108,7 @@ pub fn decode_line(line: &Bytes, emit: &mut Emit<'_>) -> Result<LineKind, LineEr
             emit(s.into_decoded(line));
             Ok(LineKind::BareSample)
         }
+        Some(fast::Fast::Envelope(inner)) => decode_line(&Bytes::from(inner), emit),
         None => decode_general(line, text, emit),
     }
 }
