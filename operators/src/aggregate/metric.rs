@@ -64,7 +64,7 @@ pub struct Metric {
     taken_at: Option<i64>,
     /// The start of the window when the raw buffer was last cut back to it (nothing older is
     /// held): the buffer's head is only looked at when the window moves.
-    cut_at: i64,
+    cut_at: Option<i64>,
 }
 
 /// The newest bucket of one granule, aggregated as measures are appended. Its plain values
@@ -144,12 +144,11 @@ fn floor(ts: i64, g: i64) -> i64 {
 }
 
 /// [`floor`], without the division when `ts` falls in the bucket `near` starts (the usual
-/// case: the bucket of the previous measure).
-fn floor_near(ts: i64, g: i64, near: i64) -> i64 {
-    if ts >= near && ts.checked_sub(near).is_some_and(|d| d < g) {
-        near
-    } else {
-        floor(ts, g)
+/// case: the bucket of the previous measure). `near` must be a bucket start of `g`.
+fn floor_near(ts: i64, g: i64, near: Option<i64>) -> i64 {
+    match near {
+        Some(near) if ts >= near && ts.checked_sub(near).is_some_and(|d| d < g) => near,
+        _ => floor(ts, g),
     }
 }
 
@@ -170,7 +169,7 @@ impl Metric {
             raw: Vec::new(),
             series,
             taken_at: None,
-            cut_at: i64::MIN,
+            cut_at: None,
         }
     }
 
@@ -215,7 +214,8 @@ impl Metric {
         let block = self.policy.block();
         let window = block.saturating_mul(self.policy.effective_back_window() as i64);
         if let Some(&(last, _)) = self.raw.last() {
-            let cutoff = floor_near(last, block, self.cut_at.saturating_add(window)) - window;
+            let block_start = self.cut_at.map(|c| c + window);
+            let cutoff = floor_near(last, block, block_start) - window;
             let before = batch.len();
             batch.retain(|p| p.0 >= cutoff);
             outcome.late = before - batch.len();
@@ -263,11 +263,11 @@ impl Metric {
             }
         }
         let last = self.raw.last().map_or(0, |p| p.0);
-        let keep_from = floor_near(last, block, self.cut_at.saturating_add(window)) - window;
+        let keep_from = floor_near(last, block, self.cut_at.map(|c| c + window)) - window;
         // Points older than the window are dropped before they are merged, so only a moved
         // window (or a resumed buffer) can leave any in the buffer.
-        if keep_from != self.cut_at {
-            self.cut_at = keep_from;
+        if self.cut_at != Some(keep_from) {
+            self.cut_at = Some(keep_from);
             if self.raw.first().is_some_and(|p| p.0 < keep_from) {
                 let cut = self.raw.partition_point(|p| p.0 < keep_from);
                 self.raw.drain(..cut);
@@ -349,7 +349,7 @@ impl Metric {
     /// newest bucket's running aggregates instead of rereading its points.
     fn append(&mut self, gi: usize, first_new: usize) {
         let g = self.policy.definition[gi].granularity;
-        let near = self.open[gi].as_ref().map_or(i64::MIN, |o| o.bucket);
+        let near = self.open[gi].as_ref().map(|o| o.bucket);
         let start = floor_near(self.raw[first_new].0, g, near);
         // The open bucket is updated in place (it is large: moving it costs more than the
         // arithmetic).
@@ -373,7 +373,7 @@ impl Metric {
         let open = open[gi].as_mut().expect("set above");
         for j in first_new..raw.len() {
             let (t, v) = raw[j];
-            let bucket = floor_near(t, g, open.bucket);
+            let bucket = floor_near(t, g, Some(open.bucket));
             if bucket != open.bucket {
                 write_values(&policy.methods, &mut series[gi], open, g, raw);
                 open.reset(bucket);
@@ -475,11 +475,10 @@ impl Metric {
     pub fn take_final(&mut self, out: &mut dyn FnMut(usize, usize, i64, f64)) {
         // What is final only changes when the newest measure enters a new block: every bucket
         // written since the last call is at or after the cutoff it had then.
-        let near = self.taken_at.unwrap_or(i64::MIN);
         let block = self
             .raw
             .last()
-            .map(|p| floor_near(p.0, self.policy.block(), near));
+            .map(|p| floor_near(p.0, self.policy.block(), self.taken_at));
         if block.is_some() && block == self.taken_at {
             return;
         }
