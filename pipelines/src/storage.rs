@@ -226,8 +226,6 @@ pub struct Aggregator {
     outbox: Vec<Feed>,
     /// The newest event time last reported to the cross operators.
     ticked: i64,
-    /// [`Aggregator::process`]'s batches (kept for their allocation).
-    groups: Vec<(std::ops::Range<usize>, Option<usize>)>,
 }
 
 impl Aggregator {
@@ -259,7 +257,6 @@ impl Aggregator {
             feeds: Feeds::default(),
             outbox: Vec::new(),
             ticked: i64::MIN,
-            groups: Vec::new(),
         }
     }
 
@@ -454,70 +451,68 @@ impl Aggregator {
         if let Some(i) = self.metrics.find(&key) {
             return Some(i);
         }
-        {
-            let skey = (
-                m.resource_key.as_str().to_owned(),
-                m.name.as_str().to_owned(),
-            );
-            let policy_name = match self.known.get(&skey) {
-                Some(record) => record.archive_policy_name.clone(),
-                None => m
-                    .policy
-                    .map(|p| p.as_str().to_owned())
-                    .or_else(|| options.archive_policy.clone())
-                    .or_else(|| {
-                        self.plan
-                            .policy_for_metric(m.name.as_str())
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| "low".to_owned()),
+        let skey = (
+            m.resource_key.as_str().to_owned(),
+            m.name.as_str().to_owned(),
+        );
+        let policy_name = match self.known.get(&skey) {
+            Some(record) => record.archive_policy_name.clone(),
+            None => m
+                .policy
+                .map(|p| p.as_str().to_owned())
+                .or_else(|| options.archive_policy.clone())
+                .or_else(|| {
+                    self.plan
+                        .policy_for_metric(m.name.as_str())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "low".to_owned()),
+        };
+        let policy = self.policy(&policy_name)?;
+        if !self.known.contains_key(&skey) {
+            let record = MetricRecord {
+                metric_id: metric_uuid(&skey.0, &skey.1),
+                resource_id: skey.0.clone(),
+                original_resource_id: m.resource_id.as_str().to_owned(),
+                metric_name: skey.1.clone(),
+                unit: m.unit.as_str().to_owned(),
+                archive_policy_name: policy_name,
+                resource_type: m
+                    .resource_type
+                    .map_or_else(|| options.resource_type.clone(), |t| t.as_str().to_owned()),
+                user_id: m.user_id.map(|s| s.as_str().to_owned()),
+                project_id: m.project_id.map(|s| s.as_str().to_owned()),
+                resource_attributes: m.attributes.as_deref().map(str::to_owned),
             };
-            let policy = self.policy(&policy_name)?;
-            if !self.known.contains_key(&skey) {
-                let record = MetricRecord {
-                    metric_id: metric_uuid(&skey.0, &skey.1),
-                    resource_id: skey.0.clone(),
-                    original_resource_id: m.resource_id.as_str().to_owned(),
-                    metric_name: skey.1.clone(),
-                    unit: m.unit.as_str().to_owned(),
-                    archive_policy_name: policy_name,
-                    resource_type: m
-                        .resource_type
-                        .map_or_else(|| options.resource_type.clone(), |t| t.as_str().to_owned()),
-                    user_id: m.user_id.map(|s| s.as_str().to_owned()),
-                    project_id: m.project_id.map(|s| s.as_str().to_owned()),
-                    resource_attributes: m.attributes.as_deref().map(str::to_owned),
-                };
-                self.commits.checkpoint.metrics.push(record.clone());
-                self.known.insert(skey.clone(), record);
-            }
-            let attributes = self
-                .known
-                .get(&skey)
-                .and_then(|r| r.resource_attributes.as_deref())
-                .map(Arc::from);
-            let id: Arc<str> = self.known.get(&skey).map_or_else(
-                || Arc::from(metric_uuid(&skey.0, &skey.1)),
-                |r| Arc::from(r.metric_id.as_str()),
-            );
-            let metric = match self.states.remove(&skey) {
-                Some(state) => resume(&policy, state),
-                None => Metric::new(policy.policy.clone()),
-            };
-            self.by_resource
-                .entry(m.resource_key)
-                .or_default()
-                .push(m.name);
-            Some(self.metrics.insert(Entry {
-                key,
-                metric,
-                policy,
-                dirty: false,
-                held: 0,
-                attributes,
-                id,
-            }))
+            self.commits.checkpoint.metrics.push(record.clone());
+            self.known.insert(skey.clone(), record);
         }
+        let attributes = self
+            .known
+            .get(&skey)
+            .and_then(|r| r.resource_attributes.as_deref())
+            .map(Arc::from);
+        let id: Arc<str> = self.known.get(&skey).map_or_else(
+            || Arc::from(metric_uuid(&skey.0, &skey.1)),
+            |r| Arc::from(r.metric_id.as_str()),
+        );
+        let metric = match self.states.remove(&skey) {
+            Some(state) => resume(&policy, state),
+            None => Metric::new(policy.policy.clone()),
+        };
+        self.by_resource
+            .entry(m.resource_key)
+            .or_default()
+            .push(m.name);
+        Some(self.metrics.insert(Entry {
+            key,
+            metric,
+            policy,
+            dirty: false,
+            held: 0,
+            attributes,
+            id,
+        }))
     }
 
     /// Aggregates one epoch's measures: each (sink, notification, metric) is one batch, in
@@ -537,22 +532,11 @@ impl Aggregator {
         if !measures.is_sorted_by_key(order) {
             measures.sort_by_key(order);
         }
-        // Each batch (notification, sink, metric) with its metric's position, when held.
-        let mut groups = std::mem::take(&mut self.groups);
-        groups.clear();
-        let mut start = 0;
+        let mut points = Vec::new();
+        let mut newest = i64::MIN;
         for group in measures.chunk_by(|a, b| {
             (a.batch, a.sink, a.resource_key, a.name) == (b.batch, b.sink, b.resource_key, b.name)
         }) {
-            let m = &group[0];
-            let found = self.metrics.find(&(m.resource_key, m.name));
-            groups.push((start..start + group.len(), found));
-            start += group.len();
-        }
-        let mut points = Vec::new();
-        let mut newest = i64::MIN;
-        for (range, found) in &groups {
-            let group = &measures[range.clone()];
             let m = &group[0];
             let Some(options) = options
                 .get(usize::from(m.publisher))
@@ -563,7 +547,7 @@ impl Aggregator {
             diag.counters.measures += group.len() as u64;
             points.clear();
             points.extend(group.iter().map(|m| (m.timestamp_ns, m.value)));
-            let Some(i) = found.or_else(|| self.ensure(m, options)) else {
+            let Some(i) = self.ensure(m, options) else {
                 for _ in group {
                     diag.drop(DropReason::PublishError, || {
                         format!("metric {} of resource {}: its archive policy is not defined; define it under archive_policies:", m.name, m.resource_id)
@@ -614,7 +598,6 @@ impl Aggregator {
                 );
             });
         }
-        self.groups = groups;
         diag.counters.metrics_open = self.metrics.len() as u64;
         self.watermark.fetch_max(newest, AtomicOrdering::Relaxed);
         if newest > self.ticked {
