@@ -58,7 +58,9 @@ pub struct Metric {
     /// Whether appends may take the running path (every granularity divides the block, so the
     /// raw buffer always holds whole buckets).
     incremental: bool,
-    keep_sorted: bool,
+    /// Whether open buckets keep their rate differences (a `rate:` median or percentile reads
+    /// them; plain ones read the raw buffer).
+    keep_rate_values: bool,
     has_rate: bool,
     /// The block of the newest measure when [`Metric::take_final`] last ran.
     taken_at: Option<i64>,
@@ -91,16 +93,25 @@ struct RateOpen {
 }
 
 /// Stores the values of `open`'s bucket (granularity `g`) into the granule's rows; a method
-/// with no value keeps what was stored.
+/// with no value keeps what was stored. The bucket's values are sorted at most once, however
+/// many order statistics the policy has.
 fn write_values(methods: &[Method], rows: &mut Rows, open: &Open, g: i64, raw: &[Point]) {
-    rows.write_row(open.bucket, |mi| open.value(methods[mi], g, raw));
+    let mut plain_sorted = None;
+    rows.write_row(open.bucket, |mi| {
+        open.value(methods[mi], g, raw, &mut plain_sorted)
+    });
 }
 
-/// The values of the raw points in bucket `[bucket, bucket + g)`.
-fn bucket_values(raw: &[Point], bucket: i64, g: i64) -> Vec<f64> {
+/// The values of the raw points in bucket `[bucket, bucket + g)`, sorted.
+fn sorted_bucket_values(raw: &[Point], bucket: i64, g: i64) -> Vec<f64> {
     let lo = raw.partition_point(|p| p.0 < bucket);
     let hi = raw.partition_point(|p| p.0 < bucket.saturating_add(g));
-    raw[lo..hi].iter().map(|p| p.1).collect()
+    sorted(raw[lo..hi].iter().map(|p| p.1).collect())
+}
+
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_unstable_by(f64::total_cmp);
+    values
 }
 
 impl Open {
@@ -160,10 +171,10 @@ impl Metric {
         Metric {
             open: vec![None; policy.definition.len()],
             incremental: policy.definition.iter().all(|g| block % g.granularity == 0),
-            keep_sorted: policy
+            keep_rate_values: policy
                 .methods
                 .iter()
-                .any(|m| matches!(m.base, Base::Median | Base::Pct(_))),
+                .any(|m| m.rate && matches!(m.base, Base::Median | Base::Pct(_))),
             has_rate: policy.methods.iter().any(|m| m.rate),
             policy,
             raw: Vec::new(),
@@ -367,7 +378,7 @@ impl Metric {
             open,
             policy,
             has_rate,
-            keep_sorted,
+            keep_rate_values,
             ..
         } = self;
         let open = open[gi].as_mut().expect("set above");
@@ -383,7 +394,7 @@ impl Metric {
                 let (pt, pv) = raw[j - 1];
                 // Recompute from `start` pairs points from `start - g` on.
                 if j > first_new || pt >= start - g {
-                    open.push_rate(v - pv, *keep_sorted);
+                    open.push_rate(v - pv, *keep_rate_values);
                     if bucket != start && open.plain.len() == 1 && pt < bucket - g {
                         if let Some(rate) = &mut open.rate {
                             rate.stale = true;
@@ -403,7 +414,7 @@ impl Metric {
         for j in lo..end {
             open.plain.push(self.raw[j].1);
             if self.has_rate && j > 0 && self.raw[j - 1].0 >= bucket - g {
-                open.push_rate(self.raw[j].1 - self.raw[j - 1].1, self.keep_sorted);
+                open.push_rate(self.raw[j].1 - self.raw[j - 1].1, self.keep_rate_values);
             }
         }
         open
@@ -672,7 +683,7 @@ impl Rows {
     }
 
     /// Sets the value of every method `value` gives one for; the others keep theirs.
-    fn write_row(&mut self, t: i64, value: impl Fn(usize) -> Option<f64>) {
+    fn write_row(&mut self, t: i64, mut value: impl FnMut(usize) -> Option<f64>) {
         if self.times.back().is_none_or(|&last| last < t) {
             self.times.push_back(t);
             self.values
@@ -753,19 +764,31 @@ impl Metric {
     fn open_value(&self, gi: usize, method: Method) -> Option<(i64, f64)> {
         let g = self.policy.definition[gi].granularity;
         let open = self.open[gi].as_ref()?;
-        Some((open.bucket, open.value(method, g, &self.raw)?))
+        Some((open.bucket, open.value(method, g, &self.raw, &mut None)?))
     }
 }
 
 impl Open {
     /// The bucket's current value of `method` (its granularity `g`; `raw` holds its points).
-    fn value(&self, method: Method, g: i64, raw: &[Point]) -> Option<f64> {
+    /// `plain_sorted` holds the bucket's plain values once an order statistic sorted them.
+    fn value(
+        &self,
+        method: Method,
+        g: i64,
+        raw: &[Point],
+        plain_sorted: &mut Option<Vec<f64>>,
+    ) -> Option<f64> {
         if method.rate {
             let rate = self.rate.as_ref()?;
-            rate.running.value(method, || rate.values.clone())
+            let mut rate_sorted = None;
+            let rate_sorted = &mut rate_sorted;
+            rate.running.value(method, move || {
+                rate_sorted.insert(sorted(rate.values.clone()))
+            })
         } else {
-            self.plain
-                .value(method, || bucket_values(raw, self.bucket, g))
+            self.plain.value(method, move || {
+                plain_sorted.get_or_insert_with(|| sorted_bucket_values(raw, self.bucket, g))
+            })
         }
     }
 

@@ -58,17 +58,16 @@ impl Running {
     }
 
     /// The value of `method` for the bucket so far (`None` where `reduce` gives none);
-    /// `values` gives the bucket's values, in any order, when an order statistic needs them.
-    pub(super) fn value(&self, method: Method, values: impl FnOnce() -> Vec<f64>) -> Option<f64> {
+    /// `sorted` gives the bucket's values sorted, when an order statistic needs them.
+    pub(super) fn value<'v>(
+        &self,
+        method: Method,
+        sorted: impl FnOnce() -> &'v [f64],
+    ) -> Option<f64> {
         if self.n == 0 {
             return None;
         }
         let n = self.n as f64;
-        let sorted = || {
-            let mut sorted = values();
-            sorted.sort_unstable_by(f64::total_cmp);
-            sorted
-        };
         Some(match method.base {
             Base::Mean => self.sum / n,
             Base::Sum => self.sum,
@@ -83,8 +82,8 @@ impl Running {
                 }
                 (self.m2 / (n - 1.0)).sqrt()
             }
-            Base::Median => percentile_sorted(&sorted(), 50.0),
-            Base::Pct(p) => percentile_sorted(&sorted(), f64::from(p)),
+            Base::Median => percentile_sorted(sorted(), 50.0),
+            Base::Pct(p) => percentile_sorted(sorted(), f64::from(p)),
         })
     }
 }
@@ -103,7 +102,9 @@ mod tests {
             for n in 1..=values.len() {
                 let mut r = Running::default();
                 values[..n].iter().for_each(|v| r.push(*v));
-                let (a, b) = (r.value(m, || values[..n].to_vec()), m.reduce(&values[..n]));
+                let mut sorted = values[..n].to_vec();
+                sorted.sort_unstable_by(f64::total_cmp);
+                let (a, b) = (r.value(m, || &sorted), m.reduce(&values[..n]));
                 match (a, b) {
                     (Some(a), Some(b)) => assert!(
                         (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0),
