@@ -114,9 +114,26 @@ impl<'a> Scanner<'a> {
 
     /// Skips a string, escapes included, validating it.
     fn skip_string(&mut self) -> Option<()> {
+        self.string(None)
+    }
+
+    /// A string with its escapes resolved, exactly as serde_json reads it.
+    fn unescaped_string(&mut self) -> Option<String> {
+        let mut out = String::with_capacity(self.b.len().saturating_sub(self.i));
+        self.string(Some(&mut out))?;
+        Some(out)
+    }
+
+    /// Scans a string, validating its escapes, and writes its value to `out` when given;
+    /// `None` (bail out) for an invalid string or a lone surrogate (the general path reports
+    /// those).
+    fn string(&mut self, mut out: Option<&mut String>) -> Option<()> {
         self.eat(b'"')?;
         loop {
             let at = special(self.b, self.i)?;
+            if let Some(out) = out.as_deref_mut() {
+                out.push_str(&self.text[self.i..at]);
+            }
             match self.b[at] {
                 b'"' => {
                     self.i = at + 1;
@@ -125,51 +142,15 @@ impl<'a> Scanner<'a> {
                 b'\\' => {}
                 _ => return None, // a raw control character
             }
-            match *self.b.get(at + 1)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i = at + 2,
-                b'u' => {
-                    let hex = self.b.get(at + 2..at + 6)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return None;
-                    }
-                    // Surrogates must pair up; leave those to the general path.
-                    if matches!(hex[0], b'd' | b'D')
-                        && matches!(hex[1], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
-                    {
-                        return None;
-                    }
-                    self.i = at + 6;
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// A string with its escapes resolved, exactly as serde_json reads it; `None` (bail out)
-    /// for an invalid string or a lone surrogate (the general path reports those).
-    fn unescaped_string(&mut self) -> Option<String> {
-        self.eat(b'"')?;
-        let mut out = String::with_capacity(self.b.len() - self.i);
-        loop {
-            let at = special(self.b, self.i)?;
-            out.push_str(&self.text[self.i..at]);
-            match self.b[at] {
-                b'"' => {
-                    self.i = at + 1;
-                    return Some(out);
-                }
-                b'\\' => {}
-                _ => return None, // a raw control character
-            }
-            let c = match *self.b.get(at + 1)? {
-                b'"' => '"',
-                b'\\' => '\\',
-                b'/' => '/',
-                b'b' => '\u{8}',
-                b'f' => '\u{c}',
-                b'n' => '\n',
-                b'r' => '\r',
-                b't' => '\t',
+            let (c, len) = match *self.b.get(at + 1)? {
+                b'"' => ('"', 2),
+                b'\\' => ('\\', 2),
+                b'/' => ('/', 2),
+                b'b' => ('\u{8}', 2),
+                b'f' => ('\u{c}', 2),
+                b'n' => ('\n', 2),
+                b'r' => ('\r', 2),
+                b't' => ('\t', 2),
                 b'u' => {
                     let unit = |i: usize| {
                         let hex = std::str::from_utf8(self.b.get(i..i + 4)?).ok()?;
@@ -193,14 +174,14 @@ impl<'a> Scanner<'a> {
                         0xDC00..=0xDFFF => return None,
                         code => (code, 6),
                     };
-                    out.push(char::from_u32(code)?);
-                    self.i = at + len;
-                    continue;
+                    (char::from_u32(code)?, len)
                 }
                 _ => return None,
             };
-            out.push(c);
-            self.i = at + 2;
+            if let Some(out) = out.as_deref_mut() {
+                out.push(c);
+            }
+            self.i = at + len;
         }
     }
 
