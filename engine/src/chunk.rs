@@ -15,16 +15,51 @@ pub struct Chunk {
     pub data: Bytes,
     /// Where each line came from, when the input has better positions than line numbers
     /// (Kafka: `topic/partition@offset`), indexed by line number − `first_line`.
-    pub positions: Option<Vec<String>>,
+    pub positions: Option<Positions>,
+}
+
+/// The Kafka position (topic, partition, offset) of each line of a chunk, kept as numbers
+/// and written out only when a line is reported (one entry per message, no allocation).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Positions {
+    topics: Vec<String>,
+    /// Per line: index into `topics`, partition, offset.
+    lines: Vec<(u32, i32, i64)>,
+}
+
+impl Positions {
+    /// Records the next line's position.
+    pub fn push(&mut self, topic: &str, partition: i32, offset: i64) {
+        let t = match self.topics.iter().rposition(|t| t == topic) {
+            Some(t) => t,
+            None => {
+                self.topics.push(topic.to_owned());
+                self.topics.len() - 1
+            }
+        };
+        self.lines.push((t as u32, partition, offset));
+    }
+
+    /// Line `i`'s position as `topic/partition@offset`.
+    ///
+    /// ```
+    /// let mut p = meterflow_engine::chunk::Positions::default();
+    /// p.push("notifications.info", 3, 41);
+    /// assert_eq!(p.get(0).as_deref(), Some("notifications.info/3@41"));
+    /// assert_eq!(p.get(1), None);
+    /// ```
+    pub fn get(&self, i: usize) -> Option<String> {
+        let &(t, partition, offset) = self.lines.get(i)?;
+        Some(format!("{}/{partition}@{offset}", self.topics[t as usize]))
+    }
 }
 
 impl Chunk {
     /// The input's own position of line `line_no`, when it has one (Kafka).
-    pub fn position(&self, line_no: u64) -> Option<&str> {
+    pub fn position(&self, line_no: u64) -> Option<String> {
         self.positions
             .as_ref()?
             .get(line_no.checked_sub(self.first_line)? as usize)
-            .map(String::as_str)
     }
 
     /// Where line `line_no` (as numbered by [`Chunk::lines`]) came from: `input:line`, or the

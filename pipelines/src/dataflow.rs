@@ -291,7 +291,14 @@ impl Decoder {
                     });
                     if let Some(dead) = dead.as_mut() {
                         let position = chunk.position(line_no);
-                        dead.record(input, line_no, position, r.reason, &r.detail, &line);
+                        dead.record(
+                            input,
+                            line_no,
+                            position.as_deref(),
+                            r.reason,
+                            &r.detail,
+                            &line,
+                        );
                     }
                 }
             };
@@ -349,7 +356,7 @@ impl Decoder {
             if let Some((reason, detail)) = failed {
                 if let Some(dead) = dead.as_mut() {
                     let position = chunk.position(line_no);
-                    dead.record(input, line_no, position, reason, &detail, &line);
+                    dead.record(input, line_no, position.as_deref(), reason, &detail, &line);
                 }
                 diag.drop(reason, || {
                     format!("{}: {detail}", chunk.place(input, line_no))

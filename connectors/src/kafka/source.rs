@@ -11,7 +11,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use meterflow_engine::chunk::{Chunk, ChunkSource};
+use meterflow_engine::chunk::{Chunk, ChunkSource, Positions};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -30,8 +30,10 @@ pub struct KafkaSource {
     spec: KafkaSpec,
     input: u32,
     target: usize,
-    /// Highest offset per (topic, partition) in each chunk not yet known to be processed.
-    pending: BTreeMap<u64, BTreeMap<(String, i32), i64>>,
+    /// The topics messages came from; offsets name a topic by its index here.
+    topics: Vec<String>,
+    /// Highest offset per (topic index, partition) in each chunk not yet known to be processed.
+    pending: BTreeMap<u64, BTreeMap<(u32, i32), i64>>,
     /// Partitions read to their end since their last message.
     at_end: HashSet<i32>,
     messages: u64,
@@ -63,6 +65,7 @@ impl KafkaSource {
             spec: spec.clone(),
             input,
             target: target.max(1),
+            topics: Vec::new(),
             pending: BTreeMap::new(),
             at_end: HashSet::new(),
             messages: 0,
@@ -87,8 +90,8 @@ impl KafkaSource {
 impl ChunkSource for KafkaSource {
     fn next_chunk(&mut self, seq: u64) -> io::Result<Option<Chunk>> {
         let mut data = BytesMut::new();
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut positions = Vec::new();
+        let mut offsets: BTreeMap<(u32, i32), i64> = BTreeMap::new();
+        let mut positions = Positions::default();
         let first_line = self.messages + 1;
         loop {
             match self.consumer.poll(POLL) {
@@ -102,9 +105,17 @@ impl ChunkSource for KafkaSource {
                     }
                     data.extend_from_slice(b"\n");
                     self.messages += 1;
-                    positions.push(format!("{}/{}@{}", m.topic(), m.partition(), m.offset()));
-                    let key = (m.topic().to_owned(), m.partition());
-                    let offset = offsets.entry(key).or_insert(m.offset());
+                    positions.push(m.topic(), m.partition(), m.offset());
+                    let topic = match self.topics.iter().rposition(|t| t == m.topic()) {
+                        Some(t) => t,
+                        None => {
+                            self.topics.push(m.topic().to_owned());
+                            self.topics.len() - 1
+                        }
+                    };
+                    let offset = offsets
+                        .entry((topic as u32, m.partition()))
+                        .or_insert(m.offset());
                     *offset = (*offset).max(m.offset());
                     if data.len() >= self.target {
                         break;
@@ -166,15 +177,16 @@ impl ChunkSource for KafkaSource {
         if done.is_empty() {
             return Ok(());
         }
-        let mut highest: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut highest: BTreeMap<(u32, i32), i64> = BTreeMap::new();
         for s in &done {
             for (key, offset) in &self.pending[s] {
-                let h = highest.entry(key.clone()).or_insert(*offset);
+                let h = highest.entry(*key).or_insert(*offset);
                 *h = (*h).max(*offset);
             }
         }
         let mut list = TopicPartitionList::new();
         for ((topic, partition), offset) in &highest {
+            let topic = &self.topics[*topic as usize];
             list.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
                 .map_err(|e| kafka_error("cannot build the commit", e))?;
         }
