@@ -29,7 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use meterflow_connectors::gnocchi::store::{MetricRecord, Store};
+use meterflow_connectors::gnocchi::store::{MetricRecord, ResourceState, Store};
 use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
 use meterflow_connectors::notify::NotifierStats;
 use meterflow_engine::intern::Sym;
@@ -499,8 +499,9 @@ async fn archive_policy_rules(State(state): Shared) -> Json<Value> {
     ))
 }
 
-/// A resource as Gnocchi shows it, from its metrics.
-fn resource_json(metrics: &[&MetricRecord]) -> Value {
+/// A resource as Gnocchi shows it, from its metrics and what events did to it (at least one
+/// of the two is there).
+fn resource_json(metrics: &[&MetricRecord], key: &str, state: Option<&ResourceState>) -> Value {
     let by_name: serde_json::Map<String, Value> = metrics
         .iter()
         .map(|m| (m.metric_name.clone(), Value::from(m.metric_id.clone())))
@@ -509,7 +510,42 @@ fn resource_json(metrics: &[&MetricRecord]) -> Value {
     let attributes = metrics
         .iter()
         .find_map(|m| m.resource_attributes.as_deref());
-    let mut resource = metrics[0].resource_json(attributes);
+    let created = state.and_then(|s| s.created.as_ref());
+    let mut resource = match metrics.first() {
+        Some(m) => m.resource_json(attributes),
+        None => json!({
+            "id": meterflow_connectors::gnocchi::resource_uuid(key),
+            "type": state.map_or("generic", |s| s.resource_type.as_str()),
+            "original_resource_id": key,
+            "user_id": null,
+            "project_id": null,
+            "started_at": null,
+            "ended_at": null,
+            "revision_start": null,
+            "revision_end": null,
+            "creator": null,
+            "created_by_user_id": null,
+            "created_by_project_id": null,
+        }),
+    };
+    if let Some(Ok(Value::Object(attributes))) = created
+        .and_then(|(_, a)| a.as_deref())
+        .map(serde_json::from_str::<Value>)
+    {
+        for (k, v) in attributes {
+            if resource.get(&k).is_none_or(Value::is_null) {
+                resource[k] = v;
+            }
+        }
+    }
+    if let Some((at, _)) = created {
+        if resource["started_at"].is_null() {
+            resource["started_at"] = Value::from(meterflow_engine::time::format_iso_utc(at / 1000));
+        }
+    }
+    if let Some(ended) = state.and_then(|s| s.ended_at_ns) {
+        resource["ended_at"] = Value::from(meterflow_engine::time::format_iso_utc(ended / 1000));
+    }
     resource["metrics"] = Value::Object(by_name);
     resource
 }
@@ -532,47 +568,55 @@ fn known_type(state: &ApiState, kind: &str, catalog_has: bool) -> ApiResult<()> 
 
 async fn resources(State(state): Shared, Path(kind): Path<String>) -> ApiResult<Json<Value>> {
     let catalog = state.store.catalog()?;
-    let mut out = Vec::new();
-    let mut group: Vec<&MetricRecord> = Vec::new();
-    let mut any_of_kind = false;
+    // Resource key → its metrics: those with metrics, then those only events created.
+    let mut out: BTreeMap<&str, Vec<&MetricRecord>> = BTreeMap::new();
     for m in catalog.metrics() {
-        if group
-            .first()
-            .is_some_and(|g| g.resource_id != m.resource_id)
-        {
-            out.push(std::mem::take(&mut group));
+        out.entry(m.resource_id.as_str()).or_default().push(m);
+    }
+    for (key, s) in catalog.resource_states() {
+        if s.created.is_some() {
+            out.entry(key).or_default();
         }
-        group.push(m);
     }
-    if !group.is_empty() {
-        out.push(group);
-    }
+    let mut any_of_kind = false;
     let listed: Vec<Value> = out
         .iter()
-        .filter(|g| {
-            let of_kind = kind == "generic" || g[0].resource_type == kind;
+        .filter(|(key, g)| {
+            let resource_type = match g.first() {
+                Some(m) => m.resource_type.as_str(),
+                None => catalog
+                    .resource_state(key)
+                    .map_or("generic", |s| s.resource_type.as_str()),
+            };
+            let of_kind = kind == "generic" || resource_type == kind;
             any_of_kind |= of_kind;
             of_kind
         })
-        .map(|g| resource_json(g))
+        .map(|(key, g)| resource_json(g, key, catalog.resource_state(key)))
         .collect();
     known_type(&state, &kind, any_of_kind)?;
     Ok(Json(Value::Array(listed)))
 }
 
+/// The resource `id` names (UUID, key or id as sent) of type `kind`: its key and metrics.
 fn find_resource<'c>(
     catalog: &'c meterflow_connectors::gnocchi::store::Catalog,
     kind: &str,
     id: &str,
-) -> ApiResult<Vec<&'c MetricRecord>> {
-    let metrics: Vec<&MetricRecord> = catalog
-        .resource(id)
-        .map(|key| catalog.resource_metrics(key).collect())
-        .unwrap_or_default();
-    if metrics.is_empty() || (kind != "generic" && metrics[0].resource_type != kind) {
-        return Err(ApiError::not_found(format!("Resource {id} does not exist")));
+) -> ApiResult<(&'c str, Vec<&'c MetricRecord>)> {
+    let missing = || ApiError::not_found(format!("Resource {id} does not exist"));
+    let key = catalog.resource(id).ok_or_else(missing)?;
+    let metrics: Vec<&MetricRecord> = catalog.resource_metrics(key).collect();
+    let created = catalog.resource_state(key).filter(|s| s.created.is_some());
+    let resource_type = match (metrics.first(), created) {
+        (Some(m), _) => m.resource_type.as_str(),
+        (None, Some(s)) => s.resource_type.as_str(),
+        (None, None) => return Err(missing()),
+    };
+    if kind != "generic" && resource_type != kind {
+        return Err(missing());
     }
-    Ok(metrics)
+    Ok((key, metrics))
 }
 
 async fn resource(
@@ -580,7 +624,12 @@ async fn resource(
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let catalog = state.store.catalog()?;
-    Ok(Json(resource_json(&find_resource(&catalog, &kind, &id)?)))
+    let (key, metrics) = find_resource(&catalog, &kind, &id)?;
+    Ok(Json(resource_json(
+        &metrics,
+        key,
+        catalog.resource_state(key),
+    )))
 }
 
 async fn resource_metrics(
@@ -588,7 +637,7 @@ async fn resource_metrics(
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let catalog = state.store.catalog()?;
-    let metrics = find_resource(&catalog, &kind, &id)?;
+    let (_, metrics) = find_resource(&catalog, &kind, &id)?;
     Ok(Json(Value::Array(
         metrics.iter().map(|m| metric_json(m, None)).collect(),
     )))
@@ -693,7 +742,7 @@ async fn resource_measures(
 
 fn resource_metric(state: &ApiState, kind: &str, id: &str, name: &str) -> ApiResult<MetricRecord> {
     let catalog = state.store.catalog()?;
-    let metrics = find_resource(&catalog, kind, id)?;
+    let (_, metrics) = find_resource(&catalog, kind, id)?;
     metrics
         .into_iter()
         .find(|m| m.metric_name == name)

@@ -34,6 +34,7 @@ use anyhow::Context;
 use meterflow_connectors::file::deadletter::{DeadLetter, DeadLetterHandle};
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
 use meterflow_connectors::gnocchi::resources::{ResourceDefinition, ResourceDefinitions};
+use meterflow_connectors::gnocchi::store::{Partition as StorePartition, Store, StoreError};
 use meterflow_connectors::gnocchi::{resource_key, GnocchiOptions};
 use meterflow_connectors::notify::{Notifier, NotifierOptions};
 use meterflow_connectors::PublisherSpec;
@@ -60,6 +61,7 @@ use crate::api::{ListenOptions, Live, Requests, Server};
 use crate::committer::Checkpointed;
 use crate::feeds::Feed;
 use crate::plan::Plan;
+use crate::resource_events::{ResourceEventRules, ResourceEvents};
 use crate::storage::{load_shares, open_store, Aggregator, CrossStage, Measure, Share};
 use meterflow_operators::notification::message_view;
 
@@ -417,6 +419,8 @@ pub struct Transformer {
     event_routes: EventRoutes,
     /// Events for each publisher, published at the end of the epoch.
     events: Vec<Vec<Arc<Event>>>,
+    /// Per publisher, for `gnocchi://` ones: what events do to the store's resources.
+    resource_events: Vec<Option<ResourceEvents>>,
     plan: Arc<Plan>,
 }
 
@@ -460,11 +464,28 @@ impl Transformer {
                 })
                 .collect(),
             events: vec![Vec::new(); publishers.len()],
+            resource_events: publishers.iter().map(|_| None).collect(),
             publishers,
             urls: plan.publishers.iter().map(|p| p.url.clone()).collect(),
             event_routes: EventRoutes::default(),
             plan: plan.clone(),
         }
+    }
+
+    /// Lets events published to `gnocchi://` publishers create and end resources of `store`
+    /// (`rules` per publisher; `partition`: this worker's).
+    pub fn with_resource_events(
+        mut self,
+        rules: &[Option<Arc<ResourceEventRules>>],
+        store: &Arc<Store>,
+        partition: StorePartition,
+    ) -> Transformer {
+        for (slot, rules) in self.resource_events.iter_mut().zip(rules) {
+            *slot = rules
+                .as_ref()
+                .map(|r| ResourceEvents::new(r.clone(), store.clone(), partition));
+        }
+        self
     }
 
     /// Takes an event for the publishers of every event sink that accepts its type.
@@ -519,13 +540,25 @@ impl Transformer {
             // Samples an earlier epoch left held (none today) would publish as their own batch.
             self.publish(k, notification.unwrap_or(u64::MAX), diag);
         }
-        for ((p, url), events) in self
+        for (((p, url), events), resource_events) in self
             .publishers
             .iter_mut()
             .zip(&self.urls)
             .zip(&mut self.events)
+            .zip(&mut self.resource_events)
         {
-            let Target::Io(p) = p else { continue };
+            let Target::Io(p) = p else {
+                if let Some(r) = resource_events.as_mut() {
+                    diag.counters.events_published += events.len() as u64;
+                    for event in events.drain(..) {
+                        if let Err(e) = r.take(&event) {
+                            diag.drop(DropReason::PublishError, || format!("{url}: {e}"));
+                        }
+                    }
+                }
+                events.clear();
+                continue;
+            };
             if !events.is_empty() {
                 diag.counters.events_published += events.len() as u64;
                 if let Err(e) = p.publish_events(events) {
@@ -545,6 +578,18 @@ impl Transformer {
     /// for with [`Transformer::written`].
     pub fn start_write_out(&mut self, diag: &mut Diag) -> Vec<(usize, u64)> {
         let mut tickets = Vec::new();
+        for (r, url) in self.resource_events.iter_mut().zip(&self.urls) {
+            let Some(r) = r.as_mut() else { continue };
+            let committed =
+                retry_with_backoff(url, PUBLISH_RETRY_LIMIT, StoreError::retryable, || {
+                    r.commit()
+                });
+            if let Err(e) = committed {
+                diag.drop(DropReason::PublishError, || {
+                    format!("{url}: resource events: {e}; tried again at the next epoch")
+                });
+            }
+        }
         for (i, (p, url)) in self.publishers.iter_mut().zip(&self.urls).enumerate() {
             if let Target::Io(p) = p {
                 match p.flush_async() {
@@ -899,6 +944,38 @@ fn flush_with_retry(publisher: &mut dyn Publisher, url: &str, diag: &mut Diag) {
     }
 }
 
+/// Per publisher, the resource-event rules of `gnocchi://` ones that event sinks use: from
+/// its `resources_definition_file`, else the shipped `gnocchi_resources.yaml`.
+fn resource_event_rules(plan: &Plan) -> anyhow::Result<Vec<Option<Arc<ResourceEventRules>>>> {
+    let mut shipped: Option<Arc<ResourceEventRules>> = None;
+    plan.publishers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let PublisherSpec::Gnocchi(options) = &p.spec else {
+                return Ok(None);
+            };
+            if !plan.publishes_events_to(i) {
+                return Ok(None);
+            }
+            Ok(Some(match &options.resources {
+                Some(definitions) => Arc::new(ResourceEventRules::new(definitions)),
+                None => match &shipped {
+                    Some(rules) => rules.clone(),
+                    None => {
+                        let (origin, text) = crate::shipped::GNOCCHI_RESOURCES;
+                        let definitions = ResourceDefinitions::from_yaml(text, origin)
+                            .map_err(anyhow::Error::msg)?;
+                        let rules = Arc::new(ResourceEventRules::new(&definitions));
+                        shipped = Some(rules.clone());
+                        rules
+                    }
+                },
+            }))
+        })
+        .collect()
+}
+
 /// Runs `plan` over `inputs` to their end.
 pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Result<RunReport> {
     let started = Instant::now();
@@ -1010,6 +1087,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         api_requests = Some(requests);
     }
     let api_requests = Arc::new(Mutex::new(api_requests));
+    let resource_rules = resource_event_rules(&plan)?;
     let worker_live = live.clone();
     let worker_notifier = notifier.clone();
     let watermark = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
@@ -1105,6 +1183,16 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             });
             let transform_diag = diag.clone();
             let mut transformer = Transformer::new(&plan, &factories);
+            if let Some((store, _)) = &store {
+                transformer = transformer.with_resource_events(
+                    &resource_rules,
+                    store,
+                    StorePartition {
+                        index: index as u32,
+                        count: workers as u32,
+                    },
+                );
+            }
             let measures = routed
                 .binary_frontier::<_, CapacityContainerBuilder<Vec<Measure>>, _, _, _, _>(
                     events.clone(),

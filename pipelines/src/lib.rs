@@ -34,6 +34,7 @@ pub mod feeds;
 pub mod matcher;
 pub mod plan;
 pub mod query;
+pub mod resource_events;
 pub mod sequential;
 pub mod shipped;
 pub mod storage;

@@ -329,6 +329,15 @@ impl Plan {
         self.sources.iter().any(|s| s.kind == SourceKind::Events)
     }
 
+    /// Whether publisher `p` (an index into `publishers`) is a sink's of an event source.
+    pub fn publishes_events_to(&self, p: usize) -> bool {
+        self.sources
+            .iter()
+            .filter(|s| s.kind == SourceKind::Events)
+            .flat_map(|s| &s.sinks)
+            .any(|&k| self.sinks[k].publishers.contains(&p))
+    }
+
     /// The archive policy called `name`: the definition's, else Gnocchi's or Ceilometer's
     /// built-in one.
     pub fn archive_policy(&self, name: &str) -> Option<ArchivePolicy> {
@@ -1296,10 +1305,10 @@ impl Validator {
     }
 
     /// What an event pipeline's sink may not have (Ceilometer: event sinks load no
-    /// transformers; meterflow's embedded store takes samples only).
+    /// transformers).
     fn event_sink(
         &mut self,
-        (sink, urls): &(SinkPlan, Vec<(String, PublisherSpec)>),
+        (sink, _): &(SinkPlan, Vec<(String, PublisherSpec)>),
         k: usize,
         source: &str,
     ) {
@@ -1308,14 +1317,6 @@ impl Validator {
                 format!("sinks[{k}].transformers[{j}]"),
                 format!("No transformer named {} loaded for events: sink {} is fed by event source {source}, and event sinks take no transformers; give the events a sink of their own", t.name, sink.name),
             );
-        }
-        for (j, (url, spec)) in urls.iter().enumerate() {
-            if matches!(spec, PublisherSpec::Gnocchi(_)) {
-                self.problem(
-                    format!("sinks[{k}].publishers[{j}]"),
-                    format!("{url}: gnocchi:// takes samples only in this build (events as resource updates are not implemented); sink {} is fed by event source {source}: publish its events to file://, kafka:// or log://", sink.name),
-                );
-            }
         }
     }
 

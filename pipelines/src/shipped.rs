@@ -32,3 +32,10 @@ pub const EVENT_DEFINITIONS: [(&str, &str); 1] = [(
     "event_definitions.yaml",
     include_str!("../examples/definitions/event_definitions.yaml"),
 )];
+
+/// `gnocchi_resources.yaml`: what events published to `gnocchi://` do to resources when the
+/// publisher names no `resources_definition_file` (as Ceilometer falls back to its own).
+pub const GNOCCHI_RESOURCES: (&str, &str) = (
+    "the shipped gnocchi_resources.yaml",
+    include_str!("../examples/definitions/gnocchi_resources.yaml"),
+);

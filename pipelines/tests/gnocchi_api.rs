@@ -660,3 +660,158 @@ resources:
 fn text_of(out: &std::process::Output) -> String {
     text(out)
 }
+
+/// `gnocchi://` in an event sink, as Ceilometer's event_pipeline.yaml has it: by the shipped
+/// gnocchi_resources.yaml, an instance's delete event ends it and the disks a search finds
+/// (not another instance's), a volume's create event creates it with its attributes; the
+/// changes survive a rerun of the same input unchanged (ended_at is the event's time). The
+/// resources exist before the events come, as in a deployment: a disk whose first measure is
+/// in the same epoch as its instance's delete event is not found by the search (documented).
+#[test]
+fn resource_events_end_and_create_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/definitions/gnocchi_resources.yaml"
+    );
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "sources:\n  - {{name: meters, meters: [memory.usage, disk.device.read.bytes], sinks: [store]}}\n  - {{name: events, events: ['*'], sinks: [resources]}}\nsinks:\n  - {{name: store, publishers: ['gnocchi://?resources_definition_file={shipped}']}}\n  - {{name: resources, publishers: ['gnocchi://']}}\n"
+        ),
+    )
+    .unwrap();
+    let sample = |meter: &str, resource: &str, metadata: Value| {
+        json!({"counter_name": meter, "counter_type": "gauge", "counter_unit": "B",
+               "counter_volume": 1.0, "resource_id": resource, "user_id": "u", "project_id": "p",
+               "timestamp": "2024-05-01T12:00:05", "resource_metadata": metadata})
+        .to_string()
+    };
+    let notification = |event_type: &str, time: &str, payload: Value| {
+        json!({"event_type": event_type, "publisher_id": "compute.cmp-1", "priority": "INFO",
+               "message_id": format!("m-{event_type}"), "timestamp": time, "payload": payload,
+               "_context": {}})
+        .to_string()
+    };
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        [
+            sample("memory.usage", "vm-1", json!({"display_name": "web-1"})),
+            sample(
+                "disk.device.read.bytes",
+                "vm-1-vda",
+                json!({"instance_id": "vm-1", "disk_name": "vda"}),
+            ),
+            sample(
+                "disk.device.read.bytes",
+                "vm-2-vda",
+                json!({"instance_id": "vm-2", "disk_name": "vda"}),
+            ),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        [
+            notification(
+                "compute.instance.delete.start",
+                "2024-05-01 12:10:00.000000",
+                json!({"instance_id": "vm-1", "tenant_id": "p", "user_id": "u"}),
+            ),
+            notification(
+                "volume.create.end",
+                "2024-05-01 12:11:00.000000",
+                json!({"volume_id": "vol-1", "tenant_id": "p-7", "display_name": "data"}),
+            ),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let validate = meterflow(&["validate", pipeline.to_str().unwrap()]);
+    assert!(validate.status.success(), "{}", text_of(&validate));
+    let (samples, events) = (samples.to_str().unwrap(), events.to_str().unwrap());
+    let first = meterflow(&[
+        "run",
+        pipeline.to_str().unwrap(),
+        "--input",
+        samples,
+        "--store",
+        store.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(first.status.success(), "{}", text_of(&first));
+    // The events; then everything again (a replay).
+    for run in [vec![events], vec![samples, events]] {
+        let mut args = vec![
+            "run",
+            pipeline.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--listen",
+            "0",
+        ];
+        for input in &run {
+            args.extend(["--input", input]);
+        }
+        let engine = Engine::start(&args, None);
+        wait_for(&engine, "meterflow_events_published_total", 2.0);
+        std::thread::sleep(Duration::from_millis(1500));
+        let vm1 = engine.get_ok("/v1/resource/instance/vm-1");
+        assert_eq!(
+            vm1["ended_at"], "2024-05-01T12:10:00+00:00",
+            "{run:?}: {vm1}"
+        );
+        assert_eq!(vm1["display_name"], "web-1");
+        let disk = |id: &str| engine.get_ok(&format!("/v1/resource/instance_disk/{id}"));
+        assert_eq!(disk("vm-1-vda")["ended_at"], "2024-05-01T12:10:00+00:00");
+        assert_eq!(
+            disk("vm-2-vda")["ended_at"],
+            Value::Null,
+            "another instance's disk"
+        );
+        let volume = engine.get_ok("/v1/resource/volume/vol-1");
+        assert_eq!(volume["type"], "volume", "{volume}");
+        assert_eq!(volume["project_id"], "p-7", "{volume}");
+        assert_eq!(
+            volume["started_at"], "2024-05-01T12:11:00+00:00",
+            "{volume}"
+        );
+        assert_eq!(volume["ended_at"], Value::Null);
+        assert_eq!(volume["metrics"], json!({}));
+        let volumes = engine.get_ok("/v1/resource/volume");
+        assert_eq!(volumes.as_array().unwrap().len(), 1, "{volumes}");
+        let generic = engine.get_ok("/v1/resource/generic");
+        assert_eq!(generic.as_array().unwrap().len(), 4, "{generic}");
+        let (clean, err) = engine.terminate();
+        assert!(clean, "{err}");
+    }
+
+    // Bad event rules are validation errors naming the file and the key.
+    let definitions = dir.path().join("gnocchi_resources.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "sources: [{{name: events, events: ['*'], sinks: [resources]}}]\nsinks: [{{name: resources, publishers: ['gnocchi://?resources_definition_file={}']}}]\n",
+            definitions.display()
+        ),
+    )
+    .unwrap();
+    for (text, needle) in [
+        ("resources: [{resource_type: instance, metrics: [cpu], event_delete: x.delete}]", "must name the trait that holds the resource id"),
+        ("resources: [{resource_type: instance, metrics: [cpu], event_delete: 7, event_attributes: {id: instance_id}}]", "event_delete must be an event type"),
+        ("resources: [{resource_type: instance, metrics: [cpu], event_delete: x, event_attributes: {id: instance_id}, event_associated_resources: {instance_disk: '{\"=\": '}}]", "event_associated_resources.instance_disk: not JSON"),
+    ] {
+        std::fs::write(&definitions, text).unwrap();
+        let out = meterflow(&["validate", pipeline.to_str().unwrap()]);
+        assert!(!out.status.success(), "{text}: {}", text_of(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{text}: {stderr}");
+    }
+}

@@ -46,6 +46,26 @@ pub struct ResourceDefinition {
     pub resource_type: String,
     /// Attribute name → where in the sample it comes from.
     pub attributes: Vec<(String, AttributePath)>,
+    /// What events do to resources of this type.
+    pub events: ResourceEventSpec,
+}
+
+/// What events do to a definition's resources, as Ceilometer's gnocchi publisher reads
+/// `event_create`, `event_delete`, `event_update` (fnmatch patterns of event types),
+/// `event_attributes` and `event_associated_resources`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceEventSpec {
+    /// Event types that create the resource.
+    pub create: Vec<String>,
+    /// Event types that end it (and its associated resources).
+    pub delete: Vec<String>,
+    /// Event types that update it (nothing is done, as in Ceilometer).
+    pub update: Vec<String>,
+    /// Resource attribute → the trait it is read from; `id` names the resource.
+    pub attributes: Vec<(String, String)>,
+    /// Resource type → a search filter (Gnocchi's JSON, `%s` standing for the resource id)
+    /// finding the resources that end with it.
+    pub associated: Vec<(String, String)>,
 }
 
 /// Where an attribute's value is in a sample: alternatives of dotted paths.
@@ -294,9 +314,11 @@ impl ResourceDefinitions {
             for (meter, policy) in metrics {
                 by_meter.insert(meter, (resources.len(), policy));
             }
+            let events = event_spec(map, &at)?;
             resources.push(ResourceDefinition {
                 resource_type,
                 attributes,
+                events,
             });
         }
         Ok(ResourceDefinitions {
@@ -337,6 +359,66 @@ impl ResourceDefinitions {
         out.sort();
         out
     }
+}
+
+/// Reads a definition's `event_*` keys.
+fn event_spec(map: &serde_json::Map<String, Value>, at: &str) -> Result<ResourceEventSpec, String> {
+    let patterns = |key: &str| -> Result<Vec<String>, String> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::String(p)) => Ok(vec![p.clone()]),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|p| {
+                    p.as_str().map(str::to_owned).ok_or_else(|| {
+                        format!("{at}.{key} must list event types such as compute.instance.delete.start")
+                    })
+                })
+                .collect(),
+            Some(other) => Err(format!(
+                "{at}.{key} must be an event type or a list of them, got {other}"
+            )),
+        }
+    };
+    let names = |key: &str, what: &str| -> Result<Vec<(String, String)>, String> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| {
+                    v.as_str()
+                        .map(|v| (k.clone(), v.to_owned()))
+                        .ok_or_else(|| format!("{at}.{key}.{k} must be {what}, got {v}"))
+                })
+                .collect(),
+            Some(other) => Err(format!("{at}.{key} must be a mapping, got {other}")),
+        }
+    };
+    let spec = ResourceEventSpec {
+        create: patterns("event_create")?,
+        delete: patterns("event_delete")?,
+        update: patterns("event_update")?,
+        attributes: names("event_attributes", "a trait name such as instance_id")?,
+        associated: names(
+            "event_associated_resources",
+            r#"a search filter such as '{"=": {"instance_id": "%s"}}'"#,
+        )?,
+    };
+    let acts = !spec.create.is_empty() || !spec.delete.is_empty();
+    if acts && !spec.attributes.iter().any(|(a, _)| a == "id") {
+        return Err(format!(
+            "{at}: event_attributes must name the trait that holds the resource id (id: instance_id)"
+        ));
+    }
+    for (kind, query) in &spec.associated {
+        let filled = query.replace("%s", "00000000-0000-0000-0000-000000000000");
+        let parsed: Value = serde_json::from_str(&filled).map_err(|e| {
+            format!("{at}.event_associated_resources.{kind}: not JSON ({e}): {query}")
+        })?;
+        super::search::Filter::parse(&parsed)
+            .map_err(|e| format!("{at}.event_associated_resources.{kind}: {e}"))?;
+    }
+    Ok(spec)
 }
 
 impl ResourceDefinition {

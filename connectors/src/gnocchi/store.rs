@@ -11,6 +11,7 @@
 //! DIR/alarms/g000000000007-p0of2.parquet     per alarm: its definition (Aodh's JSON; null once
 //!                                            deleted) and its evaluation state (JSON)
 //! DIR/alarm_history/g000000000007-p0of2.parquet  every alarm change and state transition
+//! DIR/resources/g000000000007-p0of2.parquet  resources that events created or ended
 //! ```
 //! Each checkpoint of each worker writes one file per table (temp file, fsync, rename) and then
 //! a new manifest (temp file, fsync, rename, directory fsync): a crash before the manifest
@@ -120,15 +121,18 @@ pub enum Table {
     Alarms,
     /// Alarm history: creations, changes, deletions and state transitions.
     AlarmHistory,
+    /// Resources created or ended by events.
+    Resources,
 }
 
 impl Table {
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 6] = [
         Table::Metrics,
         Table::Aggregates,
         Table::State,
         Table::Alarms,
         Table::AlarmHistory,
+        Table::Resources,
     ];
 
     fn dir(self) -> &'static str {
@@ -138,6 +142,7 @@ impl Table {
             Table::State => "state",
             Table::Alarms => "alarms",
             Table::AlarmHistory => "alarm_history",
+            Table::Resources => "resources",
         }
     }
 }
@@ -296,6 +301,75 @@ pub struct AlarmHistoryRecord {
     pub event_time_ns: i64,
 }
 
+/// What an event did to a resource (Ceilometer's gnocchi publisher on `event_create` and
+/// `event_delete`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceRecord {
+    /// The resource id as Gnocchi keys it (`/` replaced by `_`).
+    pub resource_id: String,
+    /// Its resource type.
+    pub resource_type: String,
+    /// `true`: created (with `attributes`); `false`: ended at `at_ns`.
+    pub create: bool,
+    /// The attributes it was created with (a JSON object).
+    pub attributes: Option<String>,
+    /// The event's time (ns since the epoch).
+    pub at_ns: i64,
+}
+
+/// A resource as the events so far left it, whatever order they are read in: the earliest
+/// creation wins (Gnocchi refuses a second one), the latest end wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceState {
+    /// Its resource type.
+    pub resource_type: String,
+    /// When an event created it (ns), with the attributes it carried.
+    pub created: Option<(i64, Option<String>)>,
+    /// When an event ended it (ns).
+    pub ended_at_ns: Option<i64>,
+}
+
+impl ResourceState {
+    /// Applies one record.
+    pub fn apply(&mut self, r: &ResourceRecord) {
+        if self.resource_type.is_empty() {
+            self.resource_type.clone_from(&r.resource_type);
+        }
+        if r.create {
+            if self.created.as_ref().is_none_or(|(at, _)| r.at_ns < *at) {
+                self.resource_type.clone_from(&r.resource_type);
+                self.created = Some((r.at_ns, r.attributes.clone()));
+            }
+        } else {
+            self.ended_at_ns = Some(self.ended_at_ns.map_or(r.at_ns, |e| e.max(r.at_ns)));
+        }
+    }
+
+    /// The records that rebuild this state.
+    fn records(&self, resource_id: &str) -> Vec<ResourceRecord> {
+        let mut out = Vec::new();
+        if let Some((at, attributes)) = &self.created {
+            out.push(ResourceRecord {
+                resource_id: resource_id.to_owned(),
+                resource_type: self.resource_type.clone(),
+                create: true,
+                attributes: attributes.clone(),
+                at_ns: *at,
+            });
+        }
+        if let Some(at) = self.ended_at_ns {
+            out.push(ResourceRecord {
+                resource_id: resource_id.to_owned(),
+                resource_type: self.resource_type.clone(),
+                create: false,
+                attributes: None,
+                at_ns: at,
+            });
+        }
+        out
+    }
+}
+
 /// Rows of the aggregates or state table, column by column (no allocation per row).
 #[derive(Clone, Debug, Default)]
 pub struct Points {
@@ -367,6 +441,8 @@ pub struct Checkpoint {
     pub alarms: Vec<AlarmRecord>,
     /// Alarm history entries.
     pub history: Vec<AlarmHistoryRecord>,
+    /// Resources events created or ended.
+    pub resources: Vec<ResourceRecord>,
 }
 
 impl Checkpoint {
@@ -382,6 +458,7 @@ impl Checkpoint {
             + self.state.len()
             + self.alarms.len()
             + self.history.len()
+            + self.resources.len()
     }
 }
 
@@ -429,6 +506,8 @@ pub struct Catalog {
     by_key: BTreeMap<(String, String), MetricRecord>,
     by_metric_id: HashMap<String, (String, String)>,
     by_resource_uuid: HashMap<String, String>,
+    /// Resources events created or ended, by resource key.
+    resource_states: BTreeMap<String, ResourceState>,
 }
 
 impl Catalog {
@@ -440,6 +519,26 @@ impl Catalog {
             .entry(super::resource_uuid(&record.resource_id))
             .or_insert_with(|| record.resource_id.clone());
         self.by_key.insert(key, record);
+    }
+
+    fn apply(&mut self, record: &ResourceRecord) {
+        self.by_resource_uuid
+            .entry(super::resource_uuid(&record.resource_id))
+            .or_insert_with(|| record.resource_id.clone());
+        self.resource_states
+            .entry(record.resource_id.clone())
+            .or_default()
+            .apply(record);
+    }
+
+    /// What events did to a resource (by its key).
+    pub fn resource_state(&self, resource_key: &str) -> Option<&ResourceState> {
+        self.resource_states.get(resource_key)
+    }
+
+    /// Every resource events created or ended, by key.
+    pub fn resource_states(&self) -> impl Iterator<Item = (&str, &ResourceState)> {
+        self.resource_states.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Every metric, by (resource, metric name).
@@ -463,6 +562,9 @@ impl Catalog {
             return Some(key);
         }
         let key = super::resource_key(id);
+        if let Some((k, _)) = self.resource_states.get_key_value(&key) {
+            return Some(k);
+        }
         self.resource_metrics(&key)
             .next()
             .map(|r| r.resource_id.as_str())
@@ -625,13 +727,19 @@ impl Store {
             "g{generation:012}-p{}of{}.parquet",
             partition.index, partition.count
         );
-        let tables: [(Table, usize); 5] = [
+        let tables: [(Table, usize); 6] = [
             (Table::Metrics, checkpoint.metrics.len()),
             (Table::Aggregates, checkpoint.aggregates.len()),
             (Table::State, checkpoint.state.len()),
             (Table::Alarms, checkpoint.alarms.len()),
             (Table::AlarmHistory, checkpoint.history.len()),
+            (Table::Resources, checkpoint.resources.len()),
         ];
+        let written: Vec<Table> = tables
+            .iter()
+            .filter(|(_, rows)| *rows > 0)
+            .map(|(t, _)| *t)
+            .collect();
         for (table, rows) in tables {
             if rows == 0 {
                 continue;
@@ -642,6 +750,7 @@ impl Store {
                 Table::State => points_batch(&checkpoint.state, generation, true),
                 Table::Alarms => alarms_batch(&checkpoint.alarms, generation),
                 Table::AlarmHistory => history_batch(&checkpoint.history, generation),
+                Table::Resources => resources_batch(&checkpoint.resources, generation),
             };
             let rel = format!("{}/{name}", table.dir());
             self.write_parquet(&rel, &batch)?;
@@ -660,17 +769,20 @@ impl Store {
         self.write_manifest(&next)?;
         *manifest = next;
         drop(manifest);
-        if !checkpoint.metrics.is_empty() {
+        if !checkpoint.metrics.is_empty() || !checkpoint.resources.is_empty() {
             let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(catalog) = catalog.as_mut() {
                 let catalog = Arc::make_mut(catalog);
                 for record in checkpoint.metrics.drain(..) {
                     catalog.insert(record);
                 }
+                for record in &checkpoint.resources {
+                    catalog.apply(record);
+                }
             }
         }
         *checkpoint = Checkpoint::default();
-        self.compact(partition)?;
+        self.compact(partition, &written)?;
         Ok(generation)
     }
 
@@ -681,8 +793,8 @@ impl Store {
     /// checkpoints holds O(log n) files per table and partition and each row is rewritten
     /// O(log n) times. Merged files replace the two in one manifest write; the two are deleted
     /// [`RETIRE_AFTER`] later, so reads in flight still find them.
-    fn compact(&self, partition: Partition) -> Result<(), StoreError> {
-        for table in Table::ALL {
+    fn compact(&self, partition: Partition, tables: &[Table]) -> Result<(), StoreError> {
+        for &table in tables {
             loop {
                 let files: Vec<FileEntry> = self
                     .files(table, None)
@@ -767,6 +879,19 @@ impl Store {
                 let mut records = self.history_records(older, None)?;
                 records.extend(self.history_records(newer, None)?);
                 history_batch(&records, newer.generation)
+            }
+            Table::Resources => {
+                let mut states: BTreeMap<String, ResourceState> = BTreeMap::new();
+                for entry in [older, newer] {
+                    for r in self.resource_records(entry)? {
+                        states.entry(r.resource_id.clone()).or_default().apply(&r);
+                    }
+                }
+                let records: Vec<ResourceRecord> = states
+                    .iter()
+                    .flat_map(|(id, state)| state.records(id))
+                    .collect();
+                resources_batch(&records, newer.generation)
             }
         };
         let p = newer.partition;
@@ -928,6 +1053,13 @@ impl Store {
         let mut catalog = Catalog::default();
         for record in self.metrics(&|_| true)? {
             catalog.insert(record);
+        }
+        for (key, state) in self.resource_states()? {
+            catalog
+                .by_resource_uuid
+                .entry(super::resource_uuid(&key))
+                .or_insert_with(|| key.clone());
+            catalog.resource_states.insert(key, state);
         }
         let catalog = Arc::new(catalog);
         *cached = Some(catalog.clone());
@@ -1115,6 +1247,42 @@ impl Store {
         })
     }
 
+    /// Every resource an event created or ended, as the events left it.
+    pub fn resource_states(&self) -> Result<BTreeMap<String, ResourceState>, StoreError> {
+        self.reading(|| {
+            let mut out: BTreeMap<String, ResourceState> = BTreeMap::new();
+            for entry in self.files(Table::Resources, None) {
+                for r in self.resource_records(&entry)? {
+                    out.entry(r.resource_id.clone()).or_default().apply(&r);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn resource_records(&self, entry: &FileEntry) -> Result<Vec<ResourceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for batch in self.batches(entry)? {
+            let ids = strings(&batch, "resource_id", &entry.path)?;
+            let types = strings(&batch, "resource_type", &entry.path)?;
+            let ops = strings(&batch, "op", &entry.path)?;
+            let attributes = strings(&batch, "attributes", &entry.path)?;
+            let at = column::<TimestampNanosecondArray>(&batch, "at", &entry.path)?;
+            for i in 0..batch.num_rows() {
+                out.push(ResourceRecord {
+                    resource_id: ids.value(i).to_owned(),
+                    resource_type: types.value(i).to_owned(),
+                    create: ops.value(i) == "create",
+                    attributes: attributes
+                        .is_valid(i)
+                        .then(|| attributes.value(i).to_owned()),
+                    at_ns: at.value(i),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn alarm_records(&self, entry: &FileEntry) -> Result<Vec<AlarmRecord>, StoreError> {
         let mut out = Vec::new();
         for batch in self.batches(entry)? {
@@ -1169,6 +1337,43 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn resources_batch(rows: &[ResourceRecord], generation: u64) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("resource_id", DataType::Utf8, false),
+        Field::new("resource_type", DataType::Utf8, false),
+        Field::new("op", DataType::Utf8, false),
+        Field::new("attributes", DataType::Utf8, true),
+        Field::new("at", timestamp_type(), false),
+        Field::new("generation", DataType::UInt64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.resource_id),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.resource_type),
+        )),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| {
+            if r.create {
+                "create"
+            } else {
+                "end"
+            }
+        }))),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.attributes.as_deref())
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.at_ns))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(UInt64Array::from(vec![generation; rows.len()])),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
 }
 
 fn alarms_batch(rows: &[AlarmRecord], generation: u64) -> RecordBatch {
