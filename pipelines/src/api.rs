@@ -513,20 +513,11 @@ fn resource_json(metrics: &[&MetricRecord], key: &str, state: Option<&ResourceSt
     let created = state.and_then(|s| s.created.as_ref());
     let mut resource = match metrics.first() {
         Some(m) => m.resource_json(attributes),
-        None => json!({
-            "id": meterflow_connectors::gnocchi::resource_uuid(key),
-            "type": state.map_or("generic", |s| s.resource_type.as_str()),
-            "original_resource_id": key,
-            "user_id": null,
-            "project_id": null,
-            "started_at": null,
-            "ended_at": null,
-            "revision_start": null,
-            "revision_end": null,
-            "creator": null,
-            "created_by_user_id": null,
-            "created_by_project_id": null,
-        }),
+        None => meterflow_connectors::gnocchi::store::resource_fields(
+            key,
+            state.map_or("generic", |s| s.resource_type.as_str()),
+            (None, None),
+        ),
     };
     if let Some(Ok(Value::Object(attributes))) = created
         .and_then(|(_, a)| a.as_deref())

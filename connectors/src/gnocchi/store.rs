@@ -234,25 +234,39 @@ pub struct MetricRecord {
     pub resource_attributes: Option<String>,
 }
 
+/// A resource's own fields as Gnocchi's API shows them (no attributes, no `metrics`), for the
+/// resource keyed `resource_id`.
+pub fn resource_fields(
+    resource_id: &str,
+    resource_type: &str,
+    (user_id, project_id): (Option<&str>, Option<&str>),
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": super::resource_uuid(resource_id),
+        "type": resource_type,
+        "original_resource_id": resource_id,
+        "user_id": user_id,
+        "project_id": project_id,
+        "started_at": null,
+        "ended_at": null,
+        "revision_start": null,
+        "revision_end": null,
+        "creator": null,
+        "created_by_user_id": null,
+        "created_by_project_id": null,
+    })
+}
+
 impl MetricRecord {
     /// Its resource as Gnocchi's API shows one (without the `metrics` map), with the
     /// resource type's `attributes` (a JSON object; `None`: this record's) as fields: what
     /// search filters match against.
     pub fn resource_json(&self, attributes: Option<&str>) -> serde_json::Value {
-        let mut resource = serde_json::json!({
-            "id": super::resource_uuid(&self.resource_id),
-            "type": self.resource_type,
-            "original_resource_id": self.resource_id,
-            "user_id": self.user_id,
-            "project_id": self.project_id,
-            "started_at": null,
-            "ended_at": null,
-            "revision_start": null,
-            "revision_end": null,
-            "creator": null,
-            "created_by_user_id": null,
-            "created_by_project_id": null,
-        });
+        let mut resource = resource_fields(
+            &self.resource_id,
+            &self.resource_type,
+            (self.user_id.as_deref(), self.project_id.as_deref()),
+        );
         let attributes = attributes
             .or(self.resource_attributes.as_deref())
             .and_then(|a| {
