@@ -29,7 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use meterflow_connectors::gnocchi::store::{MetricRecord, ResourceState, Store};
+use meterflow_connectors::gnocchi::store::{MetricRecord, ResourceView, Store};
 use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
 use meterflow_connectors::notify::NotifierStats;
 use meterflow_engine::intern::Sym;
@@ -499,44 +499,14 @@ async fn archive_policy_rules(State(state): Shared) -> Json<Value> {
     ))
 }
 
-/// A resource as Gnocchi shows it, from its metrics and what events did to it (at least one
-/// of the two is there).
-fn resource_json(metrics: &[&MetricRecord], key: &str, state: Option<&ResourceState>) -> Value {
-    let by_name: serde_json::Map<String, Value> = metrics
+/// A resource as Gnocchi shows it, with its `metrics` map.
+fn resource_json(view: &ResourceView<'_>) -> Value {
+    let by_name: serde_json::Map<String, Value> = view
+        .metrics
         .iter()
         .map(|m| (m.metric_name.clone(), Value::from(m.metric_id.clone())))
         .collect();
-    // The resource type's attributes are fields of the resource, as in Gnocchi.
-    let attributes = metrics
-        .iter()
-        .find_map(|m| m.resource_attributes.as_deref());
-    let created = state.and_then(|s| s.created.as_ref());
-    let mut resource = match metrics.first() {
-        Some(m) => m.resource_json(attributes),
-        None => meterflow_connectors::gnocchi::store::resource_fields(
-            key,
-            state.map_or("generic", |s| s.resource_type.as_str()),
-            (None, None),
-        ),
-    };
-    if let Some(Ok(Value::Object(attributes))) = created
-        .and_then(|(_, a)| a.as_deref())
-        .map(serde_json::from_str::<Value>)
-    {
-        for (k, v) in attributes {
-            if resource.get(&k).is_none_or(Value::is_null) {
-                resource[k] = v;
-            }
-        }
-    }
-    if let Some((at, _)) = created {
-        if resource["started_at"].is_null() {
-            resource["started_at"] = Value::from(meterflow_engine::time::format_iso_utc(at / 1000));
-        }
-    }
-    if let Some(ended) = state.and_then(|s| s.ended_at_ns) {
-        resource["ended_at"] = Value::from(meterflow_engine::time::format_iso_utc(ended / 1000));
-    }
+    let mut resource = view.to_json();
     resource["metrics"] = Value::Object(by_name);
     resource
 }
@@ -559,55 +529,32 @@ fn known_type(state: &ApiState, kind: &str, catalog_has: bool) -> ApiResult<()> 
 
 async fn resources(State(state): Shared, Path(kind): Path<String>) -> ApiResult<Json<Value>> {
     let catalog = state.store.catalog()?;
-    // Resource key → its metrics: those with metrics, then those only events created.
-    let mut out: BTreeMap<&str, Vec<&MetricRecord>> = BTreeMap::new();
-    for m in catalog.metrics() {
-        out.entry(m.resource_id.as_str()).or_default().push(m);
-    }
-    for (key, s) in catalog.resource_states() {
-        if s.created.is_some() {
-            out.entry(key).or_default();
-        }
-    }
     let mut any_of_kind = false;
-    let listed: Vec<Value> = out
+    let listed: Vec<Value> = catalog
+        .resources()
         .iter()
-        .filter(|(key, g)| {
-            let resource_type = match g.first() {
-                Some(m) => m.resource_type.as_str(),
-                None => catalog
-                    .resource_state(key)
-                    .map_or("generic", |s| s.resource_type.as_str()),
-            };
-            let of_kind = kind == "generic" || resource_type == kind;
+        .filter(|view| {
+            let of_kind = kind == "generic" || view.resource_type() == kind;
             any_of_kind |= of_kind;
             of_kind
         })
-        .map(|(key, g)| resource_json(g, key, catalog.resource_state(key)))
+        .map(resource_json)
         .collect();
     known_type(&state, &kind, any_of_kind)?;
     Ok(Json(Value::Array(listed)))
 }
 
-/// The resource `id` names (UUID, key or id as sent) of type `kind`: its key and metrics.
+/// The resource `id` names (UUID, key or id as sent) of type `kind`.
 fn find_resource<'c>(
     catalog: &'c meterflow_connectors::gnocchi::store::Catalog,
     kind: &str,
     id: &str,
-) -> ApiResult<(&'c str, Vec<&'c MetricRecord>)> {
-    let missing = || ApiError::not_found(format!("Resource {id} does not exist"));
-    let key = catalog.resource(id).ok_or_else(missing)?;
-    let metrics: Vec<&MetricRecord> = catalog.resource_metrics(key).collect();
-    let created = catalog.resource_state(key).filter(|s| s.created.is_some());
-    let resource_type = match (metrics.first(), created) {
-        (Some(m), _) => m.resource_type.as_str(),
-        (None, Some(s)) => s.resource_type.as_str(),
-        (None, None) => return Err(missing()),
-    };
-    if kind != "generic" && resource_type != kind {
-        return Err(missing());
-    }
-    Ok((key, metrics))
+) -> ApiResult<ResourceView<'c>> {
+    catalog
+        .resource(id)
+        .and_then(|key| catalog.resource_view(key))
+        .filter(|view| kind == "generic" || view.resource_type() == kind)
+        .ok_or_else(|| ApiError::not_found(format!("Resource {id} does not exist")))
 }
 
 async fn resource(
@@ -615,12 +562,7 @@ async fn resource(
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let catalog = state.store.catalog()?;
-    let (key, metrics) = find_resource(&catalog, &kind, &id)?;
-    Ok(Json(resource_json(
-        &metrics,
-        key,
-        catalog.resource_state(key),
-    )))
+    Ok(Json(resource_json(&find_resource(&catalog, &kind, &id)?)))
 }
 
 async fn resource_metrics(
@@ -628,9 +570,9 @@ async fn resource_metrics(
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let catalog = state.store.catalog()?;
-    let (_, metrics) = find_resource(&catalog, &kind, &id)?;
+    let view = find_resource(&catalog, &kind, &id)?;
     Ok(Json(Value::Array(
-        metrics.iter().map(|m| metric_json(m, None)).collect(),
+        view.metrics.iter().map(|m| metric_json(m, None)).collect(),
     )))
 }
 
@@ -733,8 +675,8 @@ async fn resource_measures(
 
 fn resource_metric(state: &ApiState, kind: &str, id: &str, name: &str) -> ApiResult<MetricRecord> {
     let catalog = state.store.catalog()?;
-    let (_, metrics) = find_resource(&catalog, kind, id)?;
-    metrics
+    find_resource(&catalog, kind, id)?
+        .metrics
         .into_iter()
         .find(|m| m.metric_name == name)
         .cloned()

@@ -19,7 +19,7 @@ use meterflow_connectors::gnocchi::resource_key;
 use meterflow_connectors::gnocchi::resources::{ResourceDefinitions, ResourceEventSpec};
 use meterflow_connectors::gnocchi::search::Filter;
 use meterflow_connectors::gnocchi::store::{
-    Checkpoint, Partition, ResourceRecord, Store, StoreError,
+    Checkpoint, Partition, ResourceRecord, ResourceState, ResourceView, Store, StoreError,
 };
 use meterflow_engine::model::{Event, TraitValue};
 use meterflow_operators::glob::Glob;
@@ -197,47 +197,34 @@ impl ResourceEvents {
         Ok(Some(operation))
     }
 
-    /// The keys of the resources of type `kind` that `query` finds: those with metrics in the
-    /// store, those events created (committed or held here).
+    /// The keys of the resources of type `kind` that `query` finds, matched as the API shows
+    /// them: those with metrics in the store and those events created (committed, or held
+    /// here).
     fn associated(&self, kind: &str, query: &str) -> Result<Vec<String>, String> {
         let filter = serde_json::from_str::<Value>(query)
             .map_err(|e| e.to_string())
             .and_then(|v| Filter::parse(&v))
             .map_err(|e| format!("event_associated_resources {kind}: {e}: {query}"))?;
         let catalog = self.store.catalog().map_err(|e| e.to_string())?;
-        let mut found: Vec<String> = Vec::new();
-        let mut last: Option<&str> = None;
-        for m in catalog.metrics() {
-            if m.resource_type != kind || last == Some(m.resource_id.as_str()) {
+        let mut found: Vec<String> = catalog
+            .resources()
+            .into_iter()
+            .filter(|view| view.resource_type() == kind && filter.matches(&view.to_json()))
+            .map(|view| view.key.to_owned())
+            .collect();
+        for r in self.pending.resources.iter().filter(|r| r.create) {
+            if found.contains(&r.resource_id) || catalog.resource_view(&r.resource_id).is_some() {
                 continue;
             }
-            last = Some(m.resource_id.as_str());
-            if filter.matches(&m.resource_json(None)) {
-                found.push(m.resource_id.clone());
-            }
-        }
-        let created = catalog
-            .resource_states()
-            .filter_map(|(k, s)| Some((k.to_owned(), s.resource_type.clone(), s.created.clone()?)))
-            .chain(self.pending.resources.iter().filter(|r| r.create).map(|r| {
-                (
-                    r.resource_id.clone(),
-                    r.resource_type.clone(),
-                    (r.at_ns, r.attributes.clone()),
-                )
-            }));
-        for (key, resource_type, (_, attributes)) in created {
-            if resource_type != kind || found.contains(&key) {
-                continue;
-            }
-            let mut resource = serde_json::json!({"id": key, "type": resource_type});
-            if let Some(Ok(Value::Object(a))) = attributes.as_deref().map(serde_json::from_str) {
-                for (k, v) in a {
-                    resource[k] = v;
-                }
-            }
-            if filter.matches(&resource) {
-                found.push(key);
+            let mut state = ResourceState::default();
+            state.apply(r);
+            let view = ResourceView {
+                key: &r.resource_id,
+                metrics: Vec::new(),
+                state: Some(&state),
+            };
+            if view.resource_type() == kind && filter.matches(&view.to_json()) {
+                found.push(r.resource_id.clone());
             }
         }
         Ok(found)

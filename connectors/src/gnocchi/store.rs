@@ -384,6 +384,65 @@ impl ResourceState {
     }
 }
 
+/// One resource as the store knows it: its metrics and what events did to it (it exists when
+/// it has a metric or an event created it).
+#[derive(Clone, Debug)]
+pub struct ResourceView<'c> {
+    /// Its key (the id as Gnocchi keys it).
+    pub key: &'c str,
+    /// Its metrics, by name.
+    pub metrics: Vec<&'c MetricRecord>,
+    /// What events did to it.
+    pub state: Option<&'c ResourceState>,
+}
+
+impl ResourceView<'_> {
+    /// Its resource type: its metrics', else the type the event that created it gave.
+    pub fn resource_type(&self) -> &str {
+        match (self.metrics.first(), self.state) {
+            (Some(m), _) => &m.resource_type,
+            (None, Some(s)) => &s.resource_type,
+            (None, None) => "generic",
+        }
+    }
+
+    /// The resource as Gnocchi's API shows it, without the `metrics` map (what search filters
+    /// match against): its fields, the resource type's attributes (its metrics', then those it
+    /// was created with), `started_at` from its creation and `ended_at` from its end.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        let created = self.state.and_then(|s| s.created.as_ref());
+        let mut resource = match self.metrics.first() {
+            Some(m) => m.resource_json(
+                self.metrics
+                    .iter()
+                    .find_map(|m| m.resource_attributes.as_deref()),
+            ),
+            None => resource_fields(self.key, self.resource_type(), (None, None)),
+        };
+        if let Some(Ok(Value::Object(attributes))) = created
+            .and_then(|(_, a)| a.as_deref())
+            .map(serde_json::from_str::<Value>)
+        {
+            for (k, v) in attributes {
+                if resource.get(&k).is_none_or(Value::is_null) {
+                    resource[k] = v;
+                }
+            }
+        }
+        let iso = |ns: i64| Value::from(meterflow_engine::time::format_iso_utc(ns / 1000));
+        if let Some((at, _)) = created {
+            if resource["started_at"].is_null() {
+                resource["started_at"] = iso(*at);
+            }
+        }
+        if let Some(ended) = self.state.and_then(|s| s.ended_at_ns) {
+            resource["ended_at"] = iso(ended);
+        }
+        resource
+    }
+}
+
 /// Rows of the aggregates or state table, column by column (no allocation per row).
 #[derive(Clone, Debug, Default)]
 pub struct Points {
@@ -525,34 +584,66 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Lets the resource keyed `key` be found by its UUID.
+    fn index_uuid(&mut self, key: &str) {
+        self.by_resource_uuid
+            .entry(super::resource_uuid(key))
+            .or_insert_with(|| key.to_owned());
+    }
+
     fn insert(&mut self, record: MetricRecord) {
         let key = (record.resource_id.clone(), record.metric_name.clone());
         self.by_metric_id
             .insert(record.metric_id.clone(), key.clone());
-        self.by_resource_uuid
-            .entry(super::resource_uuid(&record.resource_id))
-            .or_insert_with(|| record.resource_id.clone());
+        self.index_uuid(&record.resource_id);
         self.by_key.insert(key, record);
     }
 
     fn apply(&mut self, record: &ResourceRecord) {
-        self.by_resource_uuid
-            .entry(super::resource_uuid(&record.resource_id))
-            .or_insert_with(|| record.resource_id.clone());
-        self.resource_states
-            .entry(record.resource_id.clone())
-            .or_default()
-            .apply(record);
+        self.index_uuid(&record.resource_id);
+        fold(&mut self.resource_states, record);
     }
 
-    /// What events did to a resource (by its key).
-    pub fn resource_state(&self, resource_key: &str) -> Option<&ResourceState> {
-        self.resource_states.get(resource_key)
+    /// The resource keyed `key`, when it has a metric or an event created it.
+    pub fn resource_view(&self, key: &str) -> Option<ResourceView<'_>> {
+        let (key, state) = match self.resource_states.get_key_value(key) {
+            Some((k, s)) => (k.as_str(), Some(s)),
+            None => (
+                self.resource_metrics(key).next()?.resource_id.as_str(),
+                None,
+            ),
+        };
+        let view = ResourceView {
+            key,
+            metrics: self.resource_metrics(key).collect(),
+            state,
+        };
+        (!view.metrics.is_empty() || state.is_some_and(|s| s.created.is_some())).then_some(view)
     }
 
-    /// Every resource events created or ended, by key.
-    pub fn resource_states(&self) -> impl Iterator<Item = (&str, &ResourceState)> {
-        self.resource_states.iter().map(|(k, v)| (k.as_str(), v))
+    /// Every resource (with a metric, or created by an event), by key.
+    pub fn resources(&self) -> Vec<ResourceView<'_>> {
+        let mut out: BTreeMap<&str, ResourceView<'_>> = BTreeMap::new();
+        for m in self.by_key.values() {
+            out.entry(m.resource_id.as_str())
+                .or_insert_with(|| ResourceView {
+                    key: &m.resource_id,
+                    metrics: Vec::new(),
+                    state: self.resource_states.get(&m.resource_id),
+                })
+                .metrics
+                .push(m);
+        }
+        for (key, state) in &self.resource_states {
+            if state.created.is_some() {
+                out.entry(key).or_insert_with(|| ResourceView {
+                    key,
+                    metrics: Vec::new(),
+                    state: Some(state),
+                });
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Every metric, by (resource, metric name).
@@ -749,11 +840,6 @@ impl Store {
             (Table::AlarmHistory, checkpoint.history.len()),
             (Table::Resources, checkpoint.resources.len()),
         ];
-        let written: Vec<Table> = tables
-            .iter()
-            .filter(|(_, rows)| *rows > 0)
-            .map(|(t, _)| *t)
-            .collect();
         for (table, rows) in tables {
             if rows == 0 {
                 continue;
@@ -776,6 +862,7 @@ impl Store {
                 rows: rows as u64,
             });
         }
+        let written: Vec<Table> = entries.iter().map(|e| e.table).collect();
         let mut manifest = self.lock_manifest();
         let mut next = manifest.clone();
         next.generation = next.generation.max(generation);
@@ -895,12 +982,7 @@ impl Store {
                 history_batch(&records, newer.generation)
             }
             Table::Resources => {
-                let mut states: BTreeMap<String, ResourceState> = BTreeMap::new();
-                for entry in [older, newer] {
-                    for r in self.resource_records(entry)? {
-                        states.entry(r.resource_id.clone()).or_default().apply(&r);
-                    }
-                }
+                let states = self.fold_resources(&[older.clone(), newer.clone()])?;
                 let records: Vec<ResourceRecord> = states
                     .iter()
                     .flat_map(|(id, state)| state.records(id))
@@ -1069,10 +1151,7 @@ impl Store {
             catalog.insert(record);
         }
         for (key, state) in self.resource_states()? {
-            catalog
-                .by_resource_uuid
-                .entry(super::resource_uuid(&key))
-                .or_insert_with(|| key.clone());
+            catalog.index_uuid(&key);
             catalog.resource_states.insert(key, state);
         }
         let catalog = Arc::new(catalog);
@@ -1263,15 +1342,21 @@ impl Store {
 
     /// Every resource an event created or ended, as the events left it.
     pub fn resource_states(&self) -> Result<BTreeMap<String, ResourceState>, StoreError> {
-        self.reading(|| {
-            let mut out: BTreeMap<String, ResourceState> = BTreeMap::new();
-            for entry in self.files(Table::Resources, None) {
-                for r in self.resource_records(&entry)? {
-                    out.entry(r.resource_id.clone()).or_default().apply(&r);
-                }
+        self.reading(|| self.fold_resources(&self.files(Table::Resources, None)))
+    }
+
+    /// The resource states the records of `entries` make.
+    fn fold_resources(
+        &self,
+        entries: &[FileEntry],
+    ) -> Result<BTreeMap<String, ResourceState>, StoreError> {
+        let mut states = BTreeMap::new();
+        for entry in entries {
+            for r in self.resource_records(entry)? {
+                fold(&mut states, &r);
             }
-            Ok(out)
-        })
+        }
+        Ok(states)
     }
 
     fn resource_records(&self, entry: &FileEntry) -> Result<Vec<ResourceRecord>, StoreError> {
@@ -1351,6 +1436,14 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Applies `record` to the state of its resource in `states`.
+fn fold(states: &mut BTreeMap<String, ResourceState>, record: &ResourceRecord) {
+    states
+        .entry(record.resource_id.clone())
+        .or_default()
+        .apply(record);
 }
 
 fn resources_batch(rows: &[ResourceRecord], generation: u64) -> RecordBatch {
