@@ -469,37 +469,35 @@ impl Aggregator {
                 .unwrap_or_else(|| "low".to_owned()),
         };
         let policy = self.policy(&policy_name)?;
-        if !self.known.contains_key(&skey) {
-            let record = MetricRecord {
-                metric_id: metric_uuid(&skey.0, &skey.1),
-                resource_id: skey.0.clone(),
-                original_resource_id: m.resource_id.as_str().to_owned(),
-                metric_name: skey.1.clone(),
-                unit: m.unit.as_str().to_owned(),
-                archive_policy_name: policy_name,
-                resource_type: m
-                    .resource_type
-                    .map_or_else(|| options.resource_type.clone(), |t| t.as_str().to_owned()),
-                user_id: m.user_id.map(|s| s.as_str().to_owned()),
-                project_id: m.project_id.map(|s| s.as_str().to_owned()),
-                resource_attributes: m.attributes.as_deref().map(str::to_owned),
-            };
-            self.commits.checkpoint.metrics.push(record.clone());
-            self.known.insert(skey.clone(), record);
-        }
-        let attributes = self
-            .known
-            .get(&skey)
-            .and_then(|r| r.resource_attributes.as_deref())
-            .map(Arc::from);
-        let id: Arc<str> = self.known.get(&skey).map_or_else(
-            || Arc::from(metric_uuid(&skey.0, &skey.1)),
-            |r| Arc::from(r.metric_id.as_str()),
-        );
         let metric = match self.states.remove(&skey) {
             Some(state) => resume(&policy, state),
             None => Metric::new(policy.policy.clone()),
         };
+        // The metric's record: the store's, or a new one the next checkpoint writes.
+        let record = match self.known.entry(skey) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                let (resource_id, metric_name) = new.key().clone();
+                let record = MetricRecord {
+                    metric_id: metric_uuid(&resource_id, &metric_name),
+                    resource_id,
+                    original_resource_id: m.resource_id.as_str().to_owned(),
+                    metric_name,
+                    unit: m.unit.as_str().to_owned(),
+                    archive_policy_name: policy_name,
+                    resource_type: m
+                        .resource_type
+                        .map_or_else(|| options.resource_type.clone(), |t| t.as_str().to_owned()),
+                    user_id: m.user_id.map(|s| s.as_str().to_owned()),
+                    project_id: m.project_id.map(|s| s.as_str().to_owned()),
+                    resource_attributes: m.attributes.as_deref().map(str::to_owned),
+                };
+                self.commits.checkpoint.metrics.push(record.clone());
+                new.insert(record)
+            }
+        };
+        let attributes = record.resource_attributes.as_deref().map(Arc::from);
+        let id: Arc<str> = Arc::from(record.metric_id.as_str());
         self.by_resource
             .entry(m.resource_key)
             .or_default()
