@@ -28,16 +28,23 @@ pub struct Positions {
 }
 
 impl Positions {
-    /// Records the next line's position.
-    pub fn push(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// Records the next line's position; the index its topic has here (see
+    /// [`Positions::topic`]).
+    pub fn push(&mut self, topic: &str, partition: i32, offset: i64) -> u32 {
         let t = match self.topics.iter().rposition(|t| t == topic) {
             Some(t) => t,
             None => {
                 self.topics.push(topic.to_owned());
                 self.topics.len() - 1
             }
-        };
-        self.lines.push((t as u32, partition, offset));
+        } as u32;
+        self.lines.push((t, partition, offset));
+        t
+    }
+
+    /// The topic [`Positions::push`] gave index `t`.
+    pub fn topic(&self, t: u32) -> &str {
+        &self.topics[t as usize]
     }
 
     /// Line `i`'s position as `topic/partition@offset`.

@@ -30,10 +30,8 @@ pub struct KafkaSource {
     spec: KafkaSpec,
     input: u32,
     target: usize,
-    /// The topics messages came from; offsets name a topic by its index here.
-    topics: Vec<String>,
-    /// Highest offset per (topic index, partition) in each chunk not yet known to be processed.
-    pending: BTreeMap<u64, BTreeMap<(u32, i32), i64>>,
+    /// Highest offset per (topic, partition) in each chunk not yet known to be processed.
+    pending: BTreeMap<u64, BTreeMap<(String, i32), i64>>,
     /// Partitions read to their end since their last message.
     at_end: HashSet<i32>,
     messages: u64,
@@ -65,7 +63,6 @@ impl KafkaSource {
             spec: spec.clone(),
             input,
             target: target.max(1),
-            topics: Vec::new(),
             pending: BTreeMap::new(),
             at_end: HashSet::new(),
             messages: 0,
@@ -105,17 +102,9 @@ impl ChunkSource for KafkaSource {
                     }
                     data.extend_from_slice(b"\n");
                     self.messages += 1;
-                    positions.push(m.topic(), m.partition(), m.offset());
-                    let topic = match self.topics.iter().rposition(|t| t == m.topic()) {
-                        Some(t) => t,
-                        None => {
-                            self.topics.push(m.topic().to_owned());
-                            self.topics.len() - 1
-                        }
-                    };
-                    let offset = offsets
-                        .entry((topic as u32, m.partition()))
-                        .or_insert(m.offset());
+                    // The topic's index in this chunk's positions: no copy of its name.
+                    let topic = positions.push(m.topic(), m.partition(), m.offset());
+                    let offset = offsets.entry((topic, m.partition())).or_insert(m.offset());
                     *offset = (*offset).max(m.offset());
                     if data.len() >= self.target {
                         break;
@@ -161,7 +150,11 @@ impl ChunkSource for KafkaSource {
             }
         }
         if !offsets.is_empty() {
-            self.pending.insert(seq, offsets);
+            let named = offsets
+                .into_iter()
+                .map(|((t, p), o)| ((positions.topic(t).to_owned(), p), o))
+                .collect();
+            self.pending.insert(seq, named);
         }
         Ok(Some(Chunk {
             seq,
@@ -177,16 +170,15 @@ impl ChunkSource for KafkaSource {
         if done.is_empty() {
             return Ok(());
         }
-        let mut highest: BTreeMap<(u32, i32), i64> = BTreeMap::new();
+        let mut highest: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for s in &done {
             for (key, offset) in &self.pending[s] {
-                let h = highest.entry(*key).or_insert(*offset);
+                let h = highest.entry(key.clone()).or_insert(*offset);
                 *h = (*h).max(*offset);
             }
         }
         let mut list = TopicPartitionList::new();
         for ((topic, partition), offset) in &highest {
-            let topic = &self.topics[*topic as usize];
             list.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
                 .map_err(|e| kafka_error("cannot build the commit", e))?;
         }
