@@ -114,6 +114,75 @@ fn without_an_event_sink_unmetered_notifications_are_still_counted() {
     );
 }
 
+/// A user's event definitions with the `bitfield` plugin, `where` and sorting, through the CLI.
+#[test]
+fn custom_event_definitions_with_bitfield_where_and_sorted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("events.yaml"),
+        r#"
+- event_type: compute.instance.create.end
+  traits:
+    instance_id: {fields: payload.instance_id}
+    flags:
+      type: int
+      fields: [payload.state, payload.state_description, payload.image_meta.disk_format, 'payload.fixed_ips[*].version']
+      plugin:
+        name: bitfield
+        parameters:
+          initial_bitfield: 1024
+          flags:
+            - {path: payload.state, bit: 0, value: active}
+            - {path: payload.state, bit: 1, value: error}
+            - {path: payload.image_meta.disk_format, bit: 2}
+            - {path: payload.image_meta.container_format, bit: 3}
+            - {path: 'payload.fixed_ips.[0].version', bit: 4, value: 4.0}
+    v4_address: {fields: '($.payload.fixed_ips[*] where address).address'}
+    first_metadata_key: {fields: '$.payload.metadata.`sorted`[0]'}
+"#,
+    )
+    .unwrap();
+    let def = definition(dir.path(), "['compute.instance.create.end']");
+    let mut text_def = std::fs::read_to_string(&def).unwrap();
+    text_def.push_str(&format!(
+        "event_definitions: ['{}']\n",
+        dir.path().join("events.yaml").display()
+    ));
+    std::fs::write(&def, text_def).unwrap();
+    let out = meterflow(&[
+        "run",
+        def.to_str().unwrap(),
+        "--input",
+        &format!("{DATA}/nova.jsonl"),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = sorted_lines(&dir.path().join("events.jsonl"));
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    let trait_of = |name: &str| {
+        event["traits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t[0] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no trait {name} in {event}"))
+    };
+    assert_eq!(
+        trait_of("flags"),
+        serde_json::json!(["flags", 2, 1024 | 1 | 4 | 16])
+    );
+    assert_eq!(
+        trait_of("v4_address"),
+        serde_json::json!(["v4_address", 1, "10.0.0.12"])
+    );
+    assert_eq!(
+        trait_of("first_metadata_key"),
+        serde_json::json!(["first_metadata_key", 1, "metering.server_group"])
+    );
+}
+
 #[test]
 fn event_pipelines_are_validated_as_ceilometer_does() {
     let dir = tempfile::tempdir().unwrap();

@@ -349,6 +349,47 @@ mod tests {
     }
 
     #[test]
+    fn bitfield_traits_set_a_bit_per_flag_found() {
+        // Ceilometer's example: the state flags of an instance as one integer trait.
+        let yaml = r#"
+- event_type: compute.instance.*
+  traits:
+    flags:
+      type: int
+      fields: [payload.state, payload.tenant_id, payload.missing, payload.memory_mb]
+      plugin:
+        name: bitfield
+        parameters:
+          initial_bitfield: 256
+          flags:
+            - {path: payload.state, bit: 0, value: active}
+            - {path: payload.state, bit: 1, value: deleted}
+            - {path: payload.tenant_id, bit: 2}
+            - {path: payload.missing, bit: 3}
+            - {path: payload.memory_mb, bit: 4, value: '2048'}
+            - {path: payload.memory_mb, bit: 5, value: 2048}
+"#;
+        let (defs, problems) = EventDefinitions::load(&[("e.yaml".into(), yaml.into())], false);
+        assert!(problems.is_empty(), "{problems:?}");
+        let e = defs.event(&view()).unwrap();
+        let flags = e.traits.iter().find(|t| t.name == "flags").unwrap();
+        assert_eq!(
+            serde_json::to_value(&flags.value).unwrap(),
+            json!(256 | 1 | 4 | 16)
+        );
+        assert_eq!(flags.dtype, 2);
+
+        let bad = "- event_type: x\n  traits:\n    f: {fields: payload.a, plugin: {name: bitfield, parameters: {flags: [{path: $.payload.a, bit: 1}]}}}\n";
+        let (_, problems) = EventDefinitions::load(&[("e.yaml".into(), bad.into())], false);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].message.contains("write \"payload.a\""),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
     fn exclusions_and_problems() {
         let yaml = "- event_type: ['!image.*']\n  traits: {}\n- event_type: x\n  traits: {a: {type: blob, fields: payload.a}}\n- traits: {}\n";
         let (defs, problems) = EventDefinitions::load(&[("e.yaml".into(), yaml.into())], false);

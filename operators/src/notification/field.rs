@@ -1,6 +1,6 @@
 //! One field of a meter or event definition (Ceilometer's `declarative.Definition`): a JSONPath
 //! (or a list of them, tried in order), an integer constant, or `{fields: ..., plugin: ...}`
-//! with a trait plugin (`split`, `timedelta`) applied to what the paths found.
+//! with a trait plugin (`split`, `timedelta`, `bitfield`) applied to what the paths found.
 
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
@@ -33,6 +33,18 @@ enum Plugin {
     },
     /// The absolute difference in seconds between exactly two timestamps.
     Timedelta,
+    /// An integer with a bit set for each flag whose path was found (with the flag's value,
+    /// when it has one).
+    Bitfield { initial: i64, flags: Vec<Flag> },
+}
+
+/// One flag of the `bitfield` plugin.
+#[derive(Clone, Debug)]
+struct Flag {
+    /// The place of a match, as Ceilometer names it (`payload.foo`, `payload.a.[0]`).
+    path: String,
+    bit: u32,
+    value: Option<Value>,
 }
 
 impl Field {
@@ -95,17 +107,24 @@ impl Field {
             Getter::Constant(c) => return vec![c.clone()],
             Getter::Paths(paths) => paths,
         };
-        let mut found: Vec<Value> = paths.iter().flat_map(|p| p.find(message)).collect();
-        if !keep_nulls {
-            found.retain(|v| !v.is_null());
-        }
-        match &self.plugin {
-            None => found,
-            Some(plugin) => plugin
-                .apply(&found)
-                .into_iter()
-                .filter(|v| !v.is_null())
-                .collect(),
+        let Some(plugin) = &self.plugin else {
+            return found(paths, message, keep_nulls);
+        };
+        plugin
+            .apply(paths, message, keep_nulls)
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .collect()
+    }
+
+    /// Why the field cannot give one value per match (a meter definition with `lookup` needs
+    /// that): its plugin makes one value of all of them (Ceilometer: "Plugin X don't allows
+    /// to return multiple values").
+    pub fn single_valued(&self) -> Option<&'static str> {
+        match self.plugin {
+            Some(Plugin::Timedelta) => Some("timedelta"),
+            Some(Plugin::Bitfield { .. }) => Some("bitfield"),
+            Some(Plugin::Split { .. }) | None => None,
         }
     }
 
@@ -152,19 +171,51 @@ impl Plugin {
                 },
             }),
             "timedelta" => Ok(Plugin::Timedelta),
+            "bitfield" => Ok(Plugin::Bitfield {
+                initial: match param("initial_bitfield") {
+                    None | Some(Yaml::Null) => 0,
+                    Some(v) => v
+                        .as_i64()
+                        .ok_or("bitfield: initial_bitfield must be a whole number")?,
+                },
+                flags: match param("flags") {
+                    None | Some(Yaml::Null) => Vec::new(),
+                    Some(Yaml::Sequence(flags)) => flags
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| {
+                            Flag::from_yaml(f).map_err(|e| format!("bitfield: flags[{i}]: {e}"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(other) => {
+                        return Err(format!(
+                            "bitfield: flags must be a list of {{path, bit, value}}, got {other:?}"
+                        ))
+                    }
+                },
+            }),
             other => Err(format!(
-                "no plugin named {other} available (known: split, timedelta)"
+                "no plugin named {other} available (known: bitfield, split, timedelta)"
             )),
         }
     }
 
-    fn apply(&self, values: &[Value]) -> Vec<Value> {
+    /// The plugin's values from what `paths` find in `message` (nulls kept with `keep_nulls`).
+    fn apply(&self, paths: &[Path], message: &Value, keep_nulls: bool) -> Vec<Value> {
         match self {
+            Plugin::Bitfield { initial, flags } => {
+                let located: Vec<(String, Value)> = paths
+                    .iter()
+                    .flat_map(|p| p.find_located(message))
+                    .filter(|(_, v)| keep_nulls || !v.is_null())
+                    .collect();
+                vec![Value::from(bitfield(*initial, flags, &located))]
+            }
             Plugin::Split {
                 separator,
                 segment,
                 max_split,
-            } => values
+            } => found(paths, message, keep_nulls)
                 .iter()
                 .map(|v| {
                     let text = python_str(v);
@@ -177,7 +228,7 @@ impl Plugin {
                 .collect(),
             Plugin::Timedelta => {
                 let micros = |v: &Value| v.as_str().and_then(meterflow_engine::time::parse_micros);
-                match values {
+                match &found(paths, message, keep_nulls)[..] {
                     [start, end] => match (micros(start), micros(end)) {
                         (Some(s), Some(e)) => {
                             vec![serde_json::Number::from_f64((e - s).abs() as f64 / 1e6)
@@ -189,6 +240,92 @@ impl Plugin {
                 }
             }
         }
+    }
+}
+
+/// The values `paths` find in `message`, in order (nulls only with `keep_nulls`).
+fn found(paths: &[Path], message: &Value, keep_nulls: bool) -> Vec<Value> {
+    paths
+        .iter()
+        .flat_map(|p| p.find(message))
+        .filter(|v| keep_nulls || !v.is_null())
+        .collect()
+}
+
+impl Flag {
+    fn from_yaml(cfg: &Yaml) -> Result<Flag, String> {
+        let map = cfg
+            .as_mapping()
+            .ok_or_else(|| format!("a flag is {{path, bit, value}}, got {cfg:?}"))?;
+        let path = map
+            .get("path")
+            .and_then(Yaml::as_str)
+            .ok_or("'path' (the place of a field, such as payload.state) is required")?;
+        if path.starts_with('$') {
+            // Ceilometer compares the text with the matches' places, which never start with
+            // the root: such a flag could never be set.
+            return Err(format!(
+                "'path' names a place as Ceilometer does, without the root: write {:?}, not {path:?}",
+                path.trim_start_matches('$').trim_start_matches('.')
+            ));
+        }
+        let path = path.to_owned();
+        let bit = match map.get("bit") {
+            Some(Yaml::Number(n)) => n.as_u64(),
+            Some(Yaml::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        }
+        .filter(|b| *b < 63)
+        .ok_or("'bit' is required, a whole number from 0 (the lowest bit) to 62")?;
+        let value = map
+            .get("value")
+            .map(|v| serde_json::to_value(v).map_err(|e| format!("'value': {e}")))
+            .transpose()?;
+        Ok(Flag {
+            path,
+            bit: bit as u32,
+            value,
+        })
+    }
+}
+
+/// Ceilometer's `BitfieldTraitPlugin`: `initial` with the bit of every flag set whose path is
+/// among the matches (the last match of a place counts), and, when the flag has a value, whose
+/// match equals it as Python's `==` does.
+fn bitfield(initial: i64, flags: &[Flag], found: &[(String, Value)]) -> i64 {
+    flags.iter().fold(initial, |bits, flag| {
+        let Some((_, v)) = found.iter().rev().find(|(at, _)| *at == flag.path) else {
+            return bits;
+        };
+        if flag.value.as_ref().is_none_or(|want| python_eq(v, want)) {
+            bits | (1 << flag.bit)
+        } else {
+            bits
+        }
+    })
+}
+
+/// Python's `==` between two JSON values: numbers and booleans by value (`1 == 1.0 == True`),
+/// lists and mappings element by element.
+fn python_eq(a: &Value, b: &Value) -> bool {
+    let number = |v: &Value| match v {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    };
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| python_eq(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| python_eq(v, w)))
+        }
+        _ => match (number(a), number(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
     }
 }
 
@@ -231,12 +368,60 @@ mod tests {
     }
 
     #[test]
+    fn bitfield_reads_the_places_of_matches() {
+        let msg = json!({"payload": {"a": [1, 2], "b": {"x": true, "y": null}, "c": 1.0}});
+        let bits = |flags: &str| {
+            field(&format!(
+                "{{fields: ['$.payload.a[*]', '$.payload.b.*', payload.c], plugin: {{name: bitfield, parameters: {{flags: {flags}}}}}}}"
+            ))
+            .first(&msg)
+        };
+        assert_eq!(bits("[]"), Some(json!(0)));
+        // Places are named as Ceilometer names them: `payload.a.[1]`, `payload.b.x`.
+        assert_eq!(
+            bits("[{path: 'payload.a.[1]', bit: 0}, {path: payload.b.x, bit: 1, value: 1}]"),
+            Some(json!(3))
+        );
+        // A null is not found; a value compares as Python's == (1 == 1.0 == True).
+        assert_eq!(
+            bits("[{path: payload.b.y, bit: 0}, {path: payload.c, bit: 2, value: 1}, {path: payload.c, bit: 3, value: '1'}]"),
+            Some(json!(4))
+        );
+        // The bit may be written as text, as Python's int() reads it.
+        assert_eq!(
+            bits("[{path: payload.c, bit: '62'}]"),
+            Some(json!(1_i64 << 62))
+        );
+        assert!(field("$.payload.c").single_valued().is_none());
+        assert_eq!(
+            field("{fields: $.a, plugin: bitfield}").single_valued(),
+            Some("bitfield")
+        );
+    }
+
+    #[test]
     fn bad_fields_say_what_is_accepted() {
         for (yaml, want) in [
             ("{plugin: split}", "'fields' is required"),
             (
-                "{fields: $.a, plugin: bitfield}",
-                "no plugin named bitfield",
+                "{fields: $.a, plugin: bitfeld}",
+                "no plugin named bitfeld available (known: bitfield",
+            ),
+            (
+                "{fields: $.a, plugin: {name: bitfield, parameters: {flags: [{path: a}]}}}",
+                "bitfield: flags[0]: 'bit' is required",
+            ),
+            (
+                "{fields: $.a, plugin: {name: bitfield, parameters: {flags: [{bit: 1}]}}}",
+                "'path' (the place of a field",
+            ),
+            (
+                "{fields: $.a, plugin: {name: bitfield, parameters: {flags: {path: a}}}}",
+                "flags must be a list",
+            ),
+            (
+                "{fields: $.a, plugin: {name: bitfield, parameters: {initial_bitfield: x}}}",
+                "initial_bitfield must be a whole number",
             ),
             ("{fields: $.a, plugin: {parameters: {}}}", "no plugin name"),
             ("$.a[", "cannot parse JSONPath"),

@@ -234,6 +234,13 @@ impl MeterDefinition {
                 Err(_) if matches!(i, NAME | TYPE | UNIT) => None,
                 Err(e) => return Err((format!(".{key}"), e)),
             };
+            let plugin = attributes[i].as_ref().and_then(Field::single_valued);
+            if let Some(plugin) = plugin.filter(|_| !lookup.is_empty()) {
+                return Err((
+                    format!(".{key}"),
+                    format!("with lookup every field gives one value per match, and the {plugin} plugin gives one value in all (Ceilometer: \"Plugin {plugin} don't allows to return multiple values\"); drop lookup or the plugin"),
+                ));
+            }
         }
         let metadata = match map.get("metadata") {
             None | Some(Yaml::Null) => Vec::new(),
@@ -641,13 +648,14 @@ metric:
     fn problems_name_the_entry_and_key() {
         let (defs, problems) = MeterDefinitions::load(&[(
             "m.yaml".into(),
-            "metric:\n  - {name: a, event_type: x, type: gauge, unit: B, volume: $.a, resource_id: $.b}\n  - {name: b, event_type: x, type: level, unit: B, volume: $.a, resource_id: $.b}\n  - {name: c, event_type: '(', type: gauge, unit: B, volume: $.a, resource_id: $.b}\n  - {name: d, event_type: x, type: gauge, unit: B, resource_id: $.b}\n  - {name: e, event_type: x, type: gauge, unit: B, volume: '$.a[', resource_id: $.b}\n".into(),
+            "metric:\n  - {name: a, event_type: x, type: gauge, unit: B, volume: $.a, resource_id: $.b}\n  - {name: b, event_type: x, type: level, unit: B, volume: $.a, resource_id: $.b}\n  - {name: c, event_type: '(', type: gauge, unit: B, volume: $.a, resource_id: $.b}\n  - {name: d, event_type: x, type: gauge, unit: B, resource_id: $.b}\n  - {name: e, event_type: x, type: gauge, unit: B, volume: '$.a[', resource_id: $.b}\n  - {name: f, event_type: x, type: gauge, unit: B, volume: {fields: [$.a, $.b], plugin: timedelta}, resource_id: $.b, lookup: [name]}\n".into(),
         )]);
         assert_eq!(defs.len(), 1);
         let places: Vec<&str> = problems.iter().map(|p| p.place.as_str()).collect();
         assert_eq!(
             places,
             vec![
+                "metric[5].volume",
                 "metric[4].volume",
                 "metric[3]",
                 "metric[2].event_type",
@@ -655,6 +663,13 @@ metric:
             ]
         );
         assert!(problems.iter().all(|p| p.file == "m.yaml"));
-        assert!(problems[1].message.contains("volume"), "{:?}", problems[1]);
+        assert!(problems[2].message.contains("volume"), "{:?}", problems[2]);
+        assert!(
+            problems[0]
+                .message
+                .contains("the timedelta plugin gives one value"),
+            "{:?}",
+            problems[0]
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! fields (`name`, `'quoted.name'`, `*`, `a,b`), `[n]`, `[*]`, `[a:b]`, filters
 //! `[?(@.name='x')]`, `[?key=value & n>2]` (`= == != < <= > >=`), unions `a|b`, parentheses,
 //! arithmetic `+ - * /` between paths, numbers and strings (`$.host + "_" + $.node`; a lone
-//! bare word is a string, as `jsonpath_rw_ext` reads it), and the named operators `` `len` ``,
+//! bare word is a string, as `jsonpath_rw_ext` reads it), `a where b` (the matches of `a` in
+//! which `b` finds something), sorting (`` `sorted` ``, `[/key]`, `[\key]` descending), and the
+//! named operators `` `len` ``,
 //! `` `split(SEP, SEGMENT, MAXSPLIT)` `` and `` `sub(/REGEX/, REPLACEMENT)` ``.
 //!
 //! # Examples
@@ -53,6 +55,10 @@ enum Node {
     Arith(Box<Operand>, ArithOp, Box<Operand>),
     Literal(Value),
     Len,
+    /// `left where right`: the matches of `left` in which `right` finds something.
+    Where(Box<Node>, Box<Node>),
+    /// `` `sorted` `` (no keys) or `[/key, \key]`.
+    Sorted(Vec<SortKey>),
     Split {
         separator: String,
         segment: usize,
@@ -76,6 +82,13 @@ enum ArithOp {
     Sub,
     Mul,
     Div,
+}
+
+/// One key of a `[/key]` (ascending) or `[\key]` (descending) sort.
+#[derive(Clone, Debug)]
+struct SortKey {
+    path: Node,
+    descending: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -117,9 +130,18 @@ impl Path {
 
     /// Every value the expression finds in `doc`, in document order (nulls included).
     pub fn find(&self, doc: &Value) -> Vec<Value> {
-        find(&self.node, doc, doc)
+        values(&self.node, doc, doc)
             .into_iter()
             .map(Cow::into_owned)
+            .collect()
+    }
+
+    /// Every value found with its place (`payload.thing.bar`, `payload.items.[0]`; empty
+    /// for computed values), as Ceilometer hands matches to trait plugins.
+    pub fn find_located(&self, doc: &Value) -> Vec<(String, Value)> {
+        find(&self.node, doc, &String::new(), doc)
+            .into_iter()
+            .map(|(v, at)| (at, v.into_owned()))
             .collect()
     }
 
@@ -136,25 +158,88 @@ impl fmt::Display for Path {
     }
 }
 
-fn find<'a>(node: &Node, datum: &'a Value, root: &'a Value) -> Vec<Cow<'a, Value>> {
+/// Where a match lies in the document, tracked only when a trait plugin asks (`()` tracks
+/// nothing and costs nothing).
+trait Trail: Clone {
+    /// The document's root, or a computed value: no path.
+    fn none() -> Self;
+    /// One step down to the field `name`.
+    fn field(&self, name: &str) -> Self;
+    /// One step down to the list element `i`.
+    fn index(&self, i: usize) -> Self;
+}
+
+impl Trail for () {
+    fn none() {}
+    fn field(&self, _: &str) {}
+    fn index(&self, _: usize) {}
+}
+
+/// Ceilometer's name for a match's place: its path elements from the root joined with `.`
+/// (`payload.thing.bar`, `payload.items.[0]`); empty for the root and computed values.
+impl Trail for String {
+    fn none() -> String {
+        String::new()
+    }
+
+    fn field(&self, name: &str) -> String {
+        if self.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{self}.{name}")
+        }
+    }
+
+    fn index(&self, i: usize) -> String {
+        self.field(&format!("[{i}]"))
+    }
+}
+
+type Found<'a, T> = Vec<(Cow<'a, Value>, T)>;
+
+/// The values `node` finds, without their places.
+fn values<'a>(node: &Node, datum: &'a Value, root: &'a Value) -> Vec<Cow<'a, Value>> {
+    find(node, datum, &(), root)
+        .into_iter()
+        .map(|(v, ())| v)
+        .collect()
+}
+
+fn computed<'a, T: Trail>(values: impl IntoIterator<Item = Value>) -> Found<'a, T> {
+    values
+        .into_iter()
+        .map(|v| (Cow::Owned(v), T::none()))
+        .collect()
+}
+
+fn find<'a, T: Trail>(node: &Node, datum: &'a Value, at: &T, root: &'a Value) -> Found<'a, T> {
     match node {
-        Node::Root => vec![Cow::Borrowed(root)],
-        Node::This => vec![Cow::Borrowed(datum)],
+        Node::Root => vec![(Cow::Borrowed(root), T::none())],
+        Node::This => vec![(Cow::Borrowed(datum), at.clone())],
         Node::Fields(names) => match datum {
             Value::Object(map) => names
                 .iter()
-                .flat_map(|name| -> Vec<Cow<'a, Value>> {
+                .flat_map(|name| -> Found<'a, T> {
                     if name == "*" {
-                        map.values().map(Cow::Borrowed).collect()
+                        map.iter()
+                            .map(|(k, v)| (Cow::Borrowed(v), at.field(k)))
+                            .collect()
                     } else {
-                        map.get(name).map(Cow::Borrowed).into_iter().collect()
+                        map.get(name)
+                            .map(|v| (Cow::Borrowed(v), at.field(name)))
+                            .into_iter()
+                            .collect()
                     }
                 })
                 .collect(),
             _ => Vec::new(),
         },
         Node::Index(i) => match datum {
-            Value::Array(items) => items.get(*i).map(Cow::Borrowed).into_iter().collect(),
+            Value::Array(items) => items
+                .get(*i)
+                .map(|v| (Cow::Borrowed(v), at.index(*i)))
+                .into_iter()
+                .collect(),
             _ => Vec::new(),
         },
         Node::Slice(start, end) => {
@@ -165,61 +250,78 @@ fn find<'a>(node: &Node, datum: &'a Value, root: &'a Value) -> Vec<Cow<'a, Value
             let len = items.len() as i64;
             let clamp = |i: i64| (if i < 0 { len + i } else { i }).clamp(0, len) as usize;
             let (s, e) = (clamp(start.unwrap_or(0)), clamp(end.unwrap_or(len)));
-            items
-                .get(s..e.max(s))
-                .unwrap_or_default()
-                .iter()
-                .map(Cow::Borrowed)
+            (s..e.max(s))
+                .map(|i| (Cow::Borrowed(&items[i]), at.index(i)))
                 .collect()
         }
         Node::Filter(conditions) => match datum {
             Value::Array(items) => items
                 .iter()
-                .filter(|item| conditions.iter().all(|c| c.holds(item)))
-                .map(Cow::Borrowed)
+                .enumerate()
+                .filter(|(_, item)| conditions.iter().all(|c| c.holds(item)))
+                .map(|(i, item)| (Cow::Borrowed(item), at.index(i)))
                 .collect(),
             _ => Vec::new(),
         },
-        Node::Child(left, right) => find(left, datum, root)
+        Node::Child(left, right) => find(left, datum, at, root)
             .into_iter()
-            .flat_map(|m| match m {
-                Cow::Borrowed(v) => find(right, v, root),
-                Cow::Owned(v) => find(right, &v, root)
+            .flat_map(|(m, t)| match m {
+                Cow::Borrowed(v) => find(right, v, &t, root),
+                Cow::Owned(v) => find(right, &v, &t, root)
                     .into_iter()
-                    .map(|r| Cow::Owned(r.into_owned()))
+                    .map(|(r, t)| (Cow::Owned(r.into_owned()), t))
                     .collect(),
             })
             .collect(),
         Node::Descendants(left, right) => {
             let mut out = Vec::new();
-            for m in find(left, datum, root) {
-                let mut stack = vec![m.into_owned()];
-                while let Some(v) = stack.pop() {
-                    out.extend(find(right, &v, root).into_iter().map(|r| r.into_owned()));
+            for (m, t) in find(left, datum, at, root) {
+                let mut stack = vec![(m.into_owned(), t)];
+                while let Some((v, t)) = stack.pop() {
+                    out.extend(
+                        find(right, &v, &t, root)
+                            .into_iter()
+                            .map(|(r, t)| (Cow::Owned(r.into_owned()), t)),
+                    );
                     match v {
-                        Value::Object(map) => stack.extend(map.into_iter().rev().map(|(_, v)| v)),
-                        Value::Array(items) => stack.extend(items.into_iter().rev()),
+                        Value::Object(map) => {
+                            stack.extend(map.into_iter().rev().map(|(k, v)| (v, t.field(&k))))
+                        }
+                        Value::Array(items) => stack.extend(
+                            items
+                                .into_iter()
+                                .enumerate()
+                                .rev()
+                                .map(|(i, v)| (v, t.index(i))),
+                        ),
                         _ => {}
                     }
                 }
             }
-            out.into_iter().map(Cow::Owned).collect()
-        }
-        Node::Union(left, right) => {
-            let mut out = find(left, datum, root);
-            out.extend(find(right, datum, root));
             out
         }
-        Node::Arith(left, op, right) => arith(left, *op, right, datum, root)
+        Node::Union(left, right) => {
+            let mut out = find(left, datum, at, root);
+            out.extend(find(right, datum, at, root));
+            out
+        }
+        Node::Where(left, right) => find(left, datum, at, root)
             .into_iter()
-            .map(Cow::Owned)
+            .filter(|(m, _)| !values(right, m, root).is_empty())
             .collect(),
-        Node::Literal(v) => vec![Cow::Owned(v.clone())],
-        Node::Len => match datum {
-            Value::Array(items) => vec![Cow::Owned(Value::from(items.len()))],
-            Value::Object(map) => vec![Cow::Owned(Value::from(map.len()))],
-            Value::String(s) => vec![Cow::Owned(Value::from(s.chars().count()))],
-            _ => Vec::new(),
+        Node::Arith(left, op, right) => computed(arith(left, *op, right, datum, root)),
+        Node::Literal(v) => computed([v.clone()]),
+        Node::Len => computed(match datum {
+            Value::Array(items) => Some(Value::from(items.len())),
+            Value::Object(map) => Some(Value::from(map.len())),
+            Value::String(s) => Some(Value::from(s.chars().count())),
+            _ => None,
+        }),
+        Node::Sorted(keys) => match datum {
+            Value::Array(_) => computed(sorted(datum, keys, root)),
+            Value::Object(_) if keys.is_empty() => computed(sorted(datum, keys, root)),
+            // What is not a list, and a mapping sorted by keys, stays as it is.
+            _ => vec![(Cow::Borrowed(datum), at.clone())],
         },
         Node::Split {
             separator,
@@ -233,18 +335,75 @@ fn find<'a>(node: &Node, datum: &'a Value, root: &'a Value) -> Vec<Cow<'a, Value
                 Some(n) => s.splitn(n + 1, separator.as_str()).collect(),
                 None => s.split(separator.as_str()).collect(),
             };
-            parts
-                .get(*segment)
-                .map(|p| Cow::Owned(Value::String((*p).to_owned())))
-                .into_iter()
-                .collect()
+            computed(parts.get(*segment).map(|p| Value::String((*p).to_owned())))
         }
-        Node::Sub { regex, replacement } => match datum {
-            Value::String(s) => vec![Cow::Owned(Value::String(
+        Node::Sub { regex, replacement } => computed(match datum {
+            Value::String(s) => Some(Value::String(
                 regex.replace_all(s, replacement.as_str()).into_owned(),
-            ))],
-            _ => Vec::new(),
-        },
+            )),
+            _ => None,
+        }),
+    }
+}
+
+/// `jsonpath_rw_ext`'s `` `sorted` `` and `[/key]`/`[\key]`: a list sorted (by its values, or
+/// by each key in turn, `\` descending), or a mapping's keys sorted; `None` where Python
+/// cannot order the values.
+fn sorted(datum: &Value, keys: &[SortKey], root: &Value) -> Option<Value> {
+    use std::cmp::Ordering;
+    let mut items: Vec<Value> = match datum {
+        Value::Object(map) => map.keys().map(|k| Value::String(k.clone())).collect(),
+        other => other.as_array().cloned().unwrap_or_default(),
+    };
+    let mut unorderable = false;
+    if keys.is_empty() {
+        items.sort_by(|a, b| {
+            python_order(a, b).unwrap_or_else(|| {
+                unorderable = true;
+                Ordering::Equal
+            })
+        });
+    } else {
+        // Keys that find nothing, several values or unorderable ones do not decide, as in
+        // jsonpath_rw_ext.
+        items.sort_by(|a, b| {
+            for key in keys {
+                let (l, r) = (values(&key.path, a, root), values(&key.path, b, root));
+                let ([l], [r]) = (&l[..], &r[..]) else {
+                    continue;
+                };
+                match python_order(l, r) {
+                    Some(Ordering::Equal) | None => continue,
+                    Some(o) if key.descending => return o.reverse(),
+                    Some(o) => return o,
+                }
+            }
+            Ordering::Equal
+        });
+    }
+    (!unorderable).then_some(Value::Array(items))
+}
+
+/// Python's `<` between two JSON values: numbers (and booleans) by value, text by code
+/// point, lists element by element; `None` where Python raises `TypeError`.
+fn python_order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    let number = |v: &Value| match v {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    };
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Array(x), Value::Array(y)) => {
+            for (p, q) in x.iter().zip(y) {
+                match python_order(p, q)? {
+                    std::cmp::Ordering::Equal => continue,
+                    o => return Some(o),
+                }
+            }
+            Some(x.len().cmp(&y.len()))
+        }
+        _ => number(a)?.partial_cmp(&number(b)?),
     }
 }
 
@@ -254,7 +413,7 @@ fn find<'a>(node: &Node, datum: &'a Value, root: &'a Value) -> Vec<Cow<'a, Value
 fn arith(left: &Operand, op: ArithOp, right: &Operand, datum: &Value, root: &Value) -> Vec<Value> {
     let side = |o: &Operand| -> Result<Vec<Value>, Value> {
         match o {
-            Operand::Path(node) => Ok(find(node, datum, root)
+            Operand::Path(node) => Ok(values(node, datum, root)
                 .into_iter()
                 .map(Cow::into_owned)
                 .collect()),
@@ -308,7 +467,7 @@ fn apply(a: &Value, op: ArithOp, b: &Value) -> Option<Value> {
 
 impl Condition {
     fn holds(&self, item: &Value) -> bool {
-        let found = find(&self.target, item, item);
+        let found = values(&self.target, item, item);
         let Some((op, literal)) = &self.test else {
             return !found.is_empty();
         };
@@ -361,6 +520,7 @@ enum Token {
     Minus,
     Star,
     Slash,
+    Backslash,
     Question,
     Colon,
     Comma,
@@ -409,6 +569,7 @@ fn lex(text: &str) -> Result<Vec<Token>, String> {
             '+' => Token::Plus,
             '*' => Token::Star,
             '/' => Token::Slash,
+            '\\' => Token::Backslash,
             '?' => Token::Question,
             ':' => Token::Colon,
             ',' => Token::Comma,
@@ -586,8 +747,37 @@ impl Parser {
                     let step = self.bracket()?;
                     node = Node::Child(Box::new(node), Box::new(step));
                 }
+                // `where` binds tighter than `.` in jsonpath_rw: `a where b.c` is
+                // `(a where b).c`.
+                Some(Token::Id(word, false)) if word == "where" => {
+                    self.at += 1;
+                    let mut right = self.atom()?;
+                    while self.eat(&Token::LBracket) {
+                        right = Node::Child(Box::new(right), Box::new(self.bracket()?));
+                    }
+                    node = Node::Where(Box::new(node), Box::new(right));
+                }
                 _ => return Ok(node),
             }
+        }
+    }
+
+    /// After `[`: sort keys, each `/PATH` (ascending) or `\PATH` (descending), commas optional.
+    fn sort_keys(&mut self) -> Result<Vec<SortKey>, String> {
+        let mut keys = Vec::new();
+        loop {
+            let descending = match self.peek() {
+                Some(Token::Slash) => false,
+                Some(Token::Backslash) => true,
+                _ if !keys.is_empty() => return Ok(keys),
+                _ => return Err("expected '/' or '\\' before a sort key".into()),
+            };
+            self.at += 1;
+            keys.push(SortKey {
+                path: self.chain()?,
+                descending,
+            });
+            self.eat(&Token::Comma);
         }
     }
 
@@ -651,6 +841,7 @@ impl Parser {
                 }
             }
             Some(Token::Id(..)) => self.fields()?,
+            Some(Token::Slash | Token::Backslash) => Node::Sorted(self.sort_keys()?),
             Some(t) => return Err(format!("unexpected {t} after '['")),
             None => return Err("the expression ends after '['".into()),
         };
@@ -717,7 +908,14 @@ impl Parser {
             Some(Token::Star) => Ok(Node::Fields(vec!["*".into()])),
             Some(Token::Id(name, _)) => {
                 let mut names = vec![name];
-                while self.eat(&Token::Comma) {
+                // `a,b` names fields; in sort keys, `, /c` starts the next key.
+                while self.peek() == Some(&Token::Comma)
+                    && !matches!(
+                        self.tokens.get(self.at + 1),
+                        Some(Token::Slash | Token::Backslash)
+                    )
+                {
+                    self.at += 1;
                     match self.next() {
                         Some(Token::Id(n, _)) => names.push(n),
                         _ => return Err("expected a field name after ','".into()),
@@ -761,6 +959,8 @@ fn named(name: &str) -> Result<Node, String> {
         Ok(Node::This)
     } else if name == "len" {
         Ok(Node::Len)
+    } else if name == "sorted" {
+        Ok(Node::Sorted(Vec::new()))
     } else if let Some(inner) = args("split(") {
         let parts: Vec<&str> = inner.rsplitn(3, ',').collect();
         let [max, segment, separator] = parts[..] else {
@@ -795,7 +995,7 @@ fn named(name: &str) -> Result<Node, String> {
         })
     } else {
         Err(format!(
-            "unknown operator `{name}` (known: `this`, `len`, `split(SEP, SEGMENT, MAXSPLIT)`, `sub(/REGEX/, REPLACEMENT)`)"
+            "unknown operator `{name}` (known: `this`, `len`, `sorted`, `split(SEP, SEGMENT, MAXSPLIT)`, `sub(/REGEX/, REPLACEMENT)`)"
         ))
     }
 }
@@ -895,8 +1095,102 @@ mod tests {
     }
 
     #[test]
+    fn where_and_sorting() {
+        let doc = json!({"payload": {"ports": [
+            {"id": "p2", "ip": {"v4": "10.0.0.2"}, "n": 2},
+            {"id": "p1", "n": 10},
+            {"id": "p3", "ip": {"v6": "fe80::3"}, "n": 2}],
+            "tags": {"b": 1, "a": 2}, "ints": [3, 1, 2], "mixed": [1, "x"]}});
+        assert_eq!(
+            find("$.payload.ports[*] where ip", &doc).len(),
+            2,
+            "the ports that have an ip"
+        );
+        assert_eq!(
+            find("($.payload.ports[*] where ip).id", &doc),
+            vec![json!("p2"), json!("p3")]
+        );
+        // `where` binds tighter than `.`, as in jsonpath_rw.
+        assert_eq!(
+            find("$.payload.ports[*] where ip.id", &doc),
+            vec![json!("p2"), json!("p3")]
+        );
+        // ... so this is `(ports where ip).v6`, and a port has no `v6`.
+        assert_eq!(find("$.payload.ports[*] where ip.v6", &doc).len(), 0);
+        assert_eq!(
+            find("$.payload.ports[*] where (ip.v6)", &doc),
+            vec![doc["payload"]["ports"][2].clone()]
+        );
+        assert_eq!(
+            find("$.payload.ints.`sorted`", &doc),
+            vec![json!([1, 2, 3])]
+        );
+        assert_eq!(
+            find("$.payload.tags.`sorted`", &doc),
+            vec![json!(["a", "b"])]
+        );
+        assert_eq!(
+            find("$.payload.ports[\\n, /id][*].id", &doc),
+            vec![json!("p1"), json!("p2"), json!("p3")]
+        );
+        assert_eq!(
+            find("$.payload.ports[/n][*].id", &doc),
+            vec![json!("p2"), json!("p3"), json!("p1")],
+            "a stable sort"
+        );
+        // Python cannot order 1 and "x": nothing is found.
+        assert_eq!(find("$.payload.mixed.`sorted`", &doc), Vec::<Value>::new());
+        assert_eq!(find("$.payload.ints[0].`sorted`", &doc), vec![json!(3)]);
+    }
+
+    #[test]
+    fn matches_know_their_places() {
+        let doc = json!({"payload": {"thing": {"bar": 12, "boing": 13}, "a": [{"b": 1}, {"b": 2}],
+            "m": [{"name": "x", "v": 1}, {"name": "y", "v": 2}]}});
+        let located = |p: &str| Path::parse(p).unwrap().find_located(&doc);
+        assert_eq!(
+            located("payload.thing.*"),
+            vec![
+                ("payload.thing.bar".into(), json!(12)),
+                ("payload.thing.boing".into(), json!(13))
+            ]
+        );
+        assert_eq!(
+            located("$.payload.a[*].b"),
+            vec![
+                ("payload.a.[0].b".into(), json!(1)),
+                ("payload.a.[1].b".into(), json!(2))
+            ]
+        );
+        assert_eq!(
+            located("$.payload.m[?(@.name='y')].v"),
+            vec![("payload.m.[1].v".into(), json!(2))]
+        );
+        assert_eq!(
+            located("$..b"),
+            vec![
+                ("payload.a.[0].b".into(), json!(1)),
+                ("payload.a.[1].b".into(), json!(2))
+            ]
+        );
+        assert_eq!(
+            located("$.payload.thing.bar * 2"),
+            vec![(String::new(), json!(24))]
+        );
+    }
+
+    #[test]
     fn errors_name_the_problem() {
-        for bad in ["$.payload.", "$.a[", "$.a[?x=]", "`nope`", "$.a !", "'open"] {
+        for bad in [
+            "$.payload.",
+            "$.a[",
+            "$.a[?x=]",
+            "`nope`",
+            "$.a !",
+            "'open",
+            "$.a[/]",
+            "$.a where",
+        ] {
             let e = Path::parse(bad).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
