@@ -26,6 +26,24 @@ fn wire(c: &mut Criterion) {
             n
         })
     });
+    // The same notifications in oslo.messaging's Kafka envelope, as the Kafka source reads them.
+    let enveloped: Vec<Bytes> = lines
+        .iter()
+        .map(|l| {
+            Bytes::from(meterflow_connectors::kafka::bench::oslo_envelope(
+                std::str::from_utf8(l).unwrap(),
+            ))
+        })
+        .collect();
+    group.bench_function("decode_oslo_envelopes", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for line in &enveloped {
+                decode_line(line, &mut |_| n += 1).expect("decodes");
+            }
+            n
+        })
+    });
     group.bench_function("encode_samples", |b| {
         let mut out = Vec::with_capacity(64 << 20);
         b.iter(|| {

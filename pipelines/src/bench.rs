@@ -170,6 +170,9 @@ pub struct KafkaBenchReport {
     pub bytes: u64,
     /// The raw consume of the input topic (the ceiling).
     pub raw: RawConsume,
+    /// The raw copy of the input topic to a third one (consume and produce, no processing):
+    /// the Kafka side's own cost on this broker and machine.
+    pub copy: RawConsume,
     /// The engine's run, Kafka to Kafka.
     pub report: RunReport,
     /// The engine's time from its first input message to the end (its group join excluded,
@@ -178,7 +181,8 @@ pub struct KafkaBenchReport {
 }
 
 /// `bench --kafka`: loads a fresh topic on `brokers` with the generated notifications (oslo's
-/// envelope, one per message), measures a plain consumer reading it, then runs `plan` from
+/// envelope, one per message), measures a plain consumer reading it and a plain consumer and
+/// producer copying it to a third topic, then runs `plan` from
 /// that topic with every `file://` publisher replaced by a `kafka://` one on a second fresh
 /// topic (so Kafka → transformers → Kafka, acknowledged by the broker before offsets commit).
 pub fn run_kafka(
@@ -194,11 +198,12 @@ pub fn run_kafka(
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
-    let (input, output) = (
+    let (input, output, copied) = (
         format!("meterflow-bench-in-{nanos}"),
         format!("meterflow-bench-out-{nanos}"),
+        format!("meterflow-bench-copy-{nanos}"),
     );
-    kafka::create_topics(brokers, &[&input, &output], partitions.max(1))
+    kafka::create_topics(brokers, &[&input, &output, &copied], partitions.max(1))
         .map_err(anyhow::Error::msg)?;
     let values: Vec<String> = text.lines().map(kafka::oslo_envelope).collect();
     drop(data);
@@ -208,6 +213,13 @@ pub fn run_kafka(
     drop(values);
     let raw = kafka::raw_consume(brokers, &input, &format!("meterflow-bench-raw-{nanos}"))
         .map_err(anyhow::Error::msg)?;
+    let copy = kafka::raw_copy(
+        brokers,
+        &input,
+        &copied,
+        &format!("meterflow-bench-copy-{nanos}"),
+    )
+    .map_err(anyhow::Error::msg)?;
     for p in &mut plan.publishers {
         if let PublisherSpec::File(_) = p.spec {
             p.url = format!("kafka://{brokers}?topic={output}");
@@ -233,6 +245,7 @@ pub fn run_kafka(
         messages,
         bytes,
         raw,
+        copy,
         report,
         engine,
     })

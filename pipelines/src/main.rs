@@ -152,7 +152,8 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
         /// Kafka to Kafka through this broker (HOST:PORT): the notifications are loaded into a
-        /// fresh topic, read once by a plain consumer (the raw consume rate), then run through
+        /// fresh topic, read once by a plain consumer (the raw consume rate), copied once to a
+        /// third topic by a plain consumer and producer (the raw copy rate), then run through
         /// the pipeline with its file publishers writing to a second fresh topic.
         #[arg(long, value_name = "HOST:PORT")]
         kafka: Option<String>,
@@ -554,6 +555,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     k.raw.bytes as f64 / raw / 1e6,
                     samples as f64 / raw
                 )?;
+                let copy = k.copy.elapsed.as_secs_f64().max(1e-9);
+                writeln!(
+                    stdout,
+                    "raw copy (plain consumer -> producer, lz4, acks=all, no processing): {} messages acknowledged in {:.3}s, {:.0} messages/s, {:.0} samples/s",
+                    k.copy.messages,
+                    copy,
+                    k.copy.messages as f64 / copy,
+                    samples as f64 / copy
+                )?;
                 let out: u64 = k.report.counters.sinks.iter().map(|s| s.samples_out).sum();
                 writeln!(
                     stdout,
@@ -567,8 +577,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 )?;
                 writeln!(
                     stdout,
-                    "ratio end to end / raw consume: {:.2}",
-                    raw / engine
+                    "ratio end to end / raw consume: {:.2}; end to end / raw copy: {:.2}",
+                    raw / engine,
+                    copy / engine
                 )?;
                 if k.report.counters.dropped_total() > 0 {
                     eprint!("{}", summary::render(&k.report));

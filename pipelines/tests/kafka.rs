@@ -501,8 +501,8 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     eprintln!("{before} samples written before the outage; engine log:\n{stderr}");
 }
 
-/// `bench --kafka` loads a topic, measures the raw consume and the engine end to end, and
-/// every generated sample goes through.
+/// `bench --kafka` loads a topic, measures the raw consume, the raw copy and the engine end to
+/// end, and every generated message goes through.
 #[test]
 fn bench_kafka_reports_both_rates() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -525,9 +525,14 @@ fn bench_kafka_reports_both_rates() {
         stdout.contains("raw consume (plain rdkafka consumer)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("no processing): 500 messages acknowledged in "),
+        "{stdout}"
+    );
     assert!(stdout.contains("samples/s; samples out: "), "{stdout}");
     assert!(
-        stdout.contains("ratio end to end / raw consume: "),
+        stdout.contains("ratio end to end / raw consume: ")
+            && stdout.contains("; end to end / raw copy: "),
         "{stdout}"
     );
 }

@@ -1,7 +1,8 @@
 //! What `meterflow bench --kafka` needs of a broker besides the engine's own source and
 //! publisher: fresh topics, loading a topic with notifications in oslo's envelope, and the raw
 //! consume rate of a topic (a plain rdkafka consumer that only counts), the ceiling the
-//! engine's end-to-end rate is compared with.
+//! engine's end-to-end rate is compared with, and the raw copy rate (consume and produce again,
+//! no processing), the most an engine could do on the same broker and machine.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// How long any one broker operation may take before the bench gives up.
@@ -92,20 +93,65 @@ pub fn produce<'a>(
     Ok(n)
 }
 
-/// What a raw consume of a topic read.
+/// What a raw consume (or copy) of a topic read.
 #[derive(Clone, Copy, Debug)]
 pub struct RawConsume {
     /// Messages read.
     pub messages: u64,
     /// Payload bytes read.
     pub bytes: u64,
-    /// From the first message to the last (the group join before it is not counted).
+    /// From the first message to the last (the group join before it is not counted); for a
+    /// copy, to the broker's acknowledgement of the last message written.
     pub elapsed: Duration,
 }
 
 /// Reads `topic` from the start to its end with a plain consumer (a fresh group, the engine's
 /// fetch settings) that only counts messages and bytes.
 pub fn raw_consume(brokers: &str, topic: &str, group: &str) -> Result<RawConsume, String> {
+    read_all(brokers, topic, group, |_| Ok(()))
+}
+
+/// Reads `topic` from the start to its end as [`raw_consume`] does and writes every message
+/// unchanged to `to` with the `kafka://` publisher's producer settings (lz4), until the broker
+/// has acknowledged them all: the Kafka side of an end-to-end run with no processing at all,
+/// the most any engine can do on this broker and machine.
+pub fn raw_copy(brokers: &str, topic: &str, to: &str, group: &str) -> Result<RawConsume, String> {
+    let producer: BaseProducer = super::producer_config(brokers, "lz4")
+        .create()
+        .map_err(|e| format!("kafka://{brokers}: cannot create a producer: {e}"))?;
+    let mut read = read_all(brokers, topic, group, |m| {
+        let mut record = BaseRecord::<[u8], [u8]>::to(to).payload(m.payload().unwrap_or_default());
+        if let Some(key) = m.key() {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(format!("kafka://{brokers}/{to}: {e}")),
+            }
+        }
+        producer.poll(Duration::ZERO);
+        Ok(())
+    })?;
+    let flushing = Instant::now();
+    producer
+        .flush(TIMEOUT)
+        .map_err(|e| format!("kafka://{brokers}/{to}: not acknowledged: {e}"))?;
+    read.elapsed += flushing.elapsed();
+    Ok(read)
+}
+
+/// Reads `topic` from the start to its end, passing each message to `each`.
+fn read_all(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> Result<(), String>,
+) -> Result<RawConsume, String> {
     let consumer: BaseConsumer<super::ConsumerLog> =
         super::consumer_config(brokers, group, "earliest", true)
             .create_with_context(super::ConsumerLog)
@@ -125,6 +171,7 @@ pub fn raw_consume(brokers: &str, topic: &str, group: &str) -> Result<RawConsume
                 at_end.remove(&m.partition());
                 messages += 1;
                 bytes += m.payload_len() as u64;
+                each(&m)?;
                 last = Instant::now();
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -134,7 +181,7 @@ pub fn raw_consume(brokers: &str, topic: &str, group: &str) -> Result<RawConsume
                     break;
                 }
             }
-            Some(Err(e)) => tracing::warn!("raw consume of {topic}: {e}"),
+            Some(Err(e)) => tracing::warn!("raw read of {topic}: {e}"),
             None if started.elapsed() > TIMEOUT && messages == 0 => {
                 return Err(format!(
                     "kafka://{brokers}/{topic}: nothing read within {}s",

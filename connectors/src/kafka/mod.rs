@@ -51,6 +51,20 @@ pub(crate) fn consumer_config(brokers: &str, group: &str, offset: &str, eof: boo
     config
 }
 
+/// The producer settings meterflow publishes with (the `kafka://` publisher and the bench's
+/// raw copy alike): every write acknowledged by all in-sync replicas, idempotent, batched
+/// for up to 5 ms, compressed with `compression`.
+pub(crate) fn producer_config(brokers: &str, compression: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("compression.type", compression)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
+    config
+}
+
 /// Appends oslo.messaging's Kafka envelope around the notification `inner` (JSON) to `value`:
 /// `{"oslo.version": "2.0", "oslo.message": "<inner as a JSON string>"}`.
 pub(crate) fn write_envelope(inner: &[u8], value: &mut Vec<u8>) {

@@ -15,7 +15,6 @@ use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::model::Event;
 use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_engine::{Sample, Sym};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -101,12 +100,7 @@ pub struct KafkaPublisher {
 impl KafkaPublisher {
     /// Creates the producer.
     pub fn open(url: &str, options: &KafkaPublisherOptions) -> Result<KafkaPublisher, String> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &options.brokers)
-            .set("compression.type", &options.compression)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+        let producer = super::producer_config(&options.brokers, &options.compression)
             .create_with_context(Deliveries)
             .map_err(|e| format!("publisher {url}: cannot create a Kafka producer: {e}"))?;
         Ok(KafkaPublisher {
