@@ -369,7 +369,7 @@ struct WireSample<'de> {
     project_id: Option<Cow<'de, str>>,
     resource_id: Option<Cow<'de, str>>,
     timestamp: Option<Cow<'de, str>>,
-    resource_metadata: Option<&'de str>,
+    resource_metadata: Option<Cow<'de, str>>,
     source: Option<Cow<'de, str>>,
     message_id: Option<Cow<'de, str>>,
     monotonic_time: Option<f64>,
@@ -389,7 +389,8 @@ impl<'de> WireSample<'de> {
             "resource_id" => self.resource_id = text(map)?,
             "timestamp" => self.timestamp = text(map)?,
             "resource_metadata" => {
-                self.resource_metadata = Some(map.next_value::<&'de RawValue>()?.get())
+                self.resource_metadata =
+                    Some(Cow::Borrowed(map.next_value::<&'de RawValue>()?.get()))
             }
             "source" => self.source = text(map)?,
             "message_id" => self.message_id = text(map)?,
@@ -480,7 +481,7 @@ impl<'de> WireSample<'de> {
             }
         };
         let metadata = match self.resource_metadata {
-            Some(raw) if raw != "null" => RawJson::from_text(Text::slice_of(buf, raw)),
+            Some(raw) if raw != "null" => RawJson::from_text(Text::slice_of(buf, &raw)),
             _ => RawJson::EMPTY_OBJECT,
         };
         Ok(Sample {
