@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// How long any one broker operation may take before the bench gives up.
@@ -71,17 +71,8 @@ pub fn produce<'a>(
         .map_err(|e| format!("kafka://{brokers}: cannot create a producer: {e}"))?;
     let mut n = 0;
     for value in values {
-        let mut record = BaseRecord::<(), str>::to(topic).payload(value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(format!("kafka://{brokers}/{topic}: {e}")),
-            }
-        }
+        let record = BaseRecord::<(), str>::to(topic).payload(value);
+        send(&producer, record).map_err(|e| format!("kafka://{brokers}/{topic}: {e}"))?;
         n += 1;
         if n % 1024 == 0 {
             producer.poll(Duration::ZERO);
@@ -91,6 +82,23 @@ pub fn produce<'a>(
         .flush(TIMEOUT)
         .map_err(|e| format!("kafka://{brokers}/{topic}: not acknowledged: {e}"))?;
     Ok(n)
+}
+
+/// Enqueues `record`, waiting for room while the producer's queue is full.
+fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// What a raw consume (or copy) of a topic read.
@@ -124,16 +132,7 @@ pub fn raw_copy(brokers: &str, topic: &str, to: &str, group: &str) -> Result<Raw
         if let Some(key) = m.key() {
             record = record.key(key);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(format!("kafka://{brokers}/{to}: {e}")),
-            }
-        }
+        send(&producer, record).map_err(|e| format!("kafka://{brokers}/{to}: {e}"))?;
         producer.poll(Duration::ZERO);
         Ok(())
     })?;
