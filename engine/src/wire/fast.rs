@@ -179,12 +179,8 @@ impl<'a, const ESCAPED: bool> Scanner<'a, ESCAPED> {
                     },
                     (b'\\', b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 3,
                     (b'\\', b'u') => {
-                        let hex = self.b.get(at + 3..at + 7)?;
-                        let code = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
                         // Surrogates (and their pairing) are left to the general path.
-                        if !hex.iter().all(u8::is_ascii_hexdigit)
-                            || (0xD800..=0xDFFF).contains(&code)
-                        {
+                        if (0xD800..=0xDFFF).contains(&self.hex4(at + 3)?) {
                             return None;
                         }
                         7
@@ -227,20 +223,35 @@ impl<'a, const ESCAPED: bool> Scanner<'a, ESCAPED> {
     /// Scans a string, validating its escapes, and writes its value to `out` when given;
     /// `None` (bail out) for an invalid string or a lone surrogate (the general path reports
     /// those).
-    fn string(&mut self, mut out: Option<&mut String>) -> Option<()> {
+    fn string(&mut self, out: Option<&mut String>) -> Option<()> {
         self.eat(b'"')?;
+        self.content(out, true)
+    }
+
+    /// Walks a string's content from the current position as [`Scanner::string`] does: up to
+    /// its closing quote when `quoted`, else to the end of the text (a span of a string's
+    /// content, which has no quote of its own).
+    fn content(&mut self, mut out: Option<&mut String>, quoted: bool) -> Option<()> {
         loop {
-            let at = special(self.b, self.i)?;
+            let at = match special(self.b, self.i) {
+                Some(at) => at,
+                None if !quoted => self.b.len(),
+                None => return None,
+            };
             if let Some(out) = out.as_deref_mut() {
                 out.push_str(&self.text[self.i..at]);
             }
-            match self.b[at] {
-                b'"' => {
+            match self.b.get(at) {
+                None => {
+                    self.i = at;
+                    return Some(());
+                }
+                Some(b'"') if quoted => {
                     self.i = at + 1;
                     return Some(());
                 }
-                b'\\' => {}
-                _ => return None, // a raw control character
+                Some(b'\\') => {}
+                _ => return None, // a raw control character, or a quote in a span
             }
             let (c, len) = self.escape(at)?;
             if let Some(out) = out.as_deref_mut() {
@@ -263,20 +274,13 @@ impl<'a, const ESCAPED: bool> Scanner<'a, ESCAPED> {
             b'r' => ('\r', 2),
             b't' => ('\t', 2),
             b'u' => {
-                let unit = |i: usize| {
-                    let hex = std::str::from_utf8(self.b.get(i..i + 4)?).ok()?;
-                    if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                        return None;
-                    }
-                    u32::from_str_radix(hex, 16).ok()
-                };
-                let first = unit(at + 2)?;
+                let first = self.hex4(at + 2)?;
                 let (code, len) = match first {
                     0xD800..=0xDBFF => {
                         if self.b.get(at + 6..at + 8)? != b"\\u" {
                             return None;
                         }
-                        let low = unit(at + 8)?;
+                        let low = self.hex4(at + 8)?;
                         if !(0xDC00..=0xDFFF).contains(&low) {
                             return None;
                         }
@@ -289,6 +293,15 @@ impl<'a, const ESCAPED: bool> Scanner<'a, ESCAPED> {
             }
             _ => return None,
         })
+    }
+
+    /// The four hex digits of a `\u` escape at `i`, as a number.
+    fn hex4(&self, i: usize) -> Option<u32> {
+        let hex = std::str::from_utf8(self.b.get(i..i + 4)?).ok()?;
+        if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(hex, 16).ok()
     }
 
     /// Scans a JSON number, returning its text.
@@ -412,25 +425,9 @@ impl<'a, const ESCAPED: bool> Scanner<'a, ESCAPED> {
             i: 0,
             depth: 0,
         };
-        span.unescape_rest().map(Cow::Owned)
-    }
-
-    /// The rest of the text (a span of a JSON string's content) with its escapes resolved.
-    fn unescape_rest(&mut self) -> Option<String> {
-        let mut out = String::with_capacity(self.b.len() - self.i);
-        loop {
-            let Some(at) = special(self.b, self.i) else {
-                out.push_str(&self.text[self.i..]);
-                return Some(out);
-            };
-            out.push_str(&self.text[self.i..at]);
-            if self.b[at] != b'\\' {
-                return None;
-            }
-            let (c, len) = self.escape(at)?;
-            out.push(c);
-            self.i = at + len;
-        }
+        let mut out = String::with_capacity(raw.len());
+        span.content(Some(&mut out), false)?;
+        Some(Cow::Owned(out))
     }
 
     /// A string field: a plain string, or null.
