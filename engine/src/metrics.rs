@@ -41,11 +41,17 @@ pub enum DropReason {
     /// A sample for `gnocchi://` whose meter its resource definitions do not list (Ceilometer
     /// skips these too).
     NoResourceDefinition,
+    /// A sample older than the previous one of its (meter, resource) series, which
+    /// `rate_of_change` and `delta` drop (as Ceilometer does) keeping the newer one.
+    OutOfOrder,
+    /// The first sample of a (meter, resource) series, which `rate_of_change` and `delta`
+    /// only remember: a rate or a difference needs a predecessor (as in Ceilometer).
+    NoPredecessor,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::BadJson,
         DropReason::NotANotification,
         DropReason::NoMeterDefinition,
@@ -59,6 +65,8 @@ impl DropReason {
         DropReason::LateMeasure,
         DropReason::InvalidMeasure,
         DropReason::NoResourceDefinition,
+        DropReason::OutOfOrder,
+        DropReason::NoPredecessor,
     ];
 
     /// The metric label.
@@ -77,7 +85,31 @@ impl DropReason {
             DropReason::LateMeasure => "late_measure",
             DropReason::InvalidMeasure => "invalid_measure",
             DropReason::NoResourceDefinition => "no_resource_definition",
+            DropReason::OutOfOrder => "out_of_order",
+            DropReason::NoPredecessor => "no_predecessor",
         }
+    }
+
+    /// Whether the record was rejected as input (bad JSON, a bad sample, nothing to make of a
+    /// notification): what `--dead-letter` keeps for repair and replay. The others happen
+    /// later, to good records (a transformer, a publisher, the store).
+    pub fn is_input_rejection(self) -> bool {
+        matches!(
+            self,
+            DropReason::BadJson
+                | DropReason::NotANotification
+                | DropReason::NoMeterDefinition
+                | DropReason::VolumeMissing
+                | DropReason::VolumeNotANumber
+                | DropReason::MissingField
+                | DropReason::BadCounterType
+        )
+    }
+
+    /// Whether the drop is the expected working of a transformer rather than a problem (the
+    /// first sample of a series): logged at debug level only.
+    pub fn is_expected(self) -> bool {
+        self == DropReason::NoPredecessor
     }
 
     fn index(self) -> usize {
@@ -241,7 +273,9 @@ impl Diag {
     pub fn drop(&mut self, reason: DropReason, message: impl FnOnce() -> String) {
         self.counters.drop(reason);
         let logged = &mut self.logged[reason.index()];
-        if *logged < Self::LOGGED_PER_REASON {
+        if reason.is_expected() {
+            tracing::debug!(reason = reason.as_str(), "{}", message());
+        } else if *logged < Self::LOGGED_PER_REASON {
             *logged += 1;
             tracing::warn!(reason = reason.as_str(), "{}", message());
             if *logged == Self::LOGGED_PER_REASON {

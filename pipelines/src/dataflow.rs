@@ -70,12 +70,65 @@ use meterflow_operators::notification::message_view;
 pub struct Routed {
     /// Exchange key: the resource's hash, or the sink for sinks that run on one worker.
     pub route: u64,
-    /// The notification it came in (flush boundaries).
+    /// The notification it came in (flush boundaries): the chunk's sequence number in the
+    /// high 32 bits, the line's index in the chunk in the low ones.
     pub notification: u64,
+    /// Its place among everything its chunk's decoding emitted (samples and events), which
+    /// restores input order whatever order the exchange delivers an epoch's batches in.
+    pub order: u32,
     /// Index of the sink.
     pub sink: u16,
     /// The sample.
     pub sample: Sample,
+}
+
+impl Placed for Routed {
+    fn place(&self) -> u64 {
+        (self.notification & !u64::from(u32::MAX)) | u64::from(self.order)
+    }
+}
+
+/// An event on its way to the event sinks and event alarms, numbered in its chunk's input
+/// order like [`Routed::order`] (the chunk's sequence number in the high 32 bits).
+#[derive(Clone, Debug)]
+pub struct OrderedEvent {
+    /// Its place in input order.
+    pub order: u64,
+    /// The event.
+    pub event: Arc<Event>,
+}
+
+impl Placed for OrderedEvent {
+    fn place(&self) -> u64 {
+        self.order
+    }
+}
+
+/// Something that knows its place in the input order of its epoch.
+pub trait Placed {
+    /// The place: larger is later in the input.
+    fn place(&self) -> u64;
+}
+
+/// Puts one epoch's batches back in input order. Timely delivers the batches of one time in
+/// no particular order (an input handle sorts them by time with an unstable sort), while each
+/// batch keeps the order its sender gave it: sorting the batches by their first item restores
+/// the order, and a full sort backs that up should batches ever interleave.
+pub fn restore_input_order<T: Placed>(batches: &mut Vec<Vec<T>>) {
+    batches.retain(|b| !b.is_empty());
+    batches.sort_by_key(|b| b[0].place());
+    let mut last = 0u64;
+    let ordered = batches.iter().flatten().all(|item| {
+        let place = item.place();
+        let ok = place >= last;
+        last = place;
+        ok
+    });
+    if !ordered {
+        let mut all: Vec<T> = batches.drain(..).flatten().collect();
+        all.sort_by_key(Placed::place);
+        batches.push(all);
+    }
 }
 
 /// How to run.
@@ -225,13 +278,14 @@ impl Decoder {
             .or_insert_with(|| plan.route(meter.as_str()).into_boxed_slice())
     }
 
-    /// Decodes every line of `chunk`, calling `emit` for each (sink, sample) in input order.
+    /// Decodes every line of `chunk`, calling `emit` for each (sink, sample) and `emit_event`
+    /// for each event, in input order and numbered in it (see [`Routed::order`]).
     pub fn decode(
         &mut self,
         chunk: &Chunk,
         diag: &mut Diag,
         emit: &mut dyn FnMut(Routed),
-        emit_event: &mut dyn FnMut(Arc<Event>),
+        emit_event: &mut dyn FnMut(OrderedEvent),
     ) {
         let Decoder {
             plan,
@@ -244,6 +298,20 @@ impl Decoder {
         let input = inputs
             .get(chunk.input as usize)
             .map_or("<input>", String::as_str);
+        // The place of the next thing emitted (a chunk holds far fewer than 2^32).
+        let order = std::cell::Cell::new(0u32);
+        let next = || {
+            let n = order.get();
+            order.set(n.wrapping_add(1));
+            n
+        };
+        let base = chunk.seq << 32;
+        let mut emit_event = |event: Event| {
+            emit_event(OrderedEvent {
+                order: base | u64::from(next()),
+                event: Arc::new(event),
+            })
+        };
         for (index, (line_no, line)) in chunk.lines().enumerate() {
             diag.counters.lines += 1;
             let notification = (chunk.seq << 32) | index as u64;
@@ -266,6 +334,7 @@ impl Decoder {
                             Partition::Global => u64::from(sink),
                         },
                         notification,
+                        order: next(),
                         sink,
                         sample,
                     };
@@ -321,7 +390,7 @@ impl Decoder {
                     match serialized_events(text) {
                         Ok(list) => {
                             diag.counters.events += list.len() as u64;
-                            list.into_iter().for_each(|e| emit_event(Arc::new(e)));
+                            list.into_iter().for_each(&mut emit_event);
                             None
                         }
                         Err(why) => Some((DropReason::NotANotification, why)),
@@ -339,7 +408,7 @@ impl Decoder {
                         if let Some(event) = plan.events.event(view) {
                             diag.counters.events += 1;
                             published = !event_routes.get(plan, &event.event_type).sinks.is_empty();
-                            emit_event(Arc::new(event));
+                            emit_event(event);
                         }
                     }
                     let skipped = match (unmetered, view) {
@@ -1157,7 +1226,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 Exchange::new(move |c: &Chunk| c.seq % peers),
             );
             let (samples_out, routed) = builder.new_output::<Vec<Routed>>();
-            let (events_out, events) = builder.new_output::<Vec<Arc<Event>>>();
+            let (events_out, events) = builder.new_output::<Vec<OrderedEvent>>();
             let mut samples_out = OutputBuilder::from(samples_out);
             let mut events_out = OutputBuilder::from(events_out);
             builder.build(move |_| {
@@ -1222,8 +1291,11 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                             });
                             events.for_each_stamp(|cap, data| {
                                 if let Some(time) = cap.least() {
-                                    let events = data.flat_map(|batch| batch.drain(..));
-                                    event_stash.hold(*time, || cap.delayed(time, 0), events);
+                                    event_stash.hold(
+                                        *time,
+                                        || cap.delayed(time, 0),
+                                        data.map(std::mem::take),
+                                    );
                                 }
                             });
                             let mut diag = transform_diag.borrow_mut();
@@ -1236,13 +1308,15 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                                 [stash.oldest(), event_stash.oldest()],
                             ) {
                                 let mut held = Vec::new();
-                                if let Some((capability, events)) = event_stash.take(epoch) {
-                                    for e in events {
-                                        transformer.handle_event(e, &mut diag);
+                                if let Some((capability, mut batches)) = event_stash.take(epoch) {
+                                    restore_input_order(&mut batches);
+                                    for e in batches.into_iter().flatten() {
+                                        transformer.handle_event(e.event, &mut diag);
                                     }
                                     held.push(capability);
                                 }
-                                if let Some((capability, batches)) = stash.take(epoch) {
+                                if let Some((capability, mut batches)) = stash.take(epoch) {
+                                    restore_input_order(&mut batches);
                                     for batch in batches {
                                         for r in batch {
                                             transformer.handle(r, &mut diag);
@@ -1285,10 +1359,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     let mut cross = cross.expect("a store");
                     // Every worker's cross operator holds every event alarm.
                     let copies = if alarm_events { peers } else { 0 };
-                    let events = events.flat_map(move |event| {
+                    let events = events.flat_map(move |e| {
                         (0..copies).map(move |route| Feed::Event {
                             route,
-                            event: event.clone(),
+                            event: e.event.clone(),
                         })
                     });
                     measures

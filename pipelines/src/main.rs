@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meterflow_connectors::file::source::InputSpec;
 use meterflow_connectors::notify::NotifierOptions;
+use meterflow_engine::metrics::DropReason;
 use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
 use meterflow_pipelines::dataflow::{self, RunOptions};
@@ -333,25 +334,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ..RunOptions::default()
             };
             let report = dataflow::run(plan, &inputs, &options)?;
-            let decoding_drops = report.counters.dropped_total()
-                - report
-                    .counters
-                    .dropped(meterflow_engine::metrics::DropReason::ExpressionError)
-                - report
-                    .counters
-                    .dropped(meterflow_engine::metrics::DropReason::BadTimestamp)
-                - report
-                    .counters
-                    .dropped(meterflow_engine::metrics::DropReason::PublishError)
-                - report
-                    .counters
-                    .dropped(meterflow_engine::metrics::DropReason::LateMeasure)
-                - report
-                    .counters
-                    .dropped(meterflow_engine::metrics::DropReason::InvalidMeasure)
-                - report
-                    .counters
-                    .dropped(meterflow_engine::metrics::DropReason::NoResourceDefinition);
+            let decoding_drops: u64 = DropReason::ALL
+                .into_iter()
+                .filter(|r| r.is_input_rejection())
+                .map(|r| report.counters.dropped(r))
+                .sum();
             if dead_letter.is_none() && decoding_drops > 0 && !summary_json {
                 eprintln!("meterflow: {decoding_drops} input records were rejected; pass --dead-letter FILE to keep them for repair and replay");
             }

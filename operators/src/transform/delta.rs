@@ -86,9 +86,25 @@ impl Transform for Delta {
             return None;
         };
         let key = (s.name, s.resource_id);
-        let (prev_volume, prev_micros) = self.cache.insert(key, (s.volume, micros))?;
+        let Some((prev_volume, prev_micros)) = self.cache.insert(key, (s.volume, micros)) else {
+            diag.drop(DropReason::NoPredecessor, || {
+                format!(
+                    "delta: {} of {} is its series' first sample: remembered, no difference yet",
+                    s.name, s.resource_id
+                )
+            });
+            return None;
+        };
         if micros < prev_micros {
             self.cache.insert(key, (prev_volume, prev_micros));
+            diag.drop(DropReason::OutOfOrder, || {
+                format!(
+                    "delta: dropping {} of {} at {}: older than the sample before it (as Ceilometer does)",
+                    s.name,
+                    s.resource_id,
+                    s.timestamp.as_str()
+                )
+            });
             return None;
         }
         let delta = s.volume - prev_volume;

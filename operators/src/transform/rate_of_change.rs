@@ -98,7 +98,15 @@ impl Transform for RateOfChange {
             micros,
             monotonic: s.monotonic_time,
         };
-        let previous = self.cache.insert(key, current)?;
+        let Some(previous) = self.cache.insert(key, current) else {
+            diag.drop(DropReason::NoPredecessor, || {
+                format!(
+                    "rate_of_change: {} of {} is its series' first sample: remembered, no rate yet",
+                    s.name, s.resource_id
+                )
+            });
+            return None;
+        };
         let seconds = match (s.monotonic_time, previous.monotonic) {
             (Some(now), Some(then)) => now - then,
             _ => (micros - previous.micros) as f64 / 1e6,
@@ -106,6 +114,14 @@ impl Transform for RateOfChange {
         if seconds < 0.0 {
             // Older than what we have: drop it and keep the newer state.
             self.cache.insert(key, previous);
+            diag.drop(DropReason::OutOfOrder, || {
+                format!(
+                    "rate_of_change: dropping {} of {} at {}: older than the sample before it (as Ceilometer does)",
+                    s.name,
+                    s.resource_id,
+                    s.timestamp.as_str()
+                )
+            });
             return None;
         }
         let delta = if previous.volume > s.volume && s.kind == SampleType::Cumulative {
