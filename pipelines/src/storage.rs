@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,9 +214,10 @@ pub struct Aggregator {
     commits: Commits,
     durable: bool,
     failure: Option<String>,
-    /// The newest measure any worker has aggregated (ns): the watermark `no_data_grace`
-    /// alarms are judged by.
-    watermark: Arc<AtomicI64>,
+    /// The engine's watermark as this worker knows it (ns): the newest measure any worker
+    /// had aggregated by the end of the epochs before the current one, which `no_data_grace`
+    /// alarms are judged by. It travels in band (see `dataflow::aggregate`).
+    watermark: i64,
     /// The alarms on this worker's metrics.
     alarms: Alarms,
     /// Which of its metrics feed alarms over several metrics.
@@ -252,7 +252,7 @@ impl Aggregator {
             states,
             durable,
             failure: None,
-            watermark: Arc::new(AtomicI64::new(i64::MIN)),
+            watermark: i64::MIN,
             alarms: Alarms::default(),
             feeds: Feeds::default(),
             outbox: Vec::new(),
@@ -284,20 +284,22 @@ impl Aggregator {
         self
     }
 
-    /// Shares `watermark` with the other workers' aggregators (each raises it to the newest
-    /// measure it aggregated).
-    pub fn with_watermark(mut self, watermark: Arc<AtomicI64>) -> Aggregator {
-        self.watermark = watermark;
-        self
+    /// The newest measure this worker has aggregated (ns; `i64::MIN` before the first).
+    pub fn newest(&self) -> i64 {
+        self.ticked
     }
 
-    /// Evaluates the alarms with a `no_data_grace` whose boundaries the shared watermark
-    /// has passed by that grace, data or not.
-    pub fn sweep_alarms(&mut self, diag: &mut Diag) {
-        let watermark = self.watermark.load(AtomicOrdering::Relaxed);
+    /// The engine's watermark reached `watermark` (it only moves forward): evaluates the
+    /// alarms with a `no_data_grace` whose boundaries it has passed by that grace, data or
+    /// not.
+    pub fn advance_watermark(&mut self, watermark: i64, diag: &mut Diag) {
+        self.watermark = self.watermark.max(watermark);
         let metrics = &self.metrics;
-        self.alarms
-            .on_watermark(watermark, |key| metrics.get(&key).map(|e| &e.metric), diag);
+        self.alarms.on_watermark(
+            self.watermark,
+            |key| metrics.get(&key).map(|e| &e.metric),
+            diag,
+        );
     }
 
     /// Applies alarm changes made through the API; they are committed by the next
@@ -400,7 +402,7 @@ impl Aggregator {
 
     /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.
     pub fn close_alarms(&mut self, diag: &mut Diag) {
-        self.sweep_alarms(diag);
+        self.advance_watermark(self.watermark, diag);
         let Aggregator {
             metrics, alarms, ..
         } = self;
@@ -597,7 +599,6 @@ impl Aggregator {
             });
         }
         diag.counters.metrics_open = self.metrics.len() as u64;
-        self.watermark.fetch_max(newest, AtomicOrdering::Relaxed);
         if newest > self.ticked {
             self.ticked = newest;
             for worker in 0..u64::from(self.partition.count) {

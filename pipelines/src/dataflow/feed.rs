@@ -1,0 +1,292 @@
+//! Worker 0's loop: reads the inputs chunk by chunk, one epoch each, feeds the API's accepted
+//! requests in, steps the dataflow, tells each source what is processed and answers the API
+//! once the probe has passed a request's epoch.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meterflow_engine::chunk::{Chunk, ChunkSource};
+use meterflow_engine::metrics::Diag;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::{InputHandle, ProbeHandle};
+
+use crate::alarms::AlarmEdit;
+use crate::api::{Live, Requests};
+use crate::storage::Measure;
+
+/// The inputs, handed to worker 0 when it starts.
+pub(super) type Readers = Arc<Mutex<Option<Vec<Box<dyn ChunkSource>>>>>;
+
+/// How often workers hand their counters to the API's `/metrics`.
+pub(super) const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// How often an idle, listening engine moves its epoch on.
+const TICK_EVERY: Duration = Duration::from_millis(500);
+
+/// The API's side of worker 0's loop: accepted POSTs (measures, alarm changes) come in on
+/// `requests`, go into the dataflow through `input` and `alarm_input`, and are answered once
+/// the probe has passed their epoch.
+pub(super) struct ApiFeed {
+    pub(super) requests: Requests,
+    pub(super) input: InputHandle<u64, CapacityContainerBuilder<Vec<Measure>>>,
+    pub(super) alarm_input: InputHandle<u64, CapacityContainerBuilder<Vec<AlarmEdit>>>,
+    pub(super) pending: Vec<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    /// How many workers the dataflow has.
+    pub(super) peers: u64,
+}
+
+impl ApiFeed {
+    /// Requests handed in at once (one epoch); more wait for the next.
+    const MAX_PER_EPOCH: usize = 256;
+
+    /// Sends waiting requests into epoch `seq`, each its own batch; true if any.
+    fn take(&mut self, seq: u64, api_input: usize, diag: &RefCell<Diag>) -> bool {
+        let mut taken = 0usize;
+        while taken < Self::MAX_PER_EPOCH {
+            let Ok(request) = self.requests.alarms.try_recv() else {
+                break;
+            };
+            // A change to an alarm over several metrics goes to every store operator.
+            let mut edits = Vec::new();
+            for edit in request.edits {
+                if edit.cross {
+                    for worker in 0..self.peers {
+                        let mut copy = edit.clone();
+                        copy.copy = Some(worker);
+                        edits.push(copy);
+                    }
+                } else {
+                    edits.push(edit);
+                }
+            }
+            self.alarm_input.send_batch(&mut edits);
+            self.pending.push((seq, request.reply));
+            taken += 1;
+        }
+        while taken < Self::MAX_PER_EPOCH {
+            let Ok(mut request) = self.requests.measures.try_recv() else {
+                break;
+            };
+            let batch = (seq << 32) | (1 << 31) | taken as u64;
+            let mut diag = diag.borrow_mut();
+            for m in &mut request.measures {
+                m.batch = batch;
+                diag.counters
+                    .saw_event(api_input, m.timestamp_ns.div_euclid(1000));
+            }
+            self.input.send_batch(&mut request.measures);
+            self.pending.push((seq, request.reply));
+            taken += 1;
+        }
+        taken > 0
+    }
+
+    /// Moves both inputs to epoch `seq`.
+    fn advance_to(&mut self, seq: u64) {
+        self.input.advance_to(seq);
+        self.alarm_input.advance_to(seq);
+    }
+
+    /// Whether no request waits.
+    fn is_idle(&self) -> bool {
+        self.requests.measures.is_empty() && self.requests.alarms.is_empty()
+    }
+
+    /// Closes the request channels; requests that got in after the loop ended are refused
+    /// (their senders see an error).
+    fn refuse_the_rest(&mut self) {
+        self.requests.measures.close();
+        self.requests.alarms.close();
+        while let Ok(request) = self.requests.measures.try_recv() {
+            let _ = request.reply.send(Err(
+                "meterflow stopped before taking these measures in; send them again".into(),
+            ));
+        }
+        while let Ok(request) = self.requests.alarms.try_recv() {
+            let _ = request.reply.send(Err(
+                "meterflow stopped before making this alarm change; make it again".into(),
+            ));
+        }
+    }
+
+    /// Answers every request whose epoch the probe has passed (its checkpoint is committed).
+    /// Call only after checking for a failure since the last step: a failing commit is
+    /// reported before its epoch can pass.
+    fn answer(&mut self, probe: &ProbeHandle<u64>) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if probe.less_equal(&self.pending[i].0) {
+                i += 1;
+            } else {
+                let (_, reply) = self.pending.swap_remove(i);
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+}
+
+/// Worker 0's loop: reads every input in order, one epoch per chunk, keeping a bounded number
+/// of chunks in flight, and tells each source which chunks are fully processed (so a Kafka
+/// source commits only offsets whose output is written). With the API, measures it accepted
+/// go in as epochs of their own, and the loop goes on after the inputs end until asked to
+/// stop. Then it runs the dataflow to its end.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn feed(
+    worker: &mut timely::worker::Worker,
+    mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
+    mut api: Option<ApiFeed>,
+    probe: &ProbeHandle<u64>,
+    (readers, first_data): (&Readers, &std::sync::OnceLock<Instant>),
+    progress_total: Option<Option<u64>>,
+    peers: u64,
+    live: &Live,
+    diag: &RefCell<Diag>,
+) -> Result<u64, String> {
+    let mut sources = readers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_default();
+    let bar = progress_total.map(|total| {
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::no_length(),
+        };
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let in_flight = 2 * peers + 2;
+    let mut seq = 0u64;
+    let mut bytes = 0u64;
+    let mut committed = None;
+    let report = |sources: &mut [Box<dyn ChunkSource>], committed: &mut Option<u64>| {
+        // Every epoch before the probe's frontier has been processed and published.
+        let through = probe.with_frontier(|f| match f.first() {
+            None => Some(u64::MAX),
+            Some(0) => None,
+            Some(t) => Some(t - 1),
+        });
+        let Some(through) = through else {
+            return Ok(());
+        };
+        if *committed == Some(through) {
+            return Ok(());
+        }
+        *committed = Some(through);
+        sources
+            .iter_mut()
+            .try_for_each(|s| s.processed_through(through))
+            .map_err(|e| format!("committing input progress failed: {e}"))
+    };
+    let api_input_index = sources.len();
+    let mut failure = None;
+    let mut current = 0;
+    let mut published = Instant::now();
+    let mut ticked = Instant::now();
+    loop {
+        let mut sent = api
+            .as_mut()
+            .is_some_and(|api| api.take(seq, api_input_index, diag));
+        if current < sources.len() && !live.stopping() {
+            match sources[current].next_chunk(seq) {
+                Ok(Some(chunk)) => {
+                    if !chunk.data.is_empty() {
+                        first_data.get_or_init(Instant::now);
+                    }
+                    bytes += chunk.data.len() as u64;
+                    if let Some(bar) = &bar {
+                        bar.inc(chunk.data.len() as u64);
+                    }
+                    input.send(chunk);
+                    sent = true;
+                }
+                Ok(None) => current += 1,
+                Err(e) => {
+                    failure = Some(format!("reading input failed: {e}"));
+                    break;
+                }
+            }
+        }
+        if sent {
+            seq += 1;
+            input.advance_to(seq);
+            if let Some(api) = api.as_mut() {
+                api.advance_to(seq);
+            }
+        }
+        worker.step();
+        while probe.less_than(&seq.saturating_sub(in_flight)) {
+            worker.step();
+        }
+        if let Err(e) = report(&mut sources, &mut committed) {
+            failure = Some(e);
+            break;
+        }
+        if let Some(why) = live.failure() {
+            failure = Some(why);
+            break;
+        }
+        if let Some(api) = api.as_mut() {
+            api.answer(probe);
+        }
+        if published.elapsed() >= PUBLISH_EVERY {
+            live.publish(0, &diag.borrow().counters);
+            published = Instant::now();
+        }
+        if current >= sources.len() || live.stopping() {
+            match &api {
+                None => break,
+                // Stopping: what was accepted before is taken in; then finish.
+                Some(api) if live.stopping() && !sent && api.is_idle() => break,
+                Some(_) if !sent => {
+                    worker.step_or_park(Some(Duration::from_millis(2)));
+                    // An empty epoch now and then lets the store's operator write what it
+                    // holds (it checkpoints when due, see `Checkpointed::checkpoint_if_due`).
+                    if ticked.elapsed() >= TICK_EVERY {
+                        seq += 1;
+                        input.advance_to(seq);
+                        if let Some(api) = api.as_mut() {
+                            api.advance_to(seq);
+                        }
+                        ticked = Instant::now();
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    // Whatever happened, let every worker finish what was sent (and publish it) before
+    // returning; only then is it safe to commit the last input progress.
+    drop(input);
+    if let Some(api) = api.as_mut() {
+        api.refuse_the_rest();
+    }
+    let pending = api.map(|api| {
+        drop(api.input);
+        drop(api.alarm_input);
+        api.pending
+    });
+    while worker.step_or_park(None) {}
+    let failure = failure.or_else(|| live.failure());
+    for (_, reply) in pending.into_iter().flatten() {
+        let _ = reply.send(match &failure {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        });
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    report(&mut sources, &mut committed)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(bytes)
+}
