@@ -19,7 +19,7 @@ use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::Diag;
 use meterflow_operators::aggregate::{ArchivePolicy, Metric, NANOS};
 use meterflow_pipelines::plan::Plan;
-use meterflow_pipelines::storage::{Aggregator, Measure, Share};
+use meterflow_pipelines::storage::{Aggregator, Measure, Origin, Share, StoreOptions};
 
 fn aggregate(c: &mut Criterion) {
     let policy = Arc::new(
@@ -83,11 +83,14 @@ sinks: [{name: store, publishers: ["gnocchi://?archive_policy=bench"]}]
         )
         .expect("plan"),
     );
-    let options = vec![Some(GnocchiOptions {
-        archive_policy: Some("bench".into()),
-        resource_type: "generic".into(),
-        ..GnocchiOptions::default()
-    })];
+    let options = StoreOptions {
+        publishers: vec![Some(GnocchiOptions {
+            archive_policy: Some("bench".into()),
+            resource_type: "generic".into(),
+            ..GnocchiOptions::default()
+        })],
+        ..StoreOptions::default()
+    };
     let metrics: u64 = std::env::var("BENCH_METRICS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -104,8 +107,10 @@ sinks: [{name: store, publishers: ["gnocchi://?archive_policy=bench"]}]
             .map(|(i, &r)| Measure {
                 route: i as u64,
                 batch: (e as u64) << 32 | i as u64,
-                sink: 0,
-                publisher: 0,
+                origin: Origin::Sink {
+                    sink: 0,
+                    publisher: 0,
+                },
                 resource_key: r,
                 resource_id: r,
                 name,

@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::alarms::AlarmEdit;
 use crate::plan::Plan;
 use crate::query::{self, MeasuresQuery, QueryError};
-use crate::storage::Measure;
+use crate::storage::{Measure, Origin};
 
 /// Where and how to serve the API.
 #[derive(Clone, Debug)]
@@ -201,9 +201,6 @@ pub struct Requests {
     pub alarms: mpsc::Receiver<AlarmRequest>,
 }
 
-/// The index the API's measures use as their "sink" (they come from no sink).
-pub const API_SINK: u16 = u16::MAX;
-
 /// A running API server.
 pub struct Server {
     addr: SocketAddr,
@@ -219,7 +216,6 @@ impl Server {
         store: Arc<Store>,
         plan: Arc<Plan>,
         live: Arc<Live>,
-        api_publisher: u16,
     ) -> anyhow::Result<(Server, Requests)> {
         let addr = listen_addr(&options.addr)?;
         let listener = TcpListener::bind(addr).with_context(|| {
@@ -237,7 +233,6 @@ impl Server {
             alarms: alarm_tx,
             alarm_writes: tokio::sync::Mutex::new(()),
             token: options.token.clone(),
-            api_publisher,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -333,7 +328,6 @@ struct ApiState {
     /// Alarm changes are made one at a time (names stay unique, a PUT sees the last one).
     alarm_writes: tokio::sync::Mutex<()>,
     token: Option<String>,
-    api_publisher: u16,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -980,8 +974,7 @@ async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCo
         measures.extend(m.points.into_iter().map(|(t, v)| Measure {
             route: r,
             batch: 0,
-            sink: API_SINK,
-            publisher: state.api_publisher,
+            origin: Origin::Api,
             resource_key,
             resource_id: resource_key,
             name,

@@ -19,6 +19,7 @@ use meterflow_connectors::gnocchi::store::{
     MetricRecord, MetricState, Partition, Store, StoreError,
 };
 use meterflow_connectors::gnocchi::{metric_uuid, GnocchiOptions};
+use meterflow_connectors::PublisherSpec;
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::partition::route;
@@ -28,7 +29,6 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::{AlarmEdit, Alarms};
-use crate::api::API_SINK;
 use crate::committer::{Cadence, Checkpointed, Commits};
 use crate::feeds::{Feed, Feeds, MetricView};
 use crate::plan::Plan;
@@ -40,10 +40,8 @@ pub struct Measure {
     pub route: u64,
     /// The notification it was published for (one batch, for `back_window`).
     pub batch: u64,
-    /// The sink that published it.
-    pub sink: u16,
-    /// The `gnocchi://` publisher (index into the plan's publishers).
-    pub publisher: u16,
+    /// Where it came from: a sink's `gnocchi://` publisher, or the API.
+    pub origin: Origin,
     /// The resource id as Gnocchi keys it (`/` replaced by `_`).
     pub resource_key: Sym,
     /// The resource id as the sample carried it.
@@ -67,6 +65,62 @@ pub struct Measure {
     pub timestamp_ns: i64,
     /// The value.
     pub value: f64,
+}
+
+/// Where a measure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Origin {
+    /// Published by a sink (index in the plan) through a `gnocchi://` publisher (index into
+    /// the plan's publishers).
+    Sink {
+        /// The sink.
+        sink: u16,
+        /// The publisher.
+        publisher: u16,
+    },
+    /// Posted to the API (answered once its epoch is committed).
+    Api,
+}
+
+/// The `gnocchi://` options measures are stored under, by origin.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Per publisher of the plan, its options if it is a `gnocchi://` one.
+    pub publishers: Vec<Option<GnocchiOptions>>,
+    /// The API's: the archive-policy rules pick the policy of metrics a request does not name
+    /// one for.
+    pub api: GnocchiOptions,
+}
+
+impl StoreOptions {
+    /// The options of `plan`'s `gnocchi://` publishers, and the API's.
+    pub fn of(plan: &Plan) -> StoreOptions {
+        StoreOptions {
+            publishers: plan
+                .publishers
+                .iter()
+                .map(|p| match &p.spec {
+                    PublisherSpec::Gnocchi(o) => Some(o.clone()),
+                    _ => None,
+                })
+                .collect(),
+            api: GnocchiOptions {
+                resource_type: "generic".into(),
+                ..GnocchiOptions::default()
+            },
+        }
+    }
+
+    /// The options measures of `origin` are stored under.
+    pub fn get(&self, origin: Origin) -> Option<&GnocchiOptions> {
+        match origin {
+            Origin::Sink { publisher, .. } => self
+                .publishers
+                .get(usize::from(publisher))
+                .and_then(Option::as_ref),
+            Origin::Api => Some(&self.api),
+        }
+    }
 }
 
 /// Opens the store a plan writes to: refuses a foreign, read-only or busy directory and a
@@ -520,14 +574,14 @@ impl Aggregator {
     pub fn process(
         &mut self,
         measures: &mut Vec<Measure>,
-        options: &[Option<GnocchiOptions>],
+        options: &StoreOptions,
         diag: &mut Diag,
     ) {
         // Measures the API accepted are answered once committed: checkpoint their epoch.
-        let from_api = measures.iter().any(|m| m.sink == API_SINK);
+        let from_api = measures.iter().any(|m| m.origin == Origin::Api);
         self.commits.cadence.changed |= !measures.is_empty();
         let ptr = |s: Sym| s.as_str().as_ptr() as usize;
-        let order = |m: &Measure| (m.batch, m.sink, ptr(m.resource_key), ptr(m.name));
+        let order = |m: &Measure| (m.batch, m.origin, ptr(m.resource_key), ptr(m.name));
         // Measures usually arrive grouped already (a notification's together).
         if !measures.is_sorted_by_key(order) {
             measures.sort_by_key(order);
@@ -535,13 +589,11 @@ impl Aggregator {
         let mut points = Vec::new();
         let mut newest = i64::MIN;
         for group in measures.chunk_by(|a, b| {
-            (a.batch, a.sink, a.resource_key, a.name) == (b.batch, b.sink, b.resource_key, b.name)
+            (a.batch, a.origin, a.resource_key, a.name)
+                == (b.batch, b.origin, b.resource_key, b.name)
         }) {
             let m = &group[0];
-            let Some(options) = options
-                .get(usize::from(m.publisher))
-                .and_then(Option::as_ref)
-            else {
+            let Some(options) = options.get(m.origin) else {
                 continue;
             };
             diag.counters.measures += group.len() as u64;

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use meterflow_connectors::gnocchi::GnocchiOptions;
 use meterflow_engine::metrics::Diag;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -32,7 +31,7 @@ use crate::alarms::AlarmEdit;
 use crate::api::Live;
 use crate::committer::Checkpointed;
 use crate::feeds::Feed;
-use crate::storage::{Aggregator, Measure};
+use crate::storage::{Aggregator, Measure, StoreOptions};
 
 /// One worker's newest event time (ns), on its way to worker `route`.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -47,8 +46,8 @@ pub struct Progress {
 pub struct AggregateParts {
     /// This worker's aggregation, alarms and checkpoints.
     pub aggregator: Rc<RefCell<Aggregator>>,
-    /// Per publisher (and, last, the API's), its `gnocchi://` options.
-    pub options: Arc<Vec<Option<GnocchiOptions>>>,
+    /// The `gnocchi://` options of each origin of measures.
+    pub options: Arc<StoreOptions>,
     /// Counters.
     pub diag: Rc<RefCell<Diag>>,
     /// Where a store failure is reported.

@@ -68,7 +68,7 @@ impl ApiFeed {
             let Ok(mut request) = self.requests.measures.try_recv() else {
                 break;
             };
-            let batch = (seq << 32) | (1 << 31) | taken as u64;
+            let batch = (seq << 32) | taken as u64;
             let mut diag = diag.borrow_mut();
             for m in &mut request.measures {
                 m.batch = batch;

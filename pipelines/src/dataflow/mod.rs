@@ -35,7 +35,6 @@ use anyhow::Context;
 use meterflow_connectors::file::deadletter::DeadLetter;
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
 use meterflow_connectors::gnocchi::store::Partition as StorePartition;
-use meterflow_connectors::gnocchi::GnocchiOptions;
 use meterflow_connectors::notify::{Notifier, NotifierOptions};
 use meterflow_connectors::PublisherSpec;
 use meterflow_engine::chunk::Chunk;
@@ -50,7 +49,9 @@ use crate::alarms::{cross_definitions, owns, stored_alarms, AlarmEdit, Alarms};
 use crate::api::{ListenOptions, Live, Server};
 use crate::feeds::Feed;
 use crate::plan::Plan;
-use crate::storage::{load_shares, open_store, Aggregator, CrossStage, Measure, Share};
+use crate::storage::{
+    load_shares, open_store, Aggregator, CrossStage, Measure, Share, StoreOptions,
+};
 use aggregate::AggregateParts;
 pub use decode::{resource_route, Decoder, OrderedEvent, Routed};
 use feed::{feed, ApiFeed, PUBLISH_EVERY};
@@ -203,22 +204,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         _ => None,
     };
     let notifier_stats = notifier.as_ref().map(|n| n.stats());
-    // The API's measures count as one more gnocchi:// publisher, after the plan's: the
-    // archive-policy rules pick the policy of metrics a request does not give one.
-    let api_publisher = plan.publishers.len() as u16;
-    let gnocchi_options: Arc<Vec<Option<GnocchiOptions>>> = Arc::new(
-        plan.publishers
-            .iter()
-            .map(|p| match &p.spec {
-                PublisherSpec::Gnocchi(o) => Some(o.clone()),
-                _ => None,
-            })
-            .chain(std::iter::once(Some(GnocchiOptions {
-                resource_type: "generic".into(),
-                ..GnocchiOptions::default()
-            })))
-            .collect(),
-    );
+    let store_options = Arc::new(StoreOptions::of(&plan));
     let dead_letter = options
         .dead_letter
         .as_deref()
@@ -249,13 +235,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let mut server = None;
     let mut api_requests = None;
     if let (Some(listen), Some((store, _))) = (&options.listen, &store) {
-        let (s, requests) = Server::start(
-            listen,
-            store.clone(),
-            plan.clone(),
-            live.clone(),
-            api_publisher,
-        )?;
+        let (s, requests) = Server::start(listen, store.clone(), plan.clone(), live.clone())?;
         eprintln!(
             "meterflow: serving the Gnocchi API and /metrics on http://{} (SIGINT or SIGTERM stops)",
             s.addr()
@@ -312,7 +292,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             }
             stage
         });
-        let gnocchi_options = gnocchi_options.clone();
+        let store_options = store_options.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             // Events for event alarms when those can exist (defined, or created through the
             // API), and for event sinks.
@@ -345,7 +325,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     });
                     let parts = AggregateParts {
                         aggregator,
-                        options: gnocchi_options,
+                        options: store_options,
                         diag: diag.clone(),
                         live: live.clone(),
                         listening,

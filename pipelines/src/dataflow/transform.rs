@@ -33,7 +33,7 @@ use super::epoch::{ready, EpochStash, Owing};
 use super::retry_with_backoff;
 use crate::plan::Plan;
 use crate::resource_events::{ResourceEventRules, ResourceEvents};
-use crate::storage::Measure;
+use crate::storage::{Measure, Origin};
 
 /// One sink's runtime on one worker.
 struct SinkRuntime {
@@ -355,8 +355,7 @@ fn to_measures(
         out.push(Measure {
             route: resource_route(resource_key),
             batch,
-            sink,
-            publisher,
+            origin: Origin::Sink { sink, publisher },
             resource_key,
             resource_id: s.resource_id,
             name: s.name,
