@@ -11,7 +11,7 @@ use meterflow_connectors::notify::NotifierOptions;
 use meterflow_engine::metrics::DropReason;
 use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
-use meterflow_pipelines::dataflow::{self, RunOptions};
+use meterflow_pipelines::dataflow::{self, ProgressCallback, ReadProgress, RunOptions};
 use meterflow_pipelines::plan::{Plan, PlanError};
 use meterflow_pipelines::{alarms, query, summary};
 
@@ -326,7 +326,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             let options = RunOptions {
                 workers: workers(n)?,
-                progress: !no_progress && std::io::stderr().is_terminal(),
+                progress: (!no_progress && std::io::stderr().is_terminal()).then(progress_bar),
                 dead_letter: dead_letter.clone(),
                 store,
                 listen,
@@ -514,7 +514,6 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 batch,
                 run: RunOptions {
                     workers: workers(n)?,
-                    progress: false,
                     ..RunOptions::default()
                 },
                 output,
@@ -617,4 +616,25 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr drawn from worker 0's reports of how far it has read.
+fn progress_bar() -> ProgressCallback {
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    ProgressCallback(std::sync::Arc::new(move |progress| match progress {
+        ReadProgress::Started { total_bytes } => {
+            if let Some(n) = total_bytes {
+                bar.set_length(n);
+            }
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        ReadProgress::Read { bytes } => bar.set_position(bytes),
+        ReadProgress::Finished => bar.finish_and_clear(),
+    }))
 }

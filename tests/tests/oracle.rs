@@ -120,7 +120,6 @@ fn dataflow_output(lines: &[String], workers: usize, chunk_bytes: usize) -> Vec<
     let names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
     let options = RunOptions {
         workers,
-        progress: false,
         chunk_bytes,
         ..RunOptions::default()
     };

@@ -11,6 +11,7 @@ use meterflow_engine::metrics::Diag;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
+use super::{ProgressCallback, ReadProgress};
 use crate::alarms::AlarmEdit;
 use crate::api::{Live, Requests};
 use crate::storage::Measure;
@@ -138,7 +139,7 @@ pub(super) fn feed(
     mut api: Option<ApiFeed>,
     probe: &ProbeHandle<u64>,
     (readers, first_data): (&Readers, &std::sync::OnceLock<Instant>),
-    progress_total: Option<Option<u64>>,
+    progress: Option<(ProgressCallback, Option<u64>)>,
     peers: u64,
     live: &Live,
     diag: &RefCell<Diag>,
@@ -148,20 +149,11 @@ pub(super) fn feed(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .unwrap_or_default();
-    let bar = progress_total.map(|total| {
-        let bar = match total {
-            Some(n) => indicatif::ProgressBar::new(n),
-            None => indicatif::ProgressBar::no_length(),
-        };
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    if let Some((progress, total_bytes)) = &progress {
+        progress.report(ReadProgress::Started {
+            total_bytes: *total_bytes,
+        });
+    }
     let in_flight = 2 * peers + 2;
     let mut seq = 0u64;
     let mut bytes = 0u64;
@@ -201,8 +193,8 @@ pub(super) fn feed(
                         first_data.get_or_init(Instant::now);
                     }
                     bytes += chunk.data.len() as u64;
-                    if let Some(bar) = &bar {
-                        bar.inc(chunk.data.len() as u64);
+                    if let Some((progress, _)) = &progress {
+                        progress.report(ReadProgress::Read { bytes });
                     }
                     input.send(chunk);
                     sent = true;
@@ -285,8 +277,8 @@ pub(super) fn feed(
         return Err(e);
     }
     report(&mut sources, &mut committed)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+    if let Some((progress, _)) = &progress {
+        progress.report(ReadProgress::Finished);
     }
     Ok(bytes)
 }

@@ -58,13 +58,47 @@ use feed::{feed, ApiFeed, PUBLISH_EVERY};
 use transform::resource_event_rules;
 pub use transform::Transformer;
 
+/// How far worker 0 has read the inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadProgress {
+    /// Reading starts; the inputs' total size when known.
+    Started {
+        /// Bytes in all inputs (files), if known.
+        total_bytes: Option<u64>,
+    },
+    /// Bytes read so far.
+    Read {
+        /// Bytes handed to the dataflow.
+        bytes: u64,
+    },
+    /// Every input is read and processed.
+    Finished,
+}
+
+/// Called by worker 0 as it reads the inputs (on its thread: keep it cheap).
+#[derive(Clone)]
+pub struct ProgressCallback(pub Arc<dyn Fn(ReadProgress) + Send + Sync>);
+
+impl ProgressCallback {
+    /// Tells the callback.
+    pub fn report(&self, progress: ReadProgress) {
+        (self.0)(progress)
+    }
+}
+
+impl std::fmt::Debug for ProgressCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressCallback")
+    }
+}
+
 /// How to run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Worker threads.
     pub workers: usize,
-    /// Show a progress bar on stderr (only drawn when stderr is a terminal).
-    pub progress: bool,
+    /// Told how far reading the inputs has got (the binary draws a progress bar with it).
+    pub progress: Option<ProgressCallback>,
     /// Chunk size for inputs (bytes).
     pub chunk_bytes: usize,
     /// Where rejected input records go (JSONL), if anywhere.
@@ -82,7 +116,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            progress: false,
+            progress: None,
             chunk_bytes: ChunkReader::TARGET_BYTES,
             dead_letter: None,
             store: std::path::PathBuf::from("data"),
@@ -227,7 +261,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let readers = Arc::new(Mutex::new(Some(readers)));
     let first_data = Arc::new(std::sync::OnceLock::<Instant>::new());
     let worker_first_data = first_data.clone();
-    let progress = options.progress;
+    let progress = options.progress.clone();
     let live = Arc::new(
         Live::new(workers, names.to_vec(), sink_names.clone())
             .with_notifier(notifier_stats.clone()),
@@ -363,7 +397,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 api,
                 &probe,
                 (&readers, &worker_first_data),
-                progress.then_some(total_bytes),
+                progress.clone().map(|p| (p, total_bytes)),
                 peers,
                 &live,
                 &diag,
