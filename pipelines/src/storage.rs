@@ -455,8 +455,9 @@ impl Aggregator {
     }
 
     /// The end of a bounded input: every alarm's newest bucket closes and is evaluated.
+    /// Call once the watermark is final: every progress [`Aggregator::advance_watermark`]
+    /// took has already swept the alarms with a `no_data_grace`.
     pub fn close_alarms(&mut self, diag: &mut Diag) {
-        self.advance_watermark(self.watermark, diag);
         let Aggregator {
             metrics, alarms, ..
         } = self;

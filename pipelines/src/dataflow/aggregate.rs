@@ -105,24 +105,15 @@ pub fn aggregate<'s>(
         move |frontiers| {
             let (frontier, edits_frontier, progress_frontier) =
                 (&frontiers[0], &frontiers[1], &frontiers[2]);
-            measures.for_each_stamp(|cap, data| {
+            stash.absorb_with(&mut measures, |cap| {
                 if let Some(time) = cap.least() {
                     to_report
                         .entry(*time)
                         .or_insert_with(|| cap.delayed(time, 1));
-                    stash.hold(*time, || cap.delayed(time, 0), data);
                 }
             });
-            edits.for_each_stamp(|cap, data| {
-                if let Some(time) = cap.least() {
-                    changes.hold(*time, || cap.delayed(time, 0), data);
-                }
-            });
-            progress.for_each_stamp(|cap, data| {
-                if let Some(time) = cap.least() {
-                    arrived.hold(*time, || cap.delayed(time, 0), data);
-                }
-            });
+            changes.absorb(&mut edits);
+            arrived.absorb(&mut progress);
             let mut feeds_handle = feeds_out.activate();
             let mut progress_handle = progress_out.activate();
             let mut diag = diag.borrow_mut();
@@ -201,7 +192,7 @@ pub fn aggregate<'s>(
                 last.as_mut(),
                 [frontier, edits_frontier, progress_frontier]
                     .iter()
-                    .flat_map(|f| f.frontier().iter().copied().collect::<Vec<_>>())
+                    .filter_map(|f| f.frontier().iter().min().copied())
                     .min(),
             ) {
                 if *cap.time() < t {

@@ -37,11 +37,7 @@ pub fn cross<'s>(
             let mut owing = Owing::default();
             stage.wake_with(waker(scope.worker(), &info.address));
             move |(input, frontier), _output| {
-                input.for_each_stamp(|cap, data| {
-                    if let Some(time) = cap.least() {
-                        stash.hold(*time, || cap.delayed(time, 0), data);
-                    }
-                });
+                stash.absorb(input);
                 let mut diag = diag.borrow_mut();
                 let mut done = Vec::new();
                 while let Some((capability, batches)) = stash.next_ready(frontier) {

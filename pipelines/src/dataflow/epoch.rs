@@ -14,7 +14,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use timely::dataflow::operators::Capability;
+use timely::communication::Pull;
+use timely::dataflow::channels::Message;
+use timely::dataflow::operators::generic::InputHandleCore;
+use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::MutableAntichain;
 
 /// Something that knows its place in the input order of its epoch.
@@ -74,6 +77,30 @@ impl<T> EpochStash<T> {
             .entry(time)
             .or_insert_with(|| (capability(), Vec::new()));
         held.1.extend(batches.map(std::mem::take));
+    }
+
+    /// Stashes everything `input` has received, each epoch with a capability for output port
+    /// 0.
+    pub fn absorb<P: Pull<Message<u64, Vec<T>>>>(
+        &mut self,
+        input: &mut InputHandleCore<u64, Vec<T>, P>,
+    ) {
+        self.absorb_with(input, |_| {});
+    }
+
+    /// [`EpochStash::absorb`], calling `each` with the capability of every batch received
+    /// (to retain capabilities for other outputs).
+    pub fn absorb_with<P: Pull<Message<u64, Vec<T>>>>(
+        &mut self,
+        input: &mut InputHandleCore<u64, Vec<T>, P>,
+        mut each: impl FnMut(&InputCapability<u64>),
+    ) {
+        input.for_each_stamp(|cap, data| {
+            if let Some(time) = cap.least() {
+                each(&cap);
+                self.hold(*time, || cap.delayed(time, 0), data);
+            }
+        });
     }
 
     /// The oldest epoch held.
@@ -226,11 +253,7 @@ mod tests {
                             let mut stash = EpochStash::default();
                             let mut owing = Owing::default();
                             move |(input, frontier), _output| {
-                                input.for_each_stamp(|cap, data| {
-                                    if let Some(time) = cap.least() {
-                                        stash.hold(*time, || cap.delayed(time, 0), data);
-                                    }
-                                });
+                                stash.absorb(input);
                                 while let Some(epoch) = ready(&[frontier], &[stash.oldest()]) {
                                     let (cap, batches) = stash.take_in_order(epoch).expect("held");
                                     sink.borrow_mut().push((

@@ -527,16 +527,8 @@ pub fn transform<'s>(
             let mut writing = Owing::default();
             let activator = scope.activator_for(info.address.clone());
             move |(input, frontier), (events, events_frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    if let Some(time) = cap.least() {
-                        stash.hold(*time, || cap.delayed(time, 0), data);
-                    }
-                });
-                events.for_each_stamp(|cap, data| {
-                    if let Some(time) = cap.least() {
-                        event_stash.hold(*time, || cap.delayed(time, 0), data);
-                    }
-                });
+                stash.absorb(input);
+                event_stash.absorb(events);
                 let mut diag = diag.borrow_mut();
                 // Every epoch that is ready is processed, then their output is written out at
                 // once, and only then do they pass.
