@@ -117,6 +117,27 @@ pub trait ChunkSource: Send {
         let _ = seq;
         Ok(())
     }
+
+    /// Where the source stands after every chunk it has handed out, for a checkpoint to
+    /// resume from; `None` when it cannot resume (standard input, a pollster).
+    fn position(&self) -> Option<SourcePosition> {
+        None
+    }
+}
+
+/// Where an input stands: what a checkpoint records so that a restarted run reads on from
+/// there (see [`ChunkSource::position`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourcePosition {
+    /// Bytes handed out from the start of a file.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Lines handed out from the start of a file (the next is line `lines + 1`).
+    #[serde(default)]
+    pub lines: u64,
+    /// Per (topic, partition), the offset of the next message to read (Kafka).
+    #[serde(default)]
+    pub offsets: Vec<(String, i32, i64)>,
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::alarms::AlarmEdit;
+use crate::checkpoint::CheckpointStats;
 use crate::plan::Plan;
 use crate::query::{self, MeasuresQuery, QueryError};
 use crate::storage::{Measure, Origin};
@@ -101,6 +102,7 @@ pub struct Live {
     stopping: AtomicBool,
     started: Instant,
     notifier: Option<Arc<NotifierStats>>,
+    checkpoints: Option<Arc<CheckpointStats>>,
 }
 
 impl Live {
@@ -115,7 +117,14 @@ impl Live {
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             notifier: None,
+            checkpoints: None,
         }
+    }
+
+    /// Shares what checkpoints do (for `/metrics`).
+    pub fn with_checkpoints(mut self, stats: Option<Arc<CheckpointStats>>) -> Live {
+        self.checkpoints = stats;
+        self
     }
 
     /// Shares the alarm notifier's counters (for `/metrics`).
@@ -1154,6 +1163,44 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
             "Alarm notifications given up on (written to the notifier's dead-letter file).",
             &one(load(&stats.dead_lettered)),
         );
+    }
+    if let Some(stats) = &live.checkpoints {
+        let t = stats.totals();
+        metric(
+            "meterflow_checkpoints_total",
+            "counter",
+            "Checkpoints published (transformer state and input positions).",
+            &one(t.completed),
+        );
+        metric(
+            "meterflow_checkpoint_failures_total",
+            "counter",
+            "Checkpoints that could not be published (input offsets stay uncommitted).",
+            &one(t.failed),
+        );
+        metric(
+            "meterflow_checkpoint_bytes",
+            "gauge",
+            "Bytes of the newest checkpoint's parts.",
+            &one(t.last_bytes),
+        );
+        metric(
+            "meterflow_checkpoint_duration_seconds",
+            "gauge",
+            "From the newest checkpoint's barrier to its manifest.",
+            &[(String::new(), t.last_duration.as_secs_f64())],
+        );
+        if let Some(at) = t.last_at {
+            metric(
+                "meterflow_checkpoint_age_seconds",
+                "gauge",
+                "Seconds since the newest checkpoint was published.",
+                &[(
+                    String::new(),
+                    at.elapsed().unwrap_or_default().as_secs_f64(),
+                )],
+            );
+        }
     }
     metric(
         "meterflow_open_metrics",

@@ -28,6 +28,7 @@
 pub mod alarms;
 pub mod api;
 pub mod bench;
+pub mod checkpoint;
 pub mod committer;
 pub mod dataflow;
 pub mod feeds;

@@ -65,6 +65,17 @@ enum Command {
         /// first line.
         #[arg(long, requires = "listen")]
         token_file: Option<PathBuf>,
+        /// Where checkpoints of the transformers' state and the inputs' positions go
+        /// (default: STORE/checkpoints when a gnocchi:// publisher or --listen uses the store).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Seconds between checkpoints; 0 takes none.
+        #[arg(long, default_value_t = 1.0)]
+        checkpoint_every: f64,
+        /// Read on from the newest checkpoint (state and input positions) when the inputs are
+        /// files; Kafka inputs always do.
+        #[arg(long)]
+        resume: bool,
         #[command(flatten)]
         notify: NotifyArgs,
     },
@@ -293,9 +304,17 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             dead_letter,
             listen,
             token_file,
+            state,
+            checkpoint_every,
+            resume,
             notify,
         } => {
             let plan = load(&pipeline)?;
+            if !(0.0..=86_400.0).contains(&checkpoint_every) {
+                anyhow::bail!(
+                    "--checkpoint-every {checkpoint_every}: give seconds from 0 (no checkpoints) to 86400"
+                );
+            }
             let listen = listen
                 .map(|addr| -> anyhow::Result<_> {
                     Ok(ListenOptions {
@@ -331,6 +350,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 store,
                 listen,
                 notifier: notify.options()?,
+                state,
+                checkpoint_every: std::time::Duration::from_secs_f64(checkpoint_every),
+                resume,
                 ..RunOptions::default()
             };
             let report = dataflow::run(plan, &inputs, &options)?;

@@ -69,6 +69,22 @@ pub fn render(report: &RunReport) -> String {
             None => s.push('\n'),
         }
     }
+    if let Some(k) = report.checkpoints {
+        let _ = write!(
+            s,
+            "  checkpoints: {} taken, the last {} bytes in {} ms",
+            k.completed,
+            k.last_bytes,
+            k.last_duration.as_millis()
+        );
+        if let Some(from) = k.restored {
+            let _ = write!(s, "; resumed from checkpoint {from}");
+        }
+        if k.failed > 0 {
+            let _ = write!(s, "; {} failed (see the log)", k.failed);
+        }
+        s.push('\n');
+    }
     if c.samples_unrouted > 0 {
         let _ = writeln!(s, "  not selected by any source: {}", c.samples_unrouted);
     }
@@ -131,6 +147,13 @@ pub fn json(report: &RunReport) -> serde_json::Value {
             "delivered": report.notifier.map_or(0, |n| n.delivered),
             "dead_lettered": report.notifier.map_or(0, |n| n.dead_lettered),
         },
+        "checkpoints": report.checkpoints.map(|k| serde_json::json!({
+            "taken": k.completed,
+            "failed": k.failed,
+            "last_bytes": k.last_bytes,
+            "last_seconds": k.last_duration.as_secs_f64(),
+            "resumed_from": k.restored,
+        })),
         "seconds": report.elapsed.as_secs_f64(),
         "workers": report.workers,
     })

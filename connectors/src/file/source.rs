@@ -1,11 +1,11 @@
 //! Reading JSONL from files and standard input as chunks of whole lines.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
-use meterflow_engine::chunk::{Chunk, ChunkSource};
+use meterflow_engine::chunk::{Chunk, ChunkSource, SourcePosition};
 
 use crate::kafka::KafkaSpec;
 use crate::poll::PollSpec;
@@ -73,16 +73,50 @@ impl InputSpec {
         }
     }
 
-    /// Opens the input as a source of chunks of about `chunk_bytes`.
-    pub fn open(&self, input: u32, chunk_bytes: usize) -> io::Result<Box<dyn ChunkSource>> {
-        if let InputSpec::Kafka(spec) = self {
-            return Ok(Box::new(crate::kafka::source::KafkaSource::open(
-                spec,
-                input,
-                chunk_bytes,
-            )?));
+    /// Opens the input as a source of chunks of about `chunk_bytes`, reading on from `from`
+    /// (a checkpoint's [`ChunkSource::position`]) when given.
+    pub fn open(
+        &self,
+        input: u32,
+        chunk_bytes: usize,
+        from: Option<&SourcePosition>,
+    ) -> io::Result<Box<dyn ChunkSource>> {
+        match (self, from) {
+            (InputSpec::Kafka(spec), _) => {
+                let mut source = crate::kafka::source::KafkaSource::open(spec, input, chunk_bytes)?;
+                if let Some(from) = from {
+                    source.resume_from(from);
+                }
+                Ok(Box::new(source))
+            }
+            (InputSpec::File(path), Some(from)) => {
+                let mut file = File::open(path).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot open input {}: {e}", path.display()),
+                    )
+                })?;
+                let size = file.metadata()?.len();
+                if size < from.bytes {
+                    return Err(io::Error::other(format!(
+                        "input {} has {size} bytes, fewer than the {} the checkpoint read: it is not the file the state was saved for; give the same file, or start afresh without --resume",
+                        path.display(),
+                        from.bytes
+                    )));
+                }
+                file.seek(SeekFrom::Start(from.bytes))?;
+                let mut reader = ChunkReader::new(Box::new(file), input).with_target(chunk_bytes);
+                reader.resumable = true;
+                reader.bytes = from.bytes;
+                reader.next_line = from.lines + 1;
+                Ok(Box::new(reader))
+            }
+            (_, Some(_)) => Err(io::Error::other(format!(
+                "input {} cannot be resumed from a checkpoint (only files and Kafka topics can)",
+                self.display()
+            ))),
+            (_, None) => Ok(Box::new(self.open_reader(input)?.with_target(chunk_bytes))),
         }
-        Ok(Box::new(self.open_reader(input)?.with_target(chunk_bytes)))
     }
 
     /// Opens a byte-stream input (file, stdin, pollster) as a line chunker.
@@ -99,7 +133,9 @@ impl InputSpec {
                 ))
             }
         };
-        Ok(ChunkReader::new(reader, input))
+        let mut reader = ChunkReader::new(reader, input);
+        reader.resumable = matches!(self, InputSpec::File(_));
+        Ok(reader)
     }
 }
 
@@ -111,6 +147,10 @@ pub struct ChunkReader {
     next_line: u64,
     eof: bool,
     target: usize,
+    /// Bytes handed out in chunks.
+    bytes: u64,
+    /// Whether it reads a file (which a checkpoint can resume).
+    resumable: bool,
 }
 
 impl ChunkReader {
@@ -126,6 +166,8 @@ impl ChunkReader {
             next_line: 1,
             eof: false,
             target: Self::TARGET_BYTES,
+            bytes: 0,
+            resumable: false,
         }
     }
 
@@ -187,6 +229,7 @@ impl ChunkReader {
         let data: Bytes = self.carry.split_to(len).freeze();
         let first_line = self.next_line;
         self.next_line += memchr::memchr_iter(b'\n', &data).count() as u64;
+        self.bytes += data.len() as u64;
         Chunk {
             seq,
             input: self.input,
@@ -200,6 +243,14 @@ impl ChunkReader {
 impl ChunkSource for ChunkReader {
     fn next_chunk(&mut self, seq: u64) -> io::Result<Option<Chunk>> {
         ChunkReader::next_chunk(self, seq)
+    }
+
+    fn position(&self) -> Option<SourcePosition> {
+        self.resumable.then(|| SourcePosition {
+            bytes: self.bytes,
+            lines: self.next_line - 1,
+            offsets: Vec::new(),
+        })
     }
 }
 
@@ -232,6 +283,32 @@ mod tests {
         let got = chunks(text, 6);
         assert_eq!(got[0], (1, "aaaa\n".into()));
         assert_eq!(got.last().unwrap().0, 4);
+    }
+
+    #[test]
+    fn a_file_resumes_where_its_position_says() {
+        let dir = std::env::temp_dir().join(format!("meterflow-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("in.jsonl");
+        std::fs::write(&path, "one\ntwo\nthree\nfour\n").unwrap();
+        let spec = InputSpec::File(path.clone());
+        let mut first = spec.open(0, 6, None).unwrap();
+        let chunk = first.next_chunk(0).unwrap().unwrap();
+        assert_eq!(&chunk.data[..], b"one\n");
+        let at = first.position().unwrap();
+        assert_eq!((at.bytes, at.lines), (4, 1));
+        let mut second = spec.open(0, 1 << 20, Some(&at)).unwrap();
+        let chunk = second.next_chunk(0).unwrap().unwrap();
+        assert_eq!(
+            (chunk.first_line, &chunk.data[..]),
+            (2, &b"two\nthree\nfour\n"[..])
+        );
+        assert_eq!(second.position().unwrap().bytes, 19);
+        let past = SourcePosition { bytes: 100, ..at };
+        let e = spec.open(0, 6, Some(&past)).err().unwrap().to_string();
+        assert!(e.contains("not the file"), "{e}");
+        assert!(InputSpec::Stdin.open(0, 6, Some(&past)).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

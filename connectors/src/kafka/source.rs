@@ -11,7 +11,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use meterflow_engine::chunk::{Chunk, ChunkSource, Positions};
+use meterflow_engine::chunk::{Chunk, ChunkSource, Positions, SourcePosition};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -32,6 +32,13 @@ pub struct KafkaSource {
     target: usize,
     /// Highest offset per (topic, partition) in each chunk not yet known to be processed.
     pending: BTreeMap<u64, BTreeMap<(String, i32), i64>>,
+    /// Per (topic, partition), the offset after the last message handed out.
+    next: BTreeMap<(String, i32), i64>,
+    /// Where a checkpoint said to read on from: earlier messages (delivered again because
+    /// the group's commit did not reach the checkpoint) are skipped.
+    resume: Vec<(String, i32, i64)>,
+    /// Messages skipped for that reason.
+    skipped: u64,
     /// Partitions read to their end since their last message.
     at_end: HashSet<i32>,
     messages: u64,
@@ -64,10 +71,28 @@ impl KafkaSource {
             input,
             target: target.max(1),
             pending: BTreeMap::new(),
+            next: BTreeMap::new(),
+            resume: Vec::new(),
+            skipped: 0,
             at_end: HashSet::new(),
             messages: 0,
             started: Instant::now(),
         })
+    }
+
+    /// Reads on from a checkpoint's position: messages before it are skipped.
+    pub fn resume_from(&mut self, from: &SourcePosition) {
+        self.resume = from.offsets.clone();
+        for (topic, partition, offset) in &from.offsets {
+            self.next.insert((topic.clone(), *partition), *offset);
+        }
+    }
+
+    /// Whether a message is before the checkpoint this run resumed from.
+    fn before_resume_point(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.resume
+            .iter()
+            .any(|(t, p, o)| *p == partition && offset < *o && t == topic)
     }
 
     /// Whether every assigned partition has been read to its end (bounded mode).
@@ -94,6 +119,12 @@ impl ChunkSource for KafkaSource {
             match self.consumer.poll(POLL) {
                 Some(Ok(m)) => {
                     self.at_end.remove(&m.partition());
+                    if !self.resume.is_empty()
+                        && self.before_resume_point(m.topic(), m.partition(), m.offset())
+                    {
+                        self.skipped += 1;
+                        continue;
+                    }
                     let payload = m.payload().unwrap_or_default();
                     let start = data.len();
                     data.extend_from_slice(payload);
@@ -150,11 +181,23 @@ impl ChunkSource for KafkaSource {
             }
         }
         if !offsets.is_empty() {
-            let named = offsets
+            let named: BTreeMap<(String, i32), i64> = offsets
                 .into_iter()
                 .map(|((t, p), o)| ((positions.topic(t).to_owned(), p), o))
                 .collect();
+            for (key, offset) in &named {
+                let next = self.next.entry(key.clone()).or_insert(offset + 1);
+                *next = (*next).max(offset + 1);
+            }
             self.pending.insert(seq, named);
+        }
+        if self.skipped > 0 {
+            tracing::info!(
+                "kafka://{}: skipped {} messages the checkpoint had already taken in",
+                self.spec.brokers,
+                self.skipped
+            );
+            self.skipped = 0;
         }
         Ok(Some(Chunk {
             seq,
@@ -163,6 +206,17 @@ impl ChunkSource for KafkaSource {
             data: data.freeze(),
             positions: Some(positions),
         }))
+    }
+
+    fn position(&self) -> Option<SourcePosition> {
+        Some(SourcePosition {
+            offsets: self
+                .next
+                .iter()
+                .map(|((t, p), o)| (t.clone(), *p, *o))
+                .collect(),
+            ..SourcePosition::default()
+        })
     }
 
     fn processed_through(&mut self, seq: u64) -> io::Result<()> {
@@ -264,6 +318,29 @@ mod tests {
             drain(&mut second),
             ["{\"n\": 5}"],
             "resumes after the committed offset"
+        );
+        assert_eq!(
+            second.position().unwrap().offsets,
+            [("notifications.sample".to_owned(), 0, 6)]
+        );
+        // A group whose commit did not reach the checkpoint reads on from the checkpoint.
+        let behind = KafkaSpec {
+            group: "g2".into(),
+            ..spec
+        };
+        let mut third = KafkaSource::open(&behind, 0, 1 << 20).unwrap();
+        third.resume_from(&SourcePosition {
+            offsets: vec![("notifications.sample".into(), 0, 3)],
+            ..SourcePosition::default()
+        });
+        assert_eq!(
+            third.position().unwrap().offsets,
+            [("notifications.sample".to_owned(), 0, 3)],
+            "a position before any message is the resume point"
+        );
+        assert_eq!(
+            drain(&mut third),
+            ["{ \"n\": 3}", "{ \"n\": 4}", "{\"n\": 5}"]
         );
     }
 }

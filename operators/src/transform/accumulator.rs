@@ -79,6 +79,16 @@ impl Transform for Accumulator {
     fn held(&self) -> usize {
         self.held.len()
     }
+
+    fn save(&self) -> Vec<u8> {
+        super::encode_state(&self.held)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let held: Vec<Sample> = super::decode_state(AccumulatorConfig::NAME, state)?;
+        self.held.extend(held);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

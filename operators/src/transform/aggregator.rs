@@ -125,7 +125,7 @@ fn policy(field: &str, value: Option<&str>, allow_drop: bool) -> Policy {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 struct Key {
     name: Sym,
     resource: Sym,
@@ -133,6 +133,7 @@ struct Key {
     project: Option<Option<Sym>>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Entry {
     sample: Sample,
     count: u64,
@@ -326,6 +327,23 @@ impl Transform for Aggregator {
 
     fn held(&self) -> usize {
         self.groups.len()
+    }
+
+    fn save(&self) -> Vec<u8> {
+        let groups: Vec<_> = self.groups.iter().collect();
+        super::encode_state(&(groups, self.held, self.first_micros))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let (groups, held, first): (Vec<(Key, Entry)>, u64, Option<i64>) =
+            super::decode_state(AggregatorConfig::NAME, state)?;
+        self.groups.extend(groups);
+        self.held += held;
+        self.first_micros = match (self.first_micros, first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(())
     }
 }
 

@@ -102,6 +102,9 @@ impl TransformerConfig for ArithmeticConfig {
     }
 }
 
+/// What [`Arithmetic`] saves: each resource's cached samples, and the newest timestamp.
+type SavedState = (Vec<(Sym, Vec<Option<Sample>>)>, Option<Timestamp>);
+
 struct Cached<'a>(&'a [Option<Sample>]);
 
 impl Scope for Cached<'_> {
@@ -168,6 +171,27 @@ impl Transform for Arithmetic {
             }
             false
         });
+    }
+
+    fn save(&self) -> Vec<u8> {
+        let cache: Vec<_> = self.cache.iter().collect();
+        super::encode_state(&(cache, &self.latest))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let (cache, latest): SavedState = super::decode_state(ArithmeticConfig::NAME, state)?;
+        if cache
+            .iter()
+            .any(|(_, slots)| slots.len() != self.meters.len())
+        {
+            return Err(format!(
+                "arithmetic: the saved state is for another expression ({} meters expected)",
+                self.meters.len()
+            ));
+        }
+        self.cache.extend(cache);
+        self.latest = self.latest.take().or(latest);
+        Ok(())
     }
 
     fn held(&self) -> usize {

@@ -62,6 +62,38 @@ impl Chain {
     pub fn is_empty(&self) -> bool {
         self.stages.is_empty()
     }
+
+    /// Each stage's saved state ([`Transform::save`]), for a checkpoint.
+    pub fn save(&self) -> Vec<Vec<u8>> {
+        self.stages.iter().map(|s| s.save()).collect()
+    }
+
+    /// Adds the states [`Chain::save`] gave (of this chain or another worker's copy of it);
+    /// fails, leaving the chain as it was, if they are not this chain's.
+    pub fn restore(&mut self, states: &[Vec<u8>]) -> Result<(), String> {
+        if states.len() != self.stages.len() {
+            return Err(format!(
+                "the saved state has {} transformers, the sink has {}",
+                states.len(),
+                self.stages.len()
+            ));
+        }
+        for (i, (stage, state)) in self.stages.iter_mut().zip(states).enumerate() {
+            if !state.is_empty() {
+                stage
+                    .restore(state)
+                    .map_err(|e| format!("transformer {}: {e}", i + 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps only the state of resources `keep` accepts (see [`Transform::retain`]).
+    pub fn retain(&mut self, keep: &dyn Fn(meterflow_engine::intern::Sym) -> bool) {
+        for stage in &mut self.stages {
+            stage.retain(keep);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +135,94 @@ mod tests {
         chain.flush(&mut out, &mut diag);
         assert_eq!(volumes(&out), [2.0, 6.0]);
         assert_eq!(chain.held(), 0);
+    }
+
+    /// A chain stopped after any notification and restored from its saved state gives what
+    /// the uninterrupted chain gives, for every transformer that keeps state.
+    #[test]
+    fn a_restored_chain_continues_as_if_never_stopped() {
+        let chains: [&[(&str, &str)]; 5] = [
+            &[("rate_of_change", "{}")],
+            &[("delta", "{}")],
+            &[("accumulator", "{size: 4}")],
+            &[("aggregator", "{size: 5}")],
+            &[("arithmetic", "{target: {name: s, expr: '$(cpu) + $(mem)'}}")],
+        ];
+        let input: Vec<Vec<Sample>> = (0..8)
+            .map(|n| {
+                (0..3)
+                    .flat_map(|r| {
+                        let ts = format!("2021-01-01T00:00:{:02}", n * 5 + r);
+                        let res = format!("r{r}");
+                        [
+                            cum("cpu", &res, n * 10 + r, &ts),
+                            gauge("mem", &res, (n * r) as f64, &ts),
+                        ]
+                    })
+                    .collect()
+            })
+            .collect();
+        let run = |chain: &mut Chain, batches: &[Vec<Sample>], out: &mut Vec<Sample>| {
+            let mut diag = Diag::default();
+            for batch in batches {
+                for s in batch {
+                    chain.handle(s.clone(), out, &mut diag);
+                }
+                chain.flush(out, &mut diag);
+            }
+        };
+        for specs in chains {
+            let specs: Vec<_> = specs.iter().map(|(n, p)| spec(n, p)).collect();
+            let mut whole = Vec::new();
+            run(&mut build_chain(&specs).unwrap(), &input, &mut whole);
+            for cut in 0..=input.len() {
+                let mut first = build_chain(&specs).unwrap();
+                let mut out = Vec::new();
+                run(&mut first, &input[..cut], &mut out);
+                let saved = first.save();
+                drop(first);
+                let mut second = build_chain(&specs).unwrap();
+                second.restore(&saved).unwrap();
+                run(&mut second, &input[cut..], &mut out);
+                let key = |s: &Sample| {
+                    (
+                        s.name,
+                        s.resource_id,
+                        s.timestamp.as_str().to_owned(),
+                        s.volume.as_f64().to_bits(),
+                    )
+                };
+                assert_eq!(
+                    out.iter().map(key).collect::<Vec<_>>(),
+                    whole.iter().map(key).collect::<Vec<_>>(),
+                    "{} cut after {cut}",
+                    specs[0].name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn state_of_another_chain_is_refused() {
+        let mut chain = build_chain(&[spec("rate_of_change", "{}")]).unwrap();
+        assert!(chain.restore(&[]).is_err());
+        assert!(chain.restore(&[vec![1, 2, 3]]).is_err());
+    }
+
+    #[test]
+    fn retain_keeps_a_workers_share() {
+        let mut chain = build_chain(&[spec("rate_of_change", "{}")]).unwrap();
+        let mut out = Vec::new();
+        let mut diag = Diag::default();
+        for r in ["a", "b"] {
+            chain.handle(cum("cpu", r, 1, "2021-01-01T00:00:00"), &mut out, &mut diag);
+        }
+        chain.retain(&|r| r.as_str() == "a");
+        for r in ["a", "b"] {
+            chain.handle(cum("cpu", r, 2, "2021-01-01T00:00:10"), &mut out, &mut diag);
+        }
+        assert_eq!(out.len(), 1, "only a's predecessor was kept");
+        assert_eq!(out[0].resource_id.as_str(), "a");
     }
 
     #[test]

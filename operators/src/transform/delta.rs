@@ -73,6 +73,22 @@ impl TransformerConfig for DeltaConfig {
 }
 
 impl Transform for Delta {
+    fn save(&self) -> Vec<u8> {
+        let entries: Vec<_> = self.cache.iter().collect();
+        super::encode_state(&entries)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let entries: Vec<((Sym, Sym), (Volume, i64))> =
+            super::decode_state(DeltaConfig::NAME, state)?;
+        self.cache.extend(entries);
+        Ok(())
+    }
+
+    fn retain(&mut self, keep: &dyn Fn(Sym) -> bool) {
+        self.cache.retain(|(_, resource), _| keep(*resource));
+    }
+
     fn handle(&mut self, s: Sample, diag: &mut Diag) -> Option<Sample> {
         let Some(micros) = s.timestamp.micros() else {
             diag.drop(DropReason::BadTimestamp, || {

@@ -14,6 +14,7 @@ mod delta;
 mod rate_of_change;
 mod unit_conversion;
 
+use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::Diag;
 use meterflow_engine::Sample;
 use serde::de::DeserializeOwned;
@@ -42,6 +43,35 @@ pub trait Transform: Send {
     fn held(&self) -> usize {
         0
     }
+
+    /// What the transformer keeps between notifications (its caches and held samples), for a
+    /// checkpoint: opaque bytes that [`Transform::restore`] takes back. Empty when stateless.
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Adds a state [`Transform::save`] gave (by this worker's copy of the transformer or by
+    /// another's: a restart may have another number of workers).
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// Forgets the state of every resource `keep` rejects: after restoring every worker's
+    /// state, a worker of a sink spread by resource keeps only its share.
+    fn retain(&mut self, keep: &dyn Fn(Sym) -> bool) {
+        let _ = keep;
+    }
+}
+
+/// Encodes a transformer's state for [`Transform::save`].
+fn encode_state<T: serde::Serialize>(state: &T) -> Vec<u8> {
+    bincode::serialize(state).expect("transformer state serialises")
+}
+
+/// Decodes what [`encode_state`] wrote; `name` says whose state it is in the error.
+fn decode_state<T: DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, String> {
+    bincode::deserialize(bytes).map_err(|e| format!("{name}: the saved state does not decode: {e}"))
 }
 
 /// How a transformer's state is keyed, which decides how its sink can be parallelised.

@@ -45,7 +45,7 @@ pub struct RateOfChangeConfig {
     pub target: TargetSpec,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Previous {
     volume: Volume,
     micros: i64,
@@ -80,6 +80,22 @@ impl TransformerConfig for RateOfChangeConfig {
 }
 
 impl Transform for RateOfChange {
+    fn save(&self) -> Vec<u8> {
+        let entries: Vec<_> = self.cache.iter().collect();
+        super::encode_state(&entries)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let entries: Vec<((Sym, Sym), Previous)> =
+            super::decode_state(RateOfChangeConfig::NAME, state)?;
+        self.cache.extend(entries);
+        Ok(())
+    }
+
+    fn retain(&mut self, keep: &dyn Fn(Sym) -> bool) {
+        self.cache.retain(|(_, resource), _| keep(*resource));
+    }
+
     fn handle(&mut self, s: Sample, diag: &mut Diag) -> Option<Sample> {
         let Some(micros) = s.timestamp.micros() else {
             diag.drop(DropReason::BadTimestamp, || {

@@ -14,6 +14,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use super::{ProgressCallback, ReadProgress};
 use crate::alarms::AlarmEdit;
 use crate::api::{Live, Requests};
+use crate::checkpoint::{Barrier, CheckpointStats, Checkpoints, InputRecord};
 use crate::storage::Measure;
 
 /// The inputs, handed to worker 0 when it starts.
@@ -35,6 +36,108 @@ pub(super) struct ApiFeed {
     pub(super) pending: Vec<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
     /// How many workers the dataflow has.
     pub(super) peers: u64,
+}
+
+/// Worker 0's side of checkpoints: every `every` it marks the current epoch as a
+/// checkpoint (a barrier to every worker's Transform, with the inputs' positions before the
+/// epoch); once the probe has passed that epoch it publishes the checkpoint, and only then
+/// may the sources commit what it covers.
+pub(super) struct CheckpointFeed {
+    pub(super) checkpoints: Arc<Checkpoints>,
+    pub(super) every: Duration,
+    pub(super) input: Option<InputHandle<u64, CapacityContainerBuilder<Vec<Barrier>>>>,
+    pub(super) names: Arc<Vec<String>>,
+    pub(super) stats: Arc<CheckpointStats>,
+    pub(super) peers: u64,
+    pub(super) next_number: u64,
+    pub(super) last: Instant,
+    pub(super) in_flight: Option<InFlight>,
+}
+
+/// A checkpoint marked and not yet published.
+pub(super) struct InFlight {
+    number: u64,
+    epoch: u64,
+    inputs: Vec<InputRecord>,
+    marked: Instant,
+}
+
+impl CheckpointFeed {
+    /// Whether a checkpoint is due (none in flight, `every` passed).
+    fn due(&self) -> bool {
+        self.in_flight.is_none() && self.last.elapsed() >= self.every
+    }
+
+    /// Marks epoch `seq` (nothing of it sent yet) as the next checkpoint.
+    fn mark(&mut self, seq: u64, sources: &[Box<dyn ChunkSource>]) {
+        let number = self.next_number;
+        self.next_number += 1;
+        let inputs = self
+            .names
+            .iter()
+            .zip(sources)
+            .map(|(name, source)| InputRecord {
+                name: name.clone(),
+                position: source.position(),
+            })
+            .collect();
+        if let Some(input) = self.input.as_mut() {
+            for route in 0..self.peers {
+                input.send(Barrier { route, number });
+            }
+        }
+        self.in_flight = Some(InFlight {
+            number,
+            epoch: seq,
+            inputs,
+            marked: Instant::now(),
+        });
+        self.last = Instant::now();
+    }
+
+    /// Moves the barriers' input to epoch `seq`.
+    fn advance_to(&mut self, seq: u64) {
+        if let Some(input) = self.input.as_mut() {
+            input.advance_to(seq);
+        }
+    }
+
+    /// Closes the barriers' input (no checkpoint is marked after).
+    fn close(&mut self) {
+        self.input = None;
+    }
+
+    /// Publishes the checkpoint in flight once the probe has passed its epoch; returns the
+    /// last epoch it covers (the sources may commit through it).
+    fn settle(&mut self, probe: &ProbeHandle<u64>) -> Option<u64> {
+        let epoch = self.in_flight.as_ref()?.epoch;
+        if probe.less_equal(&epoch) {
+            return None;
+        }
+        let InFlight {
+            number,
+            epoch,
+            inputs,
+            marked,
+        } = self.in_flight.take()?;
+        match self
+            .checkpoints
+            .publish(number, self.peers as usize, inputs)
+        {
+            Ok(published) => {
+                self.stats.published(published, marked.elapsed());
+                epoch.checked_sub(1)
+            }
+            Err(e) => {
+                self.stats.failed();
+                tracing::error!(
+                    "checkpoint {number} in {} could not be published: {e}; the next one tries again (input offsets stay uncommitted meanwhile)",
+                    self.checkpoints.root().display()
+                );
+                None
+            }
+        }
+    }
 }
 
 impl ApiFeed {
@@ -137,6 +240,7 @@ pub(super) fn feed(
     worker: &mut timely::worker::Worker,
     mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
     mut api: Option<ApiFeed>,
+    mut checkpoint: Option<CheckpointFeed>,
     probe: &ProbeHandle<u64>,
     (readers, first_data): (&Readers, &std::sync::OnceLock<Instant>),
     progress: Option<(ProgressCallback, Option<u64>)>,
@@ -158,13 +262,19 @@ pub(super) fn feed(
     let mut seq = 0u64;
     let mut bytes = 0u64;
     let mut committed = None;
-    let report = |sources: &mut [Box<dyn ChunkSource>], committed: &mut Option<u64>| {
-        // Every epoch before the probe's frontier has been processed and published.
-        let through = probe.with_frontier(|f| match f.first() {
-            None => Some(u64::MAX),
-            Some(0) => None,
-            Some(t) => Some(t - 1),
-        });
+    let report = |sources: &mut [Box<dyn ChunkSource>],
+                  committed: &mut Option<u64>,
+                  checkpoint: Option<&mut CheckpointFeed>| {
+        let through = match checkpoint {
+            // Only what a published checkpoint covers.
+            Some(checkpoint) => checkpoint.settle(probe),
+            // Every epoch before the probe's frontier has been processed and published.
+            None => probe.with_frontier(|f| match f.first() {
+                None => Some(u64::MAX),
+                Some(0) => None,
+                Some(t) => Some(t - 1),
+            }),
+        };
         let Some(through) = through else {
             return Ok(());
         };
@@ -186,6 +296,9 @@ pub(super) fn feed(
         let mut sent = api
             .as_mut()
             .is_some_and(|api| api.take(seq, api_input_index, diag));
+        if let Some(checkpoint) = checkpoint.as_mut().filter(|c| c.due()) {
+            checkpoint.mark(seq, &sources);
+        }
         if current < sources.len() && !live.stopping() {
             match sources[current].next_chunk(seq) {
                 Ok(Some(chunk)) => {
@@ -212,12 +325,15 @@ pub(super) fn feed(
             if let Some(api) = api.as_mut() {
                 api.advance_to(seq);
             }
+            if let Some(checkpoint) = checkpoint.as_mut() {
+                checkpoint.advance_to(seq);
+            }
         }
         worker.step();
         while probe.less_than(&seq.saturating_sub(in_flight)) {
             worker.step();
         }
-        if let Err(e) = report(&mut sources, &mut committed) {
+        if let Err(e) = report(&mut sources, &mut committed, checkpoint.as_mut()) {
             failure = Some(e);
             break;
         }
@@ -247,6 +363,9 @@ pub(super) fn feed(
                         if let Some(api) = api.as_mut() {
                             api.advance_to(seq);
                         }
+                        if let Some(checkpoint) = checkpoint.as_mut() {
+                            checkpoint.advance_to(seq);
+                        }
                         ticked = Instant::now();
                     }
                 }
@@ -255,7 +374,26 @@ pub(super) fn feed(
         }
     }
     // Whatever happened, let every worker finish what was sent (and publish it) before
-    // returning; only then is it safe to commit the last input progress.
+    // returning; only then is it safe to commit the last input progress. A last checkpoint
+    // holds what the transformers keep at the end (unless the run failed).
+    if let Some(checkpoint) = checkpoint.as_mut() {
+        let marked_here = checkpoint.in_flight.as_ref().map(|f| f.epoch) == Some(seq);
+        if failure.is_none() && !marked_here {
+            if let Some(epoch) = checkpoint.in_flight.as_ref().map(|f| f.epoch) {
+                // The inputs are past it: wait for it, then mark the last one.
+                while probe.less_equal(&epoch) && live.failure().is_none() {
+                    worker.step_or_park(Some(Duration::from_millis(1)));
+                }
+                if let Err(e) = report(&mut sources, &mut committed, Some(&mut *checkpoint)) {
+                    failure = Some(e);
+                }
+            }
+            if failure.is_none() && live.failure().is_none() {
+                checkpoint.mark(seq, &sources);
+            }
+        }
+        checkpoint.close();
+    }
     drop(input);
     if let Some(api) = api.as_mut() {
         api.refuse_the_rest();
@@ -276,7 +414,7 @@ pub(super) fn feed(
     if let Some(e) = failure {
         return Err(e);
     }
-    report(&mut sources, &mut committed)?;
+    report(&mut sources, &mut committed, checkpoint.as_mut())?;
     if let Some((progress, _)) = &progress {
         progress.report(ReadProgress::Finished);
     }

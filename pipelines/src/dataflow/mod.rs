@@ -37,7 +37,7 @@ use meterflow_connectors::file::source::{ChunkReader, InputSpec};
 use meterflow_connectors::gnocchi::store::Partition as StorePartition;
 use meterflow_connectors::notify::{Notifier, NotifierOptions};
 use meterflow_connectors::PublisherSpec;
-use meterflow_engine::chunk::Chunk;
+use meterflow_engine::chunk::{Chunk, SourcePosition};
 use meterflow_engine::component::PublisherFactory;
 use meterflow_engine::metrics::{Counters, Diag};
 use timely::container::CapacityContainerBuilder;
@@ -47,6 +47,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::alarms::{cross_definitions, owns, stored_alarms, AlarmEdit, Alarms};
 use crate::api::{ListenOptions, Live, Server};
+use crate::checkpoint::{Barrier, CheckpointStats, CheckpointTotals, Checkpoints, Loaded};
 use crate::feeds::Feed;
 use crate::plan::Plan;
 use crate::storage::{
@@ -54,7 +55,7 @@ use crate::storage::{
 };
 use aggregate::AggregateParts;
 pub use decode::{resource_route, Decoder, OrderedEvent, Routed};
-use feed::{feed, ApiFeed, PUBLISH_EVERY};
+use feed::{feed, ApiFeed, CheckpointFeed, PUBLISH_EVERY};
 use transform::resource_event_rules;
 pub use transform::Transformer;
 
@@ -110,6 +111,14 @@ pub struct RunOptions {
     pub listen: Option<ListenOptions>,
     /// How alarm notifications are delivered (their journal goes to `STORE/notifier`).
     pub notifier: NotifierOptions,
+    /// Where checkpoints go (`--state DIR`); without it, `STORE/checkpoints` when the run has
+    /// a store, else none.
+    pub state: Option<std::path::PathBuf>,
+    /// How often a checkpoint is taken; zero takes none.
+    pub checkpoint_every: Duration,
+    /// Resume from the newest checkpoint (the transformers' state and the inputs' positions)
+    /// even when no input is a Kafka topic (Kafka inputs always resume, as a consumer group).
+    pub resume: bool,
 }
 
 impl Default for RunOptions {
@@ -122,6 +131,9 @@ impl Default for RunOptions {
             store: std::path::PathBuf::from("data"),
             listen: None,
             notifier: NotifierOptions::default(),
+            state: None,
+            checkpoint_every: CHECKPOINT_EVERY,
+            resume: false,
         }
     }
 }
@@ -144,6 +156,8 @@ pub struct RunReport {
     /// When the first input data arrived, after the start (a Kafka input first joins its
     /// group: benchmarks time from here).
     pub first_input: Option<Duration>,
+    /// What checkpoints did, when they were taken.
+    pub checkpoints: Option<CheckpointTotals>,
 }
 
 /// What the alarm notifiers did in a run.
@@ -161,7 +175,8 @@ pub struct NotifierTotals {
 /// undelivered then stays in the notifier's journal and is sent at the next start.
 pub const NOTIFY_GRACE: Duration = Duration::from_secs(15);
 
-/// How often a listening engine checkpoints what the store's operator holds.
+/// How often a listening engine checkpoints what the store's operator holds, and the
+/// default interval of the engine's checkpoints (`--checkpoint-every`).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Calls `attempt` until it succeeds, fails with an error `retryable` rejects, or `limit` has
@@ -245,11 +260,23 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         .map(|p| DeadLetter::open(p, durable))
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let checkpoints =
+        open_checkpoints(options, store.as_ref().map(|(s, _)| s.dir()), inputs, &plan)?;
+    let identities: Arc<Vec<String>> = Arc::new(inputs.iter().map(input_identity).collect());
+    let (loaded, positions) = resume_point(checkpoints.as_deref(), options, &identities)?;
+    let checkpoint_stats = checkpoints
+        .as_ref()
+        .map(|_| Arc::new(CheckpointStats::default()));
+    if let (Some(stats), Some(loaded)) = (&checkpoint_stats, &loaded) {
+        stats.restored(loaded.number);
+    }
+    let next_checkpoint = checkpoints.as_ref().map_or(1, |c| c.next_number());
+    let restore_messages = Arc::new(Mutex::new(std::collections::BTreeSet::<String>::new()));
     let readers = inputs
         .iter()
         .enumerate()
         .map(|(i, spec)| {
-            spec.open(i as u32, options.chunk_bytes)
+            spec.open(i as u32, options.chunk_bytes, positions[i].as_ref())
                 .with_context(|| format!("input {}", spec.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -264,7 +291,8 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let progress = options.progress.clone();
     let live = Arc::new(
         Live::new(workers, names.to_vec(), sink_names.clone())
-            .with_notifier(notifier_stats.clone()),
+            .with_notifier(notifier_stats.clone())
+            .with_checkpoints(checkpoint_stats.clone()),
     );
     let mut server = None;
     let mut api_requests = None;
@@ -281,6 +309,8 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     let resource_rules = resource_event_rules(&plan)?;
     let worker_live = live.clone();
     let worker_notifier = notifier.clone();
+    let every_checkpoint = options.checkpoint_every;
+    let worker_checkpoint_stats = checkpoint_stats.clone();
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
@@ -290,6 +320,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Chunk>>>::new();
         let mut api_input = InputHandle::<u64, CapacityContainerBuilder<Vec<Measure>>>::new();
         let mut alarm_input = InputHandle::<u64, CapacityContainerBuilder<Vec<AlarmEdit>>>::new();
+        let mut barrier_input = InputHandle::<u64, CapacityContainerBuilder<Vec<Barrier>>>::new();
         let probe = ProbeHandle::new();
         let plan = plan.clone();
         let factories = factories.clone();
@@ -336,6 +367,17 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                 .with_events(alarm_events || plan.publishes_events());
             let (routed, events) = decode::decode(input.to_stream(scope), decoder, diag.clone());
             let mut transformer = Transformer::new(&plan, &factories);
+            if let Some(checkpoints) = &checkpoints {
+                transformer = transformer.with_checkpoints(checkpoints.clone(), index);
+            }
+            if let Some(loaded) = &loaded {
+                for message in transformer.restore(loaded, (index, workers)) {
+                    let mut said = restore_messages.lock().unwrap_or_else(|p| p.into_inner());
+                    if said.insert(message.clone()) {
+                        tracing::warn!("{message}");
+                    }
+                }
+            }
             if let Some((store, _)) = &store {
                 transformer = transformer.with_resource_events(
                     &resource_rules,
@@ -346,7 +388,13 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     },
                 );
             }
-            let measures = transform::transform(routed, events.clone(), transformer, diag.clone());
+            let measures = transform::transform(
+                routed,
+                events.clone(),
+                barrier_input.to_stream(scope),
+                transformer,
+                diag.clone(),
+            );
             match (aggregator.clone(), cross) {
                 (Some(aggregator), Some(stage)) => {
                     // Every worker's cross operator holds every event alarm.
@@ -391,10 +439,22 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
                     pending: Vec::new(),
                     peers,
                 });
+            let checkpoint = checkpoints.clone().map(|checkpoints| CheckpointFeed {
+                checkpoints,
+                every: every_checkpoint,
+                input: Some(barrier_input),
+                names: identities.clone(),
+                stats: worker_checkpoint_stats.clone().unwrap_or_default(),
+                peers,
+                next_number: next_checkpoint,
+                last: Instant::now(),
+                in_flight: None,
+            });
             result = feed(
                 worker,
                 input,
                 api,
+                checkpoint,
                 &probe,
                 (&readers, &worker_first_data),
                 progress.clone().map(|p| (p, total_bytes)),
@@ -406,6 +466,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
             drop(input);
             drop(api_input);
             drop(alarm_input);
+            drop(barrier_input);
             // (Worker 0 runs the dataflow to its end inside `feed`; once no dataflow is left,
             // `step_or_park` returns false, so each worker loops exactly once more.)
             let mut published = Instant::now();
@@ -455,7 +516,95 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         bytes,
         notifier,
         first_input: first_data.get().map(|t| t.duration_since(started)),
+        checkpoints: checkpoint_stats.map(|s| s.totals()),
     })
+}
+
+/// How an input is named in a checkpoint: as displayed, and a Kafka input with its group
+/// (another group reads the topic afresh).
+fn input_identity(spec: &InputSpec) -> String {
+    match spec {
+        InputSpec::Kafka(k) => format!("{}?group={}", spec.display(), k.group),
+        _ => spec.display(),
+    }
+}
+
+/// The run's checkpoints, when it takes any: under `--state DIR`, else `STORE/checkpoints`
+/// when it has a store.
+fn open_checkpoints(
+    options: &RunOptions,
+    store: Option<&std::path::Path>,
+    inputs: &[InputSpec],
+    plan: &Plan,
+) -> anyhow::Result<Option<Arc<Checkpoints>>> {
+    if options.checkpoint_every.is_zero() || inputs.is_empty() {
+        return Ok(None);
+    }
+    let root = match (&options.state, store) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(store)) => store.join("checkpoints"),
+        (None, None) => {
+            let kafka = inputs.iter().any(|i| matches!(i, InputSpec::Kafka(_)));
+            if kafka && plan.sinks.iter().any(|s| !s.transformers.is_empty()) {
+                tracing::warn!(
+                    "no --state DIR and no store: what the transformers hold between notifications is not checkpointed, so a crash loses it; give --state DIR for exactly-once"
+                );
+            }
+            return Ok(None);
+        }
+    };
+    Ok(Some(Arc::new(Checkpoints::open(&root)?)))
+}
+
+/// The checkpoint a run resumes from (Kafka inputs always, others with `--resume`), and
+/// each input's position in it.
+#[allow(clippy::type_complexity)]
+fn resume_point(
+    checkpoints: Option<&Checkpoints>,
+    options: &RunOptions,
+    identities: &[String],
+) -> anyhow::Result<(Option<Arc<Loaded>>, Vec<Option<SourcePosition>>)> {
+    let afresh = || (None, vec![None; identities.len()]);
+    let kafka = identities.iter().any(|i| i.starts_with("kafka://"));
+    let Some(checkpoints) = checkpoints.filter(|_| options.resume || kafka) else {
+        if options.resume {
+            anyhow::bail!(
+                "--resume needs checkpoints: give --state DIR (or a gnocchi:// store), and a --checkpoint-every above 0"
+            );
+        }
+        return Ok(afresh());
+    };
+    let Some(loaded) = checkpoints.newest() else {
+        if options.resume {
+            tracing::info!(
+                "no checkpoint in {} yet: starting from the beginning",
+                checkpoints.root().display()
+            );
+        }
+        return Ok(afresh());
+    };
+    let saved: Vec<&str> = loaded.inputs.iter().map(|i| i.name.as_str()).collect();
+    if saved != identities {
+        let why = format!(
+            "checkpoint {} in {} was taken reading {saved:?}; this run reads {identities:?}",
+            loaded.number,
+            checkpoints.root().display()
+        );
+        if options.resume {
+            anyhow::bail!(
+                "{why}: give the same inputs to resume, or another --state DIR to start afresh"
+            );
+        }
+        tracing::warn!("{why}: not resuming from it");
+        return Ok(afresh());
+    }
+    tracing::info!(
+        "resuming from checkpoint {} in {}",
+        loaded.number,
+        checkpoints.root().display()
+    );
+    let positions = loaded.inputs.iter().map(|i| i.position.clone()).collect();
+    Ok((Some(Arc::new(loaded)), positions))
 }
 
 /// Shuts the notifier down once the workers let go of it, waiting [`NOTIFY_GRACE`] for its

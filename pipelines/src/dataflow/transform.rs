@@ -6,6 +6,9 @@
 //! it, its batches back in input order; its output is written out (one sync or broker round
 //! trip for all the epochs that were ready) and the epoch passes only once that is durable.
 //! Samples for `gnocchi://` publishers leave as measures for the Aggregate operator.
+//!
+//! A checkpoint's barrier at an epoch makes the operator save its chains' state before it
+//! processes that epoch (see [`crate::checkpoint`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,16 +24,17 @@ use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::model::Event;
 use meterflow_engine::Sample;
-use meterflow_operators::transform::Chain;
+use meterflow_operators::transform::{Chain, Partition};
 use rustc_hash::FxHashMap;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::StreamVec;
 
 use super::decode::{resource_route, EventRoutes, OrderedEvent, Routed};
 use super::epoch::{ready, EpochStash, Owing};
 use super::retry_with_backoff;
+use crate::checkpoint::{Barrier, Checkpoints, Loaded, SinkState, WorkerState};
 use crate::plan::Plan;
 use crate::resource_events::{ResourceEventRules, ResourceEvents};
 use crate::storage::{Measure, Origin};
@@ -69,7 +73,22 @@ pub struct Transformer {
     events: Vec<Vec<Arc<Event>>>,
     /// Per publisher, for `gnocchi://` ones: what events do to the store's resources.
     resource_events: Vec<Option<ResourceEvents>>,
+    /// Where its checkpoint parts go, and this worker's index.
+    checkpoints: Option<(Arc<Checkpoints>, usize)>,
     plan: Arc<Plan>,
+}
+
+/// A sink's transformers as configured, to tell whether a saved state is this chain's.
+fn chain_fingerprint(plan: &Plan, sink: usize) -> String {
+    plan.sinks[sink]
+        .transformers
+        .iter()
+        .map(|t| {
+            let parameters = serde_yaml::to_string(&t.parameters).unwrap_or_default();
+            format!("{}: {}", t.name, parameters.trim())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Transformer {
@@ -116,7 +135,94 @@ impl Transformer {
             publishers,
             urls: plan.publishers.iter().map(|p| p.url.clone()).collect(),
             event_routes: EventRoutes::default(),
+            checkpoints: None,
             plan: plan.clone(),
+        }
+    }
+
+    /// Writes this worker's (`index`) checkpoint parts into `checkpoints`.
+    pub fn with_checkpoints(mut self, checkpoints: Arc<Checkpoints>, index: usize) -> Transformer {
+        self.checkpoints = Some((checkpoints, index));
+        self
+    }
+
+    /// What the chains keep between notifications (taken between epochs: every sink is
+    /// flushed and published then).
+    pub fn save(&self) -> WorkerState {
+        WorkerState {
+            sinks: self
+                .sinks
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.chain.is_empty())
+                .map(|(k, s)| SinkState {
+                    name: self.plan.sinks[k].name.clone(),
+                    chain: chain_fingerprint(&self.plan, k),
+                    stages: s.chain.save(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores the state `loaded` holds for the sinks worker `index` of `peers` runs: a
+    /// sink spread by resource keeps its resources' share of every part, a sink on one
+    /// worker the whole of it. A sink whose transformers changed since starts empty (said
+    /// in the returned messages).
+    pub fn restore(&mut self, loaded: &Loaded, (index, peers): (usize, usize)) -> Vec<String> {
+        let mut messages = Vec::new();
+        for k in 0..self.sinks.len() {
+            let sink = &self.plan.sinks[k];
+            if self.sinks[k].chain.is_empty() {
+                continue;
+            }
+            let by_resource = sink.partition == Partition::ByResource;
+            if !by_resource && k % peers != index {
+                continue;
+            }
+            let fingerprint = chain_fingerprint(&self.plan, k);
+            let saved = loaded
+                .parts
+                .iter()
+                .flat_map(|p| &p.sinks)
+                .filter(|s| s.name == sink.name);
+            for state in saved {
+                if state.chain != fingerprint {
+                    messages.push(format!(
+                        "sink {}: its transformers changed since checkpoint {}, so their state starts empty",
+                        sink.name, loaded.number
+                    ));
+                    break;
+                }
+                if let Err(e) = self.sinks[k].chain.restore(&state.stages) {
+                    messages.push(format!(
+                        "sink {}: the state of checkpoint {} cannot be restored ({e}); it starts empty",
+                        sink.name, loaded.number
+                    ));
+                    break;
+                }
+            }
+            if by_resource {
+                let peers = peers as u64;
+                let index = index as u64;
+                self.sinks[k]
+                    .chain
+                    .retain(&|resource| resource_route(resource) % peers == index);
+            }
+        }
+        messages.sort();
+        messages.dedup();
+        messages
+    }
+
+    /// Saves this worker's part of checkpoint `number`.
+    fn save_part(&self, number: u64, diag: &mut Diag) {
+        let Some((checkpoints, index)) = &self.checkpoints else {
+            return;
+        };
+        if let Err(e) = checkpoints.write_part(number, *index, &self.save()) {
+            // The checkpoint then cannot be published; the next one tries again.
+            let _ = diag;
+            tracing::error!("checkpoint {number}: {e}; the next checkpoint tries again");
         }
     }
 
@@ -505,68 +611,83 @@ pub(super) fn resource_event_rules(
 }
 
 /// The Transform operator: runs every sink's chain on the samples routed to this worker and
-/// publishes (events: on the worker that made them); out come the measures for the store.
+/// publishes (events: on the worker that made them); saves its state at each checkpoint's
+/// `barriers`; out come the measures for the store.
 pub fn transform<'s>(
     routed: StreamVec<'s, u64, Routed>,
     events: StreamVec<'s, u64, OrderedEvent>,
+    barriers: StreamVec<'s, u64, Barrier>,
     mut transformer: Transformer,
     diag: Rc<RefCell<Diag>>,
 ) -> StreamVec<'s, u64, Measure> {
     let scope = routed.scope();
-    routed.binary_frontier::<_, CapacityContainerBuilder<Vec<Measure>>, _, _, _, _>(
-        events,
-        Exchange::new(|r: &Routed| r.route),
-        // An event is published by the worker that made it.
-        Pipeline,
-        "Transform",
-        move |_, info| {
-            let mut stash = EpochStash::default();
-            let mut event_stash = EpochStash::default();
-            // Epochs processed whose output a broker has yet to acknowledge, oldest first:
-            // the worker goes on meanwhile.
-            let mut writing = Owing::default();
-            let activator = scope.activator_for(info.address.clone());
-            move |(input, frontier), (events, events_frontier), output| {
-                stash.absorb(input);
-                event_stash.absorb(events);
-                let mut diag = diag.borrow_mut();
-                // Every epoch that is ready is processed, then their output is written out at
-                // once, and only then do they pass.
-                let mut done = Vec::new();
-                while let Some(epoch) = ready(
-                    &[frontier, events_frontier],
-                    &[stash.oldest(), event_stash.oldest()],
-                ) {
-                    let mut held = Vec::new();
-                    if let Some((capability, batches)) = event_stash.take_in_order(epoch) {
-                        for e in batches.into_iter().flatten() {
-                            transformer.handle_event(e.event, &mut diag);
-                        }
-                        held.push(capability);
+    let mut builder = OperatorBuilder::new("Transform".to_owned(), scope);
+    let info = builder.operator_info();
+    let mut routed = builder.new_input(routed, Exchange::new(|r: &Routed| r.route));
+    // An event is published by the worker that made it.
+    let mut events = builder.new_input(events, Pipeline);
+    let mut barriers = builder.new_input(barriers, Exchange::new(|b: &Barrier| b.route));
+    let (output, measures) = builder.new_output::<Vec<Measure>>();
+    let mut output = OutputBuilder::from(output);
+    let activator = scope.activator_for(info.address.clone());
+    builder.build(move |capabilities| {
+        drop(capabilities);
+        let mut stash = EpochStash::default();
+        let mut event_stash = EpochStash::default();
+        let mut barrier_stash = EpochStash::default();
+        // Epochs processed whose output a broker has yet to acknowledge, oldest first: the
+        // worker goes on meanwhile.
+        let mut writing = Owing::default();
+        move |frontiers| {
+            stash.absorb(&mut routed);
+            event_stash.absorb(&mut events);
+            barrier_stash.absorb(&mut barriers);
+            let mut output = output.activate();
+            let mut diag = diag.borrow_mut();
+            // Every epoch that is ready is processed, then their output is written out at
+            // once, and only then do they pass.
+            let mut done = Vec::new();
+            while let Some(epoch) = ready(
+                &[&frontiers[0], &frontiers[1], &frontiers[2]],
+                &[stash.oldest(), event_stash.oldest(), barrier_stash.oldest()],
+            ) {
+                let mut held = Vec::new();
+                // A checkpoint at this epoch holds the state every epoch before it left.
+                if let Some((capability, batches)) = barrier_stash.take(epoch) {
+                    for b in batches.into_iter().flatten() {
+                        transformer.save_part(b.number, &mut diag);
                     }
-                    if let Some((capability, batches)) = stash.take_in_order(epoch) {
-                        for r in batches.into_iter().flatten() {
-                            transformer.handle(r, &mut diag);
-                        }
-                        held.push(capability);
+                    held.push(capability);
+                }
+                if let Some((capability, batches)) = event_stash.take_in_order(epoch) {
+                    for e in batches.into_iter().flatten() {
+                        transformer.handle_event(e.event, &mut diag);
                     }
-                    transformer.end_epoch(&mut diag);
-                    let mut measures = transformer.take_measures();
-                    if let (false, Some(capability)) = (measures.is_empty(), held.first()) {
-                        output.session(capability).give_container(&mut measures);
+                    held.push(capability);
+                }
+                if let Some((capability, batches)) = stash.take_in_order(epoch) {
+                    for r in batches.into_iter().flatten() {
+                        transformer.handle(r, &mut diag);
                     }
-                    done.append(&mut held);
+                    held.push(capability);
                 }
-                if !done.is_empty() {
-                    let tickets = transformer.start_write_out(&mut diag);
-                    writing.hold(tickets, done);
+                transformer.end_epoch(&mut diag);
+                let mut measures = transformer.take_measures();
+                if let (false, Some(capability)) = (measures.is_empty(), held.first()) {
+                    output.session(capability).give_container(&mut measures);
                 }
-                if !writing.release_while(|tickets| transformer.written(tickets, &mut diag)) {
-                    activator.activate_after(ACK_POLL);
-                }
+                done.append(&mut held);
             }
-        },
-    )
+            if !done.is_empty() {
+                let tickets = transformer.start_write_out(&mut diag);
+                writing.hold(tickets, done);
+            }
+            if !writing.release_while(|tickets| transformer.written(tickets, &mut diag)) {
+                activator.activate_after(ACK_POLL);
+            }
+        }
+    });
+    measures
 }
 
 #[cfg(test)]
