@@ -163,6 +163,13 @@ enum Command {
         /// Where gnocchi:// publishers write (default: a temporary store).
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Take checkpoints (every --checkpoint-every seconds) into this directory, as `run
+        /// --state` does (with a gnocchi:// publisher they are taken into the store anyway).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Seconds between checkpoints; 0 takes none.
+        #[arg(long, default_value_t = 1.0)]
+        checkpoint_every: f64,
         /// Kafka to Kafka through this broker (HOST:PORT): the notifications are loaded into a
         /// fresh topic, read once by a plain consumer (the raw consume rate), copied once to a
         /// third topic by a plain consumer and producer (the raw copy rate), then run through
@@ -247,6 +254,16 @@ enum AlarmsCommand {
     },
 }
 
+/// `--checkpoint-every SECS` as a duration (0: no checkpoints).
+fn checkpoint_interval(seconds: f64) -> anyhow::Result<std::time::Duration> {
+    if !(0.0..=86_400.0).contains(&seconds) {
+        anyhow::bail!(
+            "--checkpoint-every {seconds}: give seconds from 0 (no checkpoints) to 86400"
+        );
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -310,11 +327,6 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             notify,
         } => {
             let plan = load(&pipeline)?;
-            if !(0.0..=86_400.0).contains(&checkpoint_every) {
-                anyhow::bail!(
-                    "--checkpoint-every {checkpoint_every}: give seconds from 0 (no checkpoints) to 86400"
-                );
-            }
             let listen = listen
                 .map(|addr| -> anyhow::Result<_> {
                     Ok(ListenOptions {
@@ -351,7 +363,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 listen,
                 notifier: notify.options()?,
                 state,
-                checkpoint_every: std::time::Duration::from_secs_f64(checkpoint_every),
+                checkpoint_every: checkpoint_interval(checkpoint_every)?,
                 resume,
                 ..RunOptions::default()
             };
@@ -522,6 +534,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             workers: n,
             output,
             store,
+            state,
+            checkpoint_every,
             kafka,
             partitions,
         } => {
@@ -536,6 +550,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 batch,
                 run: RunOptions {
                     workers: workers(n)?,
+                    state,
+                    checkpoint_every: checkpoint_interval(checkpoint_every)?,
                     ..RunOptions::default()
                 },
                 output,

@@ -536,3 +536,242 @@ fn bench_kafka_reports_both_rates() {
         "{stdout}"
     );
 }
+
+/// A small deterministic generator (the kill moments; its seed is printed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// `n` polling notifications over 24 instances, each with a cumulative `cpu`, and `memory`
+/// and `memory.usage` gauges; event time moves 10 s a notification, and the cpu rate of
+/// `vm-1` alternates between high and low every 40 notifications (so its alarm flips).
+fn instance_lines(n: usize) -> Vec<String> {
+    let mut cpu = [0u64; 24];
+    (0..n)
+        .map(|i| {
+            let t = 10 * i;
+            let ts = format!("2021-07-30T{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
+            let mut samples = Vec::new();
+            for (r, total) in cpu.iter_mut().enumerate() {
+                let fast = (i / 40) % 2 == 0;
+                *total += if fast { 9_000_000_000 } else { 1_000_000_000 } + r as u64 * 1_000;
+                let sample = |name: &str, kind: &str, unit: &str, volume: serde_json::Value| {
+                    serde_json::json!({"counter_name": name, "counter_type": kind, "counter_unit": unit,
+                        "counter_volume": volume, "user_id": "u", "project_id": "p",
+                        "resource_id": format!("vm-{r}"), "timestamp": ts,
+                        "resource_metadata": {}, "source": "openstack"})
+                };
+                samples.push(sample("cpu", "cumulative", "ns", (*total).into()));
+                samples.push(sample("memory", "gauge", "MB", 4096.into()));
+                samples.push(sample("memory.usage", "gauge", "MB", ((i * 7 + r) % 4096).into()));
+            }
+            serde_json::json!({"event_type": "telemetry.polling", "priority": "SAMPLE",
+                "publisher_id": "x", "message_id": format!("n-{i}"),
+                "timestamp": "2021-07-30 00:00:00", "payload": {"samples": samples}})
+            .to_string()
+        })
+        .collect()
+}
+
+/// A file's samples without their `message_id` (a transformer's new samples get a fresh
+/// one each time they are written), as a sorted set.
+fn sample_set(path: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            v.as_object_mut().unwrap().remove("message_id");
+            v.to_string()
+        })
+        .collect()
+}
+
+/// What the store holds: every instance's cpu_util points (mean and count) and the alarm's
+/// state transitions.
+fn store_contents(store: &std::path::Path) -> Vec<String> {
+    let store = store.to_str().unwrap();
+    let mut contents = Vec::new();
+    for r in 0..24 {
+        for aggregation in ["mean", "count"] {
+            let resource = format!("vm-{r}");
+            let out = meterflow(&[
+                "measures",
+                "--store",
+                store,
+                "--resource",
+                &resource,
+                "--metric",
+                "cpu_util",
+                "--aggregation",
+                aggregation,
+            ]);
+            assert!(out.status.success(), "{}", text(&out));
+            contents.push(format!(
+                "{resource} {aggregation} {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+    }
+    let out = meterflow(&["alarms", "history", "cpu_high", "--store", store]);
+    assert!(out.status.success(), "{}", text(&out));
+    let history: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for entry in history {
+        if entry["type"] == "state transition" {
+            contents.push(format!("alarm {} {}", entry["event_time"], entry["detail"]));
+        }
+    }
+    contents
+}
+
+/// The runtime issue's "done when": rate_of_change + delta, accumulator, aggregator,
+/// arithmetic and a gnocchi:// store with a threshold alarm, SIGKILLed at random moments
+/// and restarted each time, then run to the end, give the uninterrupted run's file outputs
+/// (as sets), the same stored measures (none lost, none counted twice) and the same alarm
+/// transitions.
+#[test]
+fn sigkills_at_random_moments_change_no_output() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seed = nanos as u64;
+    eprintln!("seed {seed}");
+    let mut random = Lcg(seed);
+    let topic = format!("mf-exactly-once-{nanos}");
+    create_topic(&bootstrap, &topic);
+    let lines = instance_lines(3_000);
+    produce(&bootstrap, &topic, &lines);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = ["rates", "deltas", "held", "grouped", "util"];
+    let run_dir = |name: &str| {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let out = |sink: &str| format!("file://{}", root.join(format!("{sink}.jsonl")).display());
+        let definition = serde_json::json!({
+            "archive_policies": [{"name": "minutely", "aggregation_methods": ["mean", "count"],
+                "definition": [{"granularity": 60, "points": 100000}]}],
+            "sources": [
+                {"name": "cpu", "meters": ["cpu"], "sinks": ["rates", "deltas", "held", "grouped"]},
+                {"name": "memory", "meters": ["memory", "memory.usage"], "sinks": ["util"]},
+            ],
+            "sinks": [
+                {"name": "rates", "transformers": [{"name": "rate_of_change", "parameters":
+                    {"target": {"name": "cpu_util", "unit": "%", "type": "gauge",
+                        "scale": 0.0000001}}}],
+                 "publishers": [out("rates"), "gnocchi://?archive_policy=minutely"]},
+                {"name": "deltas", "transformers": [{"name": "delta"}], "publishers": [out("deltas")]},
+                {"name": "held", "transformers": [{"name": "accumulator", "parameters": {"size": 1000}}],
+                 "publishers": [out("held")]},
+                {"name": "grouped", "transformers": [{"name": "aggregator", "parameters": {"size": 333}}],
+                 "publishers": [out("grouped")]},
+                {"name": "util", "transformers": [{"name": "arithmetic", "parameters": {"target":
+                    {"name": "memory_util", "unit": "%", "type": "gauge",
+                     "expr": "100 * $(memory.usage) / $(memory)"}}}],
+                 "publishers": [out("util")]},
+            ],
+            "alarms": [{"name": "cpu_high", "type": "gnocchi_resources_threshold",
+                "gnocchi_resources_threshold_rule": {"metric": "cpu_util", "resource_id": "vm-1",
+                    "resource_type": "generic", "aggregation_method": "mean", "granularity": 60,
+                    "comparison_operator": "gt", "threshold": 50, "evaluation_periods": 1}}],
+        });
+        let path = root.join("pipeline.yaml");
+        std::fs::write(&path, definition.to_string()).unwrap();
+        root
+    };
+    let args = |root: &std::path::Path, group: &str| -> Vec<String> {
+        vec![
+            "run".into(),
+            root.join("pipeline.yaml").display().to_string(),
+            "--input".into(),
+            format!("kafka://{bootstrap}/{topic}?group={group}&eof=true"),
+            "--store".into(),
+            root.join("store").display().to_string(),
+            "--workers".into(),
+            "3".into(),
+            "--checkpoint-every".into(),
+            "0.2".into(),
+            "--no-progress".into(),
+        ]
+    };
+    let reference = run_dir("reference");
+    let args_ref = args(&reference, &format!("reference-{nanos}"));
+    let out = meterflow(&args_ref.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+
+    let killed = run_dir("killed");
+    let args_killed = args(&killed, &format!("killed-{nanos}"));
+    let written = || -> u64 {
+        sinks
+            .iter()
+            .map(|s| std::fs::metadata(killed.join(format!("{s}.jsonl"))).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let mut kills = 0;
+    for _ in 0..6 {
+        let before = written();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
+            .args(&args_killed)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Once this run has made progress of its own, at a random moment.
+        let started = std::time::Instant::now();
+        while written() == before && started.elapsed() < Duration::from_secs(60) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(random.below(800)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    eprintln!("{kills} SIGKILLs, {} bytes written by then", written());
+    assert!(
+        kills >= 5,
+        "the runs ended before they could be killed; give more input"
+    );
+    let out = meterflow(&args_killed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("resumed from checkpoint"),
+        "{}",
+        text(&out)
+    );
+
+    for sink in sinks {
+        let want = sample_set(&reference.join(format!("{sink}.jsonl")));
+        let got = sample_set(&killed.join(format!("{sink}.jsonl")));
+        assert!(!want.is_empty(), "sink {sink} wrote nothing");
+        let missing = want.difference(&got).count();
+        let extra = got.difference(&want).count();
+        assert!(
+            missing == 0 && extra == 0,
+            "sink {sink}: {missing} samples missing, {extra} not in the uninterrupted run (seed {seed}); e.g. {:?}",
+            want.difference(&got).next().or(got.difference(&want).next())
+        );
+    }
+    let want = store_contents(&reference.join("store"));
+    let got = store_contents(&killed.join("store"));
+    assert!(
+        want.iter().any(|l| l.starts_with("alarm ")),
+        "the alarm never changed state: the test checks nothing of alarms"
+    );
+    assert_eq!(got, want, "the store differs (seed {seed})");
+}

@@ -206,8 +206,13 @@ pub(crate) fn retry_with_backoff<E: std::fmt::Display>(
 /// Runs `plan` over `inputs` to their end.
 pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Result<RunReport> {
     let started = Instant::now();
-    // With an input that commits offsets, output must be on disk before a commit.
-    let durable = inputs.iter().any(|i| matches!(i, InputSpec::Kafka(_)));
+    let listening = options.listen.is_some();
+    let has_store = plan.uses_store() || listening || !plan.alarms.is_empty();
+    let checkpoint_root = checkpoint_root(options, has_store, inputs, &plan);
+    // With an input that commits offsets, or checkpoints that skip input on a restart,
+    // output must be on disk (and in the store) before its epoch passes.
+    let durable =
+        checkpoint_root.is_some() || inputs.iter().any(|i| matches!(i, InputSpec::Kafka(_)));
     let factories: Vec<Option<Arc<dyn PublisherFactory>>> = plan
         .publishers
         .iter()
@@ -220,8 +225,7 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         })
         .collect::<anyhow::Result<_>>()?;
     let workers = options.workers.max(1);
-    let listening = options.listen.is_some();
-    let store = if plan.uses_store() || listening || !plan.alarms.is_empty() {
+    let store = if has_store {
         let store = open_store(&plan, &options.store)?;
         let shares = load_shares(&store, workers)?;
         Some((
@@ -260,8 +264,10 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         .map(|p| DeadLetter::open(p, durable))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let checkpoints =
-        open_checkpoints(options, store.as_ref().map(|(s, _)| s.dir()), inputs, &plan)?;
+    // (After the store: a new store's directory must be empty when it is created.)
+    let checkpoints = checkpoint_root
+        .map(|root| Checkpoints::open(&root).map(Arc::new))
+        .transpose()?;
     let identities: Arc<Vec<String>> = Arc::new(inputs.iter().map(input_identity).collect());
     let (loaded, positions) = resume_point(checkpoints.as_deref(), options, &identities)?;
     let checkpoint_stats = checkpoints
@@ -529,31 +535,31 @@ fn input_identity(spec: &InputSpec) -> String {
     }
 }
 
-/// The run's checkpoints, when it takes any: under `--state DIR`, else `STORE/checkpoints`
-/// when it has a store.
-fn open_checkpoints(
+/// Where the run's checkpoints go, when it takes any: `--state DIR`, else
+/// `STORE/checkpoints` when it has a store.
+fn checkpoint_root(
     options: &RunOptions,
-    store: Option<&std::path::Path>,
+    has_store: bool,
     inputs: &[InputSpec],
     plan: &Plan,
-) -> anyhow::Result<Option<Arc<Checkpoints>>> {
+) -> Option<std::path::PathBuf> {
     if options.checkpoint_every.is_zero() || inputs.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let root = match (&options.state, store) {
+    let root = match (&options.state, has_store) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(store)) => store.join("checkpoints"),
-        (None, None) => {
+        (None, true) => options.store.join("checkpoints"),
+        (None, false) => {
             let kafka = inputs.iter().any(|i| matches!(i, InputSpec::Kafka(_)));
             if kafka && plan.sinks.iter().any(|s| !s.transformers.is_empty()) {
                 tracing::warn!(
                     "no --state DIR and no store: what the transformers hold between notifications is not checkpointed, so a crash loses it; give --state DIR for exactly-once"
                 );
             }
-            return Ok(None);
+            return None;
         }
     };
-    Ok(Some(Arc::new(Checkpoints::open(&root)?)))
+    Some(root)
 }
 
 /// The checkpoint a run resumes from (Kafka inputs always, others with `--resume`), and
