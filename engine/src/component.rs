@@ -25,6 +25,13 @@ pub trait Publisher: Send {
     fn publish_events(&mut self, events: &[Arc<Event>]) -> Result<(), PublishError>;
     /// Writes out anything buffered (called at the end of each epoch and of the run).
     fn flush(&mut self) -> Result<(), PublishError>;
+    /// Writes out anything buffered and makes everything written so far durable (a file's
+    /// `fsync`), before a checkpoint counts it as published. By default the same as
+    /// [`Publisher::flush`] (publishers whose flush is durable, or asynchronous with
+    /// [`Publisher::durable`] tickets).
+    fn sync(&mut self) -> Result<(), PublishError> {
+        self.flush()
+    }
     /// Starts writing out what is buffered without waiting for it to be durable (a broker's
     /// acknowledgement): returns a ticket for [`Publisher::durable`], or `None` when this
     /// publisher only flushes synchronously (then [`Publisher::flush`] is used).

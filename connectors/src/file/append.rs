@@ -101,6 +101,14 @@ impl AppendFile {
         }
         Ok(())
     }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_data()
+    }
 }
 
 #[cfg(test)]

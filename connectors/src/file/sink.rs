@@ -140,6 +140,15 @@ impl Publisher for FileHandle {
             }),
         }
     }
+
+    fn sync(&mut self) -> Result<(), PublishError> {
+        self.flush()?;
+        self.shared.file.sync().map_err(|e| PublishError {
+            target: self.shared.url.clone(),
+            message: format!("syncing {} failed: {e}", self.shared.options.path.display()),
+            retry: true,
+        })
+    }
 }
 
 impl Drop for FileHandle {

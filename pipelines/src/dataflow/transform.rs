@@ -355,6 +355,24 @@ impl Transformer {
         tickets
     }
 
+    /// Makes what every publisher has written durable (files synced) before a checkpoint
+    /// counts it as published; retried like a flush, and what fails is counted.
+    fn sync_publishers(&mut self, diag: &mut Diag) {
+        for (p, url) in self.publishers.iter_mut().zip(&self.urls) {
+            if let Target::Io(p) = p {
+                let synced = retry_with_backoff(
+                    url,
+                    PUBLISH_RETRY_LIMIT,
+                    |e: &PublishError| e.retry,
+                    || p.sync(),
+                );
+                if let Err(e) = synced {
+                    diag.drop(DropReason::PublishError, || format!("{url}: {e}"));
+                }
+            }
+        }
+    }
+
     /// Whether every ticket of [`Transformer::start_write_out`] is durable (those that are
     /// are removed; what a publisher finally lost is counted).
     pub fn written(&mut self, tickets: &mut Vec<(usize, u64)>, diag: &mut Diag) -> bool {
@@ -647,6 +665,7 @@ pub fn transform<'s>(
             // Every epoch that is ready is processed, then their output is written out at
             // once, and only then do they pass.
             let mut done = Vec::new();
+            let mut checkpointed = false;
             while let Some(epoch) = ready(
                 &[&frontiers[0], &frontiers[1], &frontiers[2]],
                 &[stash.oldest(), event_stash.oldest(), barrier_stash.oldest()],
@@ -657,6 +676,7 @@ pub fn transform<'s>(
                     for b in batches.into_iter().flatten() {
                         transformer.save_part(b.number, &mut diag);
                     }
+                    checkpointed = true;
                     held.push(capability);
                 }
                 if let Some((capability, batches)) = event_stash.take_in_order(epoch) {
@@ -680,6 +700,10 @@ pub fn transform<'s>(
             }
             if !done.is_empty() {
                 let tickets = transformer.start_write_out(&mut diag);
+                // The checkpoint passes once the output of every epoch before it is durable.
+                if checkpointed {
+                    transformer.sync_publishers(&mut diag);
+                }
                 writing.hold(tickets, done);
             }
             if !writing.release_while(|tickets| transformer.written(tickets, &mut diag)) {
