@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use axum::{Json, Router};
 use meterflow_pipelines::api::ListenOptions;
-use meterflow_pipelines::dataflow::{self, RunOptions};
+use meterflow_pipelines::dataflow::RunOptions;
 use meterflow_pipelines::plan::Plan;
+use meterflow_pipelines::service;
 use serde_json::{json, Value};
 
 /// Notifications received: (alarm name, receipt).
@@ -137,7 +138,7 @@ fn engine(dir: &std::path::Path, round: usize) -> String {
         }),
         ..RunOptions::default()
     };
-    std::thread::spawn(move || dataflow::run(plan, &[], &options));
+    std::thread::spawn(move || service::run(plan, &[], &options, None));
     let base = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     while reqwest::blocking::get(format!("{base}/healthcheck")).is_err() {

@@ -11,12 +11,16 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, OnceLock};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 type Table = Mutex<HashMap<&'static str, Sym>>;
+
+/// Bytes of text interned so far (for the interned-size metric).
+static INTERNED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
@@ -46,6 +50,7 @@ impl Sym {
                     Some(sym) => *sym,
                     None => {
                         let stored: &'static String = Box::leak(Box::new(text.to_owned()));
+                        INTERNED_BYTES.fetch_add(text.len(), AtomicOrdering::Relaxed);
                         let sym = Sym(stored);
                         table.insert(stored.as_str(), sym);
                         sym
@@ -70,6 +75,12 @@ impl Sym {
     /// How many distinct strings the process has interned (reported as a metric).
     pub fn interned_count() -> usize {
         table().lock().map_or(0, |t| t.len())
+    }
+
+    /// Bytes of text the process has interned (every distinct string is kept for its life,
+    /// so a stream of ever-new resource ids grows this: reported as a metric).
+    pub fn interned_bytes() -> usize {
+        INTERNED_BYTES.load(AtomicOrdering::Relaxed)
     }
 }
 
@@ -138,6 +149,7 @@ mod tests {
         assert_ne!(a, Sym::new("cpu_util"));
         assert!(Sym::new("a") < Sym::new("b"));
         assert!(Sym::interned_count() >= 3);
+        assert!(Sym::interned_bytes() >= 3);
     }
 
     #[test]

@@ -18,9 +18,9 @@ mod alarms;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use axum::extract::{Path, Query, Request, State};
@@ -31,7 +31,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_connectors::gnocchi::store::{MetricRecord, ResourceView, Store};
 use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
-use meterflow_connectors::notify::NotifierStats;
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, DropReason};
 use meterflow_engine::partition::route;
@@ -39,20 +38,10 @@ use meterflow_operators::aggregate::parse_timespan;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::alarms::AlarmEdit;
-use crate::checkpoint::CheckpointStats;
+pub use crate::control::{AlarmRequest, IngestRequest, ListenOptions, Live, Requests};
 use crate::plan::Plan;
 use crate::query::{self, MeasuresQuery, QueryError};
 use crate::storage::{Measure, Origin};
-
-/// Where and how to serve the API.
-#[derive(Clone, Debug)]
-pub struct ListenOptions {
-    /// `HOST:PORT`, `:PORT` or `PORT` (host defaults to 127.0.0.1; port 0 picks a free one).
-    pub addr: String,
-    /// The bearer token every request except `/healthcheck` must carry, if any.
-    pub token: Option<String>,
-}
 
 /// Parses `--listen`: `HOST:PORT`, `:PORT` or `PORT`; the host defaults to 127.0.0.1.
 ///
@@ -90,124 +79,6 @@ pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
         );
     }
     Ok(token)
-}
-
-/// What the running dataflow shares with the API: live counters, failure, shutdown.
-#[derive(Debug)]
-pub struct Live {
-    workers: Mutex<Vec<Counters>>,
-    inputs: Vec<String>,
-    sinks: Vec<String>,
-    failure: Mutex<Option<String>>,
-    stopping: AtomicBool,
-    started: Instant,
-    notifier: Option<Arc<NotifierStats>>,
-    checkpoints: Option<Arc<CheckpointStats>>,
-}
-
-impl Live {
-    /// Shared state for `workers` workers; `inputs` names the inputs (the API's ingest is the
-    /// input after them), `sinks` the sinks.
-    pub fn new(workers: usize, inputs: Vec<String>, sinks: Vec<String>) -> Live {
-        Live {
-            workers: Mutex::new(vec![Counters::with_sinks(sinks.len()); workers]),
-            inputs,
-            sinks,
-            failure: Mutex::new(None),
-            stopping: AtomicBool::new(false),
-            started: Instant::now(),
-            notifier: None,
-            checkpoints: None,
-        }
-    }
-
-    /// Shares what checkpoints do (for `/metrics`).
-    pub fn with_checkpoints(mut self, stats: Option<Arc<CheckpointStats>>) -> Live {
-        self.checkpoints = stats;
-        self
-    }
-
-    /// Shares the alarm notifier's counters (for `/metrics`).
-    pub fn with_notifier(mut self, stats: Option<Arc<NotifierStats>>) -> Live {
-        self.notifier = stats;
-        self
-    }
-
-    /// The alarm notifier's counters, if alarms run.
-    pub fn notifier(&self) -> Option<&NotifierStats> {
-        self.notifier.as_deref()
-    }
-
-    /// Worker `index` reports its counters.
-    pub fn publish(&self, index: usize, counters: &Counters) {
-        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = workers.get_mut(index) {
-            slot.clone_from(counters);
-        }
-    }
-
-    /// The counters of every worker, merged.
-    pub fn totals(&self) -> Counters {
-        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = Counters::with_sinks(self.sinks.len());
-        for c in workers.iter() {
-            total.merge(c);
-        }
-        total
-    }
-
-    /// Records why the run cannot go on (the first reason wins).
-    pub fn fail(&self, why: &str) {
-        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        failure.get_or_insert_with(|| why.to_owned());
-    }
-
-    /// Why the run cannot go on, if it cannot.
-    pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Asks the run to finish (SIGINT, SIGTERM).
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether the run was asked to finish.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-}
-
-/// Measures a POST carried, on their way to the dataflow; `reply` is answered once they are
-/// committed to the store (or cannot be).
-#[derive(Debug)]
-pub struct IngestRequest {
-    /// The measures (`batch` is set by the feeder; one batch per request and metric).
-    pub measures: Vec<Measure>,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<(), String>>,
-}
-
-/// Alarm changes made through the API (`/v2/alarms`), on their way to the dataflow; `reply`
-/// is answered once they are committed to the store (or cannot be).
-#[derive(Debug)]
-pub struct AlarmRequest {
-    /// The changes, each routed to the worker that owns its alarm.
-    pub edits: Vec<AlarmEdit>,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<(), String>>,
-}
-
-/// What the API hands the dataflow: measures and alarm changes.
-#[derive(Debug)]
-pub struct Requests {
-    /// POSTed measures.
-    pub measures: mpsc::Receiver<IngestRequest>,
-    /// Alarm changes.
-    pub alarms: mpsc::Receiver<AlarmRequest>,
 }
 
 /// A running API server.
@@ -1202,6 +1073,18 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
             );
         }
     }
+    metric(
+        "meterflow_interned_strings",
+        "gauge",
+        "Distinct strings (meters, resource ids, users, ...) interned for the life of the process.",
+        &one(Sym::interned_count() as u64),
+    );
+    metric(
+        "meterflow_interned_bytes",
+        "gauge",
+        "Bytes of those strings (they are never freed: ever-new resource ids grow it).",
+        &one(Sym::interned_bytes() as u64),
+    );
     metric(
         "meterflow_open_metrics",
         "gauge",

@@ -13,8 +13,9 @@ use meterflow_connectors::file::source::InputSpec;
 use meterflow_connectors::kafka::bench::RawConsume;
 use meterflow_connectors::PublisherSpec;
 
-use crate::dataflow::{self, RunOptions, RunReport};
+use crate::dataflow::{RunOptions, RunReport};
 use crate::plan::Plan;
+use crate::service;
 
 /// The pipeline `bench` runs when none is given.
 pub const DEFAULT_PIPELINE: &str = include_str!("../examples/rate-and-delta.yaml");
@@ -157,7 +158,7 @@ pub fn run(mut plan: Plan, options: &BenchOptions) -> anyhow::Result<(RunReport,
     redirect_files(&mut plan, &output);
     let input_bytes = std::fs::metadata(&input_path)?.len();
     let run = options.run_options(dir.path());
-    let report = dataflow::run(plan, &[InputSpec::File(input_path)], &run)?;
+    let report = service::run(plan, &[InputSpec::File(input_path)], &run, None)?;
     Ok((report, input_bytes))
 }
 
@@ -239,7 +240,7 @@ pub fn run_kafka(
         eof: true,
         offset: "earliest".into(),
     });
-    let report = dataflow::run(plan, &[spec], &run)?;
+    let report = service::run(plan, &[spec], &run, None)?;
     let engine = report.elapsed - report.first_input.unwrap_or_default();
     Ok(KafkaBenchReport {
         messages,
@@ -277,6 +278,99 @@ pub fn machine() -> String {
         std::env::consts::OS,
         std::env::consts::ARCH
     )
+}
+
+/// What `meterflow bench` prints: the machine, the pipeline (`name`), the input and the rates.
+pub fn render(report: &RunReport, bytes: u64, name: &str, options: &BenchOptions) -> String {
+    let mut s = String::new();
+    let secs = report.elapsed.as_secs_f64();
+    let rate = report.counters.samples_in as f64 / secs;
+    let _ = writeln!(s, "machine: {}", machine());
+    let _ = writeln!(s, "pipeline: {name}");
+    let _ = writeln!(
+        s,
+        "{} samples ({:.1} MB JSONL, {} resources, {} per notification) in {:.3}s with {} worker{}",
+        report.counters.samples_in,
+        bytes as f64 / 1e6,
+        options.resources,
+        options.batch,
+        secs,
+        report.workers,
+        if report.workers == 1 { "" } else { "s" }
+    );
+    let out: u64 = report.counters.sinks.iter().map(|s| s.samples_out).sum();
+    let _ = writeln!(
+        s,
+        "samples/s: {rate:.0} ({:.0} per worker); samples out: {out}",
+        rate / report.workers as f64
+    );
+    if report.counters.measures > 0 {
+        let _ = writeln!(
+            s,
+            "measures/s into the store: {:.0} ({} measures, {} bucket values written)",
+            report.counters.measures as f64 / secs,
+            report.counters.measures,
+            report.counters.buckets_written
+        );
+    }
+    s
+}
+
+/// What `meterflow bench --kafka` prints: the raw consume and copy rates beside the
+/// pipeline's (`name`) end-to-end rate, and their ratios.
+pub fn render_kafka(
+    k: &KafkaBenchReport,
+    brokers: &str,
+    name: &str,
+    (batch, partitions): (u32, i32),
+) -> String {
+    let mut s = String::new();
+    let raw = k.raw.elapsed.as_secs_f64().max(1e-9);
+    let engine = k.engine.as_secs_f64().max(1e-9);
+    let samples = k.report.counters.samples_in;
+    let _ = writeln!(s, "machine: {}", machine());
+    let _ = writeln!(
+        s,
+        "kafka://{brokers}: {} messages ({:.1} MB, {} samples, {batch} per notification, {partitions} partition{})",
+        k.messages,
+        k.bytes as f64 / 1e6,
+        samples,
+        if partitions == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        s,
+        "raw consume (plain rdkafka consumer): {:.3}s, {:.0} messages/s, {:.0} MB/s, {:.0} samples/s",
+        raw,
+        k.raw.messages as f64 / raw,
+        k.raw.bytes as f64 / raw / 1e6,
+        samples as f64 / raw
+    );
+    let copy = k.copy.elapsed.as_secs_f64().max(1e-9);
+    let _ = writeln!(
+        s,
+        "raw copy (plain consumer -> producer, lz4, acks=all, no processing): {} messages acknowledged in {:.3}s, {:.0} messages/s, {:.0} samples/s",
+        k.copy.messages,
+        copy,
+        k.copy.messages as f64 / copy,
+        samples as f64 / copy
+    );
+    let out: u64 = k.report.counters.sinks.iter().map(|s| s.samples_out).sum();
+    let _ = writeln!(
+        s,
+        "end to end (kafka -> {name} -> kafka, {} worker{}): {:.3}s, {:.0} messages/s, {:.0} samples/s; samples out: {out}",
+        k.report.workers,
+        if k.report.workers == 1 { "" } else { "s" },
+        engine,
+        k.report.counters.lines as f64 / engine,
+        samples as f64 / engine,
+    );
+    let _ = writeln!(
+        s,
+        "ratio end to end / raw consume: {:.2}; end to end / raw copy: {:.2}",
+        raw / engine,
+        copy / engine
+    );
+    s
 }
 
 #[cfg(test)]

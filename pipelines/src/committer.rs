@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use meterflow_connectors::gnocchi::store::{Checkpoint, Partition, Store, StoreError};
 use meterflow_engine::metrics::Diag;
 
-use crate::dataflow::retry_with_backoff;
+use crate::retry::retry_with_backoff;
 
 /// How long a store that fails with a retryable error (a full disk) is retried.
 const RETRY_LIMIT: Duration = Duration::from_secs(60);

@@ -2,7 +2,7 @@
 //!
 //! # Architecture
 //! [`plan::Plan::from_yaml`] parses and validates a Ceilometer `pipeline.yaml` (reporting
-//! every problem with its key path); [`dataflow::run`] turns the plan into a timely dataflow
+//! every problem with its key path); [`service::run`] turns the plan into a timely dataflow ([`dataflow`])
 //! over `--workers` threads and runs it to the end of its inputs; [`sequential::run`] is the
 //! plain one-loop reference the dataflow is tested against; [`bench`](mod@bench) generates synthetic
 //! telemetry and measures throughput. `gnocchi://` publishers feed [`storage`]'s aggregation
@@ -30,13 +30,16 @@ pub mod api;
 pub mod bench;
 pub mod checkpoint;
 pub mod committer;
+pub mod control;
 pub mod dataflow;
 pub mod feeds;
 pub mod matcher;
 pub mod plan;
 pub mod query;
 pub mod resource_events;
+pub mod retry;
 pub mod sequential;
+pub mod service;
 pub mod shipped;
 pub mod storage;
 pub mod summary;

@@ -11,8 +11,9 @@ use meterflow_connectors::notify::NotifierOptions;
 use meterflow_engine::metrics::DropReason;
 use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
-use meterflow_pipelines::dataflow::{self, ProgressCallback, ReadProgress, RunOptions};
+use meterflow_pipelines::dataflow::{ProgressCallback, ReadProgress, RunOptions};
 use meterflow_pipelines::plan::{Plan, PlanError};
+use meterflow_pipelines::service;
 use meterflow_pipelines::{alarms, query, summary};
 
 /// mimalloc: the engine allocates and frees many small objects across worker threads
@@ -29,56 +30,60 @@ struct Cli {
     command: Command,
 }
 
+/// `meterflow run`'s arguments.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The pipeline definition (Ceilometer's pipeline.yaml format).
+    pipeline: PathBuf,
+    /// Input URL: a path or file://PATH (JSONL), - for stdin, kafka://..., poll://...
+    /// Repeatable; read in order. Without any, the definition's polling sources (those
+    /// with an `interval`) poll.
+    #[arg(long = "input", short = 'i')]
+    inputs: Vec<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    /// Directory of the embedded store that gnocchi:// publishers write to.
+    #[arg(long, default_value = "./data")]
+    store: PathBuf,
+    /// Print the summary as JSON on stdout instead of text on stderr.
+    #[arg(long)]
+    summary_json: bool,
+    /// Never draw a progress bar (it is drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
+    /// Append every rejected input record (bad JSON, bad samples, notifications without a
+    /// meter definition) to this JSONL file, with its place and reason.
+    #[arg(long)]
+    dead_letter: Option<PathBuf>,
+    /// Also serve Gnocchi's REST API and /metrics on this address (HOST:PORT or PORT;
+    /// 127.0.0.1 unless a host is given), and keep running after the inputs end until
+    /// SIGINT or SIGTERM.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Require `Authorization: Bearer <token>` on the API, the token being this file's
+    /// first line.
+    #[arg(long, requires = "listen")]
+    token_file: Option<PathBuf>,
+    /// Where checkpoints of the transformers' state and the inputs' positions go
+    /// (default: STORE/checkpoints when a gnocchi:// publisher or --listen uses the store).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Seconds between checkpoints; 0 takes none.
+    #[arg(long, default_value_t = 1.0)]
+    checkpoint_every: f64,
+    /// Read on from the newest checkpoint (state and input positions) when the inputs are
+    /// files; Kafka inputs always do.
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    notify: NotifyArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline definition over inputs to their end, then print a summary.
-    Run {
-        /// The pipeline definition (Ceilometer's pipeline.yaml format).
-        pipeline: PathBuf,
-        /// Input URL: a path or file://PATH (JSONL), - for stdin, kafka://..., poll://...
-        /// Repeatable; read in order. Without any, the definition's polling sources (those
-        /// with an `interval`) poll.
-        #[arg(long = "input", short = 'i')]
-        inputs: Vec<String>,
-        /// Worker threads (default: all cores).
-        #[arg(long, short = 'w')]
-        workers: Option<usize>,
-        /// Directory of the embedded store that gnocchi:// publishers write to.
-        #[arg(long, default_value = "./data")]
-        store: PathBuf,
-        /// Print the summary as JSON on stdout instead of text on stderr.
-        #[arg(long)]
-        summary_json: bool,
-        /// Never draw a progress bar (it is drawn only when stderr is a terminal anyway).
-        #[arg(long)]
-        no_progress: bool,
-        /// Append every rejected input record (bad JSON, bad samples, notifications without a
-        /// meter definition) to this JSONL file, with its place and reason.
-        #[arg(long)]
-        dead_letter: Option<PathBuf>,
-        /// Also serve Gnocchi's REST API and /metrics on this address (HOST:PORT or PORT;
-        /// 127.0.0.1 unless a host is given), and keep running after the inputs end until
-        /// SIGINT or SIGTERM.
-        #[arg(long)]
-        listen: Option<String>,
-        /// Require `Authorization: Bearer <token>` on the API, the token being this file's
-        /// first line.
-        #[arg(long, requires = "listen")]
-        token_file: Option<PathBuf>,
-        /// Where checkpoints of the transformers' state and the inputs' positions go
-        /// (default: STORE/checkpoints when a gnocchi:// publisher or --listen uses the store).
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// Seconds between checkpoints; 0 takes none.
-        #[arg(long, default_value_t = 1.0)]
-        checkpoint_every: f64,
-        /// Read on from the newest checkpoint (state and input positions) when the inputs are
-        /// files; Kafka inputs always do.
-        #[arg(long)]
-        resume: bool,
-        #[command(flatten)]
-        notify: NotifyArgs,
-    },
+    Run(RunArgs),
     /// Serve Gnocchi's REST API over a store (reads, and measures POSTed in, aggregated by the
     /// same operator `run` uses) until SIGINT or SIGTERM.
     Serve {
@@ -254,6 +259,15 @@ enum AlarmsCommand {
     },
 }
 
+/// Says on stderr where the API listens (scripts and tests read the address from it).
+fn announce_listening() -> service::ListeningCallback {
+    service::ListeningCallback(std::sync::Arc::new(|addr| {
+        eprintln!(
+            "meterflow: serving the Gnocchi API and /metrics on http://{addr} (SIGINT or SIGTERM stops)"
+        );
+    }))
+}
+
 /// `--checkpoint-every SECS` as a duration (0: no checkpoints).
 fn checkpoint_interval(seconds: f64) -> anyhow::Result<std::time::Duration> {
     if !(0.0..=86_400.0).contains(&seconds) {
@@ -311,77 +325,7 @@ fn workers(n: Option<usize>) -> anyhow::Result<usize> {
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match command {
-        Command::Run {
-            pipeline,
-            inputs,
-            workers: n,
-            store,
-            summary_json,
-            no_progress,
-            dead_letter,
-            listen,
-            token_file,
-            state,
-            checkpoint_every,
-            resume,
-            notify,
-        } => {
-            let plan = load(&pipeline)?;
-            let listen = listen
-                .map(|addr| -> anyhow::Result<_> {
-                    Ok(ListenOptions {
-                        addr,
-                        token: token_file.as_deref().map(api::read_token).transpose()?,
-                    })
-                })
-                .transpose()?;
-            let mut inputs = inputs
-                .iter()
-                .map(|i| InputSpec::parse(i).map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            if inputs.is_empty() {
-                for p in plan.polling_inputs() {
-                    eprintln!(
-                        "meterflow: polling {} every {}s (a source with interval:, and no --input)",
-                        p.display(),
-                        p.interval.as_secs_f64()
-                    );
-                    inputs.push(InputSpec::Poll(p));
-                }
-                if inputs.is_empty() && listen.is_none() {
-                    anyhow::bail!(
-                        "{}: no input: give --input URL (a file, -, kafka://..., poll://host), or add interval: SECONDS to a source so that it polls",
-                        pipeline.display()
-                    );
-                }
-            }
-            let options = RunOptions {
-                workers: workers(n)?,
-                progress: (!no_progress && std::io::stderr().is_terminal()).then(progress_bar),
-                dead_letter: dead_letter.clone(),
-                store,
-                listen,
-                notifier: notify.options()?,
-                state,
-                checkpoint_every: checkpoint_interval(checkpoint_every)?,
-                resume,
-                ..RunOptions::default()
-            };
-            let report = dataflow::run(plan, &inputs, &options)?;
-            let decoding_drops: u64 = DropReason::ALL
-                .into_iter()
-                .filter(|r| r.is_input_rejection())
-                .map(|r| report.counters.dropped(r))
-                .sum();
-            if dead_letter.is_none() && decoding_drops > 0 && !summary_json {
-                eprintln!("meterflow: {decoding_drops} input records were rejected; pass --dead-letter FILE to keep them for repair and replay");
-            }
-            if summary_json {
-                writeln!(stdout, "{}", summary::json(&report))?;
-            } else {
-                eprint!("{}", summary::render(&report));
-            }
-        }
+        Command::Run(args) => run_command(args, &mut stdout)?,
         Command::Measures {
             store,
             resource,
@@ -428,67 +372,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 notifier: notify.options()?,
                 ..RunOptions::default()
             };
-            let report = dataflow::run(plan, &[], &options)?;
+            let report = service::run(plan, &[], &options, Some(announce_listening()))?;
             eprint!("{}", summary::render(&report));
         }
-        Command::Alarms { what } => {
-            let dir = match &what {
-                AlarmsCommand::List { store, .. }
-                | AlarmsCommand::Show { store, .. }
-                | AlarmsCommand::History { store, .. } => store,
-            };
-            let store = meterflow_connectors::gnocchi::store::Store::open(dir)?;
-            let all = alarms::stored_alarms(&store.alarms()?);
-            match what {
-                AlarmsCommand::List { json: true, .. } => {
-                    let list: Vec<serde_json::Value> =
-                        all.values().map(alarms::alarm_json).collect();
-                    writeln!(stdout, "{}", serde_json::to_string_pretty(&list)?)?;
-                }
-                AlarmsCommand::List { .. } => {
-                    writeln!(
-                        stdout,
-                        "{:<36}  {:<44}  {:<24}  {:<17}  {:<8}  enabled",
-                        "alarm_id", "type", "name", "state", "severity"
-                    )?;
-                    for a in all.values() {
-                        let d = &a.definition;
-                        writeln!(
-                            stdout,
-                            "{:<36}  {:<44}  {:<24}  {:<17}  {:<8}  {}",
-                            d.alarm_id,
-                            d.kind,
-                            d.name,
-                            a.evaluation.evaluator.state.as_str(),
-                            d.severity.as_str(),
-                            d.enabled
-                        )?;
-                    }
-                }
-                AlarmsCommand::Show { alarm, .. } => {
-                    let a = alarms::find_alarm(&all, &alarm).map_err(anyhow::Error::msg)?;
-                    writeln!(
-                        stdout,
-                        "{}",
-                        serde_json::to_string_pretty(&alarms::alarm_json(a))?
-                    )?;
-                }
-                AlarmsCommand::History { alarm, .. } => {
-                    let id = match alarms::find_alarm(&all, &alarm) {
-                        Ok(a) => a.definition.alarm_id.clone(),
-                        // A deleted alarm's history is still there.
-                        Err(_) if store.alarms()?.contains_key(&alarm) => alarm,
-                        Err(e) => anyhow::bail!(e),
-                    };
-                    let history: Vec<serde_json::Value> = store
-                        .alarm_history(Some(&id))?
-                        .iter()
-                        .map(alarms::history_json)
-                        .collect();
-                    writeln!(stdout, "{}", serde_json::to_string_pretty(&history)?)?;
-                }
-            }
-        }
+        Command::Alarms { what } => alarms_command(what, &mut stdout)?,
         Command::Validate { pipeline } => {
             let plan = load(&pipeline)?;
             writeln!(
@@ -557,103 +444,167 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 output,
                 store,
             };
-            if let Some(brokers) = kafka {
-                let k = bench::run_kafka(plan, &options, &brokers, partitions)?;
-                let raw = k.raw.elapsed.as_secs_f64().max(1e-9);
-                let engine = k.engine.as_secs_f64().max(1e-9);
-                let samples = k.report.counters.samples_in;
-                writeln!(stdout, "machine: {}", bench::machine())?;
-                writeln!(
-                    stdout,
-                    "kafka://{brokers}: {} messages ({:.1} MB, {} samples, {batch} per notification, {partitions} partition{})",
-                    k.messages,
-                    k.bytes as f64 / 1e6,
-                    samples,
-                    if partitions == 1 { "" } else { "s" }
-                )?;
-                writeln!(
-                    stdout,
-                    "raw consume (plain rdkafka consumer): {:.3}s, {:.0} messages/s, {:.0} MB/s, {:.0} samples/s",
-                    raw,
-                    k.raw.messages as f64 / raw,
-                    k.raw.bytes as f64 / raw / 1e6,
-                    samples as f64 / raw
-                )?;
-                let copy = k.copy.elapsed.as_secs_f64().max(1e-9);
-                writeln!(
-                    stdout,
-                    "raw copy (plain consumer -> producer, lz4, acks=all, no processing): {} messages acknowledged in {:.3}s, {:.0} messages/s, {:.0} samples/s",
-                    k.copy.messages,
-                    copy,
-                    k.copy.messages as f64 / copy,
-                    samples as f64 / copy
-                )?;
-                let out: u64 = k.report.counters.sinks.iter().map(|s| s.samples_out).sum();
-                writeln!(
-                    stdout,
-                    "end to end (kafka -> {} -> kafka, {} worker{}): {:.3}s, {:.0} messages/s, {:.0} samples/s; samples out: {out}",
-                    pipeline.as_ref().map_or("rate_of_change + delta".into(), |p| p.display().to_string()),
-                    k.report.workers,
-                    if k.report.workers == 1 { "" } else { "s" },
-                    engine,
-                    k.report.counters.lines as f64 / engine,
-                    samples as f64 / engine,
-                )?;
-                writeln!(
-                    stdout,
-                    "ratio end to end / raw consume: {:.2}; end to end / raw copy: {:.2}",
-                    raw / engine,
-                    copy / engine
-                )?;
-                if k.report.counters.dropped_total() > 0 {
-                    eprint!("{}", summary::render(&k.report));
+            let name = pipeline.as_ref().map_or(
+                "embedded rate-and-delta (rate_of_change + delta -> file)".into(),
+                |p| p.display().to_string(),
+            );
+            let report = match kafka {
+                Some(brokers) => {
+                    let k = bench::run_kafka(plan, &options, &brokers, partitions)?;
+                    write!(
+                        stdout,
+                        "{}",
+                        bench::render_kafka(&k, &brokers, &name, (batch, partitions))
+                    )?;
+                    k.report
                 }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let (report, bytes) = bench::run(plan, &options)?;
-            let secs = report.elapsed.as_secs_f64();
-            let rate = report.counters.samples_in as f64 / secs;
-            writeln!(stdout, "machine: {}", bench::machine())?;
-            writeln!(
-                stdout,
-                "pipeline: {}",
-                pipeline.map_or(
-                    "embedded rate-and-delta (rate_of_change + delta -> file)".into(),
-                    |p| p.display().to_string()
-                )
-            )?;
-            writeln!(
-                stdout,
-                "{} samples ({:.1} MB JSONL, {} resources, {} per notification) in {:.3}s with {} worker{}",
-                report.counters.samples_in,
-                bytes as f64 / 1e6,
-                resources,
-                batch,
-                secs,
-                report.workers,
-                if report.workers == 1 { "" } else { "s" }
-            )?;
-            let out: u64 = report.counters.sinks.iter().map(|s| s.samples_out).sum();
-            writeln!(
-                stdout,
-                "samples/s: {rate:.0} ({:.0} per worker); samples out: {out}",
-                rate / report.workers as f64
-            )?;
-            if report.counters.measures > 0 {
-                writeln!(
-                    stdout,
-                    "measures/s into the store: {:.0} ({} measures, {} bucket values written)",
-                    report.counters.measures as f64 / secs,
-                    report.counters.measures,
-                    report.counters.buckets_written
-                )?;
-            }
+                None => {
+                    let (report, bytes) = bench::run(plan, &options)?;
+                    write!(stdout, "{}", bench::render(&report, bytes, &name, &options))?;
+                    report
+                }
+            };
             if report.counters.dropped_total() > 0 {
                 eprint!("{}", summary::render(&report));
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `meterflow run`: runs the pipeline over its inputs and prints the summary.
+fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
+    let RunArgs {
+        pipeline,
+        inputs,
+        workers: n,
+        store,
+        summary_json,
+        no_progress,
+        dead_letter,
+        listen,
+        token_file,
+        state,
+        checkpoint_every,
+        resume,
+        notify,
+    } = args;
+    let plan = load(&pipeline)?;
+    let listen = listen
+        .map(|addr| -> anyhow::Result<_> {
+            Ok(ListenOptions {
+                addr,
+                token: token_file.as_deref().map(api::read_token).transpose()?,
+            })
+        })
+        .transpose()?;
+    let mut inputs = inputs
+        .iter()
+        .map(|i| InputSpec::parse(i).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if inputs.is_empty() {
+        for p in plan.polling_inputs() {
+            eprintln!(
+                "meterflow: polling {} every {}s (a source with interval:, and no --input)",
+                p.display(),
+                p.interval.as_secs_f64()
+            );
+            inputs.push(InputSpec::Poll(p));
+        }
+        if inputs.is_empty() && listen.is_none() {
+            anyhow::bail!(
+                "{}: no input: give --input URL (a file, -, kafka://..., poll://host), or add interval: SECONDS to a source so that it polls",
+                pipeline.display()
+            );
+        }
+    }
+    let options = RunOptions {
+        workers: workers(n)?,
+        progress: (!no_progress && std::io::stderr().is_terminal()).then(progress_bar),
+        dead_letter: dead_letter.clone(),
+        store,
+        listen,
+        notifier: notify.options()?,
+        state,
+        checkpoint_every: checkpoint_interval(checkpoint_every)?,
+        resume,
+        ..RunOptions::default()
+    };
+    let report = service::run(plan, &inputs, &options, Some(announce_listening()))?;
+    let decoding_drops: u64 = DropReason::ALL
+        .into_iter()
+        .filter(|r| r.is_input_rejection())
+        .map(|r| report.counters.dropped(r))
+        .sum();
+    if dead_letter.is_none() && decoding_drops > 0 && !summary_json {
+        eprintln!("meterflow: {decoding_drops} input records were rejected; pass --dead-letter FILE to keep them for repair and replay");
+    }
+    if summary_json {
+        writeln!(stdout, "{}", summary::json(&report))?;
+    } else {
+        eprint!("{}", summary::render(&report));
+    }
+    Ok(())
+}
+
+/// `meterflow alarms list|show|history`: reads the alarms and their history from a store.
+fn alarms_command(what: AlarmsCommand, stdout: &mut impl Write) -> anyhow::Result<()> {
+    let dir = match &what {
+        AlarmsCommand::List { store, .. }
+        | AlarmsCommand::Show { store, .. }
+        | AlarmsCommand::History { store, .. } => store,
+    };
+    let store = meterflow_connectors::gnocchi::store::Store::open(dir)?;
+    let all = alarms::stored_alarms(&store.alarms()?);
+    match what {
+        AlarmsCommand::List { json: true, .. } => {
+            let list: Vec<serde_json::Value> = all.values().map(alarms::alarm_json).collect();
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&list)?)?;
+        }
+        AlarmsCommand::List { .. } => {
+            writeln!(
+                stdout,
+                "{:<36}  {:<44}  {:<24}  {:<17}  {:<8}  enabled",
+                "alarm_id", "type", "name", "state", "severity"
+            )?;
+            for a in all.values() {
+                let d = &a.definition;
+                writeln!(
+                    stdout,
+                    "{:<36}  {:<44}  {:<24}  {:<17}  {:<8}  {}",
+                    d.alarm_id,
+                    d.kind,
+                    d.name,
+                    a.evaluation.evaluator.state.as_str(),
+                    d.severity.as_str(),
+                    d.enabled
+                )?;
+            }
+        }
+        AlarmsCommand::Show { alarm, .. } => {
+            let a = alarms::find_alarm(&all, &alarm).map_err(anyhow::Error::msg)?;
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::to_string_pretty(&alarms::alarm_json(a))?
+            )?;
+        }
+        AlarmsCommand::History { alarm, .. } => {
+            let id = match alarms::find_alarm(&all, &alarm) {
+                Ok(a) => a.definition.alarm_id.clone(),
+                // A deleted alarm's history is still there.
+                Err(_) if store.alarms()?.contains_key(&alarm) => alarm,
+                Err(e) => anyhow::bail!(e),
+            };
+            let history: Vec<serde_json::Value> = store
+                .alarm_history(Some(&id))?
+                .iter()
+                .map(alarms::history_json)
+                .collect();
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&history)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// A progress bar on stderr drawn from worker 0's reports of how far it has read.

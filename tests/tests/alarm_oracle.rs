@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use meterflow_connectors::file::source::InputSpec;
 use meterflow_operators::alarm::threshold::{decide, evaluate, AlarmState, Comparison};
-use meterflow_pipelines::dataflow::{self, RunOptions};
+use meterflow_pipelines::dataflow::RunOptions;
 use meterflow_pipelines::plan::Plan;
+use meterflow_pipelines::service;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -170,7 +171,7 @@ fn run_definition(
         store: dir.join("store"),
         ..RunOptions::default()
     };
-    dataflow::run(plan, &[InputSpec::File(input)], &options).unwrap();
+    service::run(plan, &[InputSpec::File(input)], &options, None).unwrap();
     let mut got: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for line in std::fs::read_to_string(&out).unwrap_or_default().lines() {
         let p: Value = serde_json::from_str(line).unwrap();

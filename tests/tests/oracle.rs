@@ -12,9 +12,10 @@
 use meterflow_connectors::file::source::InputSpec;
 use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_operators::transform::Partition;
-use meterflow_pipelines::dataflow::{self, RunOptions};
+use meterflow_pipelines::dataflow::RunOptions;
 use meterflow_pipelines::plan::Plan;
 use meterflow_pipelines::sequential;
+use meterflow_pipelines::service;
 use meterflow_tests::{by_resource, notifications, SynthSample};
 use proptest::prelude::*;
 
@@ -123,7 +124,7 @@ fn dataflow_output(lines: &[String], workers: usize, chunk_bytes: usize) -> Vec<
         chunk_bytes,
         ..RunOptions::default()
     };
-    dataflow::run(plan, &[InputSpec::File(input)], &options).unwrap();
+    service::run(plan, &[InputSpec::File(input)], &options, None).unwrap();
     names
         .iter()
         .map(|n| {

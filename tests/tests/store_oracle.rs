@@ -10,9 +10,10 @@ use std::sync::Arc;
 use meterflow_connectors::file::source::InputSpec;
 use meterflow_connectors::gnocchi::store::Store;
 use meterflow_operators::aggregate::{ArchivePolicy, Metric, NANOS};
-use meterflow_pipelines::dataflow::{self, RunOptions};
+use meterflow_pipelines::dataflow::RunOptions;
 use meterflow_pipelines::plan::Plan;
 use meterflow_pipelines::query::{measures, MeasuresQuery};
+use meterflow_pipelines::service;
 use proptest::prelude::*;
 
 const POLICY: &str = r#"{"name": "oracle", "back_window": 1,
@@ -77,7 +78,7 @@ fn store_run(
         store: dir.path().join("store"),
         ..RunOptions::default()
     };
-    dataflow::run(plan, &[InputSpec::File(input)], &options).unwrap();
+    service::run(plan, &[InputSpec::File(input)], &options, None).unwrap();
     dir
 }
 

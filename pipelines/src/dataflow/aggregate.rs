@@ -28,8 +28,8 @@ use timely::dataflow::StreamVec;
 
 use super::epoch::{ready, waker, EpochStash, Owing};
 use crate::alarms::AlarmEdit;
-use crate::api::Live;
 use crate::committer::Checkpointed;
+use crate::control::Live;
 use crate::feeds::Feed;
 use crate::storage::{Aggregator, Measure, StoreOptions};
 

@@ -16,8 +16,8 @@ use timely::dataflow::operators::Operator;
 use timely::dataflow::StreamVec;
 
 use super::epoch::{waker, EpochStash, Owing};
-use crate::api::Live;
 use crate::committer::Checkpointed;
+use crate::control::Live;
 use crate::feeds::Feed;
 use crate::storage::CrossStage;
 

@@ -13,8 +13,8 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use super::{ProgressCallback, ReadProgress};
 use crate::alarms::AlarmEdit;
-use crate::api::{Live, Requests};
 use crate::checkpoint::{Barrier, CheckpointStats, Checkpoints, InputRecord};
+use crate::control::{Live, Requests};
 use crate::storage::Measure;
 
 /// The inputs, handed to worker 0 when it starts.
@@ -262,31 +262,6 @@ pub(super) fn feed(
     let mut seq = 0u64;
     let mut bytes = 0u64;
     let mut committed = None;
-    let report = |sources: &mut [Box<dyn ChunkSource>],
-                  committed: &mut Option<u64>,
-                  checkpoint: Option<&mut CheckpointFeed>| {
-        let through = match checkpoint {
-            // Only what a published checkpoint covers.
-            Some(checkpoint) => checkpoint.settle(probe),
-            // Every epoch before the probe's frontier has been processed and published.
-            None => probe.with_frontier(|f| match f.first() {
-                None => Some(u64::MAX),
-                Some(0) => None,
-                Some(t) => Some(t - 1),
-            }),
-        };
-        let Some(through) = through else {
-            return Ok(());
-        };
-        if *committed == Some(through) {
-            return Ok(());
-        }
-        *committed = Some(through);
-        sources
-            .iter_mut()
-            .try_for_each(|s| s.processed_through(through))
-            .map_err(|e| format!("committing input progress failed: {e}"))
-    };
     let api_input_index = sources.len();
     let mut failure = None;
     let mut current = 0;
@@ -321,19 +296,13 @@ pub(super) fn feed(
         }
         if sent {
             seq += 1;
-            input.advance_to(seq);
-            if let Some(api) = api.as_mut() {
-                api.advance_to(seq);
-            }
-            if let Some(checkpoint) = checkpoint.as_mut() {
-                checkpoint.advance_to(seq);
-            }
+            advance_to(seq, &mut input, api.as_mut(), checkpoint.as_mut());
         }
         worker.step();
         while probe.less_than(&seq.saturating_sub(in_flight)) {
             worker.step();
         }
-        if let Err(e) = report(&mut sources, &mut committed, checkpoint.as_mut()) {
+        if let Err(e) = commit_inputs(&mut sources, &mut committed, checkpoint.as_mut(), probe) {
             failure = Some(e);
             break;
         }
@@ -359,13 +328,7 @@ pub(super) fn feed(
                     // holds (it checkpoints when due, see `Checkpointed::checkpoint_if_due`).
                     if ticked.elapsed() >= TICK_EVERY {
                         seq += 1;
-                        input.advance_to(seq);
-                        if let Some(api) = api.as_mut() {
-                            api.advance_to(seq);
-                        }
-                        if let Some(checkpoint) = checkpoint.as_mut() {
-                            checkpoint.advance_to(seq);
-                        }
+                        advance_to(seq, &mut input, api.as_mut(), checkpoint.as_mut());
                         ticked = Instant::now();
                     }
                 }
@@ -384,7 +347,9 @@ pub(super) fn feed(
                 while probe.less_equal(&epoch) && live.failure().is_none() {
                     worker.step_or_park(Some(Duration::from_millis(1)));
                 }
-                if let Err(e) = report(&mut sources, &mut committed, Some(&mut *checkpoint)) {
+                if let Err(e) =
+                    commit_inputs(&mut sources, &mut committed, Some(&mut *checkpoint), probe)
+                {
                     failure = Some(e);
                 }
             }
@@ -414,9 +379,54 @@ pub(super) fn feed(
     if let Some(e) = failure {
         return Err(e);
     }
-    report(&mut sources, &mut committed, checkpoint.as_mut())?;
+    commit_inputs(&mut sources, &mut committed, checkpoint.as_mut(), probe)?;
     if let Some((progress, _)) = &progress {
         progress.report(ReadProgress::Finished);
     }
     Ok(bytes)
+}
+
+/// Moves every input worker 0 feeds to epoch `seq`.
+fn advance_to(
+    seq: u64,
+    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<Chunk>>>,
+    api: Option<&mut ApiFeed>,
+    checkpoint: Option<&mut CheckpointFeed>,
+) {
+    input.advance_to(seq);
+    if let Some(api) = api {
+        api.advance_to(seq);
+    }
+    if let Some(checkpoint) = checkpoint {
+        checkpoint.advance_to(seq);
+    }
+}
+
+/// Tells the sources what they may commit: with checkpoints, what the newest published one
+/// covers; without, every epoch the probe has passed (processed and published).
+fn commit_inputs(
+    sources: &mut [Box<dyn ChunkSource>],
+    committed: &mut Option<u64>,
+    checkpoint: Option<&mut CheckpointFeed>,
+    probe: &ProbeHandle<u64>,
+) -> Result<(), String> {
+    let through = match checkpoint {
+        Some(checkpoint) => checkpoint.settle(probe),
+        None => probe.with_frontier(|f| match f.first() {
+            None => Some(u64::MAX),
+            Some(0) => None,
+            Some(t) => Some(t - 1),
+        }),
+    };
+    let Some(through) = through else {
+        return Ok(());
+    };
+    if *committed == Some(through) {
+        return Ok(());
+    }
+    *committed = Some(through);
+    sources
+        .iter_mut()
+        .try_for_each(|s| s.processed_through(through))
+        .map_err(|e| format!("committing input progress failed: {e}"))
 }

@@ -24,9 +24,8 @@ pub mod decode;
 pub mod epoch;
 mod feed;
 pub mod transform;
+mod worker;
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,28 +33,22 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meterflow_connectors::file::deadletter::DeadLetter;
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
-use meterflow_connectors::gnocchi::store::Partition as StorePartition;
-use meterflow_connectors::notify::{Notifier, NotifierOptions};
+use meterflow_connectors::gnocchi::store::Store;
+use meterflow_connectors::notify::{Notifier, NotifierOptions, NotifierStats};
 use meterflow_connectors::PublisherSpec;
-use meterflow_engine::chunk::{Chunk, SourcePosition};
+use meterflow_engine::chunk::SourcePosition;
 use meterflow_engine::component::PublisherFactory;
-use meterflow_engine::metrics::{Counters, Diag};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Concat, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle};
+use meterflow_engine::metrics::Counters;
+use meterflow_operators::alarm::definition::AlarmDefinition;
 
-use crate::alarms::{cross_definitions, owns, stored_alarms, AlarmEdit, Alarms};
-use crate::api::{ListenOptions, Live, Server};
-use crate::checkpoint::{Barrier, CheckpointStats, CheckpointTotals, Checkpoints, Loaded};
-use crate::feeds::Feed;
+use crate::alarms::{cross_definitions, stored_alarms, StoredAlarm};
+use crate::checkpoint::{CheckpointStats, CheckpointTotals, Checkpoints, Loaded};
+use crate::control::{ListenOptions, Live, Requests};
 use crate::plan::Plan;
-use crate::storage::{
-    load_shares, open_store, Aggregator, CrossStage, Measure, Share, StoreOptions,
-};
-use aggregate::AggregateParts;
+use crate::resource_events::ResourceEventRules;
+use crate::storage::{load_shares, open_store, Share, StoreOptions};
 pub use decode::{resource_route, Decoder, OrderedEvent, Routed};
-use feed::{feed, ApiFeed, CheckpointFeed, PUBLISH_EVERY};
+use feed::Readers;
 use transform::resource_event_rules;
 pub use transform::Transformer;
 
@@ -179,78 +172,117 @@ pub const NOTIFY_GRACE: Duration = Duration::from_secs(15);
 /// default interval of the engine's checkpoints (`--checkpoint-every`).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// Calls `attempt` until it succeeds, fails with an error `retryable` rejects, or `limit` has
-/// passed, sleeping with exponential backoff (50 ms, doubling up to 5 s) after each retryable
-/// failure. While it retries the worker waits, so the whole dataflow pauses and a Kafka input
-/// stops consuming and committing: nothing is acknowledged that is not written.
-pub(crate) fn retry_with_backoff<E: std::fmt::Display>(
-    what: &str,
-    limit: Duration,
-    retryable: impl Fn(&E) -> bool,
-    mut attempt: impl FnMut() -> Result<(), E>,
-) -> Result<(), E> {
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match attempt() {
-            Err(e) if retryable(&e) && started.elapsed() < limit => {
-                tracing::warn!("{what}: {e}; retrying in {} ms", backoff.as_millis());
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            result => return result,
-        }
+/// What a run is made of once prepared (by [`prepare`]): the plan, its publishers, store,
+/// alarms and notifier, checkpoints and inputs, shared by every worker; [`execute`] runs it.
+pub struct Prepared {
+    plan: Arc<Plan>,
+    workers: usize,
+    started: Instant,
+    listening: bool,
+    durable: bool,
+    factories: Vec<Option<Arc<dyn PublisherFactory>>>,
+    store: Option<StoreParts>,
+    /// Taken back once the workers are done, to drain it.
+    notifier: Mutex<Option<Arc<Notifier>>>,
+    notifier_stats: Option<Arc<NotifierStats>>,
+    store_options: Arc<StoreOptions>,
+    dead_letter: Option<Arc<DeadLetter>>,
+    checkpointing: Option<Checkpointing>,
+    readers: Readers,
+    total_bytes: Option<u64>,
+    names: Arc<Vec<String>>,
+    sink_names: Vec<String>,
+    first_data: std::sync::OnceLock<Instant>,
+    progress: Option<ProgressCallback>,
+    live: Arc<Live>,
+    resource_rules: Vec<Option<Arc<ResourceEventRules>>>,
+    requests: Mutex<Option<Requests>>,
+}
+
+/// The store's side of a run.
+struct StoreParts {
+    store: Arc<Store>,
+    /// Each worker's share of the metrics' state, taken by the worker when it starts.
+    shares: Mutex<Vec<Option<Share>>>,
+    stored_alarms: std::collections::BTreeMap<String, StoredAlarm>,
+    cross_alarms: Vec<Arc<AlarmDefinition>>,
+}
+
+/// The checkpoints' side of a run.
+struct Checkpointing {
+    checkpoints: Arc<Checkpoints>,
+    /// The checkpoint the run resumes from.
+    loaded: Option<Loaded>,
+    stats: Arc<CheckpointStats>,
+    every: Duration,
+    next_number: u64,
+    /// The inputs as checkpoints name them.
+    identities: Arc<Vec<String>>,
+    /// Restore messages already logged (each once, whichever worker finds it).
+    said: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Prepared {
+    /// The plan.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// The store, when the run has one.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref().map(|s| &s.store)
+    }
+
+    /// What the run shares with the API.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Lets the API's requests in (POSTed measures, alarm changes).
+    pub fn with_requests(self, requests: Requests) -> Prepared {
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()) = Some(requests);
+        self
     }
 }
 
-/// Runs `plan` over `inputs` to their end.
-pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Result<RunReport> {
+/// Prepares `plan` to run over `inputs`: opens the publishers, the store and its alarms, the
+/// notifier, the checkpoints (resuming from the newest when asked) and the inputs.
+pub fn prepare(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Result<Prepared> {
     let started = Instant::now();
     let listening = options.listen.is_some();
     let has_store = plan.uses_store() || listening || !plan.alarms.is_empty();
     let checkpoint_root = checkpoint_root(options, has_store, inputs, &plan);
+    if options.resume && checkpoint_root.is_none() {
+        anyhow::bail!(
+            "--resume needs checkpoints: give --state DIR (or a gnocchi:// store), and a --checkpoint-every above 0"
+        );
+    }
     // With an input that commits offsets, or checkpoints that skip input on a restart,
     // output must be on disk (and in the store) before its epoch passes.
     let durable =
         checkpoint_root.is_some() || inputs.iter().any(|i| matches!(i, InputSpec::Kafka(_)));
-    let factories: Vec<Option<Arc<dyn PublisherFactory>>> = plan
-        .publishers
-        .iter()
-        .map(|p| {
-            let mut spec = p.spec.clone();
-            // Without checkpoints a Kafka input commits each epoch's offsets once its output
-            // is durable; with them, files are synced at each checkpoint instead.
-            if let PublisherSpec::File(options) = &mut spec {
-                options.fsync |= durable && checkpoint_root.is_none();
-            }
-            spec.open(&p.url).map_err(anyhow::Error::msg)
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let factories = open_publishers(&plan, durable && checkpoint_root.is_none())?;
     let workers = options.workers.max(1);
     let store = if has_store {
         let store = open_store(&plan, &options.store)?;
         let shares = load_shares(&store, workers)?;
-        Some((
+        let stored_alarms = stored_alarms(&store.alarms()?);
+        let cross_alarms = cross_definitions((&plan.alarms, plan.alarms_declared), &stored_alarms);
+        Some(StoreParts {
             store,
-            Arc::new(Mutex::new(shares.into_iter().map(Some).collect::<Vec<_>>())),
-        ))
+            shares: Mutex::new(shares.into_iter().map(Some).collect()),
+            stored_alarms,
+            cross_alarms,
+        })
     } else {
         None
     };
-    let stored_alarms = match &store {
-        Some((store, _)) => Arc::new(stored_alarms(&store.alarms()?)),
-        None => Arc::default(),
-    };
-    let cross_alarms = Arc::new(cross_definitions(
-        (&plan.alarms, plan.alarms_declared),
-        &stored_alarms,
-    ));
     // Listening, alarms may be created through the API at any time.
     let notifier = match &store {
-        Some((store, _)) if !plan.alarms.is_empty() || !stored_alarms.is_empty() || listening => {
+        Some(s) if !plan.alarms.is_empty() || !s.stored_alarms.is_empty() || listening => {
             Some(Arc::new(
                 Notifier::start(NotifierOptions {
-                    dir: Some(store.dir().join("notifier")),
+                    dir: Some(s.store.dir().join("notifier")),
                     ..options.notifier.clone()
                 })
                 .map_err(anyhow::Error::msg)?,
@@ -258,8 +290,6 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         }
         _ => None,
     };
-    let notifier_stats = notifier.as_ref().map(|n| n.stats());
-    let store_options = Arc::new(StoreOptions::of(&plan));
     let dead_letter = options
         .dead_letter
         .as_deref()
@@ -267,248 +297,122 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
         .transpose()
         .map_err(anyhow::Error::msg)?;
     // (After the store: a new store's directory must be empty when it is created.)
-    let checkpoints = checkpoint_root
-        .map(|root| Checkpoints::open(&root).map(Arc::new))
+    let checkpointing = checkpoint_root
+        .map(|root| prepare_checkpoints(&root, options, inputs))
         .transpose()?;
-    let identities: Arc<Vec<String>> = Arc::new(inputs.iter().map(input_identity).collect());
-    let (loaded, positions) = resume_point(checkpoints.as_deref(), options, &identities)?;
-    let checkpoint_stats = checkpoints
-        .as_ref()
-        .map(|_| Arc::new(CheckpointStats::default()));
-    if let (Some(stats), Some(loaded)) = (&checkpoint_stats, &loaded) {
-        stats.restored(loaded.number);
-    }
-    let next_checkpoint = checkpoints.as_ref().map_or(1, |c| c.next_number());
-    let restore_messages = Arc::new(Mutex::new(std::collections::BTreeSet::<String>::new()));
+    let positions: Vec<Option<SourcePosition>> = match &checkpointing {
+        Some(Checkpointing {
+            loaded: Some(loaded),
+            ..
+        }) => loaded.inputs.iter().map(|i| i.position.clone()).collect(),
+        _ => vec![None; inputs.len()],
+    };
     let readers = inputs
         .iter()
+        .zip(&positions)
         .enumerate()
-        .map(|(i, spec)| {
-            spec.open(i as u32, options.chunk_bytes, positions[i].as_ref())
+        .map(|(i, (spec, from))| {
+            spec.open(i as u32, options.chunk_bytes, from.as_ref())
                 .with_context(|| format!("input {}", spec.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let total_bytes: Option<u64> = inputs.iter().map(InputSpec::size_bytes).sum();
     let names = Arc::new(inputs.iter().map(InputSpec::display).collect::<Vec<_>>());
     let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
-    let sink_count = plan.sinks.len();
-    let plan = Arc::new(plan);
-    let readers = Arc::new(Mutex::new(Some(readers)));
-    let first_data = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let worker_first_data = first_data.clone();
-    let progress = options.progress.clone();
-    let live = Arc::new(
-        Live::new(workers, names.to_vec(), sink_names.clone())
-            .with_notifier(notifier_stats.clone())
-            .with_checkpoints(checkpoint_stats.clone()),
-    );
-    let mut server = None;
-    let mut api_requests = None;
-    if let (Some(listen), Some((store, _))) = (&options.listen, &store) {
-        let (s, requests) = Server::start(listen, store.clone(), plan.clone(), live.clone())?;
-        eprintln!(
-            "meterflow: serving the Gnocchi API and /metrics on http://{} (SIGINT or SIGTERM stops)",
-            s.addr()
-        );
-        server = Some(s);
-        api_requests = Some(requests);
+    let notifier_stats = notifier.as_ref().map(|n| n.stats());
+    let live = Live::new(workers, names.to_vec(), sink_names.clone())
+        .with_notifier(notifier_stats.clone())
+        .with_checkpoints(checkpointing.as_ref().map(|c| c.stats.clone()));
+    Ok(Prepared {
+        resource_rules: resource_event_rules(&plan)?,
+        store_options: Arc::new(StoreOptions::of(&plan)),
+        plan: Arc::new(plan),
+        workers,
+        started,
+        listening,
+        durable,
+        factories,
+        store,
+        notifier: Mutex::new(notifier),
+        notifier_stats,
+        dead_letter,
+        checkpointing,
+        readers: Arc::new(Mutex::new(Some(readers))),
+        total_bytes: inputs.iter().map(InputSpec::size_bytes).sum(),
+        names,
+        sink_names,
+        first_data: std::sync::OnceLock::new(),
+        progress: options.progress.clone(),
+        live: Arc::new(live),
+        requests: Mutex::new(None),
+    })
+}
+
+/// Opens every publisher but `gnocchi://` (`None`); with `fsync`, file publishers sync
+/// every flush.
+fn open_publishers(
+    plan: &Plan,
+    fsync: bool,
+) -> anyhow::Result<Vec<Option<Arc<dyn PublisherFactory>>>> {
+    plan.publishers
+        .iter()
+        .map(|p| {
+            let mut spec = p.spec.clone();
+            if let PublisherSpec::File(options) = &mut spec {
+                options.fsync |= fsync;
+            }
+            spec.open(&p.url).map_err(anyhow::Error::msg)
+        })
+        .collect()
+}
+
+/// Opens the checkpoints under `root` and finds the one to resume from.
+fn prepare_checkpoints(
+    root: &std::path::Path,
+    options: &RunOptions,
+    inputs: &[InputSpec],
+) -> anyhow::Result<Checkpointing> {
+    let checkpoints = Checkpoints::open(root)?;
+    let identities: Arc<Vec<String>> = Arc::new(inputs.iter().map(input_identity).collect());
+    let loaded = resume_point(&checkpoints, options, &identities)?;
+    let stats = Arc::new(CheckpointStats::default());
+    if let Some(loaded) = &loaded {
+        stats.restored(loaded.number);
     }
-    let api_requests = Arc::new(Mutex::new(api_requests));
-    let resource_rules = resource_event_rules(&plan)?;
-    let worker_live = live.clone();
-    let worker_notifier = notifier.clone();
-    let every_checkpoint = options.checkpoint_every;
-    let worker_checkpoint_stats = checkpoint_stats.clone();
+    Ok(Checkpointing {
+        next_number: checkpoints.next_number(),
+        checkpoints: Arc::new(checkpoints),
+        loaded,
+        stats,
+        every: options.checkpoint_every,
+        identities,
+        said: Mutex::default(),
+    })
+}
 
+/// Runs a prepared run on its workers to the end of its inputs (and, listening, until asked
+/// to stop), then drains the notifier and reports.
+pub fn execute(prepared: Prepared) -> anyhow::Result<RunReport> {
+    let workers = prepared.workers;
+    let shared = Arc::new(prepared);
+    let worker_shared = shared.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let index = worker.index();
-        let peers = worker.peers() as u64;
-        let live = worker_live.clone();
-        let diag = Rc::new(RefCell::new(Diag::with_sinks(sink_count)));
-        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Chunk>>>::new();
-        let mut api_input = InputHandle::<u64, CapacityContainerBuilder<Vec<Measure>>>::new();
-        let mut alarm_input = InputHandle::<u64, CapacityContainerBuilder<Vec<AlarmEdit>>>::new();
-        let mut barrier_input = InputHandle::<u64, CapacityContainerBuilder<Vec<Barrier>>>::new();
-        let probe = ProbeHandle::new();
-        let plan = plan.clone();
-        let factories = factories.clone();
-        let names = names.clone();
-        let dead_letter = dead_letter.clone();
-        let aggregator = store.as_ref().map(|(store, shares)| {
-            let share: Share = shares.lock().unwrap_or_else(|p| p.into_inner())[index]
-                .take()
-                .unwrap_or_default();
-            let alarms = Alarms::load(
-                (&plan.alarms, plan.alarms_declared),
-                &stored_alarms,
-                &|a| owns(a, (index, workers), false),
-                worker_notifier.clone(),
-            );
-            let mut aggregator = Aggregator::new(store.clone(), plan.clone(), share, durable)
-                .with_alarms(alarms)
-                .with_cross_alarms(cross_alarms.iter());
-            if listening {
-                aggregator.checkpoint_every(CHECKPOINT_EVERY);
-            }
-            Rc::new(RefCell::new(aggregator))
-        });
-        let cross = store.as_ref().map(|(store, _)| {
-            let alarms = Alarms::load(
-                (&plan.alarms, plan.alarms_declared),
-                &stored_alarms,
-                &|a| owns(a, (index, workers), true),
-                worker_notifier.clone(),
-            );
-            let mut stage = CrossStage::new(store.clone(), (index, workers), alarms, durable);
-            if listening {
-                stage.checkpoint_every(CHECKPOINT_EVERY);
-            }
-            stage
-        });
-        let store_options = store_options.clone();
-        worker.dataflow::<u64, _, _>(|scope| {
-            // Events for event alarms when those can exist (defined, or created through the
-            // API), and for event sinks.
-            let alarm_events = cross.is_some() && (listening || plan.has_event_alarms());
-            let decoder = Decoder::new(plan.clone(), names)
-                .with_dead_letter(dead_letter.as_ref().map(|d| d.handle()))
-                .with_events(alarm_events || plan.publishes_events());
-            let (routed, events) = decode::decode(input.to_stream(scope), decoder, diag.clone());
-            let mut transformer = Transformer::new(&plan, &factories);
-            if let Some(checkpoints) = &checkpoints {
-                transformer = transformer.with_checkpoints(checkpoints.clone(), index);
-            }
-            if let Some(loaded) = &loaded {
-                for message in transformer.restore(loaded, (index, workers)) {
-                    let mut said = restore_messages.lock().unwrap_or_else(|p| p.into_inner());
-                    if said.insert(message.clone()) {
-                        tracing::warn!("{message}");
-                    }
-                }
-            }
-            if let Some((store, _)) = &store {
-                transformer = transformer.with_resource_events(
-                    &resource_rules,
-                    store,
-                    StorePartition {
-                        index: index as u32,
-                        count: workers as u32,
-                    },
-                );
-            }
-            let measures = transform::transform(
-                routed,
-                events.clone(),
-                barrier_input.to_stream(scope),
-                transformer,
-                diag.clone(),
-            );
-            match (aggregator.clone(), cross) {
-                (Some(aggregator), Some(stage)) => {
-                    // Every worker's cross operator holds every event alarm.
-                    let copies = if alarm_events { peers } else { 0 };
-                    let events = events.flat_map(move |e| {
-                        (0..copies).map(move |route| Feed::Event {
-                            route,
-                            event: e.event.clone(),
-                        })
-                    });
-                    let parts = AggregateParts {
-                        aggregator,
-                        options: store_options,
-                        diag: diag.clone(),
-                        live: live.clone(),
-                        listening,
-                    };
-                    let feeds = aggregate::aggregate(
-                        measures.concat(api_input.to_stream(scope)),
-                        alarm_input.to_stream(scope),
-                        parts,
-                    );
-                    cross::cross(feeds.concat(events), stage, diag.clone(), live.clone())
-                        .probe_with(&probe);
-                }
-                _ => {
-                    measures.probe_with(&probe);
-                }
-            }
-        });
-
-        let mut result = Ok(0);
-        if index == 0 {
-            let api = api_requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .map(|requests| ApiFeed {
-                    requests,
-                    input: api_input,
-                    alarm_input,
-                    pending: Vec::new(),
-                    peers,
-                });
-            let checkpoint = checkpoints.clone().map(|checkpoints| CheckpointFeed {
-                checkpoints,
-                every: every_checkpoint,
-                input: Some(barrier_input),
-                names: identities.clone(),
-                stats: worker_checkpoint_stats.clone().unwrap_or_default(),
-                peers,
-                next_number: next_checkpoint,
-                last: Instant::now(),
-                in_flight: None,
-            });
-            result = feed(
-                worker,
-                input,
-                api,
-                checkpoint,
-                &probe,
-                (&readers, &worker_first_data),
-                progress.clone().map(|p| (p, total_bytes)),
-                peers,
-                &live,
-                &diag,
-            );
-        } else {
-            drop(input);
-            drop(api_input);
-            drop(alarm_input);
-            drop(barrier_input);
-            // (Worker 0 runs the dataflow to its end inside `feed`; once no dataflow is left,
-            // `step_or_park` returns false, so each worker loops exactly once more.)
-            let mut published = Instant::now();
-            while worker.step_or_park(Some(Duration::from_millis(100))) {
-                if published.elapsed() >= PUBLISH_EVERY {
-                    live.publish(index, &diag.borrow().counters);
-                    published = Instant::now();
-                }
-            }
-        }
-        let counters = diag.borrow().counters.clone();
-        live.publish(index, &counters);
-        if let Some(e) = aggregator
-            .as_ref()
-            .and_then(|a| a.borrow().failure().map(str::to_owned))
-        {
-            result = result.and(Err(e));
-        }
-        result.map(|bytes| (counters, bytes))
+        worker::run(worker, &worker_shared)
     })
     .map_err(|e| anyhow::anyhow!("cannot start {workers} workers: {e}"))?;
-
-    let mut counters = Counters::with_sinks(sink_count);
-    let mut bytes = 0;
     let results = guards.join();
-    if let Some(server) = server {
-        server.shutdown();
-    }
+    let notifier = shared
+        .notifier
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     shut_down_notifier(notifier);
-    let notifier = notifier_stats.map(|s| NotifierTotals {
+    let notifier = shared.notifier_stats.as_ref().map(|s| NotifierTotals {
         sent: s.sent.load(Ordering::Relaxed),
         delivered: s.delivered.load(Ordering::Relaxed),
         dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
     });
+    let mut counters = Counters::with_sinks(shared.sink_names.len());
+    let mut bytes = 0;
     for result in results {
         let (c, b) = result
             .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?
@@ -518,13 +422,16 @@ pub fn run(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow::Re
     }
     Ok(RunReport {
         counters,
-        sinks: sink_names,
-        elapsed: started.elapsed(),
+        sinks: shared.sink_names.clone(),
+        elapsed: shared.started.elapsed(),
         workers,
         bytes,
         notifier,
-        first_input: first_data.get().map(|t| t.duration_since(started)),
-        checkpoints: checkpoint_stats.map(|s| s.totals()),
+        first_input: shared
+            .first_data
+            .get()
+            .map(|t| t.duration_since(shared.started)),
+        checkpoints: shared.checkpointing.as_ref().map(|c| c.stats.totals()),
     })
 }
 
@@ -564,24 +471,16 @@ fn checkpoint_root(
     Some(root)
 }
 
-/// The checkpoint a run resumes from (Kafka inputs always, others with `--resume`), and
-/// each input's position in it.
-#[allow(clippy::type_complexity)]
+/// The checkpoint a run resumes from: Kafka inputs always, others with `--resume`.
 fn resume_point(
-    checkpoints: Option<&Checkpoints>,
+    checkpoints: &Checkpoints,
     options: &RunOptions,
     identities: &[String],
-) -> anyhow::Result<(Option<Arc<Loaded>>, Vec<Option<SourcePosition>>)> {
-    let afresh = || (None, vec![None; identities.len()]);
+) -> anyhow::Result<Option<Loaded>> {
     let kafka = identities.iter().any(|i| i.starts_with("kafka://"));
-    let Some(checkpoints) = checkpoints.filter(|_| options.resume || kafka) else {
-        if options.resume {
-            anyhow::bail!(
-                "--resume needs checkpoints: give --state DIR (or a gnocchi:// store), and a --checkpoint-every above 0"
-            );
-        }
-        return Ok(afresh());
-    };
+    if !options.resume && !kafka {
+        return Ok(None);
+    }
     let Some(loaded) = checkpoints.newest() else {
         if options.resume {
             tracing::info!(
@@ -589,7 +488,7 @@ fn resume_point(
                 checkpoints.root().display()
             );
         }
-        return Ok(afresh());
+        return Ok(None);
     };
     let saved: Vec<&str> = loaded.inputs.iter().map(|i| i.name.as_str()).collect();
     if saved != identities {
@@ -604,15 +503,14 @@ fn resume_point(
             );
         }
         tracing::warn!("{why}: not resuming from it");
-        return Ok(afresh());
+        return Ok(None);
     }
     tracing::info!(
         "resuming from checkpoint {} in {}",
         loaded.number,
         checkpoints.root().display()
     );
-    let positions = loaded.inputs.iter().map(|i| i.position.clone()).collect();
-    Ok((Some(Arc::new(loaded)), positions))
+    Ok(Some(loaded))
 }
 
 /// Shuts the notifier down once the workers let go of it, waiting [`NOTIFY_GRACE`] for its

@@ -33,10 +33,10 @@ use timely::dataflow::StreamVec;
 
 use super::decode::{resource_route, EventRoutes, OrderedEvent, Routed};
 use super::epoch::{ready, EpochStash, Owing};
-use super::retry_with_backoff;
 use crate::checkpoint::{Barrier, Checkpoints, Loaded, SinkState, WorkerState};
 use crate::plan::Plan;
 use crate::resource_events::{ResourceEventRules, ResourceEvents};
+use crate::retry::retry_with_backoff;
 use crate::storage::{Measure, Origin};
 
 /// One sink's runtime on one worker.
