@@ -151,6 +151,9 @@ pub struct Counters {
     pub sinks: Vec<SinkCounts>,
     /// Samples still held by transformers (accumulator, aggregator, arithmetic) at the end.
     pub held: u64,
+    /// Series whose transformer state was released after a span of event time without a
+    /// sample (rate_of_change's and delta's previous samples).
+    pub state_forgotten: u64,
     /// Measures handed to the embedded store (`gnocchi://`).
     pub measures: u64,
     /// Bucket values written to the store.
@@ -222,6 +225,7 @@ impl Counters {
         self.buckets_written += other.buckets_written;
         self.samples_unrouted += other.samples_unrouted;
         self.held += other.held;
+        self.state_forgotten += other.state_forgotten;
         self.metrics_open += other.metrics_open;
         self.buckets_open += other.buckets_open;
         self.alarm_evaluations += other.alarm_evaluations;

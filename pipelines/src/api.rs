@@ -1074,6 +1074,12 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
         }
     }
     metric(
+        "meterflow_state_forgotten_total",
+        "counter",
+        "Series the transformers forgot after --forget-after of event time without a sample.",
+        &one(c.state_forgotten),
+    );
+    metric(
         "meterflow_interned_strings",
         "gauge",
         "Distinct strings (meters, resource ids, users, ...) interned for the life of the process.",

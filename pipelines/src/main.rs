@@ -72,6 +72,11 @@ struct RunArgs {
     /// Seconds between checkpoints; 0 takes none.
     #[arg(long, default_value_t = 1.0)]
     checkpoint_every: f64,
+    /// Seconds of event time a series (rate_of_change's, delta's previous sample) may be
+    /// quiet before the transformers forget it; its next sample then starts it afresh. 0
+    /// never forgets (Ceilometer's behaviour, memory grows with every resource ever seen).
+    #[arg(long, default_value_t = 86_400.0)]
+    forget_after: f64,
     /// Read on from the newest checkpoint (state and input positions) when the inputs are
     /// files; Kafka inputs always do.
     #[arg(long)]
@@ -266,6 +271,16 @@ fn announce_listening() -> service::ListeningCallback {
             "meterflow: serving the Gnocchi API and /metrics on http://{addr} (SIGINT or SIGTERM stops)"
         );
     }))
+}
+
+/// `--forget-after SECS` as a span of event time (0: never).
+fn forget_span(seconds: f64) -> anyhow::Result<Option<std::time::Duration>> {
+    if !(0.0..=3.2e9).contains(&seconds) {
+        anyhow::bail!(
+            "--forget-after {seconds}: give seconds of event time from 0 (never forget) up"
+        );
+    }
+    Ok((seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds)))
 }
 
 /// `--checkpoint-every SECS` as a duration (0: no checkpoints).
@@ -486,6 +501,7 @@ fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
         token_file,
         state,
         checkpoint_every,
+        forget_after,
         resume,
         notify,
     } = args;
@@ -527,6 +543,7 @@ fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
         notifier: notify.options()?,
         state,
         checkpoint_every: checkpoint_interval(checkpoint_every)?,
+        forget_after: forget_span(forget_after)?,
         resume,
         ..RunOptions::default()
     };

@@ -88,6 +88,13 @@ pub fn render(report: &RunReport) -> String {
     if c.samples_unrouted > 0 {
         let _ = writeln!(s, "  not selected by any source: {}", c.samples_unrouted);
     }
+    if c.state_forgotten > 0 {
+        let _ = writeln!(
+            s,
+            "  series forgotten by the transformers after a quiet span of event time (--forget-after): {}",
+            c.state_forgotten
+        );
+    }
     if c.held > 0 {
         let _ = writeln!(
             s,
@@ -133,6 +140,7 @@ pub fn json(report: &RunReport) -> serde_json::Value {
         "samples_in": c.samples_in,
         "unrouted": c.samples_unrouted,
         "held": c.held,
+        "forgotten": c.state_forgotten,
         "measures": c.measures,
         "buckets_written": c.buckets_written,
         "sinks": sinks,

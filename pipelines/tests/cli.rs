@@ -485,3 +485,65 @@ meter_definitions:
         "sources[0].resources[0]: \"snmp://h\" is not a resource meterflow can poll",
     );
 }
+
+/// A series quiet for longer than `--forget-after` of event time starts afresh (its state
+/// is released and counted); `--forget-after 0` keeps every series, as Ceilometer does.
+/// Run with 1 and 3 workers: what is forgotten depends on each series' own times only.
+#[test]
+fn quiet_series_are_forgotten_after_the_span() {
+    let s = setup(PIPELINE);
+    let input = s.dir.path().join("in.jsonl");
+    // vm-1: 10, 15 at day 1; then 40, 42 two days later. 20 other instances only on day 1,
+    // and a clock (vm-x) that runs on to day 3, so event time moves past them.
+    let mut lines = vec![
+        sample("10", "2021-07-01T00:00:00"),
+        sample("15", "2021-07-01T00:01:00"),
+    ];
+    for r in 0..20 {
+        for (v, t) in [(1, "2021-07-01T00:00:00"), (2, "2021-07-01T00:01:00")] {
+            lines.push(sample(&v.to_string(), t).replace("vm-1", &format!("vm-{}", r + 100)));
+        }
+    }
+    for day in 1..=3 {
+        let t = format!("2021-07-0{}T00:00:00", day + 1);
+        lines.push(sample(&day.to_string(), &t).replace("vm-1", "vm-x"));
+    }
+    lines.push(sample("40", "2021-07-03T00:00:00"));
+    lines.push(sample("42", "2021-07-03T00:01:00"));
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    for workers in ["1", "3"] {
+        for (forget, want, forgotten) in [
+            ("86400", vec![5.0, 2.0], true),
+            ("0", vec![5.0, 25.0, 2.0], false),
+        ] {
+            let _ = std::fs::remove_file(&s.output);
+            let out = meterflow(&[
+                "run",
+                s.pipeline.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--workers",
+                workers,
+                "--forget-after",
+                forget,
+                "--summary-json",
+                "--no-progress",
+            ]);
+            assert!(out.status.success(), "{}", text(&out));
+            let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let vm1: Vec<f64> = std::fs::read_to_string(&s.output)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["resource_id"] == "vm-1")
+                .map(|v| v["counter_volume"].as_f64().unwrap())
+                .collect();
+            assert_eq!(vm1, want, "--forget-after {forget}, {workers} workers");
+            assert_eq!(
+                summary["forgotten"].as_u64().unwrap() > 0,
+                forgotten,
+                "--forget-after {forget}, {workers} workers: {summary}"
+            );
+        }
+    }
+}

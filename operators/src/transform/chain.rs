@@ -88,6 +88,22 @@ impl Chain {
         Ok(())
     }
 
+    /// Sets every stage's span of event time after which a quiet series is forgotten (see
+    /// [`Transform::forget_after`]).
+    pub fn forget_after(&mut self, span: i64) {
+        for stage in &mut self.stages {
+            stage.forget_after(span);
+        }
+    }
+
+    /// Releases the state of series quiet since before `micros`; how many were forgotten.
+    pub fn forget_before(&mut self, micros: i64) -> usize {
+        self.stages
+            .iter_mut()
+            .map(|s| s.forget_before(micros))
+            .sum()
+    }
+
     /// Keeps only the state of resources `keep` accepts (see [`Transform::retain`]).
     pub fn retain(&mut self, keep: &dyn Fn(meterflow_engine::intern::Sym) -> bool) {
         for stage in &mut self.stages {

@@ -22,10 +22,10 @@
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::{Sample, SampleType, Volume};
-use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::convert::{Converter, SourceSpec, TargetSpec};
+use super::series::{Series, Timed};
 use super::{ConfigProblem, Partition, Transform, TransformerConfig};
 
 /// Parameters of `delta`.
@@ -47,7 +47,17 @@ pub struct DeltaConfig {
 pub struct Delta {
     converter: Converter,
     growth_only: bool,
-    cache: FxHashMap<(Sym, Sym), (Volume, i64)>,
+    cache: Series<Last>,
+}
+
+/// A series' last volume and its time (µs).
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Last(Volume, i64);
+
+impl Timed for Last {
+    fn micros(&self) -> i64 {
+        self.1
+    }
 }
 
 impl TransformerConfig for DeltaConfig {
@@ -64,7 +74,7 @@ impl TransformerConfig for DeltaConfig {
             Ok(Delta {
                 converter,
                 growth_only: self.growth_only,
-                cache: FxHashMap::default(),
+                cache: Series::new(),
             })
         } else {
             Err(problems)
@@ -74,19 +84,23 @@ impl TransformerConfig for DeltaConfig {
 
 impl Transform for Delta {
     fn save(&self) -> Vec<u8> {
-        let entries: Vec<_> = self.cache.iter().collect();
-        super::encode_state(&entries)
+        self.cache.save()
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        let entries: Vec<((Sym, Sym), (Volume, i64))> =
-            super::decode_state(DeltaConfig::NAME, state)?;
-        self.cache.extend(entries);
-        Ok(())
+        self.cache.restore(DeltaConfig::NAME, state)
     }
 
     fn retain(&mut self, keep: &dyn Fn(Sym) -> bool) {
-        self.cache.retain(|(_, resource), _| keep(*resource));
+        self.cache.retain(keep);
+    }
+
+    fn forget_after(&mut self, span: i64) {
+        self.cache.forget_after(span);
+    }
+
+    fn forget_before(&mut self, micros: i64) -> usize {
+        self.cache.forget_before(micros)
     }
 
     fn handle(&mut self, s: Sample, diag: &mut Diag) -> Option<Sample> {
@@ -102,7 +116,8 @@ impl Transform for Delta {
             return None;
         };
         let key = (s.name, s.resource_id);
-        let Some((prev_volume, prev_micros)) = self.cache.insert(key, (s.volume, micros)) else {
+        let Some(Last(prev_volume, prev_micros)) = self.cache.replace(key, Last(s.volume, micros))
+        else {
             diag.drop(DropReason::NoPredecessor, || {
                 format!(
                     "delta: {} of {} is its series' first sample: remembered, no difference yet",
@@ -112,7 +127,7 @@ impl Transform for Delta {
             return None;
         };
         if micros < prev_micros {
-            self.cache.insert(key, (prev_volume, prev_micros));
+            self.cache.put_back(key, Last(prev_volume, prev_micros));
             diag.drop(DropReason::OutOfOrder, || {
                 format!(
                     "delta: dropping {} of {} at {}: older than the sample before it (as Ceilometer does)",
@@ -143,6 +158,23 @@ impl Transform for Delta {
 mod tests {
     use super::super::testing::*;
     use meterflow_engine::{SampleType, Volume};
+
+    #[test]
+    fn a_series_quiet_longer_than_the_span_starts_afresh() {
+        let mut t = build("delta", "{}");
+        t.forget_after(60_000_000);
+        let (out, _) = run(
+            &mut *t,
+            vec![vec![
+                cum("cpu", "a", 10, "2024-05-01T12:00:00"),
+                cum("cpu", "a", 15, "2024-05-01T12:00:30"),
+                cum("cpu", "a", 40, "2024-05-01T12:05:00"),
+                cum("cpu", "a", 42, "2024-05-01T12:05:30"),
+            ]],
+        );
+        assert_eq!(volumes(&out), [5.0, 2.0]);
+        assert_eq!(t.forget_before(i64::MAX), 1);
+    }
 
     #[test]
     fn differences_keep_unit_and_type_delta() {

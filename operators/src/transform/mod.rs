@@ -12,6 +12,7 @@ mod chain;
 mod convert;
 mod delta;
 mod rate_of_change;
+mod series;
 mod unit_conversion;
 
 use meterflow_engine::intern::Sym;
@@ -55,6 +56,22 @@ pub trait Transform: Send {
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
         let _ = state;
         Ok(())
+    }
+
+    /// Forgets what it remembers of a series once its newest sample is more than `span`
+    /// microseconds of event time older than a new sample of it (the series then starts
+    /// afresh, as a first sample), and lets [`Transform::forget_before`] release such state.
+    /// Without a span (the default) state lives as long as the run, as in Ceilometer.
+    fn forget_after(&mut self, span: i64) {
+        let _ = span;
+    }
+
+    /// Releases what it remembers of series whose newest sample is older than `micros`
+    /// (event time); returns how many series it forgot. Samples held for release are never
+    /// dropped.
+    fn forget_before(&mut self, micros: i64) -> usize {
+        let _ = micros;
+        0
     }
 
     /// Forgets the state of every resource `keep` rejects: after restoring every worker's

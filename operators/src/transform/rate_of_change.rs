@@ -27,10 +27,10 @@
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::{Sample, SampleType, Volume};
-use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::convert::{Converter, SourceSpec, TargetSpec};
+use super::series::{Series, Timed};
 use super::{ConfigProblem, Partition, Transform, TransformerConfig};
 
 /// Parameters of `rate_of_change`.
@@ -55,7 +55,13 @@ struct Previous {
 /// The `rate_of_change` runtime.
 pub struct RateOfChange {
     converter: Converter,
-    cache: FxHashMap<(Sym, Sym), Previous>,
+    cache: Series<Previous>,
+}
+
+impl Timed for Previous {
+    fn micros(&self) -> i64 {
+        self.micros
+    }
 }
 
 impl TransformerConfig for RateOfChangeConfig {
@@ -71,7 +77,7 @@ impl TransformerConfig for RateOfChangeConfig {
         if problems.is_empty() {
             Ok(RateOfChange {
                 converter,
-                cache: FxHashMap::default(),
+                cache: Series::new(),
             })
         } else {
             Err(problems)
@@ -81,19 +87,23 @@ impl TransformerConfig for RateOfChangeConfig {
 
 impl Transform for RateOfChange {
     fn save(&self) -> Vec<u8> {
-        let entries: Vec<_> = self.cache.iter().collect();
-        super::encode_state(&entries)
+        self.cache.save()
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        let entries: Vec<((Sym, Sym), Previous)> =
-            super::decode_state(RateOfChangeConfig::NAME, state)?;
-        self.cache.extend(entries);
-        Ok(())
+        self.cache.restore(RateOfChangeConfig::NAME, state)
     }
 
     fn retain(&mut self, keep: &dyn Fn(Sym) -> bool) {
-        self.cache.retain(|(_, resource), _| keep(*resource));
+        self.cache.retain(keep);
+    }
+
+    fn forget_after(&mut self, span: i64) {
+        self.cache.forget_after(span);
+    }
+
+    fn forget_before(&mut self, micros: i64) -> usize {
+        self.cache.forget_before(micros)
     }
 
     fn handle(&mut self, s: Sample, diag: &mut Diag) -> Option<Sample> {
@@ -114,7 +124,7 @@ impl Transform for RateOfChange {
             micros,
             monotonic: s.monotonic_time,
         };
-        let Some(previous) = self.cache.insert(key, current) else {
+        let Some(previous) = self.cache.replace(key, current) else {
             diag.drop(DropReason::NoPredecessor, || {
                 format!(
                     "rate_of_change: {} of {} is its series' first sample: remembered, no rate yet",
@@ -129,7 +139,7 @@ impl Transform for RateOfChange {
         };
         if seconds < 0.0 {
             // Older than what we have: drop it and keep the newer state.
-            self.cache.insert(key, previous);
+            self.cache.put_back(key, previous);
             diag.drop(DropReason::OutOfOrder, || {
                 format!(
                     "rate_of_change: dropping {} of {} at {}: older than the sample before it (as Ceilometer does)",
@@ -233,6 +243,25 @@ mod tests {
             vec![vec![cum("c", "a", 0, T0), cum("c", "a", 30, T30)]],
         );
         assert_eq!(volumes(&out), [0.5]);
+    }
+
+    #[test]
+    fn a_series_quiet_longer_than_the_span_starts_afresh() {
+        let mut t = build("rate_of_change", "{}");
+        t.forget_after(60_000_000);
+        let (out, diag) = run(
+            &mut *t,
+            vec![vec![
+                cum("cpu", "a", 0, "2024-05-01T12:00:00"),
+                cum("cpu", "a", 30, "2024-05-01T12:00:30"), // 1.0
+                cum("cpu", "a", 90, "2024-05-01T12:05:00"), // quiet 4.5 min: forgotten
+                cum("cpu", "a", 150, "2024-05-01T12:06:00"), // 1.0
+            ]],
+        );
+        assert_eq!(volumes(&out), [1.0, 1.0]);
+        assert_eq!(diag.counters.dropped(DropReason::NoPredecessor), 2);
+        assert_eq!(t.forget_before(i64::MAX), 1, "one series remembered");
+        assert_eq!(t.forget_before(i64::MAX), 0);
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct RunOptions {
     pub state: Option<std::path::PathBuf>,
     /// How often a checkpoint is taken; zero takes none.
     pub checkpoint_every: Duration,
+    /// How long of event time a series may be quiet before the transformers forget it
+    /// (`--forget-after`); `None`: never, as in Ceilometer.
+    pub forget_after: Option<Duration>,
     /// Resume from the newest checkpoint (the transformers' state and the inputs' positions)
     /// even when no input is a Kafka topic (Kafka inputs always resume, as a consumer group).
     pub resume: bool,
@@ -126,6 +129,7 @@ impl Default for RunOptions {
             notifier: NotifierOptions::default(),
             state: None,
             checkpoint_every: CHECKPOINT_EVERY,
+            forget_after: Some(FORGET_AFTER),
             resume: false,
         }
     }
@@ -168,6 +172,10 @@ pub struct NotifierTotals {
 /// undelivered then stays in the notifier's journal and is sent at the next start.
 pub const NOTIFY_GRACE: Duration = Duration::from_secs(15);
 
+/// How long of event time a series may be quiet before the transformers forget it, by
+/// default (`--forget-after`).
+pub const FORGET_AFTER: Duration = Duration::from_secs(86_400);
+
 /// How often a listening engine checkpoints what the store's operator holds, and the
 /// default interval of the engine's checkpoints (`--checkpoint-every`).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -194,6 +202,7 @@ pub struct Prepared {
     sink_names: Vec<String>,
     first_data: std::sync::OnceLock<Instant>,
     progress: Option<ProgressCallback>,
+    forget_after: Option<Duration>,
     live: Arc<Live>,
     resource_rules: Vec<Option<Arc<ResourceEventRules>>>,
     requests: Mutex<Option<Requests>>,
@@ -342,6 +351,7 @@ pub fn prepare(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow
         sink_names,
         first_data: std::sync::OnceLock::new(),
         progress: options.progress.clone(),
+        forget_after: options.forget_after,
         live: Arc::new(live),
         requests: Mutex::new(None),
     })

@@ -75,6 +75,9 @@ pub struct Transformer {
     resource_events: Vec<Option<ResourceEvents>>,
     /// Where its checkpoint parts go, and this worker's index.
     checkpoints: Option<(Arc<Checkpoints>, usize)>,
+    /// Event time (µs) after which a quiet series is forgotten, and the newest event time
+    /// the last release of such state ran at.
+    forget: Option<(i64, i64)>,
     plan: Arc<Plan>,
 }
 
@@ -136,8 +139,42 @@ impl Transformer {
             urls: plan.publishers.iter().map(|p| p.url.clone()).collect(),
             event_routes: EventRoutes::default(),
             checkpoints: None,
+            forget: None,
             plan: plan.clone(),
         }
+    }
+
+    /// Forgets a series (rate_of_change's and delta's previous sample) once it has been
+    /// quiet for `span` of event time, and releases such state as event time moves on.
+    pub fn forget_after(mut self, span: std::time::Duration) -> Transformer {
+        let span = i64::try_from(span.as_micros()).unwrap_or(i64::MAX);
+        for sink in &mut self.sinks {
+            sink.chain.forget_after(span);
+        }
+        self.forget = Some((span, i64::MIN));
+        self
+    }
+
+    /// Releases the state of series quiet for longer than the span, each time event time
+    /// (the newest this worker decoded) has moved an eighth of the span on.
+    fn release_quiet(&mut self, diag: &mut Diag) {
+        let Some((span, swept)) = self.forget else {
+            return;
+        };
+        let Some(&newest) = diag.counters.newest_event_us.iter().max() else {
+            return;
+        };
+        if newest == i64::MIN || newest.saturating_sub(swept) < (span / 8).max(1) {
+            return;
+        }
+        let before = newest.saturating_sub(span);
+        let forgotten: usize = self
+            .sinks
+            .iter_mut()
+            .map(|s| s.chain.forget_before(before))
+            .sum();
+        diag.counters.state_forgotten += forgotten as u64;
+        self.forget = Some((span, newest));
     }
 
     /// Writes this worker's (`index`) checkpoint parts into `checkpoints`.
@@ -692,6 +729,7 @@ pub fn transform<'s>(
                     held.push(capability);
                 }
                 transformer.end_epoch(&mut diag);
+                transformer.release_quiet(&mut diag);
                 let mut measures = transformer.take_measures();
                 if let (false, Some(capability)) = (measures.is_empty(), held.first()) {
                     output.session(capability).give_container(&mut measures);

@@ -186,6 +186,9 @@ fn notifier(shared: &Prepared) -> Option<std::sync::Arc<meterflow_connectors::no
 /// This worker's transformers, with the state the run resumes from.
 fn transformer(shared: &Prepared, index: usize) -> Transformer {
     let mut transformer = Transformer::new(&shared.plan, &shared.factories);
+    if let Some(span) = shared.forget_after {
+        transformer = transformer.forget_after(span);
+    }
     if let Some(c) = &shared.checkpointing {
         transformer = transformer.with_checkpoints(c.checkpoints.clone(), index);
         if let Some(loaded) = &c.loaded {
