@@ -71,6 +71,8 @@ pub struct Arithmetic {
     cache: IndexMap<Sym, Vec<Option<Sample>>>,
     latest: Option<Timestamp>,
     source: Sym,
+    /// Event time (µs) after which a resource's cached samples are forgotten.
+    forget_after: Option<i64>,
 }
 
 impl TransformerConfig for ArithmeticConfig {
@@ -98,8 +100,18 @@ impl TransformerConfig for ArithmeticConfig {
             cache: IndexMap::new(),
             latest: None,
             source: Sym::new(DEFAULT_SAMPLE_SOURCE),
+            forget_after: None,
         })
     }
+}
+
+/// The newest event time among a resource's cached samples.
+fn newest_micros(slots: &[Option<Sample>]) -> Option<i64> {
+    slots
+        .iter()
+        .flatten()
+        .filter_map(|s| s.timestamp.micros())
+        .max()
 }
 
 /// What [`Arithmetic`] saves: each resource's cached samples, and the newest timestamp.
@@ -135,6 +147,12 @@ impl Transform for Arithmetic {
                 .cache
                 .entry(s.resource_id)
                 .or_insert_with(|| vec![None; self.meters.len()]);
+            // A resource quiet for longer than the span starts afresh.
+            if let (Some(span), Some(now)) = (self.forget_after, s.timestamp.micros()) {
+                if newest_micros(slots).is_some_and(|t| now.saturating_sub(t) > span) {
+                    slots.iter_mut().for_each(|slot| *slot = None);
+                }
+            }
             slots[slot] = Some(s.detached());
         }
         None
@@ -173,6 +191,17 @@ impl Transform for Arithmetic {
         });
     }
 
+    fn forget_after(&mut self, span: i64) {
+        self.forget_after = Some(span);
+    }
+
+    fn forget_before(&mut self, micros: i64) -> usize {
+        let before = self.cache.len();
+        self.cache
+            .retain(|_, slots| newest_micros(slots).is_none_or(|t| t >= micros));
+        before - self.cache.len()
+    }
+
     fn save(&self) -> Vec<u8> {
         let cache: Vec<_> = self.cache.iter().collect();
         super::encode_state(&(cache, &self.latest))
@@ -209,6 +238,31 @@ mod tests {
 
     const EXPR: &str =
         "{target: {name: util, unit: '%', type: gauge, expr: '100 * $(used) / $(total)'}}";
+
+    #[test]
+    fn a_resource_quiet_longer_than_the_span_starts_afresh() {
+        let mut t = build("arithmetic", EXPR);
+        t.forget_after(60_000_000);
+        let (out, _) = run(
+            &mut *t,
+            vec![
+                vec![gauge("total", "a", 200.0, "2021-01-01T00:00:00")],
+                // An hour later: the old total is forgotten, so no result yet.
+                vec![gauge("used", "a", 50.0, "2021-01-01T01:00:00")],
+                vec![gauge("total", "a", 100.0, "2021-01-01T01:00:30")],
+            ],
+        );
+        assert_eq!(volumes(&out), [50.0]);
+        let (_, _) = run(
+            &mut *t,
+            vec![vec![gauge("used", "b", 1.0, "2021-01-01T02:00:00")]],
+        );
+        assert_eq!(
+            t.forget_before(i64::MAX),
+            1,
+            "b's partial cache is released"
+        );
+    }
 
     #[test]
     fn waits_for_all_meters_then_clears() {
