@@ -24,11 +24,12 @@
 
 use std::fs::{self, File};
 use std::hash::Hasher;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meterflow_connectors::file::write_atomically;
 use meterflow_engine::chunk::SourcePosition;
 use serde::{Deserialize, Serialize};
 
@@ -135,10 +136,6 @@ fn dir_name(number: u64) -> String {
     format!("c{number:012}")
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Checkpoints {
     /// The checkpoints under `root` (created if missing).
     pub fn open(root: &Path) -> io::Result<Checkpoints> {
@@ -241,13 +238,10 @@ impl Checkpoints {
             inputs,
             parts,
         };
-        let tmp = dir.join("manifest.json.tmp");
-        let mut file = File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, dir.join(MANIFEST))?;
-        sync_dir(&dir)?;
-        sync_dir(&self.root)?;
+        let text = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+        write_atomically(&dir.join(MANIFEST), &text)?;
+        // The checkpoint's directory entry, made when its first part was written.
+        File::open(&self.root)?.sync_all()?;
         self.prune(number);
         Ok(Published { number, bytes })
     }

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use meterflow_engine::chunk::{Chunk, ChunkSource, SourcePosition};
@@ -90,12 +90,7 @@ impl InputSpec {
                 Ok(Box::new(source))
             }
             (InputSpec::File(path), Some(from)) => {
-                let mut file = File::open(path).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot open input {}: {e}", path.display()),
-                    )
-                })?;
+                let mut file = open_input(path)?;
                 let size = file.metadata()?.len();
                 if size < from.bytes {
                     return Err(io::Error::other(format!(
@@ -122,9 +117,7 @@ impl InputSpec {
     /// Opens a byte-stream input (file, stdin, pollster) as a line chunker.
     pub fn open_reader(&self, input: u32) -> io::Result<ChunkReader> {
         let reader: Box<dyn Read + Send> = match self {
-            InputSpec::File(p) => Box::new(File::open(p).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open input {}: {e}", p.display()))
-            })?),
+            InputSpec::File(p) => Box::new(open_input(p)?),
             InputSpec::Stdin => Box::new(io::stdin()),
             InputSpec::Poll(spec) => Box::new(spec.open()?),
             InputSpec::Kafka(_) => {
@@ -137,6 +130,16 @@ impl InputSpec {
         reader.resumable = matches!(self, InputSpec::File(_));
         Ok(reader)
     }
+}
+
+/// Opens an input file, saying which when it cannot.
+fn open_input(path: &Path) -> io::Result<File> {
+    File::open(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open input {}: {e}", path.display()),
+        )
+    })
 }
 
 /// Cuts a byte stream into [`Chunk`]s of whole lines, counting lines as it goes.

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1078,19 +1078,8 @@ impl Store {
 
     fn write_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
         let path = self.dir.join(MANIFEST);
-        let tmp = self.dir.join("manifest.json.tmp");
         let text = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
-        let mut file = File::create(&tmp).map_err(io_error("cannot write", &tmp))?;
-        file.write_all(&text)
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("cannot write", &tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_error("cannot rename into place", &path))?;
-        // Make the rename itself durable.
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::file::write_atomically(&path, &text).map_err(io_error("cannot write", &path))
     }
 
     fn remove_orphans(&self, manifest: &Manifest) -> Result<(), StoreError> {

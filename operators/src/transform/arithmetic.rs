@@ -68,7 +68,7 @@ pub struct Arithmetic {
     name: Option<Sym>,
     unit: Option<Sym>,
     kind: Option<SampleType>,
-    cache: IndexMap<Sym, Vec<Option<Sample>>>,
+    cache: IndexMap<Sym, Slots>,
     latest: Option<Timestamp>,
     source: Sym,
     /// Event time (µs) after which a resource's cached samples are forgotten.
@@ -105,17 +105,17 @@ impl TransformerConfig for ArithmeticConfig {
     }
 }
 
-/// The newest event time among a resource's cached samples.
-fn newest_micros(slots: &[Option<Sample>]) -> Option<i64> {
-    slots
-        .iter()
-        .flatten()
-        .filter_map(|s| s.timestamp.micros())
-        .max()
+/// A resource's latest sample of each meter the expression names.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Slots {
+    samples: Vec<Option<Sample>>,
+    /// The newest event time (µs) among them, kept only when quiet resources are forgotten
+    /// (`None`: not known, never released).
+    newest: Option<i64>,
 }
 
 /// What [`Arithmetic`] saves: each resource's cached samples, and the newest timestamp.
-type SavedState = (Vec<(Sym, Vec<Option<Sample>>)>, Option<Timestamp>);
+type SavedState = (Vec<(Sym, Slots)>, Option<Timestamp>);
 
 struct Cached<'a>(&'a [Option<Sample>]);
 
@@ -143,17 +143,19 @@ impl Transform for Arithmetic {
     fn handle(&mut self, s: Sample, _: &mut Diag) -> Option<Sample> {
         self.latest = Some(s.timestamp.detached());
         if let Some(slot) = self.meters.iter().position(|m| *m == s.name) {
-            let slots = self
-                .cache
-                .entry(s.resource_id)
-                .or_insert_with(|| vec![None; self.meters.len()]);
+            let slots = self.cache.entry(s.resource_id).or_insert_with(|| Slots {
+                samples: vec![None; self.meters.len()],
+                newest: None,
+            });
             // A resource quiet for longer than the span starts afresh.
             if let (Some(span), Some(now)) = (self.forget_after, s.timestamp.micros()) {
-                if newest_micros(slots).is_some_and(|t| now.saturating_sub(t) > span) {
-                    slots.iter_mut().for_each(|slot| *slot = None);
+                if slots.newest.is_some_and(|t| now.saturating_sub(t) > span) {
+                    slots.samples.iter_mut().for_each(|slot| *slot = None);
+                    slots.newest = None;
                 }
+                slots.newest = Some(slots.newest.map_or(now, |t| t.max(now)));
             }
-            slots[slot] = Some(s.detached());
+            slots.samples[slot] = Some(s.detached());
         }
         None
     }
@@ -163,6 +165,7 @@ impl Transform for Arithmetic {
         let expr = &self.expr;
         let (name, unit, kind, source) = (self.name, self.unit, self.kind, self.source);
         self.cache.retain(|resource, slots| {
+            let slots = &slots.samples;
             if slots.iter().any(Option::is_none) {
                 return true;
             }
@@ -198,7 +201,7 @@ impl Transform for Arithmetic {
     fn forget_before(&mut self, micros: i64) -> usize {
         let before = self.cache.len();
         self.cache
-            .retain(|_, slots| newest_micros(slots).is_none_or(|t| t >= micros));
+            .retain(|_, slots| slots.newest.is_none_or(|t| t >= micros));
         before - self.cache.len()
     }
 
@@ -211,7 +214,7 @@ impl Transform for Arithmetic {
         let (cache, latest): SavedState = super::decode_state(ArithmeticConfig::NAME, state)?;
         if cache
             .iter()
-            .any(|(_, slots)| slots.len() != self.meters.len())
+            .any(|(_, slots)| slots.samples.len() != self.meters.len())
         {
             return Err(format!(
                 "arithmetic: the saved state is for another expression ({} meters expected)",
@@ -226,7 +229,7 @@ impl Transform for Arithmetic {
     fn held(&self) -> usize {
         self.cache
             .values()
-            .map(|s| s.iter().flatten().count())
+            .map(|s| s.samples.iter().flatten().count())
             .sum()
     }
 }

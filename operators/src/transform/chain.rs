@@ -68,8 +68,10 @@ impl Chain {
         self.stages.iter().map(|s| s.save()).collect()
     }
 
-    /// Adds the states [`Chain::save`] gave (of this chain or another worker's copy of it);
-    /// fails, leaving the chain as it was, if they are not this chain's.
+    /// Adds the states [`Chain::save`] gave (of this chain or another worker's copy of it).
+    /// Fails if they are not this chain's: a different number of stages changes nothing; a
+    /// stage whose state does not decode stops the restore there (the stages before it keep
+    /// what they took, so the caller should start the chain afresh).
     pub fn restore(&mut self, states: &[Vec<u8>]) -> Result<(), String> {
         if states.len() != self.stages.len() {
             return Err(format!(

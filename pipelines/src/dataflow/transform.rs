@@ -42,6 +42,8 @@ use crate::storage::{Measure, Origin};
 /// One sink's runtime on one worker.
 struct SinkRuntime {
     chain: Chain,
+    /// Its transformers as configured (see [`chain_fingerprint`]).
+    fingerprint: String,
     publishers: Vec<usize>,
     notification: Option<u64>,
     out: Vec<Sample>,
@@ -126,8 +128,10 @@ impl Transformer {
                 .build_chains()
                 .into_iter()
                 .zip(&plan.sinks)
-                .map(|(chain, sink)| SinkRuntime {
+                .enumerate()
+                .map(|(k, (chain, sink))| SinkRuntime {
                     chain,
+                    fingerprint: chain_fingerprint(plan, k),
                     publishers: sink.publishers.clone(),
                     notification: None,
                     out: Vec::new(),
@@ -194,7 +198,7 @@ impl Transformer {
                 .filter(|(_, s)| !s.chain.is_empty())
                 .map(|(k, s)| SinkState {
                     name: self.plan.sinks[k].name.clone(),
-                    chain: chain_fingerprint(&self.plan, k),
+                    chain: s.fingerprint.clone(),
                     stages: s.chain.save(),
                 })
                 .collect(),
@@ -216,7 +220,7 @@ impl Transformer {
             if !by_resource && k % peers != index {
                 continue;
             }
-            let fingerprint = chain_fingerprint(&self.plan, k);
+            let fingerprint = self.sinks[k].fingerprint.clone();
             let saved = loaded
                 .parts
                 .iter()
@@ -235,6 +239,12 @@ impl Transformer {
                         "sink {}: the state of checkpoint {} cannot be restored ({e}); it starts empty",
                         sink.name, loaded.number
                     ));
+                    // What the stages before the failing one took is dropped with them.
+                    let mut fresh = self.plan.build_chains().swap_remove(k);
+                    if let Some((span, _)) = self.forget {
+                        fresh.forget_after(span);
+                    }
+                    self.sinks[k].chain = fresh;
                     break;
                 }
             }
@@ -252,13 +262,12 @@ impl Transformer {
     }
 
     /// Saves this worker's part of checkpoint `number`.
-    fn save_part(&self, number: u64, diag: &mut Diag) {
+    fn save_part(&self, number: u64) {
         let Some((checkpoints, index)) = &self.checkpoints else {
             return;
         };
         if let Err(e) = checkpoints.write_part(number, *index, &self.save()) {
-            // The checkpoint then cannot be published; the next one tries again.
-            let _ = diag;
+            // The checkpoint then cannot be published (counted there); the next one tries again.
             tracing::error!("checkpoint {number}: {e}; the next checkpoint tries again");
         }
     }
@@ -385,7 +394,7 @@ impl Transformer {
             if let Target::Io(p) = p {
                 match p.flush_async() {
                     Some(ticket) => tickets.push((i, ticket)),
-                    None => flush_with_retry(p.as_mut(), url, diag),
+                    None => flush_with_retry(p.as_mut(), url, false, diag),
                 }
             }
         }
@@ -397,15 +406,7 @@ impl Transformer {
     fn sync_publishers(&mut self, diag: &mut Diag) {
         for (p, url) in self.publishers.iter_mut().zip(&self.urls) {
             if let Target::Io(p) = p {
-                let synced = retry_with_backoff(
-                    url,
-                    PUBLISH_RETRY_LIMIT,
-                    |e: &PublishError| e.retry,
-                    || p.sync(),
-                );
-                if let Err(e) = synced {
-                    diag.drop(DropReason::PublishError, || format!("{url}: {e}"));
-                }
+                flush_with_retry(p.as_mut(), url, true, diag);
             }
         }
     }
@@ -613,14 +614,21 @@ const ACK_POLL: Duration = Duration::from_micros(500);
 /// retried before its buffered samples are counted as dropped.
 const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(300);
 
-/// Flushes a publisher, retrying retryable failures (see [`retry_with_backoff`]); what
+/// Flushes a publisher (with `sync`, also making all it wrote durable: see
+/// [`Publisher::sync`]), retrying retryable failures (see [`retry_with_backoff`]); what
 /// finally fails is counted and tried again at the next flush.
-fn flush_with_retry(publisher: &mut dyn Publisher, url: &str, diag: &mut Diag) {
+fn flush_with_retry(publisher: &mut dyn Publisher, url: &str, sync: bool, diag: &mut Diag) {
     let flushed = retry_with_backoff(
         url,
         PUBLISH_RETRY_LIMIT,
         |e: &PublishError| e.retry,
-        || publisher.flush(),
+        || {
+            if sync {
+                publisher.sync()
+            } else {
+                publisher.flush()
+            }
+        },
     );
     if let Err(e) = flushed {
         diag.drop(DropReason::PublishError, || {
@@ -711,7 +719,7 @@ pub fn transform<'s>(
                 // A checkpoint at this epoch holds the state every epoch before it left.
                 if let Some((capability, batches)) = barrier_stash.take(epoch) {
                     for b in batches.into_iter().flatten() {
-                        transformer.save_part(b.number, &mut diag);
+                        transformer.save_part(b.number);
                     }
                     checkpointed = true;
                     held.push(capability);
@@ -790,7 +798,7 @@ mod tests {
             retry: true,
             calls: 0,
         };
-        flush_with_retry(&mut p, "test://", &mut diag);
+        flush_with_retry(&mut p, "test://", false, &mut diag);
         assert_eq!(p.calls, 4);
         assert_eq!(diag.counters.dropped_total(), 0);
     }
@@ -803,7 +811,7 @@ mod tests {
             retry: false,
             calls: 0,
         };
-        flush_with_retry(&mut p, "test://", &mut diag);
+        flush_with_retry(&mut p, "test://", false, &mut diag);
         assert_eq!(p.calls, 1);
         assert_eq!(diag.counters.dropped(DropReason::PublishError), 1);
     }

@@ -15,7 +15,9 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use super::aggregate::{self, AggregateParts};
 use super::feed::{feed, ApiFeed, CheckpointFeed, PUBLISH_EVERY};
-use super::{cross, decode, transform, Decoder, Prepared, Transformer, CHECKPOINT_EVERY};
+use super::{
+    cross, decode, transform, Decoder, Prepared, StoreParts, Transformer, CHECKPOINT_EVERY,
+};
 use crate::alarms::{owns, AlarmEdit, Alarms};
 use crate::checkpoint::Barrier;
 use crate::feeds::Feed;
@@ -138,12 +140,7 @@ fn aggregator(shared: &Prepared, index: usize) -> Option<Rc<RefCell<Aggregator>>
     let share = store.shares.lock().unwrap_or_else(|p| p.into_inner())[index]
         .take()
         .unwrap_or_default();
-    let alarms = Alarms::load(
-        (&plan.alarms, plan.alarms_declared),
-        &store.stored_alarms,
-        &|a| owns(a, (index, shared.workers), false),
-        notifier(shared),
-    );
+    let alarms = alarms(shared, store, index, false);
     let mut aggregator = Aggregator::new(store.store.clone(), plan.clone(), share, shared.durable)
         .with_alarms(alarms)
         .with_cross_alarms(store.cross_alarms.iter());
@@ -156,13 +153,7 @@ fn aggregator(shared: &Prepared, index: usize) -> Option<Rc<RefCell<Aggregator>>
 /// This worker's evaluation of the alarms over several metrics it owns.
 fn cross_stage(shared: &Prepared, index: usize) -> Option<CrossStage> {
     let store = shared.store.as_ref()?;
-    let plan = &shared.plan;
-    let alarms = Alarms::load(
-        (&plan.alarms, plan.alarms_declared),
-        &store.stored_alarms,
-        &|a| owns(a, (index, shared.workers), true),
-        notifier(shared),
-    );
+    let alarms = alarms(shared, store, index, true);
     let mut stage = CrossStage::new(
         store.store.clone(),
         (index, shared.workers),
@@ -175,12 +166,21 @@ fn cross_stage(shared: &Prepared, index: usize) -> Option<CrossStage> {
     Some(stage)
 }
 
-fn notifier(shared: &Prepared) -> Option<std::sync::Arc<meterflow_connectors::notify::Notifier>> {
-    shared
+/// The alarms worker `index` evaluates: those over one metric it owns, or (`cross`) those
+/// over several metrics.
+fn alarms(shared: &Prepared, store: &StoreParts, index: usize, cross: bool) -> Alarms {
+    let plan = &shared.plan;
+    let notifier = shared
         .notifier
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone()
+        .clone();
+    Alarms::load(
+        (&plan.alarms, plan.alarms_declared),
+        &store.stored_alarms,
+        &|a| owns(a, (index, shared.workers), cross),
+        notifier,
+    )
 }
 
 /// This worker's transformers, with the state the run resumes from.
