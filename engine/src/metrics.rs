@@ -154,6 +154,11 @@ pub struct Counters {
     /// Series whose transformer state was released after a span of event time without a
     /// sample (rate_of_change's and delta's previous samples).
     pub state_forgotten: u64,
+    /// Metrics the store's aggregation released from memory after a span of event time
+    /// without a measure (their state stays in the store).
+    pub metrics_released: u64,
+    /// Released metrics read back from the store because they spoke again.
+    pub metrics_reloaded: u64,
     /// Measures handed to the embedded store (`gnocchi://`).
     pub measures: u64,
     /// Bucket values written to the store.
@@ -226,6 +231,8 @@ impl Counters {
         self.samples_unrouted += other.samples_unrouted;
         self.held += other.held;
         self.state_forgotten += other.state_forgotten;
+        self.metrics_released += other.metrics_released;
+        self.metrics_reloaded += other.metrics_reloaded;
         self.metrics_open += other.metrics_open;
         self.buckets_open += other.buckets_open;
         self.alarm_evaluations += other.alarm_evaluations;

@@ -532,6 +532,11 @@ impl Alarms {
         prime
     }
 
+    /// Whether an alarm reads metric `key` (resource key, name).
+    pub fn watches(&self, key: (Sym, Sym)) -> bool {
+        self.watches.contains_key(&key)
+    }
+
     /// The metric alarm `i` reads.
     pub fn watched(&self, i: usize) -> Option<(Sym, Sym)> {
         watch_key(&self.slots.get(i)?.definition)

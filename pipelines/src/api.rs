@@ -1080,6 +1080,18 @@ pub fn render_prometheus(live: &Live, c: &Counters) -> String {
         &one(c.state_forgotten),
     );
     metric(
+        "meterflow_metrics_released_total",
+        "counter",
+        "Metrics the aggregation released from memory after --forget-after of event time without a measure (kept in the store).",
+        &one(c.metrics_released),
+    );
+    metric(
+        "meterflow_metrics_reloaded_total",
+        "counter",
+        "Released metrics read back from the store because a measure reached them again.",
+        &one(c.metrics_reloaded),
+    );
+    metric(
         "meterflow_interned_strings",
         "gauge",
         "Distinct strings (meters, resource ids, users, ...) interned for the life of the process.",

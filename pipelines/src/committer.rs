@@ -258,6 +258,16 @@ impl Commits {
         self.committer.commit_now(&mut self.checkpoint, diag);
     }
 
+    /// The number the next commit started will have (the one that carries what is buffered).
+    pub fn next(&self) -> u64 {
+        self.committer.next()
+    }
+
+    /// The number of the last commit written (all before it were written too).
+    pub fn committed(&mut self, diag: &mut Diag) -> u64 {
+        self.committer.committed(diag)
+    }
+
     /// Why the store could not be written, if it could not.
     pub fn failure(&self) -> Option<&str> {
         self.committer.failure()

@@ -224,6 +224,19 @@ impl Feeds {
         self.subs[&key].1.iter().any(|s| s.sent.is_none())
     }
 
+    /// Whether metric `key` feeds a cross alarm (as of its last batch).
+    pub fn subscribed(&self, key: (Sym, Sym)) -> bool {
+        self.subs
+            .get(&key)
+            .is_some_and(|(_, subs)| !subs.is_empty())
+    }
+
+    /// Forgets what is known of metric `key` (it left memory; its next batch works its
+    /// subscriptions out again).
+    pub fn forget(&mut self, key: (Sym, Sym)) {
+        self.subs.remove(&key);
+    }
+
     /// The resource of metric `key` changed (attributes): its subscriptions are worked out
     /// again at its next batch.
     pub fn invalidate(&mut self, key: (Sym, Sym)) {

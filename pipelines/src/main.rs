@@ -73,10 +73,16 @@ struct RunArgs {
     #[arg(long, default_value_t = 1.0)]
     checkpoint_every: f64,
     /// Seconds of event time a series (rate_of_change's, delta's previous sample) may be
-    /// quiet before the transformers forget it; its next sample then starts it afresh. 0
-    /// never forgets (Ceilometer's behaviour, memory grows with every resource ever seen).
+    /// quiet before the transformers forget it; its next sample then starts it afresh. A
+    /// store metric quiet that long leaves memory too (kept in the store, read back with no
+    /// change to its results if it speaks again). 0 never forgets (Ceilometer's behaviour,
+    /// memory grows with every resource ever seen).
     #[arg(long, default_value_t = 86_400.0)]
     forget_after: f64,
+    /// Bytes of input read per step (epoch): smaller steps make progress, no_data_grace and
+    /// quiet-metric release finer grained, larger ones cost less per byte.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(256..=(1 << 28)))]
+    chunk_bytes: u64,
     /// Read on from the newest checkpoint (state and input positions) when the inputs are
     /// files; Kafka inputs always do.
     #[arg(long)]
@@ -502,6 +508,7 @@ fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
         state,
         checkpoint_every,
         forget_after,
+        chunk_bytes,
         resume,
         notify,
     } = args;
@@ -544,8 +551,8 @@ fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
         state,
         checkpoint_every: checkpoint_interval(checkpoint_every)?,
         forget_after: forget_span(forget_after)?,
+        chunk_bytes: chunk_bytes as usize,
         resume,
-        ..RunOptions::default()
     };
     let report = service::run(plan, &inputs, &options, Some(announce_listening()))?;
     let decoding_drops: u64 = DropReason::ALL

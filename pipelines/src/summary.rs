@@ -95,6 +95,13 @@ pub fn render(report: &RunReport) -> String {
             c.state_forgotten
         );
     }
+    if c.metrics_released > 0 {
+        let _ = writeln!(
+            s,
+            "  metrics released from memory after a quiet span (--forget-after; kept in the store): {}, read back when they spoke again: {}",
+            c.metrics_released, c.metrics_reloaded
+        );
+    }
     if c.held > 0 {
         let _ = writeln!(
             s,
@@ -141,6 +148,9 @@ pub fn json(report: &RunReport) -> serde_json::Value {
         "unrouted": c.samples_unrouted,
         "held": c.held,
         "forgotten": c.state_forgotten,
+        "metrics_open": c.metrics_open,
+        "metrics_released": c.metrics_released,
+        "metrics_reloaded": c.metrics_reloaded,
         "measures": c.measures,
         "buckets_written": c.buckets_written,
         "sinks": sinks,

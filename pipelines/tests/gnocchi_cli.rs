@@ -222,6 +222,107 @@ fn replays_and_killed_runs_leave_the_same_measures() {
     same(&snapshot(&killed, resources), &want, "kill and rerun");
 }
 
+/// Polling notifications every 10 s for 3 hours of event time: instance `r` reports in
+/// 30-minute turns (quiet every third turn, then back, often inside the same hour bucket),
+/// and a third of the instances stop for good after 2 hours.
+fn in_turns(path: &Path, resources: usize) {
+    let mut text = String::new();
+    for step in 0..1080usize {
+        let t = 1_627_610_400 + step as i64 * 10;
+        let (h, m, s) = ((t / 3600) % 24, (t / 60) % 60, t % 60);
+        let samples: Vec<String> = (0..resources)
+            .filter(|r| (step / 180 + r) % 3 != 0 && (step < 720 || r % 3 != 1))
+            .map(|r| {
+                let v = ((step * 7 + r * 13) % 100) as f64 + 0.25;
+                format!(r#"{{"counter_name": "cpu_util", "counter_type": "gauge", "counter_unit": "%", "counter_volume": {v}, "user_id": "u", "project_id": "p", "resource_id": "vm-{r}/disk", "timestamp": "2021-07-30T{h:02}:{m:02}:{s:02}.5", "resource_metadata": {{}}, "source": "openstack"}}"#)
+            })
+            .collect();
+        text.push_str(&format!(
+            r#"{{"event_type": "telemetry.polling", "priority": "SAMPLE", "publisher_id": "p", "message_id": "m{step}", "timestamp": "2021-07-30 00:00:00", "payload": {{"samples": [{}]}}}}"#,
+            samples.join(", ")
+        ));
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn quiet_metrics_leave_memory_and_resume_from_the_store_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        POLICY.replace(
+            r#"{"granularity": 300, "points": 100}"#,
+            r#"{"granularity": 3600, "points": 100}"#,
+        ),
+    )
+    .unwrap();
+    let pipeline = pipeline_for(&policy, dir.path());
+    let resources = 30;
+    let input = dir.path().join("in.jsonl");
+    in_turns(&input, resources);
+    let snapshot = |store: &Path| {
+        let mut all = Vec::new();
+        // (Every other instance: each `measures` is a process.)
+        for r in (0..resources).step_by(2) {
+            for method in ["mean", "std", "count", "rate:sum"] {
+                for g in ["60", "3600"] {
+                    let points = measures(store, &format!("vm-{r}/disk"), "cpu_util", method, g);
+                    all.push((format!("vm-{r} {method}@{g}"), points));
+                }
+            }
+        }
+        all
+    };
+    let mut want = None;
+    for workers in ["1", "3"] {
+        for forget in ["0", "600"] {
+            let store = dir.path().join(format!("store-{workers}-{forget}"));
+            let out = run_into_store(
+                &pipeline,
+                &input,
+                &store,
+                &[
+                    "--workers",
+                    workers,
+                    "--forget-after",
+                    forget,
+                    "--chunk-bytes",
+                    "100000",
+                    "--summary-json",
+                    "--no-progress",
+                ],
+            );
+            assert!(out.status.success(), "{}", text(&out));
+            let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let (released, reloaded) = (
+                summary["metrics_released"].as_u64().unwrap(),
+                summary["metrics_reloaded"].as_u64().unwrap(),
+            );
+            let what = format!("{workers} workers, --forget-after {forget}: {summary}");
+            if forget == "0" {
+                assert_eq!((released, reloaded), (0, 0), "{what}");
+                assert_eq!(summary["metrics_open"], resources, "{what}");
+            } else {
+                // Every instance goes quiet for 30 minutes at least once, and most come back.
+                assert!(released >= resources as u64, "{what}");
+                assert!(reloaded >= resources as u64 / 2, "{what}");
+                assert!(
+                    summary["metrics_open"].as_u64().unwrap() < resources as u64,
+                    "{what}"
+                );
+            }
+            let got = snapshot(&store);
+            assert!(got.iter().all(|s| !s.1.is_empty()), "{what}");
+            match &want {
+                None => want = Some(got),
+                Some(want) => same(&got, want, &what),
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_measures_and_bad_stores_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@
 //! generation override older rows with the same key, so replaying input (after a crash, or the
 //! same file twice) never counts a measure twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use meterflow_engine::intern::Sym;
+use meterflow_engine::partition::route;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -550,6 +551,15 @@ pub struct StoredPoint {
 
 /// A metric's state read back for resuming: its raw measures and open buckets.
 pub type MetricState = Vec<StoredPoint>;
+
+/// What [`Store::reload`] read back: records and states by (resource, metric).
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// The metrics' records.
+    pub records: HashMap<(String, String), MetricRecord>,
+    /// Their states (absent for a metric with none).
+    pub states: HashMap<(String, String), MetricState>,
+}
 
 /// An open store.
 pub struct Store {
@@ -1270,26 +1280,63 @@ impl Store {
             .collect())
     }
 
+    /// The records and newest states of the metrics `keys` names (resource, metric), reading
+    /// only the files of the partitions their resources fall in: how a metric released from
+    /// memory is resumed when it speaks again. A key the store does not hold is absent.
+    pub fn reload(&self, keys: &HashSet<(String, String)>) -> Result<Reloaded, StoreError> {
+        let routes: Vec<u64> = keys.iter().map(|(r, _)| route(r)).collect();
+        let mine = |f: &FileEntry| routes.iter().any(|&r| f.partition.holds(r));
+        let wanted = |r: &str, m: &str| keys.contains(&(r.to_owned(), m.to_owned()));
+        self.reading(|| {
+            let mut out = Reloaded::default();
+            for entry in self.files(Table::Metrics, None).iter().filter(|f| mine(f)) {
+                for record in self.metric_records(entry, &|r| keys.iter().any(|k| k.0 == r))? {
+                    if wanted(&record.resource_id, &record.metric_name) {
+                        let key = (record.resource_id.clone(), record.metric_name.clone());
+                        out.records.insert(key, record);
+                    }
+                }
+            }
+            let mut states: HashMap<(String, String), (u64, MetricState)> = HashMap::new();
+            for entry in self.files(Table::State, None).iter().filter(|f| mine(f)) {
+                self.states_into(entry, &wanted, &mut states)?;
+            }
+            out.states = states.into_iter().map(|(k, (_, v))| (k, v)).collect();
+            Ok(out)
+        })
+    }
+
+    /// Adds the state rows of one state file that `keep` accepts to `out`, keeping each
+    /// metric's newest generation only (a metric's state is written whole at each checkpoint).
+    fn states_into(
+        &self,
+        entry: &FileEntry,
+        keep: &dyn Fn(&str, &str) -> bool,
+        out: &mut HashMap<(String, String), (u64, MetricState)>,
+    ) -> Result<(), StoreError> {
+        for batch in self.batches(entry)? {
+            let res = strings(&batch, "resource_id", &entry.path)?;
+            let names = strings(&batch, "metric_name", &entry.path)?;
+            for (i, p) in points_of(&batch, &entry.path, keep)? {
+                let key = (res.value(i).to_owned(), names.value(i).to_owned());
+                let slot = out.entry(key).or_insert((entry.generation, Vec::new()));
+                if slot.0 < entry.generation {
+                    *slot = (entry.generation, Vec::new());
+                }
+                slot.1.push(p);
+            }
+        }
+        Ok(())
+    }
+
     /// The newest state of every metric whose resource `holds` accepts, by (resource, metric).
     pub fn states(
         &self,
         holds: &dyn Fn(&str) -> bool,
     ) -> Result<HashMap<(String, String), MetricState>, StoreError> {
-        // A metric's state is written whole at each checkpoint: keep its newest generation only.
         let mut out: HashMap<(String, String), (u64, MetricState)> = HashMap::new();
         for entry in self.files(Table::State, None) {
-            for batch in self.batches(&entry)? {
-                let res = strings(&batch, "resource_id", &entry.path)?;
-                let names = strings(&batch, "metric_name", &entry.path)?;
-                for (i, p) in points_of(&batch, &entry.path, |r, _| holds(r))? {
-                    let key = (res.value(i).to_owned(), names.value(i).to_owned());
-                    let slot = out.entry(key).or_insert((entry.generation, Vec::new()));
-                    if slot.0 < entry.generation {
-                        *slot = (entry.generation, Vec::new());
-                    }
-                    slot.1.push(p);
-                }
-            }
+            self.states_into(&entry, &|r, _| holds(r), &mut out)?;
         }
         Ok(out.into_iter().map(|(k, (_, v))| (k, v)).collect())
     }

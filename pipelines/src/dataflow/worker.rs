@@ -147,6 +147,7 @@ fn aggregator(shared: &Prepared, index: usize) -> Option<Rc<RefCell<Aggregator>>
     if shared.listening {
         aggregator.checkpoint_every(CHECKPOINT_EVERY);
     }
+    aggregator.forget_after(shared.forget_after);
     Some(Rc::new(RefCell::new(aggregator)))
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meterflow_connectors::gnocchi::store::{
-    MetricRecord, MetricState, Partition, Store, StoreError,
+    Checkpoint, MetricRecord, MetricState, Partition, Store, StoreError,
 };
 use meterflow_connectors::gnocchi::{metric_uuid, GnocchiOptions};
 use meterflow_connectors::PublisherSpec;
@@ -32,6 +32,10 @@ use crate::alarms::{AlarmEdit, Alarms};
 use crate::committer::{Cadence, Checkpointed, Commits};
 use crate::feeds::{Feed, Feeds, MetricView};
 use crate::plan::Plan;
+
+mod quiet;
+
+use quiet::Quiet;
 
 /// A sample on its way to the store: one measure of metric (resource, meter).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -205,13 +209,43 @@ struct Entry {
     key: (Sym, Sym),
     metric: Metric,
     policy: Arc<Policy>,
+    /// Its record (as stored, or as the next checkpoint writes it).
+    record: MetricRecord,
     dirty: bool,
+    /// The number of the commit that carries its state as last collected.
+    collected: u64,
     /// Buckets it held in memory at the last checkpoint (for the `buckets_open` gauge).
     held: u64,
     /// Its resource's attributes as last recorded.
     attributes: Option<Arc<str>>,
     /// Its id (alarms over several metrics name their contributors by it).
     id: Arc<str>,
+}
+
+impl Entry {
+    /// Adds its open buckets (as aggregates and as state) and raw measures to `checkpoint`,
+    /// the commit numbered `number`.
+    fn write_state(&mut self, checkpoint: &mut Checkpoint, number: u64, diag: &mut Diag) {
+        let (resource, name) = self.key;
+        self.dirty = false;
+        self.collected = number;
+        let methods = &self.policy.methods;
+        let definition = &self.policy.policy.definition;
+        let (aggregates, state) = (&mut checkpoint.aggregates, &mut checkpoint.state);
+        let mut held = 0;
+        self.metric.provisional(&mut |gi, mi, t, v| {
+            let g = definition[gi].granularity;
+            aggregates.push(resource, name, Some(methods[mi]), g, t, v);
+            state.push(resource, name, Some(methods[mi]), g, t, v);
+            held += 1;
+        });
+        let gauge = &mut diag.counters.buckets_open;
+        *gauge = (*gauge + held).saturating_sub(self.held);
+        self.held = held;
+        for &(t, v) in self.metric.raw() {
+            state.push(resource, name, None, 0, t, v);
+        }
+    }
 }
 
 /// The metrics in memory, in the order they arrived, found by (resource, name) once per
@@ -251,6 +285,22 @@ impl Metrics {
     fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// Takes out the entries `leave` picks; the rest keep their order.
+    fn take_where(&mut self, mut leave: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+        let (out, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|e| leave(e));
+        if out.is_empty() {
+            self.entries = kept;
+            return out;
+        }
+        self.index.clear();
+        for entry in kept {
+            self.insert(entry);
+        }
+        out
+    }
 }
 
 /// One worker's share of the metrics: aggregation state, checkpoints into the store.
@@ -262,8 +312,12 @@ pub struct Aggregator {
     metrics: Metrics,
     /// The metrics in memory of each resource.
     by_resource: FxHashMap<Sym, Vec<Sym>>,
+    /// The records and states of stored metrics not in memory yet (read at the start, or
+    /// reloaded for metrics released earlier that speak again).
     known: HashMap<(String, String), MetricRecord>,
     states: HashMap<(String, String), MetricState>,
+    /// Quiet metrics released from memory (see [`Aggregator::forget_after`]).
+    quiet: Quiet,
     /// What the next checkpoint writes, when, and the thread that writes it.
     commits: Commits,
     durable: bool,
@@ -304,6 +358,7 @@ impl Aggregator {
             by_resource: FxHashMap::default(),
             known,
             states,
+            quiet: Quiet::default(),
             durable,
             failure: None,
             watermark: i64::MIN,
@@ -348,6 +403,7 @@ impl Aggregator {
     /// not.
     pub fn advance_watermark(&mut self, watermark: i64, diag: &mut Diag) {
         self.watermark = self.watermark.max(watermark);
+        self.release_quiet(diag);
         let metrics = &self.metrics;
         self.alarms.on_watermark(
             self.watermark,
@@ -421,8 +477,7 @@ impl Aggregator {
     fn prime_feeds(&mut self, key: (Sym, Sym)) {
         let view = || {
             let entry = self.metrics.get(&key)?;
-            let skey = (key.0.as_str().to_owned(), key.1.as_str().to_owned());
-            let record = self.known.get(&skey)?;
+            let record = &entry.record;
             Some(MetricView {
                 metric_id: record.metric_id.clone(),
                 resource: record.resource_json(entry.attributes.as_deref()),
@@ -508,6 +563,9 @@ impl Aggregator {
         if let Some(i) = self.metrics.find(&key) {
             return Some(i);
         }
+        if let Some(i) = self.unpark(key) {
+            return Some(i);
+        }
         let skey = (
             m.resource_key.as_str().to_owned(),
             m.name.as_str().to_owned(),
@@ -531,10 +589,10 @@ impl Aggregator {
             None => Metric::new(policy.policy.clone()),
         };
         // The metric's record: the store's, or a new one the next checkpoint writes.
-        let record = match self.known.entry(skey) {
-            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
-            std::collections::hash_map::Entry::Vacant(new) => {
-                let (resource_id, metric_name) = new.key().clone();
+        let record = match self.known.remove(&skey) {
+            Some(known) => known,
+            None => {
+                let (resource_id, metric_name) = skey;
                 let record = MetricRecord {
                     metric_id: metric_uuid(&resource_id, &metric_name),
                     resource_id,
@@ -550,7 +608,7 @@ impl Aggregator {
                     resource_attributes: m.attributes.as_deref().map(str::to_owned),
                 };
                 self.commits.checkpoint.metrics.push(record.clone());
-                new.insert(record)
+                record
             }
         };
         let attributes = record.resource_attributes.as_deref().map(Arc::from);
@@ -563,7 +621,9 @@ impl Aggregator {
             key,
             metric,
             policy,
+            record,
             dirty: false,
+            collected: 0,
             held: 0,
             attributes,
             id,
@@ -587,6 +647,7 @@ impl Aggregator {
         if !measures.is_sorted_by_key(order) {
             measures.sort_by_key(order);
         }
+        self.reload_released(measures, diag);
         let mut points = Vec::new();
         let mut newest = i64::MIN;
         for group in measures.chunk_by(|a, b| {
@@ -600,6 +661,14 @@ impl Aggregator {
             diag.counters.measures += group.len() as u64;
             points.clear();
             points.extend(group.iter().map(|m| (m.timestamp_ns, m.value)));
+            if self.unreadable((m.resource_key, m.name)) {
+                for _ in group {
+                    diag.drop(DropReason::PublishError, || {
+                        format!("metric {} of resource {}: its state could not be read back from the store (see the log), so its measures are not aggregated", m.name, m.resource_id)
+                    });
+                }
+                continue;
+            }
             let Some(i) = self.ensure(m, options) else {
                 for _ in group {
                     diag.drop(DropReason::PublishError, || {
@@ -674,15 +743,14 @@ impl Aggregator {
     fn update_attributes(&mut self, resource: Sym, attributes: Arc<str>) {
         for &name in self.by_resource.get(&resource).into_iter().flatten() {
             self.feeds.invalidate((resource, name));
-            if let Some(entry) = self.metrics.get_mut(&(resource, name)) {
-                entry.attributes = Some(attributes.clone());
-            }
-            let key = (resource.as_str().to_owned(), name.as_str().to_owned());
-            if let Some(record) = self.known.get_mut(&key) {
-                if record.resource_attributes.as_deref() != Some(&*attributes) {
-                    record.resource_attributes = Some(attributes.to_string());
-                    self.commits.checkpoint.metrics.push(record.clone());
-                }
+            let Some(entry) = self.metrics.get_mut(&(resource, name)) else {
+                continue;
+            };
+            entry.attributes = Some(attributes.clone());
+            let record = &mut entry.record;
+            if record.resource_attributes.as_deref() != Some(&*attributes) {
+                record.resource_attributes = Some(attributes.to_string());
+                self.commits.checkpoint.metrics.push(record.clone());
             }
         }
     }
@@ -703,26 +771,9 @@ impl Checkpointed for Aggregator {
     /// Adds every changed metric's open buckets and state to the checkpoint, and the alarms'.
     fn collect(&mut self, diag: &mut Diag) {
         self.commits.cadence.restart();
+        let number = self.commits.next();
         for entry in self.metrics.entries.iter_mut().filter(|e| e.dirty) {
-            let (resource, name) = entry.key;
-            entry.dirty = false;
-            let methods = &entry.policy.methods;
-            let definition = &entry.policy.policy.definition;
-            let checkpoint = &mut self.commits.checkpoint;
-            let (aggregates, state) = (&mut checkpoint.aggregates, &mut checkpoint.state);
-            let mut held = 0;
-            entry.metric.provisional(&mut |gi, mi, t, v| {
-                let g = definition[gi].granularity;
-                aggregates.push(resource, name, Some(methods[mi]), g, t, v);
-                state.push(resource, name, Some(methods[mi]), g, t, v);
-                held += 1;
-            });
-            let gauge = &mut diag.counters.buckets_open;
-            *gauge = (*gauge + held).saturating_sub(entry.held);
-            entry.held = held;
-            for &(t, v) in entry.metric.raw() {
-                state.push(resource, name, None, 0, t, v);
-            }
+            entry.write_state(&mut self.commits.checkpoint, number, diag);
         }
         diag.counters.alarms = self.alarms.len() as u64;
         if let Err(e) = self.alarms.checkpoint(&mut self.commits.checkpoint) {
