@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub resources: u32,
     /// Samples per notification (Ceilometer's polling batch_size, default 50).
     pub batch: u32,
+    /// Rounds an instance lives before a new one takes its place (0: never).
+    pub churn: u32,
     /// How to run.
     pub run: RunOptions,
     /// Where file publishers write (default: a temporary file, removed afterwards).
@@ -40,7 +42,11 @@ pub struct BenchOptions {
 impl BenchOptions {
     /// Writes the bench's input (its samples, resources and batch, always the same seed).
     fn generate(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        generate(out, self.samples, self.resources, self.batch, 42)
+        generate(
+            out,
+            (self.samples, self.resources, self.batch, self.churn),
+            42,
+        )
     }
 
     /// How to run, with the store under `dir` unless one was given.
@@ -56,13 +62,13 @@ impl BenchOptions {
 }
 
 /// Writes `samples` synthetic samples as polling notifications of `batch` samples to `out`.
-/// Each round every instance reports `cpu` (cumulative ns) and network/disk byte counters,
-/// 60 s apart; about 1 in 500 counters resets.
+/// Each round every one of `resources` instances reports `cpu` (cumulative ns) and
+/// network/disk byte counters, 60 s apart; about 1 in 500 counters resets. With `churn`, an
+/// instance is replaced by a new one (new id, counters from 0) every `churn` rounds,
+/// instances staggered so that the fleet changes a little every round.
 pub fn generate(
     out: &mut dyn Write,
-    samples: u64,
-    resources: u32,
-    batch: u32,
+    (samples, resources, batch, churn): (u64, u32, u32, u32),
     seed: u64,
 ) -> std::io::Result<()> {
     const METERS: [(&str, &str, &str); 5] = [
@@ -75,19 +81,20 @@ pub fn generate(
     let mut rng = fastrand::Rng::with_seed(seed);
     let resources = resources.max(1) as u64;
     let batch = batch.max(1) as u64;
-    let ids: Vec<String> = (0..resources)
-        .map(|i| {
-            let h = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
-            format!(
-                "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
-                h >> 32,
-                (h >> 16) & 0xffff,
-                h & 0xfff,
-                (h >> 20) & 0xfff,
-                h & 0xffff_ffff_ffff
-            )
-        })
-        .collect();
+    let id = |i: u64| {
+        let h = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            h >> 32,
+            (h >> 16) & 0xffff,
+            h & 0xfff,
+            (h >> 20) & 0xfff,
+            h & 0xffff_ffff_ffff
+        )
+    };
+    let mut ids: Vec<String> = (0..resources).map(id).collect();
+    // Each slot's instance generation (with churn).
+    let mut generations = vec![0u64; resources as usize];
     let mut counters = vec![0u64; (resources as usize) * METERS.len()];
     let mut line = String::with_capacity(64 * 1024);
     let mut written = 0u64;
@@ -107,6 +114,14 @@ pub fn generate(
             let res = ((k / METERS.len() as u64) % resources) as usize;
             let round = k / (METERS.len() as u64 * resources);
             let (name, kind, unit) = METERS[meter];
+            if churn > 0 {
+                let generation = (round + res as u64) / u64::from(churn);
+                if generation != generations[res] {
+                    generations[res] = generation;
+                    ids[res] = id(res as u64 + resources * generation);
+                    counters[res * METERS.len()..(res + 1) * METERS.len()].fill(0);
+                }
+            }
             let slot = res * METERS.len() + meter;
             let volume = if kind == "gauge" {
                 rng.u64(100..8192)
@@ -313,7 +328,18 @@ pub fn render(report: &RunReport, bytes: u64, name: &str, options: &BenchOptions
             report.counters.buckets_written
         );
     }
+    if let Some(peak) = peak_memory() {
+        let _ = writeln!(s, "peak memory (VmHWM, generator included): {peak}");
+    }
     s
+}
+
+/// The process's peak resident memory, as `/proc/self/status` tells it (Linux).
+fn peak_memory() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(format!("{:.0} MiB", kib / 1024.0))
 }
 
 /// What `meterflow bench --kafka` prints: the raw consume and copy rates beside the
@@ -378,9 +404,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn churn_replaces_instances_round_by_round() {
+        // 4 instances, 5 meters: 20 samples a round; 12 rounds.
+        let ids_of = |churn| {
+            let mut buf = Vec::new();
+            generate(&mut buf, (240, 4, 20, churn), 1).unwrap();
+            let mut per_round = Vec::new();
+            for line in String::from_utf8(buf).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let ids: std::collections::BTreeSet<String> = v["payload"]["samples"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["resource_id"].as_str().unwrap().to_owned())
+                    .collect();
+                per_round.push(ids);
+            }
+            per_round
+        };
+        let steady = ids_of(0);
+        assert!(steady.iter().all(|ids| ids == &steady[0] && ids.len() == 4));
+        let churned = ids_of(3);
+        assert!(churned.iter().all(|ids| ids.len() == 4));
+        let all: std::collections::BTreeSet<&String> = churned.iter().flatten().collect();
+        // Every instance is replaced every 3 rounds, staggered: about 4 + 12 * 4 / 3 ids.
+        assert!((16..=20).contains(&all.len()), "{}", all.len());
+        for pair in churned.windows(2) {
+            assert!(pair[0] != pair[1], "some instance changes every round");
+        }
+    }
+
+    #[test]
     fn generated_lines_decode_fully() {
         let mut buf = Vec::new();
-        generate(&mut buf, 120, 4, 50, 1).unwrap();
+        generate(&mut buf, (120, 4, 50, 0), 1).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(text.lines().count(), 3);
         let mut n = 0;

@@ -170,6 +170,14 @@ enum Command {
         /// Samples per notification.
         #[arg(long, default_value_t = 50)]
         batch: u32,
+        /// Rounds (a minute of event time each) an instance lives before a new one with a new
+        /// id takes its place, staggered over the fleet; 0 keeps the same instances.
+        #[arg(long, default_value_t = 0)]
+        churn: u32,
+        /// As `run --forget-after`: seconds of event time after which quiet series and store
+        /// metrics leave memory; 0 never.
+        #[arg(long, default_value_t = 86_400.0)]
+        forget_after: f64,
         /// Worker threads (default: all cores).
         #[arg(long, short = 'w')]
         workers: Option<usize>,
@@ -439,6 +447,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             samples,
             resources,
             batch,
+            churn,
+            forget_after,
             workers: n,
             output,
             store,
@@ -456,10 +466,12 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 samples,
                 resources,
                 batch,
+                churn,
                 run: RunOptions {
                     workers: workers(n)?,
                     state,
                     checkpoint_every: checkpoint_interval(checkpoint_every)?,
+                    forget_after: forget_span(forget_after)?,
                     ..RunOptions::default()
                 },
                 output,

@@ -633,9 +633,72 @@ fn store_contents(store: &std::path::Path) -> Vec<String> {
     contents
 }
 
+/// The sinks of [`exactly_once_dir`]'s definition.
+const EXACTLY_ONCE_SINKS: [&str; 5] = ["rates", "deltas", "held", "grouped", "util"];
+
+/// A directory under `dir` with the exactly-once definition (rate_of_change + delta,
+/// accumulator, aggregator, arithmetic, a store with a threshold alarm) writing into it.
+fn exactly_once_dir(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    let out = |sink: &str| format!("file://{}", root.join(format!("{sink}.jsonl")).display());
+    let definition = serde_json::json!({
+        "archive_policies": [{"name": "minutely", "aggregation_methods": ["mean", "count"],
+            "definition": [{"granularity": 60, "points": 100000}]}],
+        "sources": [
+            {"name": "cpu", "meters": ["cpu"], "sinks": ["rates", "deltas", "held", "grouped"]},
+            {"name": "memory", "meters": ["memory", "memory.usage"], "sinks": ["util"]},
+        ],
+        "sinks": [
+            {"name": "rates", "transformers": [{"name": "rate_of_change", "parameters":
+                {"target": {"name": "cpu_util", "unit": "%", "type": "gauge",
+                    "scale": 0.0000001}}}],
+             "publishers": [out("rates"), "gnocchi://?archive_policy=minutely"]},
+            {"name": "deltas", "transformers": [{"name": "delta"}], "publishers": [out("deltas")]},
+            {"name": "held", "transformers": [{"name": "accumulator", "parameters": {"size": 1000}}],
+             "publishers": [out("held")]},
+            {"name": "grouped", "transformers": [{"name": "aggregator", "parameters": {"size": 333}}],
+             "publishers": [out("grouped")]},
+            {"name": "util", "transformers": [{"name": "arithmetic", "parameters": {"target":
+                {"name": "memory_util", "unit": "%", "type": "gauge",
+                 "expr": "100 * $(memory.usage) / $(memory)"}}}],
+             "publishers": [out("util")]},
+        ],
+        "alarms": [{"name": "cpu_high", "type": "gnocchi_resources_threshold",
+            "gnocchi_resources_threshold_rule": {"metric": "cpu_util", "resource_id": "vm-1",
+                "resource_type": "generic", "aggregation_method": "mean", "granularity": 60,
+                "comparison_operator": "gt", "threshold": 50, "evaluation_periods": 1}}],
+    });
+    let path = root.join("pipeline.yaml");
+    std::fs::write(&path, definition.to_string()).unwrap();
+    root
+}
+
+/// `meterflow run` of [`exactly_once_dir`] `root` over `topic` as group `group`.
+fn exactly_once_args(
+    root: &std::path::Path,
+    (bootstrap, topic, group): (&str, &str, &str),
+    workers: usize,
+) -> Vec<String> {
+    vec![
+        "run".into(),
+        root.join("pipeline.yaml").display().to_string(),
+        "--input".into(),
+        format!("kafka://{bootstrap}/{topic}?group={group}&eof=true"),
+        "--store".into(),
+        root.join("store").display().to_string(),
+        "--workers".into(),
+        workers.to_string(),
+        "--checkpoint-every".into(),
+        "0.2".into(),
+        "--no-progress".into(),
+    ]
+}
+
 /// The runtime issue's "done when": rate_of_change + delta, accumulator, aggregator,
 /// arithmetic and a gnocchi:// store with a threshold alarm, SIGKILLed at random moments
-/// and restarted each time, then run to the end, give the uninterrupted run's file outputs
+/// and restarted each time (with another worker count), then run to the end, give the
+/// uninterrupted run's file outputs
 /// (as sets), the same stored measures (none lost, none counted twice) and the same alarm
 /// transitions.
 #[test]
@@ -654,64 +717,20 @@ fn sigkills_at_random_moments_change_no_output() {
     produce(&bootstrap, &topic, &lines);
 
     let dir = tempfile::tempdir().unwrap();
-    let sinks = ["rates", "deltas", "held", "grouped", "util"];
-    let run_dir = |name: &str| {
-        let root = dir.path().join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        let out = |sink: &str| format!("file://{}", root.join(format!("{sink}.jsonl")).display());
-        let definition = serde_json::json!({
-            "archive_policies": [{"name": "minutely", "aggregation_methods": ["mean", "count"],
-                "definition": [{"granularity": 60, "points": 100000}]}],
-            "sources": [
-                {"name": "cpu", "meters": ["cpu"], "sinks": ["rates", "deltas", "held", "grouped"]},
-                {"name": "memory", "meters": ["memory", "memory.usage"], "sinks": ["util"]},
-            ],
-            "sinks": [
-                {"name": "rates", "transformers": [{"name": "rate_of_change", "parameters":
-                    {"target": {"name": "cpu_util", "unit": "%", "type": "gauge",
-                        "scale": 0.0000001}}}],
-                 "publishers": [out("rates"), "gnocchi://?archive_policy=minutely"]},
-                {"name": "deltas", "transformers": [{"name": "delta"}], "publishers": [out("deltas")]},
-                {"name": "held", "transformers": [{"name": "accumulator", "parameters": {"size": 1000}}],
-                 "publishers": [out("held")]},
-                {"name": "grouped", "transformers": [{"name": "aggregator", "parameters": {"size": 333}}],
-                 "publishers": [out("grouped")]},
-                {"name": "util", "transformers": [{"name": "arithmetic", "parameters": {"target":
-                    {"name": "memory_util", "unit": "%", "type": "gauge",
-                     "expr": "100 * $(memory.usage) / $(memory)"}}}],
-                 "publishers": [out("util")]},
-            ],
-            "alarms": [{"name": "cpu_high", "type": "gnocchi_resources_threshold",
-                "gnocchi_resources_threshold_rule": {"metric": "cpu_util", "resource_id": "vm-1",
-                    "resource_type": "generic", "aggregation_method": "mean", "granularity": 60,
-                    "comparison_operator": "gt", "threshold": 50, "evaluation_periods": 1}}],
-        });
-        let path = root.join("pipeline.yaml");
-        std::fs::write(&path, definition.to_string()).unwrap();
-        root
-    };
-    let args = |root: &std::path::Path, group: &str| -> Vec<String> {
-        vec![
-            "run".into(),
-            root.join("pipeline.yaml").display().to_string(),
-            "--input".into(),
-            format!("kafka://{bootstrap}/{topic}?group={group}&eof=true"),
-            "--store".into(),
-            root.join("store").display().to_string(),
-            "--workers".into(),
-            "3".into(),
-            "--checkpoint-every".into(),
-            "0.2".into(),
-            "--no-progress".into(),
-        ]
+    let sinks = EXACTLY_ONCE_SINKS;
+    let run_dir = |name: &str| exactly_once_dir(dir.path(), name);
+    let args = |root: &std::path::Path, group: &str, workers: usize| {
+        exactly_once_args(root, (&bootstrap, &topic, group), workers)
     };
     let reference = run_dir("reference");
-    let args_ref = args(&reference, &format!("reference-{nanos}"));
+    let args_ref = args(&reference, &format!("reference-{nanos}"), 3);
     let out = meterflow(&args_ref.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", text(&out));
 
     let killed = run_dir("killed");
-    let args_killed = args(&killed, &format!("killed-{nanos}"));
+    // Each restart with another worker count: every worker takes its share of each part of
+    // the checkpoint and of the store, however many wrote them.
+    let group = format!("killed-{nanos}");
     let written = || -> u64 {
         sinks
             .iter()
@@ -719,10 +738,10 @@ fn sigkills_at_random_moments_change_no_output() {
             .sum()
     };
     let mut kills = 0;
-    for _ in 0..6 {
+    for workers in [3, 1, 4, 2, 3, 1] {
         let before = written();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
-            .args(&args_killed)
+            .args(args(&killed, &group, workers))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -747,7 +766,8 @@ fn sigkills_at_random_moments_change_no_output() {
         kills >= 5,
         "the runs ended before they could be killed; give more input"
     );
-    let out = meterflow(&args_killed.iter().map(String::as_str).collect::<Vec<_>>());
+    let args_last = args(&killed, &group, 2);
+    let out = meterflow(&args_last.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("resumed from checkpoint"),
@@ -755,23 +775,72 @@ fn sigkills_at_random_moments_change_no_output() {
         text(&out)
     );
 
-    for sink in sinks {
-        let want = sample_set(&reference.join(format!("{sink}.jsonl")));
-        let got = sample_set(&killed.join(format!("{sink}.jsonl")));
+    same_outputs(&reference, &killed, &format!("seed {seed}"));
+}
+
+/// Asserts that the runs in [`exactly_once_dir`]s `got` and `want` wrote the same samples
+/// (as sets) to every file, and left the same measures and alarm transitions in the store.
+fn same_outputs(want_dir: &std::path::Path, got_dir: &std::path::Path, what: &str) {
+    for sink in EXACTLY_ONCE_SINKS {
+        let want = sample_set(&want_dir.join(format!("{sink}.jsonl")));
+        let got = sample_set(&got_dir.join(format!("{sink}.jsonl")));
         assert!(!want.is_empty(), "sink {sink} wrote nothing");
         let missing = want.difference(&got).count();
         let extra = got.difference(&want).count();
         assert!(
             missing == 0 && extra == 0,
-            "sink {sink}: {missing} samples missing, {extra} not in the uninterrupted run (seed {seed}); e.g. {:?}",
+            "sink {sink}: {missing} samples missing, {extra} not in the uninterrupted run ({what}); e.g. {:?}",
             want.difference(&got).next().or(got.difference(&want).next())
         );
     }
-    let want = store_contents(&reference.join("store"));
-    let got = store_contents(&killed.join("store"));
+    let want = store_contents(&want_dir.join("store"));
+    let got = store_contents(&got_dir.join("store"));
     assert!(
         want.iter().any(|l| l.starts_with("alarm ")),
         "the alarm never changed state: the test checks nothing of alarms"
     );
-    assert_eq!(got, want, "the store differs (seed {seed})");
+    assert_eq!(got, want, "the store differs ({what})");
+}
+
+/// A run that stops at the end of its topic and is started again, when more has arrived,
+/// with another worker count: each new worker takes its share of the transformers' state
+/// (rate_of_change's previous samples, samples the accumulator, aggregator and arithmetic
+/// hold), the store's metrics and the alarm, and the outputs are those of one run over all.
+#[test]
+fn a_restart_with_another_worker_count_resumes_every_share() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let (whole, parts) = (format!("mf-whole-{nanos}"), format!("mf-parts-{nanos}"));
+    create_topic(&bootstrap, &whole);
+    create_topic(&bootstrap, &parts);
+    let lines = instance_lines(900);
+    produce(&bootstrap, &whole, &lines);
+    let dir = tempfile::tempdir().unwrap();
+    let reference = exactly_once_dir(dir.path(), "reference");
+    let args = exactly_once_args(&reference, (&bootstrap, &whole, "whole"), 1);
+    let out = meterflow(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+
+    let split = exactly_once_dir(dir.path(), "split");
+    for (part, workers) in [
+        (&lines[..300], 3),
+        (&lines[300..650], 1),
+        (&lines[650..], 4),
+    ] {
+        produce(&bootstrap, &parts, part);
+        let args = exactly_once_args(&split, (&bootstrap, &parts, "parts"), workers);
+        let out = meterflow(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", text(&out));
+        if workers != 3 {
+            assert!(
+                text(&out).contains("resumed from checkpoint"),
+                "{}",
+                text(&out)
+            );
+        }
+    }
+    same_outputs(&reference, &split, "3, then 1, then 4 workers");
 }
