@@ -32,6 +32,13 @@ pub trait Publisher: Send {
     fn sync(&mut self) -> Result<(), PublishError> {
         self.flush()
     }
+    /// Writes out anything buffered and starts making everything written so far durable
+    /// without waiting (a file's `fsync` on a thread of its own): a ticket for
+    /// [`Publisher::durable`], or `None` when it is durable already. By default
+    /// [`Publisher::sync`].
+    fn sync_async(&mut self) -> Result<Option<u64>, PublishError> {
+        self.sync().map(|()| None)
+    }
     /// Starts writing out what is buffered without waiting for it to be durable (a broker's
     /// acknowledgement): returns a ticket for [`Publisher::durable`], or `None` when this
     /// publisher only flushes synchronously (then [`Publisher::flush`] is used).

@@ -95,6 +95,14 @@ struct FileHandle {
 
 impl FileHandle {
     const FLUSH_BYTES: usize = 256 * 1024;
+
+    fn sync_failed(&self, e: &std::io::Error) -> PublishError {
+        PublishError {
+            target: self.shared.url.clone(),
+            message: format!("syncing {} failed: {e}", self.shared.options.path.display()),
+            retry: true,
+        }
+    }
 }
 
 impl Publisher for FileHandle {
@@ -143,11 +151,19 @@ impl Publisher for FileHandle {
 
     fn sync(&mut self) -> Result<(), PublishError> {
         self.flush()?;
-        self.shared.file.sync().map_err(|e| PublishError {
-            target: self.shared.url.clone(),
-            message: format!("syncing {} failed: {e}", self.shared.options.path.display()),
-            retry: true,
-        })
+        self.shared.file.sync().map_err(|e| self.sync_failed(&e))
+    }
+
+    fn sync_async(&mut self) -> Result<Option<u64>, PublishError> {
+        self.flush()?;
+        Ok(Some(self.shared.file.sync_async()))
+    }
+
+    fn durable(&mut self, ticket: u64) -> Result<bool, PublishError> {
+        self.shared
+            .file
+            .synced(ticket)
+            .map_err(|e| self.sync_failed(&e))
     }
 }
 

@@ -401,14 +401,22 @@ impl Transformer {
         tickets
     }
 
-    /// Makes what every publisher has written durable (files synced) before a checkpoint
-    /// counts it as published; retried like a flush, and what fails is counted.
-    fn sync_publishers(&mut self, diag: &mut Diag) {
-        for (p, url) in self.publishers.iter_mut().zip(&self.urls) {
+    /// Starts making what every publisher has written durable (files synced, off this
+    /// thread) before a checkpoint counts it as published: tickets for
+    /// [`Transformer::written`]. A publisher whose flush fails is retried like a flush, at
+    /// once, and what fails is counted.
+    fn start_sync(&mut self, diag: &mut Diag) -> Vec<(usize, u64)> {
+        let mut tickets = Vec::new();
+        for (i, (p, url)) in self.publishers.iter_mut().zip(&self.urls).enumerate() {
             if let Target::Io(p) = p {
-                flush_with_retry(p.as_mut(), url, true, diag);
+                match p.sync_async() {
+                    Ok(Some(ticket)) => tickets.push((i, ticket)),
+                    Ok(None) => {}
+                    Err(_) => flush_with_retry(p.as_mut(), url, true, diag),
+                }
             }
         }
+        tickets
     }
 
     /// Whether every ticket of [`Transformer::start_write_out`] is durable (those that are
@@ -745,10 +753,10 @@ pub fn transform<'s>(
                 done.append(&mut held);
             }
             if !done.is_empty() {
-                let tickets = transformer.start_write_out(&mut diag);
+                let mut tickets = transformer.start_write_out(&mut diag);
                 // The checkpoint passes once the output of every epoch before it is durable.
                 if checkpointed {
-                    transformer.sync_publishers(&mut diag);
+                    tickets.extend(transformer.start_sync(&mut diag));
                 }
                 writing.hold(tickets, done);
             }
