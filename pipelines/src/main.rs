@@ -158,52 +158,56 @@ enum Command {
     List,
     /// Measure throughput: synthetic telemetry through a pipeline (default: rate_of_change +
     /// delta to a file), printing samples per second and the machine.
-    Bench {
-        /// The pipeline definition (default: the embedded rate-and-delta pipeline).
-        pipeline: Option<PathBuf>,
-        /// Samples to generate.
-        #[arg(long, default_value_t = 2_000_000)]
-        samples: u64,
-        /// Distinct instances.
-        #[arg(long, default_value_t = 10_000)]
-        resources: u32,
-        /// Samples per notification.
-        #[arg(long, default_value_t = 50)]
-        batch: u32,
-        /// Rounds (a minute of event time each) an instance lives before a new one with a new
-        /// id takes its place, staggered over the fleet; 0 keeps the same instances.
-        #[arg(long, default_value_t = 0)]
-        churn: u32,
-        /// As `run --forget-after`: seconds of event time after which quiet series and store
-        /// metrics leave memory; 0 never.
-        #[arg(long, default_value_t = 86_400.0)]
-        forget_after: f64,
-        /// Worker threads (default: all cores).
-        #[arg(long, short = 'w')]
-        workers: Option<usize>,
-        /// Where file publishers write (default: a temporary file).
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Where gnocchi:// publishers write (default: a temporary store).
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// Take checkpoints (every --checkpoint-every seconds) into this directory, as `run
-        /// --state` does (with a gnocchi:// publisher they are taken into the store anyway).
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// Seconds between checkpoints; 0 takes none.
-        #[arg(long, default_value_t = 1.0)]
-        checkpoint_every: f64,
-        /// Kafka to Kafka through this broker (HOST:PORT): the notifications are loaded into a
-        /// fresh topic, read once by a plain consumer (the raw consume rate), copied once to a
-        /// third topic by a plain consumer and producer (the raw copy rate), then run through
-        /// the pipeline with its file publishers writing to a second fresh topic.
-        #[arg(long, value_name = "HOST:PORT")]
-        kafka: Option<String>,
-        /// Partitions of the bench's topics (with --kafka).
-        #[arg(long, default_value_t = 1)]
-        partitions: i32,
-    },
+    Bench(BenchArgs),
+}
+
+/// `meterflow bench`'s options.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The pipeline definition (default: the embedded rate-and-delta pipeline).
+    pipeline: Option<PathBuf>,
+    /// Samples to generate.
+    #[arg(long, default_value_t = 2_000_000)]
+    samples: u64,
+    /// Distinct instances.
+    #[arg(long, default_value_t = 10_000)]
+    resources: u32,
+    /// Samples per notification.
+    #[arg(long, default_value_t = 50)]
+    batch: u32,
+    /// Rounds (a minute of event time each) an instance lives before a new one with a new
+    /// id takes its place, staggered over the fleet; 0 keeps the same instances.
+    #[arg(long, default_value_t = 0)]
+    churn: u32,
+    /// As `run --forget-after`: seconds of event time after which quiet series and store
+    /// metrics leave memory; 0 never.
+    #[arg(long, default_value_t = 86_400.0)]
+    forget_after: f64,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    /// Where file publishers write (default: a temporary file).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Where gnocchi:// publishers write (default: a temporary store).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Take checkpoints (every --checkpoint-every seconds) into this directory, as `run
+    /// --state` does (with a gnocchi:// publisher they are taken into the store anyway).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Seconds between checkpoints; 0 takes none.
+    #[arg(long, default_value_t = 1.0)]
+    checkpoint_every: f64,
+    /// Kafka to Kafka through this broker (HOST:PORT): the notifications are loaded into a
+    /// fresh topic, read once by a plain consumer (the raw consume rate), copied once to a
+    /// third topic by a plain consumer and producer (the raw copy rate), then run through
+    /// the pipeline with its file publishers writing to a second fresh topic.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka: Option<String>,
+    /// Partitions of the bench's topics (with --kafka).
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
 }
 
 /// How alarm notifications are delivered (`run` and `serve`).
@@ -442,67 +446,72 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Bench {
-            pipeline,
-            samples,
-            resources,
-            batch,
-            churn,
-            forget_after,
-            workers: n,
-            output,
-            store,
-            state,
-            checkpoint_every,
-            kafka,
-            partitions,
-        } => {
-            let plan = match &pipeline {
-                Some(p) => load(p)?,
-                None => Plan::from_yaml(bench::DEFAULT_PIPELINE, "rate-and-delta.yaml")
-                    .context("embedded pipeline")?,
-            };
-            let options = BenchOptions {
-                samples,
-                resources,
-                batch,
-                churn,
-                run: RunOptions {
-                    workers: workers(n)?,
-                    state,
-                    checkpoint_every: checkpoint_interval(checkpoint_every)?,
-                    forget_after: forget_span(forget_after)?,
-                    ..RunOptions::default()
-                },
-                output,
-                store,
-            };
-            let name = pipeline.as_ref().map_or(
-                "embedded rate-and-delta (rate_of_change + delta -> file)".into(),
-                |p| p.display().to_string(),
-            );
-            let report = match kafka {
-                Some(brokers) => {
-                    let k = bench::run_kafka(plan, &options, &brokers, partitions)?;
-                    write!(
-                        stdout,
-                        "{}",
-                        bench::render_kafka(&k, &brokers, &name, (batch, partitions))
-                    )?;
-                    k.report
-                }
-                None => {
-                    let (report, bytes) = bench::run(plan, &options)?;
-                    write!(stdout, "{}", bench::render(&report, bytes, &name, &options))?;
-                    report
-                }
-            };
-            if report.counters.dropped_total() > 0 {
-                eprint!("{}", summary::render(&report));
-            }
-        }
+        Command::Bench(args) => bench_command(args, &mut stdout)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `meterflow bench`: generates, runs and prints the rates.
+fn bench_command(args: BenchArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
+    let BenchArgs {
+        pipeline,
+        samples,
+        resources,
+        batch,
+        churn,
+        forget_after,
+        workers: n,
+        output,
+        store,
+        state,
+        checkpoint_every,
+        kafka,
+        partitions,
+    } = args;
+    let plan = match &pipeline {
+        Some(p) => load(p)?,
+        None => Plan::from_yaml(bench::DEFAULT_PIPELINE, "rate-and-delta.yaml")
+            .context("embedded pipeline")?,
+    };
+    let options = BenchOptions {
+        samples,
+        resources,
+        batch,
+        churn,
+        run: RunOptions {
+            workers: workers(n)?,
+            state,
+            checkpoint_every: checkpoint_interval(checkpoint_every)?,
+            forget_after: forget_span(forget_after)?,
+            ..RunOptions::default()
+        },
+        output,
+        store,
+    };
+    let name = pipeline.as_ref().map_or(
+        "embedded rate-and-delta (rate_of_change + delta -> file)".into(),
+        |p| p.display().to_string(),
+    );
+    let report = match kafka {
+        Some(brokers) => {
+            let k = bench::run_kafka(plan, &options, &brokers, partitions)?;
+            write!(
+                stdout,
+                "{}",
+                bench::render_kafka(&k, &brokers, &name, (batch, partitions))
+            )?;
+            k.report
+        }
+        None => {
+            let (report, bytes) = bench::run(plan, &options)?;
+            write!(stdout, "{}", bench::render(&report, bytes, &name, &options))?;
+            report
+        }
+    };
+    if report.counters.dropped_total() > 0 {
+        eprint!("{}", summary::render(&report));
+    }
+    Ok(())
 }
 
 /// `meterflow run`: runs the pipeline over its inputs and prints the summary.

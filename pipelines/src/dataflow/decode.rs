@@ -246,48 +246,17 @@ impl Decoder {
                     diag.counters.notifications += 1;
                     None
                 }
-                Ok(LineKind::ServiceNotification { event_type })
-                    if *events && SERIALIZED_EVENTS.contains(&&*event_type) =>
-                {
-                    diag.counters.notifications += 1;
-                    // Events already made (Ceilometer's notifier publisher names the
-                    // notification after its topic, `event` or Aodh's `alarm.all`; a kafka://
-                    // event sink writes `event`): the payload is a list of serialized events.
-                    let text = std::str::from_utf8(&line).unwrap_or_default();
-                    match serialized_events(text) {
-                        Ok(list) => {
-                            diag.counters.events += list.len() as u64;
-                            list.into_iter().for_each(&mut emit_event);
-                            None
-                        }
-                        Err(why) => Some((DropReason::NotANotification, why)),
-                    }
-                }
                 Ok(LineKind::ServiceNotification { event_type }) => {
                     diag.counters.notifications += 1;
                     let text = std::str::from_utf8(&line).unwrap_or_default();
-                    // Read once, for the meter definitions and the event definitions.
-                    let unmetered = plan.unmetered(&event_type);
-                    let view = (unmetered.is_none() || *events).then(|| message_view(text));
-                    // Whether an event sink keeps it (then it is not dropped for want of meters).
-                    let mut published = false;
-                    if let (true, Some(Ok(view))) = (*events, &view) {
-                        if let Some(event) = plan.events.event(view) {
-                            diag.counters.events += 1;
-                            published = !event_routes.get(plan, &event.event_type).sinks.is_empty();
-                            emit_event(event);
-                        }
-                    }
-                    let skipped = match (unmetered, view) {
-                        (Some(_), _) if published => None,
-                        (Some(why), _) | (None, Some(Err(why))) => Some(why),
-                        (None, Some(Ok(view))) => {
-                            plan.meters.samples(&view, &mut |d| handle(diag, d));
-                            None
-                        }
-                        (None, None) => unreachable!("read whenever a definition takes it"),
-                    };
-                    skipped.map(|detail| (DropReason::NoMeterDefinition, detail))
+                    let (made, failed) = service_notification(
+                        (plan, *events, event_routes),
+                        (&event_type, text),
+                        &mut emit_event,
+                        &mut |d| handle(diag, d),
+                    );
+                    diag.counters.events += made;
+                    failed
                 }
                 Err(e) => Some((e.reason(), e.to_string())),
             };
@@ -307,6 +276,56 @@ impl Decoder {
             }
         }
     }
+}
+
+/// A service notification (one that is not samples already): its events, when events are
+/// wanted, and its samples by the meter definitions (to `samples`). Returns the events made,
+/// and why it is dropped if it is.
+fn service_notification(
+    (plan, events, event_routes): (&Plan, bool, &mut EventRoutes),
+    (event_type, text): (&str, &str),
+    emit_event: &mut dyn FnMut(Event),
+    samples: &mut dyn FnMut(Decoded),
+) -> (u64, Option<(DropReason, String)>) {
+    if events && SERIALIZED_EVENTS.contains(&event_type) {
+        // Events already made (Ceilometer's notifier publisher names the notification after
+        // its topic, `event` or Aodh's `alarm.all`; a kafka:// event sink writes `event`):
+        // the payload is a list of serialized events.
+        return match serialized_events(text) {
+            Ok(list) => {
+                let made = list.len() as u64;
+                list.into_iter().for_each(emit_event);
+                (made, None)
+            }
+            Err(why) => (0, Some((DropReason::NotANotification, why))),
+        };
+    }
+    // Read once, for the meter definitions and the event definitions.
+    let unmetered = plan.unmetered(event_type);
+    let view = (unmetered.is_none() || events).then(|| message_view(text));
+    // Whether an event sink keeps it (then it is not dropped for want of meters).
+    let mut published = false;
+    let mut made = 0;
+    if let (true, Some(Ok(view))) = (events, &view) {
+        if let Some(event) = plan.events.event(view) {
+            made += 1;
+            published = !event_routes.get(plan, &event.event_type).sinks.is_empty();
+            emit_event(event);
+        }
+    }
+    let skipped = match (unmetered, view) {
+        (Some(_), _) if published => None,
+        (Some(why), _) | (None, Some(Err(why))) => Some(why),
+        (None, Some(Ok(view))) => {
+            plan.meters.samples(&view, samples);
+            None
+        }
+        (None, None) => unreachable!("read whenever a definition takes it"),
+    };
+    (
+        made,
+        skipped.map(|detail| (DropReason::NoMeterDefinition, detail)),
+    )
 }
 
 /// The event types of notifications that carry serialized events.
