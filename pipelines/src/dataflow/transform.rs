@@ -178,6 +178,9 @@ impl Transformer {
             .map(|s| s.chain.forget_before(before))
             .sum();
         diag.counters.state_forgotten += forgotten as u64;
+        // What the store publishers cache per resource is rebuilt by each live resource's
+        // next sample; the resources gone for good leave with it.
+        self.store_caches.forget_resources();
         self.forget = Some((span, newest));
     }
 
@@ -559,6 +562,12 @@ type CachedAttributes = (u64, Option<Arc<str>>);
 type MeterDefinition = (Sym, Option<Sym>, usize);
 
 impl StoreCaches {
+    /// Empties the per-resource caches (they hold every resource ever seen otherwise).
+    fn forget_resources(&mut self) {
+        self.keys = FxHashMap::default();
+        self.attributes = FxHashMap::default();
+    }
+
     fn meter(
         &mut self,
         publisher: u16,
