@@ -120,11 +120,23 @@ fn gnocchi_reference_cases_pass_through_run_and_measures() {
 /// Synthetic polling notifications: `resources` instances, one cpu_util sample each per
 /// 10 s step, `steps` steps, one notification per step.
 fn synthetic(path: &Path, resources: usize, steps: usize, from_step: usize) {
+    polling(path, resources, from_step..from_step + steps, |_, _| true);
+}
+
+/// One polling notification per 10 s step of `steps`, with a cpu_util sample of each of
+/// `resources` instances that `speaks(step, instance)`.
+fn polling(
+    path: &Path,
+    resources: usize,
+    steps: std::ops::Range<usize>,
+    speaks: impl Fn(usize, usize) -> bool,
+) {
     let mut text = String::new();
-    for step in from_step..from_step + steps {
+    for step in steps {
         let t = 1_627_610_400 + step as i64 * 10;
         let (h, m, s) = ((t / 3600) % 24, (t / 60) % 60, t % 60);
         let samples: Vec<String> = (0..resources)
+            .filter(|&r| speaks(step, r))
             .map(|r| {
                 let v = ((step * 7 + r * 13) % 100) as f64 + 0.25;
                 format!(r#"{{"counter_name": "cpu_util", "counter_type": "gauge", "counter_unit": "%", "counter_volume": {v}, "user_id": "u", "project_id": "p", "resource_id": "vm-{r}/disk", "timestamp": "2021-07-30T{h:02}:{m:02}:{s:02}.5", "resource_metadata": {{}}, "source": "openstack"}}"#)
@@ -226,24 +238,9 @@ fn replays_and_killed_runs_leave_the_same_measures() {
 /// 30-minute turns (quiet every third turn, then back, often inside the same hour bucket),
 /// and a third of the instances stop for good after 2 hours.
 fn in_turns(path: &Path, resources: usize) {
-    let mut text = String::new();
-    for step in 0..1080usize {
-        let t = 1_627_610_400 + step as i64 * 10;
-        let (h, m, s) = ((t / 3600) % 24, (t / 60) % 60, t % 60);
-        let samples: Vec<String> = (0..resources)
-            .filter(|r| (step / 180 + r) % 3 != 0 && (step < 720 || r % 3 != 1))
-            .map(|r| {
-                let v = ((step * 7 + r * 13) % 100) as f64 + 0.25;
-                format!(r#"{{"counter_name": "cpu_util", "counter_type": "gauge", "counter_unit": "%", "counter_volume": {v}, "user_id": "u", "project_id": "p", "resource_id": "vm-{r}/disk", "timestamp": "2021-07-30T{h:02}:{m:02}:{s:02}.5", "resource_metadata": {{}}, "source": "openstack"}}"#)
-            })
-            .collect();
-        text.push_str(&format!(
-            r#"{{"event_type": "telemetry.polling", "priority": "SAMPLE", "publisher_id": "p", "message_id": "m{step}", "timestamp": "2021-07-30 00:00:00", "payload": {{"samples": [{}]}}}}"#,
-            samples.join(", ")
-        ));
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap();
+    polling(path, resources, 0..1080, |step, r| {
+        (step / 180 + r) % 3 != 0 && (step < 720 || r % 3 != 1)
+    });
 }
 
 #[test]
