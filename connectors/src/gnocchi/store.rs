@@ -918,6 +918,18 @@ impl Store {
                 if older.rows > 2 * newer.rows || older.rows + newer.rows > MERGE_MAX_ROWS {
                     break;
                 }
+                // The merged file carries the newer generation for every row. A file of a
+                // run with another number of workers, written between the two, may hold
+                // newer rows for the same keys: merging would let the older file's rows win
+                // over them. Such files stay apart.
+                let between = self.files(table, None).into_iter().any(|f| {
+                    f.partition.count != partition.count
+                        && f.generation > older.generation
+                        && f.generation < newer.generation
+                });
+                if between {
+                    break;
+                }
                 self.merge(table, older, newer)?;
             }
         }
@@ -1803,6 +1815,38 @@ mod tests {
         let metrics = store.metrics(&|_| true).unwrap();
         assert_eq!(metrics.len(), 1);
         assert_eq!(metrics[0].project_id.as_deref(), Some("p"));
+    }
+
+    /// Files of runs with other worker counts interleave: a run with two workers, then one
+    /// with one, then two again. Merging the two-worker files around the one-worker file
+    /// would give the first run's rows the newest generation over the second run's.
+    #[test]
+    fn compaction_never_lets_older_rows_win_over_another_layouts_newer_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let (mean, cpu) = (Some(Sym::new("mean")), Sym::new("cpu"));
+        // A resource worker 0 of two owns.
+        let name = (0..)
+            .map(|i| format!("vm-{i}"))
+            .find(|r| route(r).is_multiple_of(2))
+            .unwrap();
+        let (res, other) = (Sym::new(&name), Sym::new("other"));
+        let two = Partition { index: 0, count: 2 };
+        let one = Partition { index: 0, count: 1 };
+        let commit = |partition, resource, value| {
+            let mut cp = Checkpoint::default();
+            cp.aggregates.push(resource, cpu, mean, 60, 0, value);
+            cp.state.push(resource, cpu, None, 0, 0, value);
+            store.commit(partition, &mut cp).unwrap();
+        };
+        commit(two, res, 1.0);
+        commit(one, res, 2.0);
+        commit(two, other, 3.0);
+        let got = store.aggregates(&name, "cpu", route(&name)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].value, 2.0, "the one-worker run's newer value");
+        let states = store.states(&|r| r == name).unwrap();
+        assert_eq!(states[&(name.clone(), "cpu".into())][0].value, 2.0);
     }
 
     #[test]
