@@ -1,6 +1,7 @@
-//! Checkpoints of transformer state: taking one (save, write, sync, publish) and restoring
-//! one (read, verify, decode, restore, keep the worker's share) for rate_of_change holding
-//! the previous sample of 10,000 and of 1,000,000 resources. Prints the bytes per resource.
+//! Checkpoints of transformer state: taking a whole one (save, write, sync, publish), taking
+//! one of changes after 1 % of the resources reported, and restoring (read, verify, decode,
+//! restore, keep the worker's share) for rate_of_change holding the previous sample of
+//! 10,000 and of 1,000,000 resources. Prints the bytes per resource.
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
 
@@ -8,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::Diag;
 use meterflow_engine::partition::route;
-use meterflow_operators::transform::{build_chain, Chain, TransformerSpec};
+use meterflow_operators::transform::{build_chain, Chain, StageState, TransformerSpec};
 use meterflow_pipelines::checkpoint::{Checkpoints, SinkState, WorkerState};
 
 fn chain() -> Chain {
@@ -30,29 +31,57 @@ fn warm(resources: u32) -> Chain {
     chain
 }
 
-fn state(chain: &Chain) -> WorkerState {
+fn state(chain: &mut Chain, full: bool) -> WorkerState {
     WorkerState {
         sinks: vec![SinkState {
             name: "rates".into(),
             chain: "rate_of_change".into(),
-            stages: chain.save(),
+            stages: chain.save_checkpoint(full),
         }],
     }
+}
+
+/// A later sample of every hundredth series.
+fn hundredth(resources: u32) -> Vec<meterflow_engine::Sample> {
+    meterflow_benches::samples(2 * u64::from(resources), resources)
+        .into_iter()
+        .skip(resources as usize)
+        .step_by(100)
+        .collect()
+}
+
+/// Hands `samples` to the chain.
+fn touch(chain: &mut Chain, samples: &[meterflow_engine::Sample]) {
+    let mut diag = Diag::default();
+    let mut out = Vec::new();
+    for s in samples {
+        chain.handle(s.clone(), &mut out, &mut diag);
+    }
+}
+
+/// The bytes of a worker's part.
+fn bincode_len(state: &WorkerState) -> usize {
+    state
+        .sinks
+        .iter()
+        .flat_map(|s| &s.stages)
+        .map(|s| s.bytes.len())
+        .sum()
 }
 
 fn checkpoint(c: &mut Criterion) {
     let mut group = c.benchmark_group("checkpoint");
     group.sample_size(10);
     for resources in [10_000u32, 1_000_000] {
-        let warm = warm(resources);
+        let mut warm = warm(resources);
         let dir = tempfile::tempdir().expect("temp dir");
         let checkpoints = Checkpoints::open(dir.path()).expect("opens");
         let number = checkpoints.next_number();
         let bytes = checkpoints
-            .write_part(number, 0, &state(&warm))
+            .write_part(number, 0, &state(&mut warm, true))
             .expect("written");
         checkpoints
-            .publish(number, 1, Vec::new())
+            .publish(number, 1, Vec::new(), None)
             .expect("published");
         eprintln!(
             "checkpoint of rate_of_change over {resources} resources: {bytes} bytes, {:.1} bytes per resource",
@@ -63,20 +92,70 @@ fn checkpoint(c: &mut Criterion) {
             b.iter(|| {
                 let number = checkpoints.next_number();
                 checkpoints
-                    .write_part(number, 0, &state(&warm))
+                    .write_part(number, 0, &state(&mut warm, true))
                     .expect("written");
                 checkpoints
-                    .publish(number, 1, Vec::new())
+                    .publish(number, 1, Vec::new(), None)
                     .expect("published")
             })
         });
+        let later = hundredth(resources);
+        let mut previous = checkpoints.newest().expect("a checkpoint").number;
+        group.bench_function(format!("take-changes-1pct/{resources}"), |b| {
+            b.iter_custom(|iters| {
+                let mut took = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    touch(&mut warm, &later);
+                    let started = std::time::Instant::now();
+                    let number = checkpoints.next_number();
+                    checkpoints
+                        .write_part(number, 0, &state(&mut warm, false))
+                        .expect("written");
+                    checkpoints
+                        .publish(number, 1, Vec::new(), Some(previous))
+                        .expect("published");
+                    took += started.elapsed();
+                    previous = number;
+                }
+                took
+            })
+        });
+        // What a restore reads at the most: a whole checkpoint and FULL_EVERY - 1 of changes.
+        let number = checkpoints.next_number();
+        checkpoints
+            .write_part(number, 0, &state(&mut warm, true))
+            .expect("written");
+        checkpoints
+            .publish(number, 1, Vec::new(), None)
+            .expect("published");
+        let mut previous = number;
+        for _ in 1..meterflow_pipelines::checkpoint::FULL_EVERY {
+            touch(&mut warm, &later);
+            let number = checkpoints.next_number();
+            checkpoints
+                .write_part(number, 0, &state(&mut warm, false))
+                .expect("written");
+            checkpoints
+                .publish(number, 1, Vec::new(), Some(previous))
+                .expect("published");
+            previous = number;
+        }
+        let changes = checkpoints.newest().expect("a checkpoint");
+        eprintln!(
+            "a checkpoint of changes after 1 % of {resources} resources reported: {} bytes; restoring reads {} checkpoints",
+            bincode_len(&changes.chain[changes.chain.len() - 1][0]),
+            changes.chain.len()
+        );
         group.bench_function(format!("restore/{resources}"), |b| {
             b.iter(|| {
                 let loaded = checkpoints.newest().expect("a checkpoint");
                 let mut restored = chain();
-                restored
-                    .restore(&loaded.parts[0].sinks[0].stages)
-                    .expect("restores");
+                let run: Vec<Vec<&[StageState]>> = loaded
+                    .chain
+                    .iter()
+                    .map(|parts| vec![parts[0].sinks[0].stages.as_slice()])
+                    .collect();
+                restored.restore_checkpoints(&run).expect("restores");
                 restored.retain(&|r: Sym| route(r.as_str()) % 2 < 2);
                 restored
             })

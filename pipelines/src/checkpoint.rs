@@ -17,6 +17,14 @@
 //! checkpoint (a part missing, short, or with another checksum) is skipped with a message
 //! and the one before it is used. The newest two complete checkpoints are kept.
 //!
+//! **Incremental.** Most checkpoints hold only what changed since the one before (named in
+//! the manifest as `previous`): transformers that can tell (rate_of_change's and delta's
+//! previous samples) save the series changed and forgotten since, the others their whole
+//! state. Every [`FULL_EVERY`]th checkpoint of a run, its first, and the one after a
+//! checkpoint that could not be published are whole. Restoring reads the run of
+//! checkpoints back to the last whole one and applies them in order; the checkpoints a kept
+//! one builds on are kept with it.
+//!
 //! The store's aggregates, alarm states, alarm history, resource events and the notifier's
 //! journal are durable in the store before the epochs that wrote them pass, so they are
 //! never behind a checkpoint; measures replayed after a restart change nothing there (the
@@ -31,12 +39,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meterflow_connectors::file::write_atomically;
 use meterflow_engine::chunk::SourcePosition;
+use meterflow_operators::transform::StageState;
 use serde::{Deserialize, Serialize};
 
 /// What `manifest.json` says it is.
 const FORMAT: &str = "meterflow-checkpoint";
 /// The layout version this build reads and writes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Every this many checkpoints one is whole (bounds how many a restore reads).
+pub const FULL_EVERY: u64 = 16;
 const MANIFEST: &str = "manifest.json";
 
 /// A barrier: checkpoint `number` is taken at the epoch it travels at, on worker `route`.
@@ -46,6 +57,9 @@ pub struct Barrier {
     pub route: u64,
     /// The checkpoint's number.
     pub number: u64,
+    /// Whether every transformer saves its whole state (else what changed since the
+    /// checkpoint before, where it can tell).
+    pub full: bool,
 }
 
 /// One sink's saved chain on one worker.
@@ -55,8 +69,9 @@ pub struct SinkState {
     pub name: String,
     /// Its transformers as configured (a state is restored only into the same chain).
     pub chain: String,
-    /// Each transformer's state ([`meterflow_operators::transform::Chain::save`]).
-    pub stages: Vec<Vec<u8>>,
+    /// Each transformer's state
+    /// ([`meterflow_operators::transform::Chain::save_checkpoint`]).
+    pub stages: Vec<StageState>,
 }
 
 /// One worker's part of a checkpoint.
@@ -90,6 +105,9 @@ struct Manifest {
     format: String,
     version: u32,
     number: u64,
+    /// The checkpoint this one holds the changes since; `None` for a whole one.
+    #[serde(default)]
+    previous: Option<u64>,
     workers: usize,
     /// When it was published, ms since the Unix epoch.
     unix_ms: u64,
@@ -104,8 +122,9 @@ pub struct Loaded {
     pub number: u64,
     /// Where each input stood.
     pub inputs: Vec<InputRecord>,
-    /// Every worker's part (as many as the run that wrote it had workers).
-    pub parts: Vec<WorkerState>,
+    /// The checkpoints to restore, oldest (a whole one) first, this one last: each as every
+    /// worker's part (as many as the run that wrote it had workers).
+    pub chain: Vec<Vec<WorkerState>>,
     /// When it was published.
     pub published: SystemTime,
 }
@@ -193,12 +212,15 @@ impl Checkpoints {
     }
 
     /// Makes checkpoint `number` complete: syncs its `workers` parts and writes its manifest
-    /// with the inputs' positions; then removes all but it and the complete one before it.
+    /// with the inputs' positions and the checkpoint it holds the changes since (`previous`;
+    /// `None` for a whole one); then removes all but it and the complete one before it (with
+    /// the checkpoints they build on).
     pub fn publish(
         &self,
         number: u64,
         workers: usize,
         inputs: Vec<InputRecord>,
+        previous: Option<u64>,
     ) -> io::Result<Published> {
         let dir = self.root.join(dir_name(number));
         let mut parts = Vec::with_capacity(workers);
@@ -230,6 +252,7 @@ impl Checkpoints {
             format: FORMAT.into(),
             version: VERSION,
             number,
+            previous,
             workers,
             unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -246,33 +269,79 @@ impl Checkpoints {
         Ok(Published { number, bytes })
     }
 
-    /// Removes every checkpoint but `newest` and the complete one before it.
+    /// Removes every checkpoint but `newest`, the complete one before it, and those they
+    /// build on.
     fn prune(&self, newest: u64) {
-        let mut kept_previous = false;
+        let mut keep = std::collections::BTreeSet::new();
+        let mut kept = 0;
         for number in self.numbers().into_iter().rev() {
-            if number >= newest {
+            if number > newest || kept == 2 {
+                continue;
+            }
+            if let Ok(chain) = self.chain_of(number) {
+                keep.extend(chain);
+                kept += 1;
+            }
+        }
+        for number in self.numbers() {
+            if number >= newest || keep.contains(&number) {
                 continue;
             }
             let dir = self.root.join(dir_name(number));
-            if !kept_previous && dir.join(MANIFEST).exists() {
-                kept_previous = true;
-                continue;
-            }
             if let Err(e) = fs::remove_dir_all(&dir) {
                 tracing::warn!("cannot remove the old checkpoint {}: {e}", dir.display());
             }
         }
     }
 
-    /// The newest complete checkpoint that reads back intact; damaged ones are skipped with
-    /// a message saying why.
+    /// The checkpoints restoring `number` reads, oldest (a whole one) first, from their
+    /// manifests; an error if one is missing or unreadable.
+    fn chain_of(&self, number: u64) -> Result<Vec<u64>, String> {
+        let mut chain = vec![number];
+        let mut at = number;
+        loop {
+            let manifest = read_manifest(&self.root.join(dir_name(at)))?;
+            match manifest.previous {
+                None => break,
+                Some(previous) if previous < at => {
+                    chain.push(previous);
+                    at = previous;
+                }
+                Some(previous) => {
+                    return Err(format!(
+                        "checkpoint {at} builds on {previous}, not an older one"
+                    ))
+                }
+            }
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// The newest complete checkpoint that reads back intact, with those it builds on;
+    /// damaged ones are skipped with a message saying why.
     pub fn newest(&self) -> Option<Loaded> {
         for number in self.numbers().into_iter().rev() {
             let dir = self.root.join(dir_name(number));
             if !dir.join(MANIFEST).exists() {
                 continue;
             }
-            match load(&dir) {
+            let loaded = self.chain_of(number).and_then(|chain| {
+                let mut loaded = chain
+                    .iter()
+                    .map(|&n| {
+                        load(&self.root.join(dir_name(n)))
+                            .map_err(|why| format!("checkpoint {n}, which it builds on: {why}"))
+                    })
+                    .collect::<Result<Vec<Loaded>, String>>()?;
+                let mut newest = loaded.pop().expect("a chain holds its checkpoint");
+                let mut chain: Vec<Vec<WorkerState>> =
+                    loaded.into_iter().flat_map(|l| l.chain).collect();
+                chain.append(&mut newest.chain);
+                newest.chain = chain;
+                Ok(newest)
+            });
+            match loaded {
                 Ok(loaded) => return Some(loaded),
                 Err(why) => tracing::warn!(
                     "checkpoint {} is damaged ({why}); skipping it for the one before",
@@ -366,7 +435,8 @@ fn parse_part_name(name: &str) -> Option<(usize, u64)> {
     Some((worker.parse().ok()?, u64::from_str_radix(sum, 16).ok()?))
 }
 
-fn load(dir: &Path) -> Result<Loaded, String> {
+/// The manifest in `dir`, checked to be one this build reads.
+fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     let text = fs::read(dir.join(MANIFEST)).map_err(|e| format!("manifest: {e}"))?;
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| format!("manifest: {e}"))?;
     if manifest.format != FORMAT || manifest.version != VERSION {
@@ -375,6 +445,12 @@ fn load(dir: &Path) -> Result<Loaded, String> {
             manifest.format, manifest.version
         ));
     }
+    Ok(manifest)
+}
+
+/// One checkpoint, read and verified (its `chain` is its own parts only).
+fn load(dir: &Path) -> Result<Loaded, String> {
+    let manifest = read_manifest(dir)?;
     if manifest.parts.len() != manifest.workers {
         return Err(format!(
             "{} parts for {} workers",
@@ -403,7 +479,7 @@ fn load(dir: &Path) -> Result<Loaded, String> {
     Ok(Loaded {
         number: manifest.number,
         inputs: manifest.inputs,
-        parts,
+        chain: vec![parts],
         published: UNIX_EPOCH + Duration::from_millis(manifest.unix_ms),
     })
 }
@@ -424,12 +500,20 @@ mod tests {
             sinks: vec![SinkState {
                 name: "s".into(),
                 chain: "rate_of_change".into(),
-                stages: vec![vec![tag; 40]],
+                stages: vec![StageState {
+                    whole: true,
+                    bytes: vec![tag; 40],
+                }],
             }],
         }
     }
 
     fn take(c: &Checkpoints, workers: usize, tag: u8) -> Published {
+        take_after(c, workers, tag, None)
+    }
+
+    /// Takes a checkpoint holding the changes since `previous` (whole without).
+    fn take_after(c: &Checkpoints, workers: usize, tag: u8, previous: Option<u64>) -> Published {
         let number = c.next_number();
         for w in 0..workers {
             c.write_part(number, w, &state(tag)).unwrap();
@@ -441,7 +525,7 @@ mod tests {
                 ..SourcePosition::default()
             }),
         }];
-        c.publish(number, workers, inputs).unwrap()
+        c.publish(number, workers, inputs, previous).unwrap()
     }
 
     #[test]
@@ -456,8 +540,9 @@ mod tests {
         c.write_part(5, 0, &state(5)).unwrap();
         let loaded = c.newest().unwrap();
         assert_eq!(loaded.number, 4);
-        assert_eq!(loaded.parts.len(), 2);
-        assert_eq!(loaded.parts[1].sinks[0].stages[0], vec![4; 40]);
+        assert_eq!(loaded.chain.len(), 1, "a whole checkpoint");
+        assert_eq!(loaded.chain[0].len(), 2);
+        assert_eq!(loaded.chain[0][1].sinks[0].stages[0].bytes, vec![4; 40]);
         assert_eq!(loaded.inputs[0].position.as_ref().unwrap().bytes, 4);
         assert_eq!(c.next_number(), 6);
         assert_eq!(take(&c, 2, 6).number, 6);
@@ -490,11 +575,52 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_of_changes_load_with_those_they_build_on_which_are_kept() {
+        let root = temp("changes");
+        let c = Checkpoints::open(&root).unwrap();
+        take(&c, 2, 1);
+        take_after(&c, 2, 2, Some(1));
+        take_after(&c, 2, 3, Some(2));
+        let loaded = c.newest().unwrap();
+        assert_eq!(loaded.number, 3);
+        let tags: Vec<u8> = loaded
+            .chain
+            .iter()
+            .map(|parts| parts[0].sinks[0].stages[0].bytes[0])
+            .collect();
+        assert_eq!(tags, [1, 2, 3], "oldest (the whole one) first");
+        assert_eq!(loaded.inputs[0].position.as_ref().unwrap().bytes, 3);
+        assert_eq!(
+            c.numbers(),
+            [1, 2, 3],
+            "3 and 2 are kept, and 1 they build on"
+        );
+        // A new whole one: 3 and what it builds on stay as the one before.
+        take(&c, 2, 4);
+        assert_eq!(c.numbers(), [1, 2, 3, 4]);
+        take_after(&c, 2, 5, Some(4));
+        assert_eq!(c.numbers(), [4, 5], "only 5, 4, and what they build on");
+        // A damaged checkpoint that 5 builds on: 5 cannot be restored; 4 is.
+        let part = fs::read_dir(root.join(dir_name(4)))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("w0."))
+            .unwrap()
+            .path();
+        fs::write(&part, b"torn").unwrap();
+        assert!(
+            c.newest().is_none(),
+            "4 is whole and damaged; 5 builds on it"
+        );
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn a_missing_part_is_refused_at_publish() {
         let root = temp("missing");
         let c = Checkpoints::open(&root).unwrap();
         c.write_part(1, 0, &state(1)).unwrap();
-        let e = c.publish(1, 2, Vec::new()).unwrap_err().to_string();
+        let e = c.publish(1, 2, Vec::new(), None).unwrap_err().to_string();
         assert!(e.contains("expected 0..2"), "{e}");
         assert!(c.newest().is_none());
         fs::remove_dir_all(root).unwrap();

@@ -10,6 +10,16 @@ use meterflow_engine::Sample;
 
 use super::Transform;
 
+/// One transformer's state in a checkpoint: all of it (`whole`), or what changed since the
+/// checkpoint before.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StageState {
+    /// The whole state, not a change on top of the checkpoint before.
+    pub whole: bool,
+    /// The transformer's bytes ([`Transform::save_checkpoint`]).
+    pub bytes: Vec<u8>,
+}
+
 /// A sink's transformer chain.
 pub struct Chain {
     stages: Vec<Box<dyn Transform>>,
@@ -68,23 +78,61 @@ impl Chain {
         self.stages.iter().map(|s| s.save()).collect()
     }
 
+    /// Each stage's state for a checkpoint (see [`Transform::save_checkpoint`]): all of it
+    /// with `full`, else what changed since the last call where a stage can tell.
+    pub fn save_checkpoint(&mut self, full: bool) -> Vec<StageState> {
+        self.stages
+            .iter_mut()
+            .map(|s| {
+                let (whole, bytes) = s.save_checkpoint(full);
+                StageState { whole, bytes }
+            })
+            .collect()
+    }
+
     /// Adds the states [`Chain::save`] gave (of this chain or another worker's copy of it).
     /// Fails if they are not this chain's: a different number of stages changes nothing; a
     /// stage whose state does not decode stops the restore there (the stages before it keep
     /// what they took, so the caller should start the chain afresh).
     pub fn restore(&mut self, states: &[Vec<u8>]) -> Result<(), String> {
-        if states.len() != self.stages.len() {
-            return Err(format!(
-                "the saved state has {} transformers, the sink has {}",
-                states.len(),
-                self.stages.len()
-            ));
+        let states: Vec<StageState> = states
+            .iter()
+            .map(|bytes| StageState {
+                whole: true,
+                bytes: bytes.clone(),
+            })
+            .collect();
+        self.restore_checkpoints(&[vec![&states]])
+    }
+
+    /// Restores a run of checkpoints, oldest first, each given as the parts of the workers
+    /// that saved it (see [`Chain::save_checkpoint`]): each stage takes the parts of the
+    /// newest checkpoint where its state is whole, then what changed in each later one.
+    /// Fails as [`Chain::restore`] does.
+    pub fn restore_checkpoints(
+        &mut self,
+        checkpoints: &[Vec<&[StageState]>],
+    ) -> Result<(), String> {
+        for parts in checkpoints.iter().flatten() {
+            if parts.len() != self.stages.len() {
+                return Err(format!(
+                    "the saved state has {} transformers, the sink has {}",
+                    parts.len(),
+                    self.stages.len()
+                ));
+            }
         }
-        for (i, (stage, state)) in self.stages.iter_mut().zip(states).enumerate() {
-            if !state.is_empty() {
-                stage
-                    .restore(state)
-                    .map_err(|e| format!("transformer {}: {e}", i + 1))?;
+        for (i, stage) in self.stages.iter_mut().enumerate() {
+            let from = checkpoints
+                .iter()
+                .rposition(|parts| parts.iter().any(|p| p[i].whole))
+                .unwrap_or(0);
+            for parts in &checkpoints[from..] {
+                for state in parts.iter().map(|p| &p[i]).filter(|s| !s.bytes.is_empty()) {
+                    stage
+                        .restore(&state.bytes)
+                        .map_err(|e| format!("transformer {}: {e}", i + 1))?;
+                }
             }
         }
         Ok(())
@@ -214,6 +262,78 @@ mod tests {
                     out.iter().map(key).collect::<Vec<_>>(),
                     whole.iter().map(key).collect::<Vec<_>>(),
                     "{} cut after {cut}",
+                    specs[0].name
+                );
+            }
+        }
+    }
+
+    /// Checkpoints of what changed, restored in order after the whole one they build on,
+    /// give the state the chain had: for the transformers that save changes (with series
+    /// forgotten in between) and for those that save their whole state each time.
+    #[test]
+    fn checkpoints_of_changes_restore_the_state() {
+        let chains: [&[(&str, &str)]; 4] = [
+            &[("rate_of_change", "{}")],
+            &[("delta", "{}")],
+            &[("accumulator", "{size: 4}")],
+            &[("rate_of_change", "{}"), ("accumulator", "{size: 3}")],
+        ];
+        // Resource r reports in batches where n % (r + 1) == 0: some go quiet, come back.
+        let input: Vec<Vec<Sample>> = (0..12)
+            .map(|n| {
+                (0..4)
+                    .filter(|r| n % (r + 1) == 0)
+                    .map(|r| {
+                        let ts = format!("2021-01-01T00:{n:02}:{r:02}");
+                        cum("cpu", &format!("r{r}"), n * 10 + r, &ts)
+                    })
+                    .collect()
+            })
+            .collect();
+        let key = |s: &Sample| (s.resource_id, s.timestamp.as_str().to_owned());
+        for specs in chains {
+            let specs: Vec<_> = specs.iter().map(|(n, p)| spec(n, p)).collect();
+            let mut diag = Diag::default();
+            let mut original = build_chain(&specs).unwrap();
+            original.forget_after(600_000_000);
+            let mut saves: Vec<Vec<StageState>> = Vec::new();
+            for (n, batch) in input.iter().enumerate() {
+                let mut out = Vec::new();
+                for s in batch {
+                    original.handle(s.clone(), &mut out, &mut diag);
+                }
+                original.flush(&mut out, &mut diag);
+                if n == 6 {
+                    // Releases r3 (quiet since 00:04:03; back at 00:08:03, within the span
+                    // of 10 minutes, so only the release makes it start afresh).
+                    let forgotten = original.forget_before(1_609_459_500_000_000);
+                    let series = specs[0].name != "accumulator";
+                    assert_eq!(forgotten, usize::from(series), "{}", specs[0].name);
+                }
+                saves.push(original.save_checkpoint(n == 0));
+                let mut restored = build_chain(&specs).unwrap();
+                restored.forget_after(600_000_000);
+                let run: Vec<Vec<&[StageState]>> =
+                    saves.iter().map(|s| vec![s.as_slice()]).collect();
+                restored.restore_checkpoints(&run).unwrap();
+                // Both go on alike over the rest.
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let mut twin = build_chain(&specs).unwrap();
+                twin.forget_after(600_000_000);
+                twin.restore(&original.save()).unwrap();
+                for batch in &input[n + 1..] {
+                    for s in batch {
+                        twin.handle(s.clone(), &mut a, &mut diag);
+                        restored.handle(s.clone(), &mut b, &mut diag);
+                    }
+                    twin.flush(&mut a, &mut diag);
+                    restored.flush(&mut b, &mut diag);
+                }
+                assert_eq!(
+                    b.iter().map(key).collect::<Vec<_>>(),
+                    a.iter().map(key).collect::<Vec<_>>(),
+                    "{} after batch {n}",
                     specs[0].name
                 );
             }

@@ -87,6 +87,10 @@ impl Transform for Delta {
         self.cache.save()
     }
 
+    fn save_checkpoint(&mut self, full: bool) -> (bool, Vec<u8>) {
+        self.cache.save_checkpoint(full)
+    }
+
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
         self.cache.restore(DeltaConfig::NAME, state)
     }

@@ -24,7 +24,7 @@ use serde::Deserialize;
 pub use accumulator::{Accumulator, AccumulatorConfig};
 pub use aggregator::{Aggregator, AggregatorConfig};
 pub use arithmetic::{Arithmetic, ArithmeticConfig};
-pub use chain::Chain;
+pub use chain::{Chain, StageState};
 pub use convert::{MapSpec, Scale, SourceSpec, TargetSpec};
 pub use delta::{Delta, DeltaConfig};
 pub use rate_of_change::{RateOfChange, RateOfChangeConfig};
@@ -49,6 +49,15 @@ pub trait Transform: Send {
     /// checkpoint: opaque bytes that [`Transform::restore`] takes back. Empty when stateless.
     fn save(&self) -> Vec<u8> {
         Vec::new()
+    }
+
+    /// The state for checkpoint: `(true, all of it)` with `full` or for a transformer that
+    /// cannot tell what changed (the default: [`Transform::save`]), else `(false, what
+    /// changed since the last call)`, which [`Transform::restore`] applies on top of what the
+    /// calls before it gave.
+    fn save_checkpoint(&mut self, full: bool) -> (bool, Vec<u8>) {
+        let _ = full;
+        (true, self.save())
     }
 
     /// Adds a state [`Transform::save`] gave (by this worker's copy of the transformer or by

@@ -13,7 +13,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use super::{ProgressCallback, ReadProgress};
 use crate::alarms::AlarmEdit;
-use crate::checkpoint::{Barrier, CheckpointStats, Checkpoints, InputRecord};
+use crate::checkpoint::{self, Barrier, CheckpointStats, Checkpoints, InputRecord};
 use crate::control::{Live, Requests};
 use crate::storage::Measure;
 
@@ -52,6 +52,11 @@ pub(super) struct CheckpointFeed {
     pub(super) next_number: u64,
     pub(super) last: Instant,
     pub(super) in_flight: Option<InFlight>,
+    /// The last checkpoint this run published; `None` before the first and after one
+    /// that could not be published (the next one is then whole).
+    pub(super) published: Option<u64>,
+    /// Checkpoints of changes published since the last whole one.
+    pub(super) changes: u64,
 }
 
 /// A checkpoint marked and not yet published.
@@ -60,6 +65,8 @@ pub(super) struct InFlight {
     epoch: u64,
     inputs: Vec<InputRecord>,
     marked: Instant,
+    /// The checkpoint it holds the changes since; `None` for a whole one.
+    previous: Option<u64>,
 }
 
 impl CheckpointFeed {
@@ -81,9 +88,17 @@ impl CheckpointFeed {
                 position: source.position(),
             })
             .collect();
+        let previous = self
+            .published
+            .filter(|_| self.changes + 1 < checkpoint::FULL_EVERY);
+        let full = previous.is_none();
         if let Some(input) = self.input.as_mut() {
             for route in 0..self.peers {
-                input.send(Barrier { route, number });
+                input.send(Barrier {
+                    route,
+                    number,
+                    full,
+                });
             }
         }
         self.in_flight = Some(InFlight {
@@ -91,6 +106,7 @@ impl CheckpointFeed {
             epoch: seq,
             inputs,
             marked: Instant::now(),
+            previous,
         });
         self.last = Instant::now();
     }
@@ -119,17 +135,25 @@ impl CheckpointFeed {
             epoch,
             inputs,
             marked,
+            previous,
         } = self.in_flight.take()?;
         match self
             .checkpoints
-            .publish(number, self.peers as usize, inputs)
+            .publish(number, self.peers as usize, inputs, previous)
         {
             Ok(published) => {
                 self.stats.published(published, marked.elapsed());
+                self.published = Some(number);
+                self.changes = if previous.is_some() {
+                    self.changes + 1
+                } else {
+                    0
+                };
                 epoch.checked_sub(1)
             }
             Err(e) => {
                 self.stats.failed();
+                self.published = None;
                 tracing::error!(
                     "checkpoint {number} in {} could not be published: {e}; the next one tries again (input offsets stay uncommitted meanwhile)",
                     self.checkpoints.root().display()

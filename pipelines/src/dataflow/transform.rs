@@ -24,7 +24,7 @@ use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::model::Event;
 use meterflow_engine::Sample;
-use meterflow_operators::transform::{Chain, Partition};
+use meterflow_operators::transform::{Chain, Partition, StageState};
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -191,18 +191,19 @@ impl Transformer {
     }
 
     /// What the chains keep between notifications (taken between epochs: every sink is
-    /// flushed and published then).
-    pub fn save(&self) -> WorkerState {
+    /// flushed and published then): all of it with `full`, else what changed since the last
+    /// save where a transformer can tell.
+    pub fn save(&mut self, full: bool) -> WorkerState {
         WorkerState {
             sinks: self
                 .sinks
-                .iter()
+                .iter_mut()
                 .enumerate()
                 .filter(|(_, s)| !s.chain.is_empty())
                 .map(|(k, s)| SinkState {
                     name: self.plan.sinks[k].name.clone(),
                     chain: s.fingerprint.clone(),
-                    stages: s.chain.save(),
+                    stages: s.chain.save_checkpoint(full),
                 })
                 .collect(),
         }
@@ -223,33 +224,41 @@ impl Transformer {
             if !by_resource && k % peers != index {
                 continue;
             }
-            let fingerprint = self.sinks[k].fingerprint.clone();
-            let saved = loaded
-                .parts
+            let fingerprint = &self.sinks[k].fingerprint;
+            // Per checkpoint of the run to restore, the sink's part of every worker's.
+            let saved: Vec<Vec<&SinkState>> = loaded
+                .chain
                 .iter()
-                .flat_map(|p| &p.sinks)
-                .filter(|s| s.name == sink.name);
-            for state in saved {
-                if state.chain != fingerprint {
-                    messages.push(format!(
-                        "sink {}: its transformers changed since checkpoint {}, so their state starts empty",
-                        sink.name, loaded.number
-                    ));
-                    break;
+                .map(|parts| {
+                    parts
+                        .iter()
+                        .flat_map(|p| &p.sinks)
+                        .filter(|s| s.name == sink.name)
+                        .collect()
+                })
+                .collect();
+            if saved.iter().flatten().any(|s| &s.chain != fingerprint) {
+                messages.push(format!(
+                    "sink {}: its transformers changed since checkpoint {}, so their state starts empty",
+                    sink.name, loaded.number
+                ));
+                continue;
+            }
+            let checkpoints: Vec<Vec<&[StageState]>> = saved
+                .iter()
+                .map(|parts| parts.iter().map(|s| s.stages.as_slice()).collect())
+                .collect();
+            if let Err(e) = self.sinks[k].chain.restore_checkpoints(&checkpoints) {
+                messages.push(format!(
+                    "sink {}: the state of checkpoint {} cannot be restored ({e}); it starts empty",
+                    sink.name, loaded.number
+                ));
+                // What the stages before the failing one took is dropped with them.
+                let mut fresh = self.plan.build_chains().swap_remove(k);
+                if let Some((span, _)) = self.forget {
+                    fresh.forget_after(span);
                 }
-                if let Err(e) = self.sinks[k].chain.restore(&state.stages) {
-                    messages.push(format!(
-                        "sink {}: the state of checkpoint {} cannot be restored ({e}); it starts empty",
-                        sink.name, loaded.number
-                    ));
-                    // What the stages before the failing one took is dropped with them.
-                    let mut fresh = self.plan.build_chains().swap_remove(k);
-                    if let Some((span, _)) = self.forget {
-                        fresh.forget_after(span);
-                    }
-                    self.sinks[k].chain = fresh;
-                    break;
-                }
+                self.sinks[k].chain = fresh;
             }
             if by_resource {
                 let peers = peers as u64;
@@ -264,12 +273,16 @@ impl Transformer {
         messages
     }
 
-    /// Saves this worker's part of checkpoint `number`.
-    fn save_part(&self, number: u64) {
+    /// Saves this worker's part of checkpoint `number` (whole with `full`).
+    fn save_part(&mut self, number: u64, full: bool) {
+        if self.checkpoints.is_none() {
+            return;
+        }
+        let state = self.save(full);
         let Some((checkpoints, index)) = &self.checkpoints else {
             return;
         };
-        if let Err(e) = checkpoints.write_part(number, *index, &self.save()) {
+        if let Err(e) = checkpoints.write_part(number, *index, &state) {
             // The checkpoint then cannot be published (counted there); the next one tries again.
             tracing::error!("checkpoint {number}: {e}; the next checkpoint tries again");
         }
@@ -736,7 +749,7 @@ pub fn transform<'s>(
                 // A checkpoint at this epoch holds the state every epoch before it left.
                 if let Some((capability, batches)) = barrier_stash.take(epoch) {
                     for b in batches.into_iter().flatten() {
-                        transformer.save_part(b.number);
+                        transformer.save_part(b.number, b.full);
                     }
                     checkpointed = true;
                     held.push(capability);

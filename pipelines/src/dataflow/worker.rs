@@ -118,6 +118,8 @@ fn feed_inputs(
         next_number: c.next_number,
         last: Instant::now(),
         in_flight: None,
+        published: None,
+        changes: 0,
     });
     feed(
         worker,
