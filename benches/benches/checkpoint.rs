@@ -69,6 +69,19 @@ fn bincode_len(state: &WorkerState) -> usize {
         .sum()
 }
 
+/// Takes one checkpoint of `chain` (whole when there is no `previous`); its number and the
+/// part's bytes.
+fn take(checkpoints: &Checkpoints, chain: &mut Chain, previous: Option<u64>) -> (u64, u64) {
+    let number = checkpoints.next_number();
+    let bytes = checkpoints
+        .write_part(number, 0, &state(chain, previous.is_none()))
+        .expect("written");
+    checkpoints
+        .publish(number, 1, Vec::new(), previous)
+        .expect("published");
+    (number, bytes)
+}
+
 fn checkpoint(c: &mut Criterion) {
     let mut group = c.benchmark_group("checkpoint");
     group.sample_size(10);
@@ -76,28 +89,14 @@ fn checkpoint(c: &mut Criterion) {
         let mut warm = warm(resources);
         let dir = tempfile::tempdir().expect("temp dir");
         let checkpoints = Checkpoints::open(dir.path()).expect("opens");
-        let number = checkpoints.next_number();
-        let bytes = checkpoints
-            .write_part(number, 0, &state(&mut warm, true))
-            .expect("written");
-        checkpoints
-            .publish(number, 1, Vec::new(), None)
-            .expect("published");
+        let (_, bytes) = take(&checkpoints, &mut warm, None);
         eprintln!(
             "checkpoint of rate_of_change over {resources} resources: {bytes} bytes, {:.1} bytes per resource",
             bytes as f64 / f64::from(resources)
         );
         group.throughput(Throughput::Elements(u64::from(resources)));
         group.bench_function(format!("take/{resources}"), |b| {
-            b.iter(|| {
-                let number = checkpoints.next_number();
-                checkpoints
-                    .write_part(number, 0, &state(&mut warm, true))
-                    .expect("written");
-                checkpoints
-                    .publish(number, 1, Vec::new(), None)
-                    .expect("published")
-            })
+            b.iter(|| take(&checkpoints, &mut warm, None))
         });
         let later = hundredth(resources);
         let mut previous = checkpoints.newest().expect("a checkpoint").number;
@@ -107,38 +106,17 @@ fn checkpoint(c: &mut Criterion) {
                 for _ in 0..iters {
                     touch(&mut warm, &later);
                     let started = std::time::Instant::now();
-                    let number = checkpoints.next_number();
-                    checkpoints
-                        .write_part(number, 0, &state(&mut warm, false))
-                        .expect("written");
-                    checkpoints
-                        .publish(number, 1, Vec::new(), Some(previous))
-                        .expect("published");
+                    previous = take(&checkpoints, &mut warm, Some(previous)).0;
                     took += started.elapsed();
-                    previous = number;
                 }
                 took
             })
         });
         // What a restore reads at the most: a whole checkpoint and FULL_EVERY - 1 of changes.
-        let number = checkpoints.next_number();
-        checkpoints
-            .write_part(number, 0, &state(&mut warm, true))
-            .expect("written");
-        checkpoints
-            .publish(number, 1, Vec::new(), None)
-            .expect("published");
-        let mut previous = number;
+        let mut previous = take(&checkpoints, &mut warm, None).0;
         for _ in 1..meterflow_pipelines::checkpoint::FULL_EVERY {
             touch(&mut warm, &later);
-            let number = checkpoints.next_number();
-            checkpoints
-                .write_part(number, 0, &state(&mut warm, false))
-                .expect("written");
-            checkpoints
-                .publish(number, 1, Vec::new(), Some(previous))
-                .expect("published");
-            previous = number;
+            previous = take(&checkpoints, &mut warm, Some(previous)).0;
         }
         let changes = checkpoints.newest().expect("a checkpoint");
         eprintln!(
