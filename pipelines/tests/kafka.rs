@@ -799,7 +799,24 @@ fn same_outputs(want_dir: &std::path::Path, got_dir: &std::path::Path, what: &st
         want.iter().any(|l| l.starts_with("alarm ")),
         "the alarm never changed state: the test checks nothing of alarms"
     );
-    assert_eq!(got, want, "the store differs ({what})");
+    if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        // Around the first character that differs (a line holds a whole series).
+        let (g, w) = (
+            got.get(i).map_or("", String::as_str),
+            want.get(i).map_or("", String::as_str),
+        );
+        let at = g.bytes().zip(w.bytes()).take_while(|(a, b)| a == b).count();
+        let window = |s: &str| {
+            let bytes = &s.as_bytes()[at.saturating_sub(150).min(s.len())..(at + 250).min(s.len())];
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        panic!(
+            "the store differs ({what}): line {i} of {}, from byte {at}:\n got  {}\n want {}",
+            want.len(),
+            window(g),
+            window(w)
+        );
+    }
 }
 
 /// A run that stops at the end of its topic and is started again, when more has arrived,
