@@ -600,7 +600,7 @@ mod tests {
         assert_eq!(c.numbers(), [1, 2, 3, 4]);
         take_after(&c, 2, 5, Some(4));
         assert_eq!(c.numbers(), [4, 5], "only 5, 4, and what they build on");
-        // A damaged checkpoint that 5 builds on: 5 cannot be restored; 4 is.
+        // 4, whole, damaged: neither it nor 5, which builds on it, can be restored.
         let part = fs::read_dir(root.join(dir_name(4)))
             .unwrap()
             .flatten()

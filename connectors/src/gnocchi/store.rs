@@ -907,11 +907,9 @@ impl Store {
     fn compact(&self, partition: Partition, tables: &[Table]) -> Result<(), StoreError> {
         for &table in tables {
             loop {
-                let files: Vec<FileEntry> = self
-                    .files(table, None)
-                    .into_iter()
-                    .filter(|f| f.partition == partition)
-                    .collect();
+                let all = self.files(table, None);
+                let files: Vec<&FileEntry> =
+                    all.iter().filter(|f| f.partition == partition).collect();
                 let [.., older, newer] = files.as_slice() else {
                     break;
                 };
@@ -922,7 +920,7 @@ impl Store {
                 // run with another number of workers, written between the two, may hold
                 // newer rows for the same keys: merging would let the older file's rows win
                 // over them. Such files stay apart.
-                let between = self.files(table, None).into_iter().any(|f| {
+                let between = all.iter().any(|f| {
                     f.partition.count != partition.count
                         && f.generation > older.generation
                         && f.generation < newer.generation
@@ -1296,13 +1294,17 @@ impl Store {
     /// only the files of the partitions their resources fall in: how a metric released from
     /// memory is resumed when it speaks again. A key the store does not hold is absent.
     pub fn reload(&self, keys: &HashSet<(String, String)>) -> Result<Reloaded, StoreError> {
-        let routes: Vec<u64> = keys.iter().map(|(r, _)| route(r)).collect();
+        let mut names: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (resource, name) in keys {
+            names.entry(resource).or_default().insert(name);
+        }
+        let routes: Vec<u64> = names.keys().map(|r| route(r)).collect();
         let mine = |f: &FileEntry| routes.iter().any(|&r| f.partition.holds(r));
-        let wanted = |r: &str, m: &str| keys.contains(&(r.to_owned(), m.to_owned()));
+        let wanted = |r: &str, m: &str| names.get(r).is_some_and(|n| n.contains(m));
         self.reading(|| {
             let mut out = Reloaded::default();
             for entry in self.files(Table::Metrics, None).iter().filter(|f| mine(f)) {
-                for record in self.metric_records(entry, &|r| keys.iter().any(|k| k.0 == r))? {
+                for record in self.metric_records(entry, &|r| names.contains_key(r))? {
                     if wanted(&record.resource_id, &record.metric_name) {
                         let key = (record.resource_id.clone(), record.metric_name.clone());
                         out.records.insert(key, record);

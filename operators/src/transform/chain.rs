@@ -73,11 +73,6 @@ impl Chain {
         self.stages.is_empty()
     }
 
-    /// Each stage's saved state ([`Transform::save`]), for a checkpoint.
-    pub fn save(&self) -> Vec<Vec<u8>> {
-        self.stages.iter().map(|s| s.save()).collect()
-    }
-
     /// Each stage's state for a checkpoint (see [`Transform::save_checkpoint`]): all of it
     /// with `full`, else what changed since the last call where a stage can tell.
     pub fn save_checkpoint(&mut self, full: bool) -> Vec<StageState> {
@@ -90,25 +85,13 @@ impl Chain {
             .collect()
     }
 
-    /// Adds the states [`Chain::save`] gave (of this chain or another worker's copy of it).
-    /// Fails if they are not this chain's: a different number of stages changes nothing; a
-    /// stage whose state does not decode stops the restore there (the stages before it keep
-    /// what they took, so the caller should start the chain afresh).
-    pub fn restore(&mut self, states: &[Vec<u8>]) -> Result<(), String> {
-        let states: Vec<StageState> = states
-            .iter()
-            .map(|bytes| StageState {
-                whole: true,
-                bytes: bytes.clone(),
-            })
-            .collect();
-        self.restore_checkpoints(&[vec![&states]])
-    }
-
     /// Restores a run of checkpoints, oldest first, each given as the parts of the workers
-    /// that saved it (see [`Chain::save_checkpoint`]): each stage takes the parts of the
-    /// newest checkpoint where its state is whole, then what changed in each later one.
-    /// Fails as [`Chain::restore`] does.
+    /// that saved it (this chain or other workers' copies of it; see
+    /// [`Chain::save_checkpoint`]): each stage takes the parts of the newest checkpoint where
+    /// its state is whole, then what changed in each later one. Fails if they are not this
+    /// chain's: a different number of stages changes nothing; a stage whose state does not
+    /// decode stops the restore there (the stages before it keep what they took, so the
+    /// caller should start the chain afresh).
     pub fn restore_checkpoints(
         &mut self,
         checkpoints: &[Vec<&[StageState]>],
@@ -245,10 +228,10 @@ mod tests {
                 let mut first = build_chain(&specs).unwrap();
                 let mut out = Vec::new();
                 run(&mut first, &input[..cut], &mut out);
-                let saved = first.save();
+                let saved = first.save_checkpoint(true);
                 drop(first);
                 let mut second = build_chain(&specs).unwrap();
-                second.restore(&saved).unwrap();
+                second.restore_checkpoints(&[vec![&saved]]).unwrap();
                 run(&mut second, &input[cut..], &mut out);
                 let key = |s: &Sample| {
                     (
@@ -317,11 +300,21 @@ mod tests {
                 let run: Vec<Vec<&[StageState]>> =
                     saves.iter().map(|s| vec![s.as_slice()]).collect();
                 restored.restore_checkpoints(&run).unwrap();
-                // Both go on alike over the rest.
+                // Both go on alike over the rest, beside a twin that never stopped: the
+                // same batches and release up to here.
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 let mut twin = build_chain(&specs).unwrap();
                 twin.forget_after(600_000_000);
-                twin.restore(&original.save()).unwrap();
+                for (m, batch) in input[..=n].iter().enumerate() {
+                    for s in batch {
+                        twin.handle(s.clone(), &mut a, &mut diag);
+                    }
+                    twin.flush(&mut a, &mut diag);
+                    if m == 6 {
+                        twin.forget_before(1_609_459_500_000_000);
+                    }
+                }
+                a.clear();
                 for batch in &input[n + 1..] {
                     for s in batch {
                         twin.handle(s.clone(), &mut a, &mut diag);
@@ -343,8 +336,12 @@ mod tests {
     #[test]
     fn state_of_another_chain_is_refused() {
         let mut chain = build_chain(&[spec("rate_of_change", "{}")]).unwrap();
-        assert!(chain.restore(&[]).is_err());
-        assert!(chain.restore(&[vec![1, 2, 3]]).is_err());
+        assert!(chain.restore_checkpoints(&[vec![&[]]]).is_err());
+        let garbage = StageState {
+            whole: true,
+            bytes: vec![1, 2, 3],
+        };
+        assert!(chain.restore_checkpoints(&[vec![&[garbage]]]).is_err());
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl<V: Timed + Copy + Serialize + DeserializeOwned> Series<V> {
     /// See [`super::Transform::save_checkpoint`]: everything, or what changed since the
     /// last save.
     pub(crate) fn save_checkpoint(&mut self, full: bool) -> (bool, Vec<u8>) {
+        let removed = std::mem::take(&mut self.removed);
         let bytes = if full {
             self.save()
         } else {
@@ -84,12 +85,8 @@ impl<V: Timed + Copy + Serialize + DeserializeOwned> Series<V> {
                 .filter(|(_, (_, stamp))| *stamp == saves)
                 .map(|(k, (v, _))| (*k, *v))
                 .collect();
-            super::encode_state(&Saved {
-                entries,
-                removed: std::mem::take(&mut self.removed),
-            })
+            super::encode_state(&Saved { entries, removed })
         };
-        self.removed.clear();
         self.saves = self.saves.wrapping_add(1);
         (full, bytes)
     }

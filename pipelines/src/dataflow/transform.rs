@@ -275,14 +275,10 @@ impl Transformer {
 
     /// Saves this worker's part of checkpoint `number` (whole with `full`).
     fn save_part(&mut self, number: u64, full: bool) {
-        if self.checkpoints.is_none() {
-            return;
-        }
-        let state = self.save(full);
-        let Some((checkpoints, index)) = &self.checkpoints else {
+        let Some((checkpoints, index)) = self.checkpoints.clone() else {
             return;
         };
-        if let Err(e) = checkpoints.write_part(number, *index, &state) {
+        if let Err(e) = checkpoints.write_part(number, index, &self.save(full)) {
             // The checkpoint then cannot be published (counted there); the next one tries again.
             tracing::error!("checkpoint {number}: {e}; the next checkpoint tries again");
         }

@@ -216,8 +216,6 @@ struct Entry {
     collected: u64,
     /// Buckets it held in memory at the last checkpoint (for the `buckets_open` gauge).
     held: u64,
-    /// Its resource's attributes as last recorded.
-    attributes: Option<Arc<str>>,
     /// Its id (alarms over several metrics name their contributors by it).
     id: Arc<str>,
 }
@@ -480,7 +478,7 @@ impl Aggregator {
             let record = &entry.record;
             Some(MetricView {
                 metric_id: record.metric_id.clone(),
-                resource: record.resource_json(entry.attributes.as_deref()),
+                resource: record.resource_json(record.resource_attributes.as_deref()),
                 granularities: entry
                     .policy
                     .policy
@@ -611,7 +609,6 @@ impl Aggregator {
                 record
             }
         };
-        let attributes = record.resource_attributes.as_deref().map(Arc::from);
         let id: Arc<str> = Arc::from(record.metric_id.as_str());
         self.by_resource
             .entry(m.resource_key)
@@ -625,7 +622,6 @@ impl Aggregator {
             dirty: false,
             collected: 0,
             held: 0,
-            attributes,
             id,
         }))
     }
@@ -679,8 +675,9 @@ impl Aggregator {
             };
             let key = (m.resource_key, m.name);
             if let Some(new) = &m.attributes {
-                if self.metrics.entries[i].attributes.as_ref() != Some(new) {
-                    self.update_attributes(m.resource_key, new.clone());
+                let recorded = &self.metrics.entries[i].record.resource_attributes;
+                if recorded.as_deref() != Some(&**new) {
+                    self.update_attributes(m.resource_key, new);
                 }
             }
             newest = points.iter().fold(newest, |n, p| n.max(p.0));
@@ -740,15 +737,14 @@ impl Aggregator {
 
     /// Ceilometer updates a resource's attributes with every batch: the newest are recorded
     /// on every metric of the resource (a newer metric record overrides the older).
-    fn update_attributes(&mut self, resource: Sym, attributes: Arc<str>) {
+    fn update_attributes(&mut self, resource: Sym, attributes: &str) {
         for &name in self.by_resource.get(&resource).into_iter().flatten() {
             self.feeds.invalidate((resource, name));
             let Some(entry) = self.metrics.get_mut(&(resource, name)) else {
                 continue;
             };
-            entry.attributes = Some(attributes.clone());
             let record = &mut entry.record;
-            if record.resource_attributes.as_deref() != Some(&*attributes) {
+            if record.resource_attributes.as_deref() != Some(attributes) {
                 record.resource_attributes = Some(attributes.to_string());
                 self.commits.checkpoint.metrics.push(record.clone());
             }

@@ -49,6 +49,29 @@ fn key_hash(resource: &str, name: &str) -> u64 {
     h.finish()
 }
 
+impl Quiet {
+    /// Counts metric (resource key, name) among the released.
+    fn release(&mut self, resource: &str, name: &str) {
+        *self.released.entry(key_hash(resource, name)).or_default() += 1;
+    }
+
+    /// Counts a released metric read back.
+    fn reloaded(&mut self, resource: &str, name: &str) {
+        let hash = key_hash(resource, name);
+        if let Some(count) = self.released.get_mut(&hash) {
+            *count -= 1;
+            if *count == 0 {
+                self.released.remove(&hash);
+            }
+        }
+    }
+
+    /// Whether metric (resource key, name) may be among the released.
+    fn is_released(&self, resource: &str, name: &str) -> bool {
+        self.released.contains_key(&key_hash(resource, name))
+    }
+}
+
 impl Aggregator {
     /// Releases a metric from memory once the watermark has passed its newest measure by
     /// `span` of event time (see the module doc); `None` keeps every metric in memory.
@@ -98,18 +121,16 @@ impl Aggregator {
             self.quiet.parking.push_back((carried, key));
         }
         // Stored metrics this run has not touched: their records and states go too.
-        let states = &mut self.states;
-        let released = &mut self.quiet.released;
-        self.known.retain(|(resource, name), _| {
-            let key = (resource.clone(), name.clone());
+        let (states, quiet) = (&mut self.states, &mut self.quiet);
+        self.known.retain(|key, _| {
             let newest = states
-                .get(&key)
+                .get(key)
                 .and_then(|s| s.iter().map(|p| p.timestamp_ns).max());
             if newest.is_some_and(|n| n >= horizon) {
                 return true;
             }
-            states.remove(&key);
-            *released.entry(key_hash(resource, name)).or_default() += 1;
+            states.remove(key);
+            quiet.release(&key.0, &key.1);
             false
         });
         diag.counters.metrics_open = self.metrics.len() as u64;
@@ -129,22 +150,15 @@ impl Aggregator {
         if oldest > committed {
             return;
         }
-        let Quiet {
-            parked,
-            parking,
-            released,
-            ..
-        } = &mut self.quiet;
-        while let Some(&(number, key)) = parking.front() {
+        let quiet = &mut self.quiet;
+        while let Some(&(number, key)) = quiet.parking.front() {
             if number > committed {
                 break;
             }
-            parking.pop_front();
-            if parked.get(&key).is_some_and(|(n, _)| *n == number) {
-                parked.remove(&key);
-                *released
-                    .entry(key_hash(key.0.as_str(), key.1.as_str()))
-                    .or_default() += 1;
+            quiet.parking.pop_front();
+            if quiet.parked.get(&key).is_some_and(|(n, _)| *n == number) {
+                quiet.parked.remove(&key);
+                quiet.release(key.0.as_str(), key.1.as_str());
             }
         }
     }
@@ -152,11 +166,7 @@ impl Aggregator {
     /// Whether metric `key` was released but could not be read back (see
     /// [`Aggregator::reload_released`]): aggregating it afresh would overwrite the store.
     pub(super) fn unreadable(&self, key: (Sym, Sym)) -> bool {
-        self.failure.is_some()
-            && self
-                .quiet
-                .released
-                .contains_key(&key_hash(key.0.as_str(), key.1.as_str()))
+        self.failure.is_some() && self.quiet.is_released(key.0.as_str(), key.1.as_str())
     }
 
     /// Brings back a metric released but not yet let go; its position.
@@ -184,7 +194,7 @@ impl Aggregator {
                 continue;
             }
             let (resource, name) = (m.resource_key.as_str(), m.name.as_str());
-            if self.quiet.released.contains_key(&key_hash(resource, name)) {
+            if self.quiet.is_released(resource, name) {
                 keys.insert((resource.to_owned(), name.to_owned()));
             }
         }
@@ -194,13 +204,7 @@ impl Aggregator {
         match self.store.reload(&keys) {
             Ok(reloaded) => {
                 for (resource, name) in reloaded.records.keys() {
-                    let hash = key_hash(resource, name);
-                    if let Some(count) = self.quiet.released.get_mut(&hash) {
-                        *count -= 1;
-                        if *count == 0 {
-                            self.quiet.released.remove(&hash);
-                        }
-                    }
+                    self.quiet.reloaded(resource, name);
                 }
                 diag.counters.metrics_reloaded += reloaded.records.len() as u64;
                 self.known.extend(reloaded.records);
