@@ -16,6 +16,27 @@ pub struct Chunk {
     /// Where each line came from, when the input has better positions than line numbers
     /// (Kafka: `topic/partition@offset`), indexed by line number − `first_line`.
     pub positions: Option<Positions>,
+    /// Lines over the reader's size limit, skipped: each stands in `data` as an empty line
+    /// (so numbering holds) and is reported from here.
+    #[serde(default)]
+    pub oversized: Vec<Oversized>,
+}
+
+/// A line longer than the reader's limit: its number, length and first bytes (the rest was
+/// never held in memory).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Oversized {
+    /// Its 1-based line number in the input.
+    pub line: u64,
+    /// Its length in bytes (without the newline).
+    pub bytes: u64,
+    /// Its first bytes (at most [`Oversized::HEAD`]).
+    pub head: Bytes,
+}
+
+impl Oversized {
+    /// How much of an oversized line is kept, for the log and the dead-letter file.
+    pub const HEAD: usize = 4096;
 }
 
 /// The Kafka position (topic, partition, offset) of each line of a chunk, kept as numbers
@@ -152,6 +173,7 @@ mod tests {
             first_line: 7,
             data: Bytes::from_static(b"a\r\n\n  \nb\nc"),
             positions: None,
+            oversized: Vec::new(),
         };
         let lines: Vec<_> = chunk.lines().map(|(n, l)| (n, l.to_vec())).collect();
         assert_eq!(

@@ -26,6 +26,7 @@
 
 pub mod chunk;
 pub mod component;
+pub mod files;
 pub mod intern;
 pub mod json;
 pub mod metrics;

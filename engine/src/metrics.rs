@@ -27,7 +27,8 @@ pub enum DropReason {
     MissingField,
     /// A sample whose `counter_type` is not gauge, delta or cumulative.
     BadCounterType,
-    /// A sample whose timestamp a time-based transformer could not parse.
+    /// A sample whose timestamp is not ISO 8601, has an offset of a day or more, or lies
+    /// outside the years 1678 to 2199 (refused as input, before any transformer).
     BadTimestamp,
     /// A transformer expression failed (division by zero, NaN, wrong operand types).
     ExpressionError,
@@ -47,11 +48,13 @@ pub enum DropReason {
     /// The first sample of a (meter, resource) series, which `rate_of_change` and `delta`
     /// only remember: a rate or a difference needs a predecessor (as in Ceilometer).
     NoPredecessor,
+    /// An input line longer than `--max-line-bytes`: skipped without being read into memory.
+    LineTooLong,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::BadJson,
         DropReason::NotANotification,
         DropReason::NoMeterDefinition,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::NoResourceDefinition,
         DropReason::OutOfOrder,
         DropReason::NoPredecessor,
+        DropReason::LineTooLong,
     ];
 
     /// The metric label.
@@ -87,6 +91,7 @@ impl DropReason {
             DropReason::NoResourceDefinition => "no_resource_definition",
             DropReason::OutOfOrder => "out_of_order",
             DropReason::NoPredecessor => "no_predecessor",
+            DropReason::LineTooLong => "line_too_long",
         }
     }
 
@@ -103,6 +108,8 @@ impl DropReason {
                 | DropReason::VolumeNotANumber
                 | DropReason::MissingField
                 | DropReason::BadCounterType
+                | DropReason::BadTimestamp
+                | DropReason::LineTooLong
         )
     }
 

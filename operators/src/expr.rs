@@ -281,7 +281,14 @@ impl Expr {
             meters: Vec::new(),
             uses_names: false,
             only_metadata: true,
+            depth: 0,
         };
+        if p.tokens.len() > MAX_TOKENS {
+            return Err(p.error(&format!(
+                "the expression has {} tokens, more than the {MAX_TOKENS} taken; a transformer's expression is a formula, not a program",
+                p.tokens.len()
+            )));
+        }
         let root = p.ternary()?;
         if p.pos < p.tokens.len() {
             return Err(p.error("unexpected text after the expression"));
@@ -454,7 +461,17 @@ struct Parser<'t> {
     meters: Vec<String>,
     uses_names: bool,
     only_metadata: bool,
+    /// How deep the recursive descent is (see [`MAX_DEPTH`]).
+    depth: u32,
 }
+
+/// The deepest nesting taken (parentheses, `not`, unary signs, `if ... else` chains):
+/// Python's parser stops at 200 nested parentheses too.
+pub const MAX_DEPTH: u32 = 200;
+
+/// The most tokens an expression may have (which bounds the depth of its tree, and so the
+/// stack its evaluation needs).
+pub const MAX_TOKENS: usize = 1000;
 
 impl Parser<'_> {
     fn error(&self, message: &str) -> ParseError {
@@ -487,7 +504,27 @@ impl Parser<'_> {
         }
     }
 
+    /// Runs `f` one level deeper, refusing to go past [`MAX_DEPTH`].
+    fn nested(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<Node, ParseError>,
+    ) -> Result<Node, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(&format!(
+                "the expression nests more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        self.depth += 1;
+        let node = f(self);
+        self.depth -= 1;
+        node
+    }
+
     fn ternary(&mut self) -> Result<Node, ParseError> {
+        self.nested(Self::ternary_inner)
+    }
+
+    fn ternary_inner(&mut self) -> Result<Node, ParseError> {
         let body = self.or()?;
         if self.eat_word("if") {
             let cond = self.or()?;
@@ -518,7 +555,7 @@ impl Parser<'_> {
 
     fn not(&mut self) -> Result<Node, ParseError> {
         if self.eat_word("not") {
-            return Ok(Node::Not(Box::new(self.not()?)));
+            return Ok(Node::Not(Box::new(self.nested(Self::not)?)));
         }
         self.comparison()
     }
@@ -573,10 +610,10 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Node, ParseError> {
         if self.eat_op("-") {
-            return Ok(Node::Neg(Box::new(self.unary()?)));
+            return Ok(Node::Neg(Box::new(self.nested(Self::unary)?)));
         }
         if self.eat_op("+") {
-            return Ok(Node::Pos(Box::new(self.unary()?)));
+            return Ok(Node::Pos(Box::new(self.nested(Self::unary)?)));
         }
         self.power()
     }
@@ -584,7 +621,7 @@ impl Parser<'_> {
     fn power(&mut self) -> Result<Node, ParseError> {
         let base = self.primary()?;
         if self.eat_op("**") {
-            let exp = self.unary()?;
+            let exp = self.nested(Self::unary)?;
             return Ok(Node::Bin(BinOp::Pow, Box::new(base), Box::new(exp)));
         }
         Ok(base)
@@ -1008,6 +1045,25 @@ fn call(func: Func, args: Vec<Value<'static>>) -> Result<Value<'static>, EvalErr
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn nesting_and_length_are_bounded_as_python_bounds_them() {
+        let deep = |n: usize| format!("{}volume{}", "(".repeat(n), ")".repeat(n));
+        assert!(Expr::parse(&deep(150), false).is_ok());
+        for text in [
+            deep(1000),
+            deep(10_000),
+            "-".repeat(5000) + "1",
+            "not ".repeat(300) + "1",
+        ] {
+            let e = Expr::parse(&text, false).unwrap_err().to_string();
+            assert!(e.contains("levels deep") || e.contains("tokens"), "{e}");
+        }
+        let long = vec!["1"; 600].join(" + ");
+        let e = Expr::parse(&long, false).unwrap_err().to_string();
+        assert!(e.contains("more than the 1000 taken"), "{e}");
+        assert!(Expr::parse(&vec!["1"; 400].join(" + "), false).is_ok());
+    }
     use super::*;
 
     struct Vars;

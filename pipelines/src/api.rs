@@ -31,9 +31,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_connectors::gnocchi::store::{MetricRecord, ResourceView, Store};
 use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
+use meterflow_connectors::notify::ActionPolicy;
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, DropReason};
 use meterflow_engine::partition::route;
+use meterflow_engine::time::{Instant, TimeError};
 use meterflow_operators::aggregate::parse_timespan;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -96,6 +98,7 @@ impl Server {
         store: Arc<Store>,
         plan: Arc<Plan>,
         live: Arc<Live>,
+        actions: ActionPolicy,
     ) -> anyhow::Result<(Server, Requests)> {
         let addr = listen_addr(&options.addr)?;
         let listener = TcpListener::bind(addr).with_context(|| {
@@ -113,6 +116,7 @@ impl Server {
             alarms: alarm_tx,
             alarm_writes: tokio::sync::Mutex::new(()),
             token: options.token.clone(),
+            actions,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -208,6 +212,8 @@ struct ApiState {
     /// Alarm changes are made one at a time (names stay unique, a PUT sees the last one).
     alarm_writes: tokio::sync::Mutex<()>,
     token: Option<String>,
+    /// The rules an alarm's actions must follow.
+    actions: ActionPolicy,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -593,17 +599,21 @@ fn parse_measures(list: &Value, place: &str) -> ApiResult<Vec<(i64, f64)>> {
         let value = m
             .get("value")
             .ok_or_else(|| ApiError::bad_request(at("has no \"value\"")))?;
-        let ns = match (epoch, ts) {
-            (true, Value::Number(n)) => n.as_f64().map(|s| (s * 1e9).round() as i64),
-            (true, Value::String(s)) => s.trim().parse::<f64>().ok().map(|s| (s * 1e9).round() as i64),
-            (false, Value::String(s)) => relative_time(s).or_else(|| query::parse_time(s).ok()),
+        let checked = match (epoch, ts) {
+            (true, Value::Number(n)) => n.as_f64().map(Instant::from_seconds),
+            (true, Value::String(s)) => s.trim().parse::<f64>().ok().map(Instant::from_seconds),
+            (false, Value::String(s)) => relative_time(s).or_else(|| Some(query::parse_instant(s))),
             _ => None,
-        }
-        .ok_or_else(|| {
-            ApiError::bad_request(at(&format!(
+        };
+        let ns = match checked {
+            Some(Ok(t)) => t.nanos(),
+            Some(Err(why)) if why != TimeError::Malformed => {
+                return Err(ApiError::bad_request(at(&format!("timestamp {ts} {why}"))))
+            }
+            _ => return Err(ApiError::bad_request(at(&format!(
                 "timestamp {ts} is not a valid timestamp (the first measure's timestamp decides: epoch seconds, or ISO 8601 such as 2021-07-30T02:00:00+00:00)"
-            )))
-        })?;
+            )))),
+        };
         if ns < 0 {
             return Err(ApiError::bad_request(at(&format!(
                 "timestamp {ts} is before 1970 (Timestamp must be after Epoch)"
@@ -623,15 +633,13 @@ fn parse_measures(list: &Value, place: &str) -> ApiResult<Vec<(i64, f64)>> {
     Ok(out)
 }
 
-/// `now`, `-5 minutes`, `+1 hour`: relative to the wall clock.
-fn relative_time(text: &str) -> Option<i64> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_nanos() as i64;
+/// `now`, `-5 minutes`, `+1 hour`: relative to the wall clock (`None`: not of that form).
+fn relative_time(text: &str) -> Option<Result<Instant, TimeError>> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    let now = now.as_secs_f64();
     let text = text.trim();
     if text == "now" {
-        return Some(now);
+        return Some(Instant::from_seconds(now));
     }
     let (sign, rest) = match text.as_bytes().first()? {
         b'-' => (-1.0, &text[1..]),
@@ -639,7 +647,7 @@ fn relative_time(text: &str) -> Option<i64> {
         _ => return None,
     };
     let span = seconds(rest)?;
-    Some(now + (sign * span * 1e9) as i64)
+    Some(Instant::from_seconds(now + sign * span))
 }
 
 /// A resource id as a batch names it: UUIDs in canonical form, other text as sent.

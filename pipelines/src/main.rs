@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meterflow_connectors::file::source::InputSpec;
-use meterflow_connectors::notify::NotifierOptions;
+use meterflow_connectors::notify::{ActionPolicy, NotifierOptions};
 use meterflow_engine::metrics::DropReason;
 use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
@@ -83,6 +83,10 @@ struct RunArgs {
     /// quiet-metric release finer grained, larger ones cost less per byte.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(256..=(1 << 28)))]
     chunk_bytes: u64,
+    /// The longest input line (or Kafka message) taken, in bytes; a longer one is skipped
+    /// as it streams by, counted as line_too_long and its first 4 KiB dead-lettered.
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    max_line_bytes: u64,
     /// Read on from the newest checkpoint (state and input positions) when the inputs are
     /// files; Kafka inputs always do.
     #[arg(long)]
@@ -226,6 +230,19 @@ struct NotifyArgs {
     /// is down never holds evaluation back).
     #[arg(long, default_value_t = 10_000)]
     notify_queue: usize,
+    /// The directory file:// alarm actions must write in (created if missing). Without it,
+    /// a definition's file:// actions may name any path outside the store, the state and the
+    /// run's inputs and outputs.
+    #[arg(long, value_name = "DIR")]
+    action_dir: Option<PathBuf>,
+    /// Lets alarms created through the API have file:// actions (inside --action-dir).
+    #[arg(long, requires = "action_dir")]
+    allow_api_file_actions: bool,
+    /// Hosts http(s):// and kafka:// alarm actions may reach, comma-separated: host,
+    /// host:port, *.domain, a network (10.0.0.0/8), or * (every host but link-local and
+    /// unspecified addresses, e.g. the metadata service 169.254.169.254); empty: none.
+    #[arg(long, value_name = "LIST", default_value = "*")]
+    action_hosts: String,
 }
 
 impl NotifyArgs {
@@ -247,6 +264,12 @@ impl NotifyArgs {
             timeout: seconds("notify-timeout", self.notify_timeout)?,
             max_backoff: seconds("notify-max-backoff", self.notify_max_backoff)?,
             queue_capacity: self.notify_queue,
+            policy: ActionPolicy::new(
+                self.action_dir.as_deref(),
+                self.allow_api_file_actions,
+                &self.action_hosts,
+            )
+            .map_err(anyhow::Error::msg)?,
             ..NotifierOptions::default()
         })
     }
@@ -530,6 +553,7 @@ fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
         checkpoint_every,
         forget_after,
         chunk_bytes,
+        max_line_bytes,
         resume,
         notify,
     } = args;
@@ -573,6 +597,7 @@ fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
         checkpoint_every: checkpoint_interval(checkpoint_every)?,
         forget_after: forget_span(forget_after)?,
         chunk_bytes: chunk_bytes as usize,
+        max_line_bytes: max_line_bytes as usize,
         resume,
     };
     let report = service::run(plan, &inputs, &options, Some(announce_listening()))?;

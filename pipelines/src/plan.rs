@@ -179,7 +179,7 @@ impl ArchivePolicyRule {
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// The file could not be read.
-    #[error("cannot read pipeline definition {path}: {source}")]
+    #[error("cannot read pipeline definition {path}")]
     Read {
         /// The path.
         path: String,
@@ -206,10 +206,12 @@ const SINK_KEYS: &[&str] = &["name", "transformers", "publishers"];
 impl Plan {
     /// Reads and validates a definition file.
     pub fn from_path(path: &Path) -> Result<Plan, PlanError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let max = meterflow_engine::files::MAX_DEFINITION_BYTES;
+        let text =
+            meterflow_engine::files::read_text(path, max).map_err(|source| PlanError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
         let base = path.parent().map(Path::to_path_buf);
         Ok(Plan::parse(&text, &path.display().to_string(), base)?)
     }
@@ -244,16 +246,25 @@ impl Plan {
         let (root, json_alarms) = match parsed {
             Some(parsed) => parsed,
             None => (
-                serde_yaml::from_str(text).map_err(|e| {
-                    let at = e
-                        .location()
-                        .map(|l| format!("line {}, column {}", l.line(), l.column()))
-                        .unwrap_or_default();
-                    fail(vec![Problem {
-                        path: at,
-                        message: format!("not valid YAML: {e}"),
-                    }])
-                })?,
+                meterflow_engine::files::check_nesting(text)
+                    .map_err(|message| {
+                        fail(vec![Problem {
+                            path: String::new(),
+                            message: format!("not valid here: {message}"),
+                        }])
+                    })
+                    .and_then(|()| {
+                        serde_yaml::from_str(text).map_err(|e| {
+                            let at = e
+                                .location()
+                                .map(|l| format!("line {}, column {}", l.line(), l.column()))
+                                .unwrap_or_default();
+                            fail(vec![Problem {
+                                path: at,
+                                message: format!("not valid YAML: {e}"),
+                            }])
+                        })
+                    })?,
                 None,
             ),
         };
@@ -695,7 +706,8 @@ impl Validator {
                 vec![path]
             };
             for file in listed {
-                match std::fs::read_to_string(&file) {
+                let max = meterflow_engine::files::MAX_INCLUDED_BYTES;
+                match meterflow_engine::files::read_text(&file, max) {
                     Ok(text) => files.push((file.display().to_string(), text)),
                     Err(e) => v.problem(
                         place.clone(),

@@ -5,8 +5,8 @@
 
 use meterflow_connectors::gnocchi::store::{MetricRecord, Store, StoreError};
 use meterflow_engine::partition::route;
-use meterflow_engine::time::{format_seconds_utc, parse_micros};
-use meterflow_operators::aggregate::{ArchivePolicy, Method, NANOS};
+use meterflow_engine::time::{format_seconds_utc, Instant, TimeError};
+use meterflow_operators::aggregate::{ArchivePolicy, Method, MAX_GRANULARITY, NANOS};
 
 /// What to read.
 #[derive(Clone, Debug, Default)]
@@ -72,14 +72,25 @@ impl QueryError {
 /// assert!(parse_time("yesterday").is_err());
 /// ```
 pub fn parse_time(text: &str) -> Result<i64, QueryError> {
-    if let Ok(seconds) = text.trim().parse::<f64>() {
-        if seconds.is_finite() {
-            return Ok((seconds * NANOS as f64).round() as i64);
-        }
+    let text = text.trim();
+    parse_instant(text).map(Instant::nanos).map_err(|why| {
+        let why = match why {
+            TimeError::Malformed => "is not a valid timestamp".to_owned(),
+            other => other.to_string(),
+        };
+        QueryError::Invalid(format!(
+            "Timestamp {text:?} {why}; give ISO 8601 (2021-07-30T02:00:00+00:00) or seconds since the epoch"
+        ))
+    })
+}
+
+/// [`parse_time`]'s checked time: epoch seconds when `text` is a number, else ISO 8601.
+pub fn parse_instant(text: &str) -> Result<Instant, TimeError> {
+    let text = text.trim();
+    match text.parse::<f64>() {
+        Ok(seconds) => Instant::from_seconds(seconds),
+        Err(_) => Instant::parse(text),
     }
-    parse_micros(text.trim())
-        .map(|us| us * 1000)
-        .ok_or_else(|| QueryError::Invalid(format!("Timestamp {text:?} is not a valid timestamp; give ISO 8601 (2021-07-30T02:00:00+00:00) or seconds since the epoch")))
 }
 
 /// Finds a metric by resource (any of its ids) and name.
@@ -133,9 +144,9 @@ pub fn measures_of(
                 "A granularity must be specified to resample".into(),
             ))
         }
-        Some(r) if !(r.is_finite() && r > 0.0) => {
+        Some(r) if !(r.is_finite() && r > 0.0 && r * NANOS as f64 <= MAX_GRANULARITY as f64) => {
             return Err(QueryError::Invalid(format!(
-                "Invalid value for resample: {r}; give a positive number of seconds"
+                "Invalid value for resample: {r}; give a positive number of seconds, at most 50 years"
             )))
         }
         Some(r) => Some((r * NANOS as f64).round() as i64),

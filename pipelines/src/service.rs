@@ -37,6 +37,7 @@ pub fn run(
             store.clone(),
             prepared.plan().clone(),
             prepared.live().clone(),
+            prepared.actions().clone(),
         )?;
         if let Some(callback) = &listening {
             (callback.0)(s.addr());

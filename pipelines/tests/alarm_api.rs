@@ -94,26 +94,128 @@ fn state_of(engine: &Engine, id: &str) -> String {
     state.as_str().unwrap().to_owned()
 }
 
+/// The message of an Aodh error body.
+fn fault(body: &Value) -> String {
+    body["error_message"]["faultstring"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
 fn id_of(engine: &Engine, name: &str) -> String {
     let list = engine.get_ok(&format!("/v2/alarms?q.field=name&q.op=eq&q.value={name}"));
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     list[0]["alarm_id"].as_str().unwrap().to_owned()
 }
 
+/// Serves `pipeline` over `store`; alarms created through the API may write files in the
+/// store's parent directory (the tests' notification files).
 fn serve(pipeline: &Path, store: &Path) -> Engine {
-    Engine::start(
-        &[
+    serve_with(pipeline, store, &["--allow-api-file-actions"])
+}
+
+fn serve_with(pipeline: &Path, store: &Path, extra: &[&str]) -> Engine {
+    let actions = store.parent().unwrap().to_str().unwrap();
+    let mut args = vec![
+        "serve",
+        pipeline.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--listen",
+        "0",
+        "--workers",
+        "2",
+        "--action-dir",
+        actions,
+    ];
+    args.extend_from_slice(extra);
+    Engine::start(&args, None)
+}
+
+/// Issue 19, finding 1: an alarm action could append to any file (the store's own Parquet
+/// files included) and call any host. Now each is checked against the operator's rules when
+/// the API takes it (400 naming the rule), when a definition is loaded (the start fails) and
+/// before delivery.
+#[test]
+fn alarm_actions_follow_the_operators_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("notifications.jsonl");
+    let pipeline = definition(dir.path(), &out);
+    let store = dir.path().join("store");
+    let engine = serve_with(
+        &pipeline,
+        &store,
+        &["--action-hosts", "127.0.0.1,*.example.com"],
+    );
+    let post = |action: &str| {
+        let mut a = alarm("x", "host-1", 1.0, 1, &out);
+        a["alarm_actions"] = json!([action]);
+        a["ok_actions"] = json!([]);
+        engine.post("/v2/alarms", &a.to_string())
+    };
+    // Without --allow-api-file-actions no file:// action comes through the API.
+    let (status, body) = post(&format!("file://{}", out.display()));
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("--allow-api-file-actions"), "{body}");
+    let (status, body) = post("http://169.254.169.254/latest/meta-data");
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("--action-hosts"), "{body}");
+    let (status, body) = post("kafka://evil.org:9092/t");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post("http://hooks.example.com/x");
+    assert_eq!(status, 201, "{body}");
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+
+    // Allowed in the action directory, never in the store inside it.
+    let engine = serve(&pipeline, &store);
+    let parquet = std::fs::read_dir(store.join("metrics"))
+        .map(|d| d.flatten().map(|e| e.path()).next())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| store.join("metrics/g000000000001-p0of1.parquet"));
+    for target in [
+        format!("file://{}", parquet.display()),
+        format!("file://{}/alarms/../store/x", dir.path().display()),
+        "file:///etc/passwd".to_owned(),
+        "file:///dev/zero".to_owned(),
+        "file://relative.jsonl".to_owned(),
+    ] {
+        let mut a = alarm("y", "host-1", 1.0, 1, &out);
+        a["ok_actions"] = json!([target]);
+        let (status, body) = engine.post("/v2/alarms", &a.to_string());
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(
+            fault(&body).starts_with("ok_actions: action file://"),
+            "{body}"
+        );
+    }
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+
+    // A definition whose action writes into the store does not start.
+    let mut bad: Value =
+        serde_json::from_str(&std::fs::read_to_string(&pipeline).unwrap()).unwrap();
+    bad["alarms"][0]["alarm_actions"] = json!([format!("file://{}/x.jsonl", store.display())]);
+    let bad_path = dir.path().join("bad.json");
+    std::fs::write(&bad_path, bad.to_string()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
+        .args([
             "serve",
-            pipeline.to_str().unwrap(),
+            bad_path.to_str().unwrap(),
             "--store",
             store.to_str().unwrap(),
             "--listen",
             "0",
-            "--workers",
-            "2",
-        ],
-        None,
-    )
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{err}");
+    assert!(
+        err.contains("alarm b-def") && err.contains("engine's own"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -233,12 +335,6 @@ fn alarms_are_created_replaced_and_deleted_while_measures_flow() {
     assert_eq!(history[0]["type"], "deletion", "{history}");
 
     // Errors, in Aodh's shape.
-    let fault = |body: &Value| {
-        body["error_message"]["faultstring"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    };
     let (status, body) = engine.post(
         "/v2/alarms",
         &alarm("b-def", "host-1", 1.0, 1, &out).to_string(),

@@ -345,7 +345,8 @@ fn bad_measures_and_bad_stores_fail_clearly() {
     let out = run_into_store(&pipeline, &input, &store, &["--summary-json"]);
     assert!(out.status.success(), "{}", text(&out));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["dropped"]["invalid_measure"], 2, "{summary}");
+    // Non-finite volumes are refused as input, before any stage (issue 19).
+    assert_eq!(summary["dropped"]["volume_not_a_number"], 2, "{summary}");
     assert_eq!(summary["dropped"]["bad_timestamp"], 1, "{summary}");
     assert_eq!(
         measures(&store, "vm", "cpu_util", "count", "60"),

@@ -21,6 +21,7 @@
 //! `(x|y.z|w)` alternatives, the first non-null winning.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -167,7 +168,8 @@ fn split_top_level(text: &str) -> Vec<&str> {
 impl ResourceDefinitions {
     /// Reads and checks a file.
     pub fn from_path(path: &str) -> Result<ResourceDefinitions, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let max = meterflow_engine::files::MAX_INCLUDED_BYTES;
+        let text = meterflow_engine::files::read_text(Path::new(path), max).map_err(|e| {
             format!("cannot read resources_definition_file {path}: {e}; give a readable gnocchi_resources.yaml")
         })?;
         ResourceDefinitions::from_yaml(&text, path)
@@ -191,6 +193,7 @@ impl ResourceDefinitions {
     /// assert!(d.for_meter("disk.usage").is_none());
     /// ```
     pub fn from_yaml(text: &str, origin: &str) -> Result<ResourceDefinitions, String> {
+        meterflow_engine::files::check_nesting(text).map_err(|m| format!("{origin}: {m}"))?;
         let root: Value =
             serde_yaml::from_str(text).map_err(|e| format!("{origin}: not valid YAML: {e}"))?;
         let Some(root) = root.as_object() else {

@@ -205,6 +205,7 @@ impl ChunkSource for KafkaSource {
             first_line,
             data: data.freeze(),
             positions: Some(positions),
+            oversized: Vec::new(),
         }))
     }
 

@@ -7,6 +7,9 @@ use serde::Deserialize;
 use super::method::Method;
 use super::NANOS;
 
+/// The coarsest granularity taken: 50 years (of 365 days), in nanoseconds.
+pub const MAX_GRANULARITY: i64 = 50 * 365 * 86_400 * NANOS;
+
 /// One resolution of a policy: buckets of `granularity`, keeping `points` of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Granule {
@@ -182,6 +185,12 @@ impl ArchivePolicy {
             };
             if granularity <= 0 {
                 return Err(at("granularity must be positive".into()));
+            }
+            // A bucket's end must fit the store's nanosecond times (see engine::time::END).
+            if granularity > MAX_GRANULARITY {
+                return Err(at(
+                    "granularity must be at most 50 years (1,576,800,000 s)".into()
+                ));
             }
             if points == Some(0) {
                 return Err(at(

@@ -156,6 +156,7 @@ fn read_document(origin: &str, text: &str) -> Result<Yaml, DefinitionProblem> {
         place,
         message,
     };
+    meterflow_engine::files::check_nesting(text).map_err(|m| problem(String::new(), m))?;
     let mut doc: Yaml = serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()

@@ -112,7 +112,17 @@ impl Path {
             message,
         };
         let tokens = lex(text).map_err(fail)?;
-        let mut parser = Parser { tokens, at: 0 };
+        if tokens.len() > MAX_TOKENS {
+            return Err(fail(format!(
+                "the path has {} tokens, more than the {MAX_TOKENS} taken",
+                tokens.len()
+            )));
+        }
+        let mut parser = Parser {
+            tokens,
+            at: 0,
+            depth: 0,
+        };
         let node = parser.union().map_err(fail)?;
         if let Some(t) = parser.peek() {
             return Err(fail(format!("unexpected {t} after a complete expression")));
@@ -660,7 +670,15 @@ fn lex(text: &str) -> Result<Vec<Token>, String> {
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// How many unions (parentheses, filters) deep the descent is.
+    depth: u32,
 }
+
+/// The deepest nesting of parentheses and filters taken (Python's parser stops at 200).
+pub const MAX_DEPTH: u32 = 200;
+
+/// The most tokens a path may have (which bounds its tree, and the stack finding needs).
+pub const MAX_TOKENS: usize = 1000;
 
 impl Parser {
     fn peek(&self) -> Option<&Token> {
@@ -691,6 +709,16 @@ impl Parser {
     }
 
     fn union(&mut self) -> Result<Node, String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!("the path nests more than {MAX_DEPTH} levels deep"));
+        }
+        self.depth += 1;
+        let node = self.union_inner();
+        self.depth -= 1;
+        node
+    }
+
+    fn union_inner(&mut self) -> Result<Node, String> {
         let mut node = self.arith()?;
         while self.eat(&Token::Pipe) {
             let right = self.arith()?;
@@ -1002,6 +1030,19 @@ fn named(name: &str) -> Result<Node, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn nesting_and_length_are_bounded() {
+        let deep = |n: usize| format!("{}$.a{}", "(".repeat(n), ")".repeat(n));
+        assert!(Path::parse(&deep(150)).is_ok());
+        let e = Path::parse(&deep(10_000)).unwrap_err().to_string();
+        assert!(e.contains("levels deep") || e.contains("tokens"), "{e}");
+        let e = Path::parse(&deep(300)).unwrap_err().to_string();
+        assert!(e.contains("levels deep"), "{e}");
+        let long = format!("$.{}", vec!["a"; 600].join("."));
+        let e = Path::parse(&long).unwrap_err().to_string();
+        assert!(e.contains("tokens"), "{e}");
+    }
     use super::*;
     use serde_json::json;
 

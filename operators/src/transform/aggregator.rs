@@ -460,12 +460,12 @@ mod tests {
         let mut t = build("aggregator", "{size: '2', retention_time: '3600'}");
         let (out, _) = run(
             &mut *t,
-            vec![vec![gauge("m", "r", 1.0, "2999-01-01T00:00:00")]],
+            vec![vec![gauge("m", "r", 1.0, "2199-01-01T00:00:00")]],
         );
         assert!(out.is_empty());
         let (out, _) = run(
             &mut *t,
-            vec![vec![gauge("m", "r", 3.0, "2999-01-01T00:00:00")]],
+            vec![vec![gauge("m", "r", 3.0, "2199-01-01T00:00:00")]],
         );
         assert_eq!(volumes(&out), [2.0]);
     }

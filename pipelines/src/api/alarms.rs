@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_connectors::gnocchi::random_uuid;
+use meterflow_connectors::notify::ActionSource;
 use meterflow_operators::alarm::definition::AlarmDefinition;
 use meterflow_operators::alarm::threshold::AlarmState;
 use serde_json::{json, Value};
@@ -142,6 +143,21 @@ fn parse(state: &ApiState, body: &[u8], id: &str) -> AodhResult<(AlarmDefinition
     })?;
     if let Some((field, why)) = cannot_run(&alarm, &state.plan.archive_policies) {
         return Err(AodhError::client(format!("{field}: {why}")));
+    }
+    for (field, actions) in [
+        ("alarm_actions", &alarm.alarm_actions),
+        ("ok_actions", &alarm.ok_actions),
+        (
+            "insufficient_data_actions",
+            &alarm.insufficient_data_actions,
+        ),
+    ] {
+        for url in actions {
+            state
+                .actions
+                .check(url, ActionSource::Api)
+                .map_err(|why| AodhError::client(format!("{field}: {why}")))?;
+        }
     }
     Ok((alarm, gave_state))
 }

@@ -10,10 +10,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use meterflow_connectors::file::deadletter::DeadLetterHandle;
-use meterflow_engine::chunk::Chunk;
+use meterflow_connectors::file::source::ChunkReader;
+use meterflow_engine::chunk::{Chunk, Oversized};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::model::Event;
+use meterflow_engine::time::Instant;
 use meterflow_engine::wire::{decode_line, Decoded, LineKind};
 use meterflow_engine::Sample;
 use meterflow_operators::notification::message_view;
@@ -82,6 +84,8 @@ pub struct Decoder {
     events: bool,
     /// Per event type, the publishers its events go to.
     event_routes: EventRoutes,
+    /// The longest line taken, in bytes.
+    max_line: usize,
 }
 
 /// Per event type, the event sinks that take it and their publishers (looked up once per
@@ -119,7 +123,14 @@ impl Decoder {
             dead: None,
             events: false,
             event_routes: EventRoutes::default(),
+            max_line: ChunkReader::MAX_LINE_BYTES,
         }
+    }
+
+    /// Refuses lines longer than `bytes` (`--max-line-bytes`).
+    pub fn with_max_line(mut self, bytes: usize) -> Decoder {
+        self.max_line = bytes;
+        self
     }
 
     /// Also turns service notifications into events (by the plan's event definitions), for
@@ -161,6 +172,7 @@ impl Decoder {
             dead,
             events,
             event_routes,
+            max_line,
         } = self;
         let input = inputs
             .get(chunk.input as usize)
@@ -179,20 +191,63 @@ impl Decoder {
                 event: Arc::new(event),
             })
         };
+        // Lines over the limit: what the reader skipped, and long lines (or Kafka messages)
+        // that arrived whole.
+        for skipped in &chunk.oversized {
+            let at = (chunk, input, skipped.line);
+            too_long(diag, dead, at, (*max_line, skipped.bytes), &skipped.head);
+        }
         for (index, (line_no, line)) in chunk.lines().enumerate() {
+            if line.len() > *max_line {
+                let head = &line[..Oversized::HEAD.min(line.len())];
+                let at = (chunk, input, line_no);
+                too_long(diag, dead, at, (*max_line, line.len() as u64), head);
+                continue;
+            }
             diag.counters.lines += 1;
             let notification = (chunk.seq << 32) | index as u64;
+            let mut reject = |diag: &mut Diag, reason: DropReason, detail: &str| {
+                diag.drop(reason, || {
+                    format!("{}: {detail}", chunk.place(input, line_no))
+                });
+                if let Some(dead) = dead.as_mut() {
+                    let position = chunk.position(line_no);
+                    dead.record(input, line_no, position.as_deref(), reason, detail, &line);
+                }
+            };
             let mut handle = |diag: &mut Diag, decoded: Decoded| match decoded {
                 Decoded::Sample(sample) => {
                     diag.counters.samples_in += 1;
-                    if let Some(micros) = sample.timestamp.micros() {
-                        diag.counters.saw_event(chunk.input as usize, micros);
-                    }
                     let sinks = Self::routes(routes, plan, sample.name);
                     if sinks.is_empty() {
                         diag.counters.samples_unrouted += 1;
                         return;
                     }
+                    // Checked once here, so no stage sees a time the store cannot hold or a
+                    // volume no arithmetic can use.
+                    let micros = match Instant::parse(sample.timestamp.as_str()) {
+                        Ok(t) => t.micros(),
+                        Err(why) => {
+                            let detail = format!(
+                                "sample {} of resource {}: timestamp {:?} {why}",
+                                sample.name,
+                                sample.resource_id,
+                                sample.timestamp.as_str()
+                            );
+                            return reject(diag, DropReason::BadTimestamp, &detail);
+                        }
+                    };
+                    if !sample.volume.as_f64().is_finite() {
+                        let detail = format!(
+                            "sample {} of resource {} at {}: counter_volume {} is not a finite number; give a number (NaN and infinities cannot be rated, summed or stored)",
+                            sample.name,
+                            sample.resource_id,
+                            sample.timestamp.as_str(),
+                            sample.volume.as_f64()
+                        );
+                        return reject(diag, DropReason::VolumeNotANumber, &detail);
+                    }
+                    diag.counters.saw_event(chunk.input as usize, micros);
                     let route = resource_route(sample.resource_id);
                     let (last, rest) = sinks.split_last().expect("non-empty");
                     let routed = |sink: u16, sample: Sample| Routed {
@@ -224,20 +279,7 @@ impl Decoder {
                         diag.counters.samples_unrouted += 1;
                         return;
                     }
-                    diag.drop(r.reason, || {
-                        format!("{}: {}", chunk.place(input, line_no), r.detail)
-                    });
-                    if let Some(dead) = dead.as_mut() {
-                        let position = chunk.position(line_no);
-                        dead.record(
-                            input,
-                            line_no,
-                            position.as_deref(),
-                            r.reason,
-                            &r.detail,
-                            &line,
-                        );
-                    }
+                    reject(diag, r.reason, &r.detail);
                 }
             };
             let kind = decode_line(&line, &mut |decoded| handle(diag, decoded));
@@ -261,13 +303,7 @@ impl Decoder {
                 Err(e) => Some((e.reason(), e.to_string())),
             };
             if let Some((reason, detail)) = failed {
-                if let Some(dead) = dead.as_mut() {
-                    let position = chunk.position(line_no);
-                    dead.record(input, line_no, position.as_deref(), reason, &detail, &line);
-                }
-                diag.drop(reason, || {
-                    format!("{}: {detail}", chunk.place(input, line_no))
-                });
+                reject(diag, reason, &detail);
             }
         }
         if let Some(dead) = dead.as_mut() {
@@ -275,6 +311,29 @@ impl Decoder {
                 tracing::error!("{e}");
             }
         }
+    }
+}
+
+/// Counts, logs and dead-letters (its head only) a line of `bytes` over `max_line`.
+fn too_long(
+    diag: &mut Diag,
+    dead: &mut Option<DeadLetterHandle>,
+    (chunk, input, line_no): (&Chunk, &str, u64),
+    (max_line, bytes): (usize, u64),
+    head: &[u8],
+) {
+    diag.counters.lines += 1;
+    let reason = DropReason::LineTooLong;
+    let detail = format!(
+        "the line is {bytes} bytes, over --max-line-bytes {max_line}; it is skipped (its first {} bytes are kept in the dead-letter file)",
+        head.len()
+    );
+    diag.drop(reason, || {
+        format!("{}: {detail}", chunk.place(input, line_no))
+    });
+    if let Some(dead) = dead.as_mut() {
+        let position = chunk.position(line_no);
+        dead.record(input, line_no, position.as_deref(), reason, &detail, head);
     }
 }
 

@@ -34,7 +34,9 @@ use anyhow::Context;
 use meterflow_connectors::file::deadletter::DeadLetter;
 use meterflow_connectors::file::source::{ChunkReader, InputSpec};
 use meterflow_connectors::gnocchi::store::Store;
-use meterflow_connectors::notify::{Notifier, NotifierOptions, NotifierStats};
+use meterflow_connectors::notify::{
+    ActionPolicy, ActionSource, Notifier, NotifierOptions, NotifierStats,
+};
 use meterflow_connectors::PublisherSpec;
 use meterflow_engine::chunk::SourcePosition;
 use meterflow_engine::component::PublisherFactory;
@@ -95,6 +97,9 @@ pub struct RunOptions {
     pub progress: Option<ProgressCallback>,
     /// Chunk size for inputs (bytes).
     pub chunk_bytes: usize,
+    /// The longest input line taken (bytes); longer ones are skipped, counted and
+    /// dead-lettered (their head).
+    pub max_line_bytes: usize,
     /// Where rejected input records go (JSONL), if anywhere.
     pub dead_letter: Option<std::path::PathBuf>,
     /// The embedded store `gnocchi://` publishers write to.
@@ -123,6 +128,7 @@ impl Default for RunOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: None,
             chunk_bytes: ChunkReader::TARGET_BYTES,
+            max_line_bytes: ChunkReader::MAX_LINE_BYTES,
             dead_letter: None,
             store: std::path::PathBuf::from("data"),
             listen: None,
@@ -206,6 +212,8 @@ pub struct Prepared {
     live: Arc<Live>,
     resource_rules: Vec<Option<Arc<ResourceEventRules>>>,
     requests: Mutex<Option<Requests>>,
+    actions: ActionPolicy,
+    max_line: usize,
 }
 
 /// The store's side of a run.
@@ -240,6 +248,11 @@ impl Prepared {
     /// The store, when the run has one.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref().map(|s| &s.store)
+    }
+
+    /// The rules alarm actions follow (the API checks new alarms against them).
+    pub fn actions(&self) -> &ActionPolicy {
+        &self.actions
     }
 
     /// What the run shares with the API.
@@ -286,12 +299,20 @@ pub fn prepare(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow
     } else {
         None
     };
+    let actions = action_policy(
+        &plan,
+        inputs,
+        options,
+        store.as_ref(),
+        checkpoint_root.as_deref(),
+    )?;
     // Listening, alarms may be created through the API at any time.
     let notifier = match &store {
         Some(s) if !plan.alarms.is_empty() || !s.stored_alarms.is_empty() || listening => {
             Some(Arc::new(
                 Notifier::start(NotifierOptions {
                     dir: Some(s.store.dir().join("notifier")),
+                    policy: actions.clone(),
                     ..options.notifier.clone()
                 })
                 .map_err(anyhow::Error::msg)?,
@@ -321,8 +342,12 @@ pub fn prepare(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow
         .zip(&positions)
         .enumerate()
         .map(|(i, (spec, from))| {
-            spec.open(i as u32, options.chunk_bytes, from.as_ref())
-                .with_context(|| format!("input {}", spec.display()))
+            spec.open(
+                i as u32,
+                (options.chunk_bytes, options.max_line_bytes),
+                from.as_ref(),
+            )
+            .with_context(|| format!("input {}", spec.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let names = Arc::new(inputs.iter().map(InputSpec::display).collect::<Vec<_>>());
@@ -354,6 +379,8 @@ pub fn prepare(plan: Plan, inputs: &[InputSpec], options: &RunOptions) -> anyhow
         forget_after: options.forget_after,
         live: Arc::new(live),
         requests: Mutex::new(None),
+        actions,
+        max_line: options.max_line_bytes,
     })
 }
 
@@ -456,6 +483,46 @@ fn input_identity(spec: &InputSpec) -> String {
 
 /// Where the run's checkpoints go, when it takes any: `--state DIR`, else
 /// `STORE/checkpoints` when it has a store.
+/// The operator's action rules, with every path the engine keeps protected, checked against
+/// the definition's alarms (an alarm whose action breaks them stops the start, naming both).
+/// Alarms stored by earlier runs are checked at delivery instead: one whose action the rules
+/// now refuse is dead-lettered, and the others still run.
+fn action_policy(
+    plan: &Plan,
+    inputs: &[InputSpec],
+    options: &RunOptions,
+    store: Option<&StoreParts>,
+    checkpoints: Option<&std::path::Path>,
+) -> anyhow::Result<ActionPolicy> {
+    let mut own: Vec<std::path::PathBuf> = Vec::new();
+    own.extend(store.map(|s| s.store.dir().to_path_buf()));
+    own.extend(options.state.clone());
+    own.extend(checkpoints.map(std::path::Path::to_path_buf));
+    own.extend(options.dead_letter.clone());
+    own.extend(inputs.iter().filter_map(|i| match i {
+        InputSpec::File(path) => Some(path.clone()),
+        _ => None,
+    }));
+    own.extend(plan.publishers.iter().filter_map(|p| match &p.spec {
+        PublisherSpec::File(f) => Some(f.path.clone()),
+        _ => None,
+    }));
+    let policy = options.notifier.policy.clone().protect(own);
+    for alarm in &plan.alarms {
+        for url in alarm
+            .alarm_actions
+            .iter()
+            .chain(&alarm.ok_actions)
+            .chain(&alarm.insufficient_data_actions)
+        {
+            policy
+                .check(url, ActionSource::Definition)
+                .map_err(|why| anyhow::anyhow!("alarm {}: {why}", alarm.name))?;
+        }
+    }
+    Ok(policy)
+}
+
 fn checkpoint_root(
     options: &RunOptions,
     has_store: bool,

@@ -236,6 +236,7 @@ fn build(
         let alarm_events = cross.is_some() && (shared.listening || plan.has_event_alarms());
         let decoder = Decoder::new(plan.clone(), shared.names.clone())
             .with_dead_letter(shared.dead_letter.as_ref().map(|d| d.handle()))
+            .with_max_line(shared.max_line)
             .with_events(alarm_events || plan.publishes_events());
         let (routed, events) =
             decode::decode(inputs.chunks.to_stream(scope), decoder, diag.clone());

@@ -11,6 +11,13 @@
 //! permanent 4xx, or what finds its queue full is appended to the dead-letter file. The
 //! journal (`DIR/journal.jsonl`) records each notification when it is sent and each outcome;
 //! a restart resends what has none, so nothing is lost across a crash (at least once).
+//!
+//! Before each delivery the action is checked against the operator's [`ActionPolicy`]; one
+//! it refuses is dead-lettered with the rule, never carried out.
+
+pub mod policy;
+
+pub use policy::{ActionPolicy, ActionSource};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -133,6 +140,8 @@ pub struct NotifierOptions {
     pub timeout: Duration,
     /// Notifications queued per receiver before more are dead-lettered.
     pub queue_capacity: usize,
+    /// Which actions may be carried out.
+    pub policy: ActionPolicy,
 }
 
 impl Default for NotifierOptions {
@@ -144,6 +153,7 @@ impl Default for NotifierOptions {
             max_backoff: Duration::from_secs(30),
             timeout: Duration::from_secs(10),
             queue_capacity: 10_000,
+            policy: ActionPolicy::default(),
         }
     }
 }
@@ -493,6 +503,22 @@ struct Failure {
 }
 
 async fn deliver(shared: &Arc<Shared>, n: &Notification) -> Result<(), Failure> {
+    // Alarms stored by an earlier run may predate the operator's present rules.
+    shared
+        .options
+        .policy
+        .check(&n.url, ActionSource::Api)
+        .or_else(|api| {
+            shared
+                .options
+                .policy
+                .check(&n.url, ActionSource::Definition)
+                .map_err(|_| api)
+        })
+        .map_err(|message| Failure {
+            message,
+            retry: false,
+        })?;
     let (scheme, rest) = n.url.split_once("://").unwrap_or(("", &n.url));
     match scheme {
         "http" | "https" => {
@@ -532,9 +558,13 @@ async fn deliver(shared: &Arc<Shared>, n: &Notification) -> Result<(), Failure> 
                 match files.get(&path) {
                     Some(f) => f.clone(),
                     None => {
+                        use std::os::unix::fs::OpenOptionsExt;
+                        // Never through a link, never blocking on a FIFO (the policy refused
+                        // both; this closes the window between its check and the open).
                         let f = OpenOptions::new()
                             .create(true)
                             .append(true)
+                            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                             .open(&path)
                             .map_err(|e| Failure {
                                 message: format!("cannot open {}: {e}", path.display()),
