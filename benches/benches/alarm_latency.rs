@@ -135,6 +135,8 @@ fn engine(dir: &std::path::Path, round: usize) -> String {
         listen: Some(ListenOptions {
             addr: format!("127.0.0.1:{port}"),
             token: None,
+            limits: Default::default(),
+            allow_open: false,
         }),
         ..RunOptions::default()
     };

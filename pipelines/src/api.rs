@@ -101,6 +101,15 @@ impl Server {
         actions: ActionPolicy,
     ) -> anyhow::Result<(Server, Requests)> {
         let addr = listen_addr(&options.addr)?;
+        if !addr.ip().is_loopback() && options.token.is_none() {
+            if !options.allow_open {
+                anyhow::bail!(
+                    "--listen {addr} serves beyond this machine without a token: anyone who reaches it can post measures and change alarms. Give --token-file FILE, listen on 127.0.0.1, or pass --allow-open if a proxy in front authenticates"
+                );
+            }
+            tracing::warn!("serving {addr} without a token (--allow-open): anyone who reaches it can post measures and change alarms");
+        }
+        let limits = options.limits;
         let listener = TcpListener::bind(addr).with_context(|| {
             format!("cannot listen on {addr}; is another server using the port? pick another with --listen")
         })?;
@@ -137,15 +146,10 @@ impl Server {
                             return;
                         }
                     };
-                    let app = router(state);
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!("API server: {e}");
-                    }
+                    let app = router(state).layer(
+                        tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout),
+                    );
+                    serve(listener, app, limits, stopped).await;
                 });
             })
             .context("cannot start the API thread")?;
@@ -201,6 +205,59 @@ async fn stop_on_signals(live: Arc<Live>) {
     let _ = interrupt.await;
     tracing::warn!("asked to stop: finishing what was accepted, then writing the last checkpoint");
     live.stop();
+}
+
+/// Accepts connections until `stopped`, each served on a task of its own under `limits`,
+/// then lets the ones in flight finish.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: crate::control::ServerLimits,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refused = 0u64;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or the like: wait, do not spin.
+                    tracing::warn!("API: cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    "API: {} connections are open, the --max-connections limit; closing the one from {peer} ({refused} closed so far)",
+                    limits.max_connections
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("API connection from {peer}: {e}");
+            }
+            drop(slot);
+        });
+    }
+    graceful.shutdown().await;
 }
 
 struct ApiState {

@@ -143,4 +143,30 @@ pub struct ListenOptions {
     pub addr: String,
     /// The bearer token every request except `/healthcheck` must carry, if any.
     pub token: Option<String>,
+    /// What one client may hold of the server.
+    pub limits: ServerLimits,
+    /// Whether an address beyond loopback may be served without a token.
+    pub allow_open: bool,
+}
+
+/// The HTTP server's limits (see the README's "Security and limits").
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Connections served at once; more are closed at once (and logged).
+    pub max_connections: usize,
+    /// How long the server waits for a request's headers, from when it starts waiting: on a
+    /// new connection, and on a kept-alive one between requests (the idle timeout).
+    pub header_timeout: std::time::Duration,
+    /// How long reading one request's body may take.
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 1000,
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }

@@ -11,6 +11,7 @@ use meterflow_connectors::notify::{ActionPolicy, NotifierOptions};
 use meterflow_engine::metrics::DropReason;
 use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
+use meterflow_pipelines::control::ServerLimits;
 use meterflow_pipelines::dataflow::{ProgressCallback, ReadProgress, RunOptions};
 use meterflow_pipelines::plan::{Plan, PlanError};
 use meterflow_pipelines::service;
@@ -93,6 +94,8 @@ struct RunArgs {
     resume: bool,
     #[command(flatten)]
     notify: NotifyArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +122,8 @@ enum Command {
         workers: Option<usize>,
         #[command(flatten)]
         notify: NotifyArgs,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Print a metric's measures from the store as Gnocchi's JSON: [[timestamp, granularity, value], ...].
     Measures {
@@ -275,6 +280,86 @@ impl NotifyArgs {
     }
 }
 
+/// The API server's limits (`run --listen` and `serve`).
+#[derive(clap::Args)]
+struct HttpArgs {
+    /// Connections the API serves at once; more are closed at once, with a log line (the
+    /// open-files limit is raised to fit, where the system allows).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Seconds a client has to send a request's headers, counted from when the server starts
+    /// waiting for them: on a new connection and on a kept-alive one between requests (so
+    /// this is also the idle keep-alive timeout).
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds reading one request's body may take.
+    #[arg(long, default_value_t = 60.0)]
+    body_timeout: f64,
+    /// Serve an address beyond loopback without --token-file (only behind a proxy that
+    /// authenticates; without this flag such a start is refused).
+    #[arg(long)]
+    allow_open: bool,
+}
+
+impl HttpArgs {
+    fn options(
+        &self,
+        addr: String,
+        token_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<ListenOptions> {
+        let seconds = |flag: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow::anyhow!(
+                    "--{flag} {v}: give seconds above 0, at most a day"
+                ))
+            }
+        };
+        let wanted = self.max_connections as usize;
+        Ok(ListenOptions {
+            addr,
+            token: token_file.map(api::read_token).transpose()?,
+            limits: ServerLimits {
+                max_connections: fit_open_files(wanted),
+                header_timeout: seconds("header-timeout", self.header_timeout)?,
+                body_timeout: seconds("body-timeout", self.body_timeout)?,
+            },
+            allow_open: self.allow_open,
+        })
+    }
+}
+
+/// Raises the open-files limit so `connections` fit beside the engine's own files (inputs,
+/// store, outputs), and returns how many do fit when the system will not allow that many.
+fn fit_open_files(connections: usize) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    const OWN: u64 = 256;
+    let want = connections as u64 + OWN;
+    let limit = getrlimit(Resource::Nofile);
+    // None is unlimited.
+    let Some(mut current) = limit.current else {
+        return connections;
+    };
+    if current < want {
+        let raised = want.min(limit.maximum.unwrap_or(u64::MAX));
+        let new = Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, new).is_ok() {
+            current = raised;
+        }
+    }
+    let fit = current.saturating_sub(OWN).max(1) as usize;
+    if fit < connections {
+        eprintln!(
+            "meterflow: the open-files limit ({current}) leaves room for {fit} API connections, not the {connections} of --max-connections; raise it (ulimit -n) to serve more"
+        );
+    }
+    fit.min(connections)
+}
+
 /// `meterflow alarms ...`.
 #[derive(Subcommand)]
 enum AlarmsCommand {
@@ -412,6 +497,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             token_file,
             workers: n,
             notify,
+            http,
         } => {
             let plan = match &pipeline {
                 Some(p) => load(p)?,
@@ -421,10 +507,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let options = RunOptions {
                 workers: workers(n)?,
                 store,
-                listen: Some(ListenOptions {
-                    addr: listen,
-                    token: token_file.as_deref().map(api::read_token).transpose()?,
-                }),
+                listen: Some(http.options(listen, token_file.as_deref())?),
                 notifier: notify.options()?,
                 ..RunOptions::default()
             };
@@ -556,15 +639,11 @@ fn run_command(args: RunArgs, stdout: &mut impl Write) -> anyhow::Result<()> {
         max_line_bytes,
         resume,
         notify,
+        http,
     } = args;
     let plan = load(&pipeline)?;
     let listen = listen
-        .map(|addr| -> anyhow::Result<_> {
-            Ok(ListenOptions {
-                addr,
-                token: token_file.as_deref().map(api::read_token).transpose()?,
-            })
-        })
+        .map(|addr| http.options(addr, token_file.as_deref()))
         .transpose()?;
     let mut inputs = inputs
         .iter()

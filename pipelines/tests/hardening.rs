@@ -393,3 +393,111 @@ fn definitions_and_inputs_are_bounded_and_named() {
         &format!("input {} is a directory", dir.path().display()),
     );
 }
+
+/// Finding 4: 200 connections trickling headers stayed open for the whole 40 s, and 1,100
+/// idle sockets made the API unreachable with nothing logged; `--listen 0.0.0.0:PORT` without
+/// a token started without a word. Now headers, bodies and idle keep-alive connections time
+/// out, connections past the limit are closed and logged, and an open address needs a token
+/// or --allow-open.
+#[test]
+fn the_api_bounds_connections_and_times_out_slow_clients() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
+    let definition = store_definition(dir.path(), &policy, &[]);
+    let store = dir.path().join("store");
+    let engine = Engine::start(
+        &[
+            "serve",
+            definition.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "0",
+            "--max-connections",
+            "20",
+            "--header-timeout",
+            "1",
+            "--body-timeout",
+            "1",
+        ],
+        None,
+    );
+    let addr = engine.base.trim_start_matches("http://").to_owned();
+    // Waits until the server closes `s` (EOF or reset); how long that took.
+    let closed = |s: &mut TcpStream| {
+        let started = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    // 40 clients trickle half a request head; the first 20 hold every slot.
+    let mut slow: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /v1/metric HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    for s in &mut slow {
+        assert!(
+            closed(s) < Duration::from_secs(15),
+            "a slow client was never closed"
+        );
+    }
+    // With the slow ones gone the API answers again.
+    let (status, _) = engine.get("/healthcheck");
+    assert_eq!(status, 200);
+    // A kept-alive connection left idle is closed after the header timeout.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(closed(&mut idle) < Duration::from_secs(15));
+    // A body that never finishes arriving is cut off.
+    let mut body = TcpStream::connect(&addr).unwrap();
+    body.write_all(b"POST /v1/batch/resources/metrics/measures HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":").unwrap();
+    assert!(closed(&mut body) < Duration::from_secs(15));
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+    assert!(err.contains("the --max-connections limit"), "{err}");
+
+    // Beyond loopback: a token, or --allow-open.
+    let open = [
+        "serve",
+        definition.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+    ];
+    assert_fails_with(&open, "serves beyond this machine without a token");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
+        .args(open)
+        .arg("--allow-open")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("http://") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.contains("without a token (--allow-open)"), "{seen}");
+}
