@@ -15,6 +15,7 @@
 //! Errors have Gnocchi's shape: `{"code": 404, "title": "Not Found", "description": ...}`.
 
 mod alarms;
+mod page;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -464,10 +465,16 @@ fn known_type(state: &ApiState, kind: &str, catalog_has: bool) -> ApiResult<()> 
     }
 }
 
-async fn resources(State(state): Shared, Path(kind): Path<String>) -> ApiResult<Json<Value>> {
+async fn resources(
+    State(state): Shared,
+    Path(kind): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    uri: axum::http::Uri,
+) -> ApiResult<Response> {
+    let page = query_page(&params)?;
     let catalog = state.store.catalog()?;
     let mut any_of_kind = false;
-    let listed: Vec<Value> = catalog
+    let listed: Vec<(String, Value)> = catalog
         .resources()
         .iter()
         .filter(|view| {
@@ -475,10 +482,33 @@ async fn resources(State(state): Shared, Path(kind): Path<String>) -> ApiResult<
             any_of_kind |= of_kind;
             of_kind
         })
-        .map(resource_json)
+        .map(|view| {
+            let json = resource_json(view);
+            (json["id"].as_str().unwrap_or_default().to_owned(), json)
+        })
         .collect();
     known_type(&state, &kind, any_of_kind)?;
-    Ok(Json(Value::Array(listed)))
+    paged(&page, listed, &uri)
+}
+
+/// `limit` and `marker` from a query, as a 400 when they are not usable.
+fn query_page(params: &[(String, String)]) -> ApiResult<page::Page> {
+    page::Page::from_query(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(ApiError::bad_request)
+}
+
+/// One page of `items` as a JSON list, with the next page's `Link`.
+fn paged(
+    page: &page::Page,
+    items: Vec<(String, Value)>,
+    uri: &axum::http::Uri,
+) -> ApiResult<Response> {
+    let (values, next) = page.take(items).map_err(ApiError::bad_request)?;
+    let mut response = Json(Value::Array(values)).into_response();
+    if let Some(link) = next.and_then(|n| page::next_link(uri, &n)) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 /// The resource `id` names (UUID, key or id as sent) of type `kind`.
@@ -531,11 +561,18 @@ fn metric_json(m: &MetricRecord, policy: Option<Value>) -> Value {
     v
 }
 
-async fn metrics(State(state): Shared) -> ApiResult<Json<Value>> {
+async fn metrics(
+    State(state): Shared,
+    Query(params): Query<Vec<(String, String)>>,
+    uri: axum::http::Uri,
+) -> ApiResult<Response> {
+    let page = query_page(&params)?;
     let catalog = state.store.catalog()?;
-    Ok(Json(Value::Array(
-        catalog.metrics().map(|m| metric_json(m, None)).collect(),
-    )))
+    let listed = catalog
+        .metrics()
+        .map(|m| (m.metric_id.clone(), metric_json(m, None)))
+        .collect();
+    paged(&page, listed, &uri)
 }
 
 fn metric_by_id(state: &ApiState, id: &str) -> ApiResult<MetricRecord> {

@@ -310,6 +310,21 @@ fn api_times_that_do_not_fit_are_refused_and_the_history_stays() {
         engine.get("/v1/resource/generic/host-1/metric/load/measures?refresh=true");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.as_array().unwrap().len(), 288, "{body}");
+    // Finding 8: a late measure POSTed to `serve` is counted (within /metrics' refresh of
+    // 200 ms), and not as aggregated.
+    let (status, body) = post(json!([{"timestamp": 1_627_603_200 - 86_400, "value": 5}]));
+    assert_eq!(status, 202, "{body}");
+    wait_for(&engine, "meterflow_late_measures_total", 1.0);
+    let (_, metrics) = engine.get("/metrics");
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("meterflow_late_measures_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meterflow_measures_total 288\n"),
+        "{metrics}"
+    );
     let (clean, err) = engine.terminate();
     assert!(clean, "{err}");
 }
@@ -500,4 +515,94 @@ fn the_api_bounds_connections_and_times_out_slow_clients() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(seen.contains("without a token (--allow-open)"), "{seen}");
+}
+
+/// Follows `Link: <...>; rel="next"` from `path`, returning every item seen.
+fn all_pages(engine: &Engine, path: &str) -> (Vec<Value>, usize) {
+    let client = reqwest::blocking::Client::new();
+    let mut url = format!("{}{path}", engine.base);
+    let (mut items, mut pages) = (Vec::new(), 0);
+    loop {
+        let response = client.get(&url).send().unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let link = response
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let page: Vec<Value> = response.json().unwrap();
+        assert!(page.len() <= 1000);
+        items.extend(page);
+        pages += 1;
+        match link {
+            Some(l) => {
+                let next = l
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                url = format!("{}{next}", engine.base);
+            }
+            None => return (items, pages),
+        }
+    }
+}
+
+/// Finding 7: `GET /v1/metric` returned 20 MiB unpaginated. Every list now pages as
+/// Gnocchi's and Aodh's do: at most 1,000 items (or `limit`), the next page by `marker`.
+#[test]
+fn every_list_is_paginated() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
+    let definition = store_definition(dir.path(), &policy, &[]);
+    let store = dir.path().join("store");
+    let engine = Engine::start(
+        &[
+            "serve",
+            definition.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "0",
+        ],
+        None,
+    );
+    let mut body = serde_json::Map::new();
+    for r in 0..1250 {
+        body.insert(
+            format!("host-{r}"),
+            json!({
+                "load": {"archive_policy_name": "five", "measures": [{"timestamp": 1_627_603_200, "value": r}]},
+                "temp": {"archive_policy_name": "five", "measures": [{"timestamp": 1_627_603_200, "value": r}]},
+            }),
+        );
+    }
+    let (status, answer) = engine.post(
+        "/v1/batch/resources/metrics/measures?create_metrics=true",
+        &Value::Object(body).to_string(),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let (metrics, pages) = all_pages(&engine, "/v1/metric");
+    assert_eq!((metrics.len(), pages), (2500, 3));
+    let mut ids: Vec<&str> = metrics.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 2500);
+    let (resources, pages) = all_pages(&engine, "/v1/resource/generic?limit=500");
+    assert_eq!((resources.len(), pages), (1250, 3));
+    let (status, body) = engine.get("/v1/metric?limit=0");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = engine.get("/v1/metric?marker=nope");
+    assert_eq!(status, 400, "{body}");
+    for name in ["a", "b", "c"] {
+        let alarm = json!({"name": name, "type": "gnocchi_resources_threshold",
+            "gnocchi_resources_threshold_rule": {"metric": "load", "resource_type": "generic", "resource_id": "host-1",
+                "comparison_operator": "gt", "threshold": 1, "aggregation_method": "mean", "granularity": 300}});
+        let (status, body) = engine.post("/v2/alarms", &alarm.to_string());
+        assert_eq!(status, 201, "{body}");
+    }
+    let (alarms, pages) = all_pages(&engine, "/v2/alarms?limit=2");
+    assert_eq!((alarms.len(), pages), (3, 2));
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
 }

@@ -245,14 +245,22 @@ fn matches(alarm: &Value, filters: &[(String, String)]) -> bool {
 async fn list(
     State(state): Shared,
     Query(params): Query<Vec<(String, String)>>,
-) -> AodhResult<Json<Value>> {
+    uri: axum::http::Uri,
+) -> AodhResult<Response> {
     let filters = filters(&params)?;
-    let out: Vec<Value> = all(&state)?
-        .values()
-        .map(alarm_json)
-        .filter(|a| matches(a, &filters))
+    let page = super::page::Page::from_query(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(AodhError::client)?;
+    let out: Vec<(String, Value)> = all(&state)?
+        .iter()
+        .map(|(id, a)| (id.clone(), alarm_json(a)))
+        .filter(|(_, a)| matches(a, &filters))
         .collect();
-    Ok(Json(Value::Array(out)))
+    let (values, next) = page.take(out).map_err(AodhError::client)?;
+    let mut response = Json(Value::Array(values)).into_response();
+    if let Some(link) = next.and_then(|n| super::page::next_link(&uri, &n)) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 async fn show(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<Value>> {

@@ -654,7 +654,6 @@ impl Aggregator {
             let Some(options) = options.get(m.origin) else {
                 continue;
             };
-            diag.counters.measures += group.len() as u64;
             points.clear();
             points.extend(group.iter().map(|m| (m.timestamp_ns, m.value)));
             if self.unreadable((m.resource_key, m.name)) {
@@ -686,6 +685,8 @@ impl Aggregator {
             }
             let entry = &mut self.metrics.entries[i];
             let outcome = entry.metric.add_batch_from(&mut points);
+            // Counted as aggregated: what was not dropped.
+            diag.counters.measures += (group.len() - outcome.late - outcome.invalid) as u64;
             for _ in 0..outcome.late {
                 diag.drop(DropReason::LateMeasure, || {
                     format!("metric {} of resource {}: a measure older than archive policy {}'s back_window allows was dropped (Gnocchi drops these too); raise back_window to accept later data", m.name, m.resource_id, entry.policy.policy.name)

@@ -1,0 +1,146 @@
+//! Pagination as Gnocchi's and Aodh's APIs have it: `limit` (at most [`MAX_LIMIT`], which is
+//! also the default, so no list is ever unbounded) and `marker` (the id of the previous
+//! page's last item); a full page carries `Link: <...&marker=ID>; rel="next"`.
+
+use axum::http::{HeaderValue, Uri};
+use serde_json::Value;
+
+/// The most items one page holds (Gnocchi's `max_limit` default).
+pub const MAX_LIMIT: usize = 1000;
+
+/// One page's request.
+#[derive(Debug)]
+pub struct Page {
+    limit: usize,
+    marker: Option<String>,
+}
+
+impl Page {
+    /// Reads `limit` and `marker` from the query; the error says what to give.
+    pub fn from_query<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Page, String> {
+        let mut page = Page {
+            limit: MAX_LIMIT,
+            marker: None,
+        };
+        for (key, value) in pairs {
+            match key {
+                "limit" => {
+                    page.limit = value
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&l| l >= 1)
+                        .ok_or_else(|| {
+                            format!("Invalid value for limit: {value:?}; give a whole number from 1 to {MAX_LIMIT}")
+                        })?
+                        .min(MAX_LIMIT);
+                }
+                "marker" => page.marker = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    /// This page of `items` (each with its id, in a stable order), and the next page's
+    /// marker when there may be more.
+    pub fn take(
+        &self,
+        items: Vec<(String, Value)>,
+    ) -> Result<(Vec<Value>, Option<String>), String> {
+        let start = match &self.marker {
+            None => 0,
+            Some(marker) => {
+                items
+                    .iter()
+                    .position(|(id, _)| id == marker)
+                    .ok_or_else(|| format!("Invalid marker: `{marker}`: no item has this id; give the id of the last item of the previous page"))?
+                    + 1
+            }
+        };
+        let more = items.len().saturating_sub(start) > self.limit;
+        let page: Vec<(String, Value)> = items.into_iter().skip(start).take(self.limit).collect();
+        let next = more
+            .then(|| page.last().map(|(id, _)| id.clone()))
+            .flatten();
+        Ok((page.into_iter().map(|(_, v)| v).collect(), next))
+    }
+}
+
+/// The `Link` header pointing at the page after the one `uri` asked for.
+pub fn next_link(uri: &Uri, next: &str) -> Option<HeaderValue> {
+    let mut query: Vec<String> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("marker="))
+        .map(str::to_owned)
+        .collect();
+    if !query.iter().any(|kv| kv.starts_with("limit=")) {
+        query.push(format!("limit={MAX_LIMIT}"));
+    }
+    query.push(format!("marker={}", percent_encode(next)));
+    HeaderValue::from_str(&format!(
+        "<{}?{}>; rel=\"next\"",
+        uri.path(),
+        query.join("&")
+    ))
+    .ok()
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_follow_markers_to_the_end() {
+        let items: Vec<(String, Value)> = (0..25)
+            .map(|i| (format!("id-{i:02}"), Value::from(i)))
+            .collect();
+        let mut seen = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut q = vec![("limit", "10")];
+            if let Some(m) = &marker {
+                q.push(("marker", m.as_str()));
+            }
+            let page = Page::from_query(q).unwrap();
+            let (values, next) = page.take(items.clone()).unwrap();
+            seen.extend(values);
+            match next {
+                Some(n) => marker = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..25).map(Value::from).collect::<Vec<_>>());
+        assert!(Page::from_query([("limit", "0")]).is_err());
+        assert!(Page::from_query([("limit", "x")]).is_err());
+        assert_eq!(
+            Page::from_query([("limit", "99999")]).unwrap().limit,
+            MAX_LIMIT
+        );
+        let bad = Page::from_query([("marker", "nope")])
+            .unwrap()
+            .take(items)
+            .unwrap_err();
+        assert!(bad.contains("Invalid marker"), "{bad}");
+        let uri: Uri = "/v1/metric?limit=10&marker=a&sort=id".parse().unwrap();
+        assert_eq!(
+            next_link(&uri, "x y").unwrap(),
+            "</v1/metric?limit=10&sort=id&marker=x%20y>; rel=\"next\""
+        );
+    }
+}
