@@ -272,6 +272,13 @@ pub struct Diag {
     /// The counters drops are added to.
     pub counters: Counters,
     logged: [u32; DropReason::ALL.len()],
+    /// The place of the record being handled, while a stage after decoding handles one: its
+    /// drops are logged with it and kept in [`Diag::rejected`].
+    pub at: Option<crate::chunk::Place>,
+    /// Drops made while [`Diag::at`] was set, with their messages (for the dead-letter file).
+    pub rejected: Vec<(DropReason, crate::chunk::Place, String)>,
+    /// The run's input names, for places in messages.
+    pub inputs: std::sync::Arc<Vec<String>>,
 }
 
 impl Diag {
@@ -283,7 +290,16 @@ impl Diag {
         Diag {
             counters: Counters::with_sinks(sinks),
             logged: [0; DropReason::ALL.len()],
+            at: None,
+            rejected: Vec::new(),
+            inputs: std::sync::Arc::default(),
         }
+    }
+
+    /// Names the run's inputs, for places in messages.
+    pub fn with_inputs(mut self, inputs: std::sync::Arc<Vec<String>>) -> Diag {
+        self.inputs = inputs;
+        self
     }
 
     /// Counts a drop; logs `message()` (which should name the place and the fix) while under
@@ -293,6 +309,21 @@ impl Diag {
         let logged = &mut self.logged[reason.index()];
         if reason.is_expected() {
             tracing::debug!(reason = reason.as_str(), "{}", message());
+        } else if let Some(at) = self.at {
+            // A rejection after decoding: kept with its place for the dead-letter file.
+            let message = message();
+            if *logged < Self::LOGGED_PER_REASON {
+                *logged += 1;
+                let place = at.describe(&self.inputs);
+                tracing::warn!(reason = reason.as_str(), "{place}: {message}");
+                if *logged == Self::LOGGED_PER_REASON {
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        "further drops for this reason are counted, not logged"
+                    );
+                }
+            }
+            self.rejected.push((reason, at, message));
         } else if *logged < Self::LOGGED_PER_REASON {
             *logged += 1;
             tracing::warn!(reason = reason.as_str(), "{}", message());

@@ -778,6 +778,16 @@ impl Validator {
     /// `meter_definitions:` (Ceilometer's `meters.yaml` / `meters.d`); the shipped ones without.
     fn meter_definitions(&mut self, v: Option<&Value>) -> (MeterDefinitions, String) {
         const KEY: &str = "meter_definitions";
+        if v.is_none() {
+            // The shipped ones are read once per process (they take milliseconds to compile).
+            static SHIPPED: std::sync::OnceLock<MeterDefinitions> = std::sync::OnceLock::new();
+            let shipped = SHIPPED.get_or_init(|| {
+                let (files, _) =
+                    self.definition_files(KEY, None, &crate::shipped::METER_DEFINITIONS);
+                MeterDefinitions::load(&files).0
+            });
+            return (shipped.clone(), format!("the shipped {KEY}"));
+        }
         let (files, from) = self.definition_files(KEY, v, &crate::shipped::METER_DEFINITIONS);
         let (meters, problems) = MeterDefinitions::load(&files);
         self.definition_problems(KEY, problems);
@@ -787,6 +797,15 @@ impl Validator {
     /// `event_definitions:` (Ceilometer's `event_definitions.yaml`); the shipped ones without.
     fn event_definitions(&mut self, v: Option<&Value>) -> (EventDefinitions, String) {
         const KEY: &str = "event_definitions";
+        if v.is_none() {
+            static SHIPPED: std::sync::OnceLock<EventDefinitions> = std::sync::OnceLock::new();
+            let shipped = SHIPPED.get_or_init(|| {
+                let (files, _) =
+                    self.definition_files(KEY, None, &crate::shipped::EVENT_DEFINITIONS);
+                EventDefinitions::load(&files, false).0
+            });
+            return (shipped.clone(), format!("the shipped {KEY}"));
+        }
         let (files, from) = self.definition_files(KEY, v, &crate::shipped::EVENT_DEFINITIONS);
         let (events, problems) = EventDefinitions::load(&files, false);
         self.definition_problems(KEY, problems);

@@ -39,3 +39,24 @@ pub const GNOCCHI_RESOURCES: (&str, &str) = (
     "the shipped gnocchi_resources.yaml",
     include_str!("../examples/definitions/gnocchi_resources.yaml"),
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterflow_operators::event::EventDefinitions;
+    use meterflow_operators::notification::meters::MeterDefinitions;
+
+    /// Plans read the shipped definitions once and without reporting their problems, so
+    /// they must have none.
+    #[test]
+    fn shipped_definitions_load_without_problems() {
+        let files = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect()
+        };
+        let (meters, problems) = MeterDefinitions::load(&files(&METER_DEFINITIONS));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(meters.len() > 20);
+        let (_, problems) = EventDefinitions::load(&files(&EVENT_DEFINITIONS), false);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+}

@@ -416,7 +416,10 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
     let metrics = engine.get_ok("/metrics");
     let metrics = metrics.as_str().unwrap();
     // The late one is not among the measures aggregated (issue 19).
-    assert!(metrics.contains("meterflow_measures_total 9\n"), "{metrics}");
+    assert!(
+        metrics.contains("meterflow_measures_total 9\n"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("meterflow_watermark_seconds{input=\"api\"}"),
         "{metrics}"

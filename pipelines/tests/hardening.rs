@@ -606,3 +606,84 @@ fn every_list_is_paginated() {
     let (clean, err) = engine.terminate();
     assert!(clean, "{err}");
 }
+
+/// Finding 3: `expression_error` (and any rejection after decoding) was logged without its
+/// place and never dead-lettered. Now it is logged with `input:line` and written to
+/// --dead-letter with the sample it was given, replayable as a bare sample line.
+#[test]
+fn rejections_after_decoding_are_placed_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        "sources: [{name: s, meters: [cpu], sinks: [k]}]\nsinks:\n  - name: k\n    transformers:\n      - name: unit_conversion\n        parameters: {target: {name: cpu_per_core, scale: 'volume / resource_metadata.n'}}\n    publishers: ['file:///dev/null']\n",
+    )
+    .unwrap();
+    let mut lines = Vec::new();
+    let mut zero = Vec::new();
+    for i in 0..400 {
+        let n = if i % 37 == 5 { 0 } else { 2 };
+        if n == 0 {
+            zero.push(i as u64 + 1);
+        }
+        lines.push(
+            sample(
+                i % 23,
+                &format!("{i}"),
+                &format!("2021-07-30T01:{:02}:{:02}", i / 60, i % 60),
+            )
+            .replace(
+                "\"resource_metadata\": {}",
+                &format!("\"resource_metadata\": {{\"n\": {n}}}"),
+            ),
+        );
+    }
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    for workers in ["1", "3"] {
+        let dead = dir.path().join(format!("dead-{workers}.jsonl"));
+        let out = meterflow(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--workers",
+            workers,
+            "--chunk-bytes",
+            "1024",
+            "--dead-letter",
+            dead.to_str().unwrap(),
+            "--summary-json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            summary["dropped"]["expression_error"],
+            zero.len(),
+            "{summary}"
+        );
+        let records: Vec<Value> = std::fs::read_to_string(&dead)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut got: Vec<u64> = records
+            .iter()
+            .map(|r| r["line"].as_u64().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, zero);
+        for r in &records {
+            assert_eq!(r["reason"], "expression_error", "{r}");
+            assert_eq!(r["input"], input.to_str().unwrap(), "{r}");
+            let replay: Value = serde_json::from_str(r["record"].as_str().unwrap()).unwrap();
+            assert_eq!(replay["resource_metadata"]["n"], 0, "{r}");
+            assert_eq!(replay["counter_name"], "cpu", "{r}");
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}:{}: ", input.display(), zero[0])),
+            "{err}"
+        );
+    }
+}

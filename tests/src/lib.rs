@@ -5,6 +5,8 @@
 //! `meterflow-pipelines`' own tests); this crate holds the oracle tests that check the
 //! dataflow against the sequential reference on seeded random input.
 
+pub mod fuzz;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

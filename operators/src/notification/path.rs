@@ -674,11 +674,14 @@ struct Parser {
     depth: u32,
 }
 
-/// The deepest nesting of parentheses and filters taken (Python's parser stops at 200).
-pub const MAX_DEPTH: u32 = 200;
+/// The deepest nesting of parentheses and filters taken (as for expressions: half Python's
+/// 200, so the descent fits a 2 MiB thread stack even in a debug build).
+pub const MAX_DEPTH: u32 = 100;
 
-/// The most tokens a path may have (which bounds its tree, and the stack finding needs).
-pub const MAX_TOKENS: usize = 1000;
+/// The most tokens a path may have (which bounds its tree, and the stack finding needs: a
+/// chain of 500 steps overflows a 2 MiB thread stack in a debug build; meter definitions'
+/// paths have a few dozen).
+pub const MAX_TOKENS: usize = 256;
 
 impl Parser {
     fn peek(&self) -> Option<&Token> {
@@ -1034,12 +1037,12 @@ mod tests {
     #[test]
     fn nesting_and_length_are_bounded() {
         let deep = |n: usize| format!("{}$.a{}", "(".repeat(n), ")".repeat(n));
-        assert!(Path::parse(&deep(150)).is_ok());
+        assert!(Path::parse(&deep(90)).is_ok());
         let e = Path::parse(&deep(10_000)).unwrap_err().to_string();
         assert!(e.contains("levels deep") || e.contains("tokens"), "{e}");
-        let e = Path::parse(&deep(300)).unwrap_err().to_string();
+        let e = Path::parse(&deep(110)).unwrap_err().to_string();
         assert!(e.contains("levels deep"), "{e}");
-        let long = format!("$.{}", vec!["a"; 600].join("."));
+        let long = format!("$.{}", vec!["a"; 200].join("."));
         let e = Path::parse(&long).unwrap_err().to_string();
         assert!(e.contains("tokens"), "{e}");
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use meterflow_connectors::file::deadletter::DeadLetterHandle;
 use meterflow_connectors::file::source::ChunkReader;
-use meterflow_engine::chunk::{Chunk, Oversized};
+use meterflow_engine::chunk::{Chunk, Oversized, Place};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::model::Event;
@@ -43,6 +43,8 @@ pub struct Routed {
     pub order: u32,
     /// Index of the sink.
     pub sink: u16,
+    /// Where it came from (named when a later stage rejects it).
+    pub at: Place,
     /// The sample.
     pub sample: Sample,
 }
@@ -250,6 +252,7 @@ impl Decoder {
                     diag.counters.saw_event(chunk.input as usize, micros);
                     let route = resource_route(sample.resource_id);
                     let (last, rest) = sinks.split_last().expect("non-empty");
+                    let at = chunk.place_of(line_no);
                     let routed = |sink: u16, sample: Sample| Routed {
                         route: match plan.sinks[sink as usize].partition {
                             Partition::ByResource => route,
@@ -258,6 +261,7 @@ impl Decoder {
                         notification,
                         order: next(),
                         sink,
+                        at,
                         sample,
                     };
                     for &sink in rest {

@@ -15,14 +15,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meterflow_connectors::file::deadletter::DeadLetterHandle;
 use meterflow_connectors::gnocchi::resources::{ResourceDefinition, ResourceDefinitions};
 use meterflow_connectors::gnocchi::store::{Partition as StorePartition, Store, StoreError};
 use meterflow_connectors::gnocchi::{resource_key, GnocchiOptions};
 use meterflow_connectors::PublisherSpec;
+use meterflow_engine::chunk::Place;
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::model::Event;
+use meterflow_engine::wire::encode::{write_sample, EncodeOptions};
 use meterflow_engine::Sample;
 use meterflow_operators::transform::{Chain, Partition, StageState};
 use rustc_hash::FxHashMap;
@@ -46,6 +49,8 @@ struct SinkRuntime {
     fingerprint: String,
     publishers: Vec<usize>,
     notification: Option<u64>,
+    /// The place of the last sample it took (what its flush rejects is named by it).
+    last_at: Place,
     out: Vec<Sample>,
 }
 
@@ -81,6 +86,8 @@ pub struct Transformer {
     /// the last release of such state ran at.
     forget: Option<(i64, i64)>,
     plan: Arc<Plan>,
+    /// Where what a transformer rejects goes, if anywhere.
+    dead: Option<DeadLetterHandle>,
 }
 
 /// A sink's transformers as configured, to tell whether a saved state is this chain's.
@@ -134,6 +141,7 @@ impl Transformer {
                     fingerprint: chain_fingerprint(plan, k),
                     publishers: sink.publishers.clone(),
                     notification: None,
+                    last_at: Place::default(),
                     out: Vec::new(),
                 })
                 .collect(),
@@ -145,6 +153,7 @@ impl Transformer {
             checkpoints: None,
             forget: None,
             plan: plan.clone(),
+            dead: None,
         }
     }
 
@@ -320,12 +329,17 @@ impl Transformer {
     }
 
     /// Handles one routed sample (flushing the sink first when a new notification starts).
+    /// What a transformer rejects is logged with the sample's place and dead-lettered.
     pub fn handle(&mut self, r: Routed, diag: &mut Diag) {
         let k = usize::from(r.sink);
         let sink = &mut self.sinks[k];
         if sink.notification != Some(r.notification) {
             if let Some(previous) = sink.notification {
+                // What the flush rejects belongs to the previous notification.
+                diag.at = Some(sink.last_at);
                 sink.chain.flush(&mut sink.out, diag);
+                diag.at = None;
+                self.dead_letter(None, diag);
                 if self.per_notification[k] {
                     self.publish(k, previous, diag);
                 }
@@ -333,11 +347,59 @@ impl Transformer {
             self.sinks[k].notification = Some(r.notification);
         }
         let sink = &mut self.sinks[k];
+        sink.last_at = r.at;
         diag.counters.sinks[k].samples_in += 1;
+        // Kept only to be dead-lettered (a clone shares the sample's text).
+        let kept = self.dead.is_some().then(|| r.sample.clone());
+        diag.at = Some(r.at);
         sink.chain.handle(r.sample, &mut sink.out, diag);
-        if sink.out.len() >= Self::PUBLISH_BATCH {
+        diag.at = None;
+        self.dead_letter(kept.as_ref(), diag);
+        if self.sinks[k].out.len() >= Self::PUBLISH_BATCH {
             self.publish(k, r.notification, diag);
         }
+    }
+
+    /// Writes what a stage rejected since the last call to the dead-letter file: the sample
+    /// it was given when known (replayable as a bare sample line), with place and reason.
+    fn dead_letter(&mut self, sample: Option<&Sample>, diag: &mut Diag) {
+        if diag.rejected.is_empty() {
+            return;
+        }
+        let Some(dead) = self.dead.as_mut() else {
+            diag.rejected.clear();
+            return;
+        };
+        let mut raw = Vec::new();
+        if let Some(sample) = sample {
+            write_sample(sample, EncodeOptions::default(), &mut raw);
+            if raw.last() == Some(&b'\n') {
+                raw.pop();
+            }
+        }
+        for (reason, at, detail) in diag.rejected.drain(..) {
+            let input = diag
+                .inputs
+                .get(at.input as usize)
+                .map_or("<input>", String::as_str);
+            dead.record(
+                input,
+                at.line,
+                at.position().as_deref(),
+                reason,
+                &detail,
+                &raw,
+            );
+        }
+        if let Err(e) = dead.flush() {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Also writes what a transformer rejects to the dead-letter file.
+    pub fn with_dead_letter(mut self, dead: Option<DeadLetterHandle>) -> Transformer {
+        self.dead = dead;
+        self
     }
 
     /// Ends a batch of notifications: flushes every sink that saw one and publishes (the

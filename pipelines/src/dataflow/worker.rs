@@ -37,7 +37,9 @@ pub(super) fn run(
     shared: &Prepared,
 ) -> Result<(Counters, u64), String> {
     let index = worker.index();
-    let diag = Rc::new(RefCell::new(Diag::with_sinks(shared.sink_names.len())));
+    let diag = Rc::new(RefCell::new(
+        Diag::with_sinks(shared.sink_names.len()).with_inputs(shared.names.clone()),
+    ));
     let mut inputs = Inputs {
         chunks: InputHandle::new(),
         measures: InputHandle::new(),
@@ -188,7 +190,8 @@ fn alarms(shared: &Prepared, store: &StoreParts, index: usize, cross: bool) -> A
 
 /// This worker's transformers, with the state the run resumes from.
 fn transformer(shared: &Prepared, index: usize) -> Transformer {
-    let mut transformer = Transformer::new(&shared.plan, &shared.factories);
+    let mut transformer = Transformer::new(&shared.plan, &shared.factories)
+        .with_dead_letter(shared.dead_letter.as_ref().map(|d| d.handle()));
     if let Some(span) = shared.forget_after {
         transformer = transformer.forget_after(span);
     }
