@@ -137,6 +137,7 @@ fn engine(dir: &std::path::Path, round: usize) -> String {
             token: None,
             limits: Default::default(),
             allow_open: false,
+            quotas: Default::default(),
         }),
         ..RunOptions::default()
     };

@@ -127,6 +127,7 @@ impl Server {
             alarm_writes: tokio::sync::Mutex::new(()),
             token: options.token.clone(),
             actions,
+            quotas: options.quotas,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -272,6 +273,8 @@ struct ApiState {
     token: Option<String>,
     /// The rules an alarm's actions must follow.
     actions: ActionPolicy,
+    /// What one project may own.
+    quotas: crate::control::Quotas,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -357,6 +360,11 @@ impl IntoResponse for ApiError {
             "description": self.description,
         });
         let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -664,6 +672,8 @@ struct Incoming {
     unit: Option<String>,
     policy: Option<String>,
     points: Vec<(i64, f64)>,
+    /// The project creating it (`X-Project-Id`), recorded on a new metric.
+    project: Option<String>,
 }
 
 /// Parses a list of `{"timestamp": T, "value": V}`; `place` names it in errors. As in
@@ -819,6 +829,7 @@ fn parse_batch(body: &Value) -> ApiResult<Vec<Incoming>> {
                 unit,
                 policy,
                 points: parse_measures(list, &place)?,
+                project: None,
             });
         }
     }
@@ -834,9 +845,69 @@ pub fn check_batch_body(body: &[u8]) -> Result<usize, String> {
     Ok(incoming.iter().map(|m| m.points.len()).sum())
 }
 
+/// The project a request acts for: its `X-Project-Id`, or `None`.
+fn project_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-project-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+}
+
+/// Refuses creating `new_metrics` metrics on `new_resources` resources for `project` when
+/// it would own more than its quotas.
+fn check_quotas(
+    state: &ApiState,
+    catalog: &meterflow_connectors::gnocchi::store::Catalog,
+    project: Option<&str>,
+    (new_metrics, new_resources): (usize, usize),
+) -> ApiResult<()> {
+    if new_metrics == 0 {
+        return Ok(());
+    }
+    let owned = |p: &Option<String>| p.as_deref() == project;
+    let metrics = catalog.metrics().filter(|m| owned(&m.project_id)).count();
+    let mut resources: Vec<&str> = catalog
+        .metrics()
+        .filter(|m| owned(&m.project_id))
+        .map(|m| m.resource_id.as_str())
+        .collect();
+    resources.dedup();
+    let who = project.map_or("without X-Project-Id".to_owned(), |p| p.to_string());
+    let quotas = state.quotas;
+    let exceeded = |what: &str, have: usize, adding: usize, quota: usize, flag: &str| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("Quota exceeded for {what}: project {who} owns {have}, this request would add {adding}, the quota is {quota}; delete some, or ask the operator to raise --{flag}"),
+        )
+    };
+    if metrics + new_metrics > quotas.metrics {
+        return Err(exceeded(
+            "metrics",
+            metrics,
+            new_metrics,
+            quotas.metrics,
+            "quota-metrics",
+        ));
+    }
+    if resources.len() + new_resources > quotas.resources {
+        let have = resources.len();
+        return Err(exceeded(
+            "resources",
+            have,
+            new_resources,
+            quotas.resources,
+            "quota-resources",
+        ));
+    }
+    Ok(())
+}
+
 async fn post_batch_resources(
     State(state): Shared,
     Query(params): Query<BTreeMap<String, String>>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
     let create = params
@@ -881,6 +952,27 @@ async fn post_batch_resources(
             "detail": unknown,
         })));
     }
+    let project = project_of(&headers);
+    let created: Vec<&Incoming> = incoming
+        .iter()
+        .filter(|m| catalog.get(&m.resource_key, &m.metric).is_none())
+        .collect();
+    let mut new_resources: Vec<&str> = created
+        .iter()
+        .map(|m| m.resource_key.as_str())
+        .filter(|r| catalog.resource_view(r).is_none())
+        .collect();
+    new_resources.sort_unstable();
+    new_resources.dedup();
+    check_quotas(
+        &state,
+        &catalog,
+        project.as_deref(),
+        (created.len(), new_resources.len()),
+    )?;
+    for m in &mut incoming {
+        m.project.clone_from(&project);
+    }
     ingest(&state, incoming).await
 }
 
@@ -904,6 +996,7 @@ async fn post_batch_metrics(
                 unit: None,
                 policy: None,
                 points,
+                project: None,
             }),
             None => unknown.push(id.clone()),
         }
@@ -944,6 +1037,7 @@ async fn post_one(state: &ApiState, record: MetricRecord, body: &[u8]) -> ApiRes
         unit: None,
         policy: None,
         points,
+        project: None,
     }];
     ingest(state, incoming).await
 }
@@ -953,6 +1047,9 @@ fn json_body(body: &[u8]) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("Invalid input: the body is not JSON: {e}")))
 }
 
+/// Why writes are refused while the store's disk is full.
+const DISK_FULL: &str = "the disk under the store is full: writes are refused until there is space again (reads go on); retry later";
+
 /// Hands validated measures to the dataflow and waits until they are committed.
 async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCode> {
     let unavailable = |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why);
@@ -961,12 +1058,16 @@ async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCo
             "meterflow is shutting down and accepts no more measures; send them again to the next run".into(),
         ));
     }
+    if state.store.is_full() {
+        return Err(unavailable(DISK_FULL.into()));
+    }
     let mut measures = Vec::new();
     for m in incoming {
         let resource_key = Sym::new(&m.resource_key);
         let name = Sym::new(&m.metric);
         let unit = Sym::new(m.unit.as_deref().unwrap_or(""));
         let policy = m.policy.as_deref().map(Sym::new);
+        let project_id = m.project.as_deref().map(Sym::new);
         let r = route(&m.resource_key);
         measures.extend(m.points.into_iter().map(|(t, v)| Measure {
             route: r,
@@ -977,7 +1078,7 @@ async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCo
             name,
             unit,
             user_id: None,
-            project_id: None,
+            project_id,
             resource_type: None,
             attributes: None,
             policy,

@@ -159,6 +159,45 @@ impl Drop for Committer {
     }
 }
 
+/// Commits `checkpoint`, retrying what fails for [`RETRY_LIMIT`] — except a full disk, for
+/// which it waits as long as it takes (the dataflow pauses behind it, the API answers writes
+/// 503 and goes on serving reads) and resumes by itself once there is space.
+fn commit_waiting_for_space(
+    store: &Store,
+    partition: Partition,
+    checkpoint: &mut Checkpoint,
+    what: &str,
+) -> Result<(), StoreError> {
+    let mut waited: Option<std::time::Instant> = None;
+    let mut said = std::time::Instant::now();
+    loop {
+        let transient = |e: &StoreError| e.retryable() && !e.is_full();
+        match retry_with_backoff(what, RETRY_LIMIT, transient, || {
+            store.commit(partition, checkpoint).map(drop)
+        }) {
+            Err(e) if e.is_full() => {
+                let since = *waited.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() < Duration::from_millis(10)
+                    || said.elapsed() >= Duration::from_secs(60)
+                {
+                    tracing::error!("{what}: the disk is full ({e}); waiting for space (the API answers writes 503 meanwhile, reads go on)");
+                    said = std::time::Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            result => {
+                if let Some(since) = waited {
+                    tracing::warn!(
+                        "{what}: there is space again after {:.0?}; resuming",
+                        since.elapsed()
+                    );
+                }
+                return result;
+            }
+        }
+    }
+}
+
 /// Starts worker `partition`'s commit thread.
 fn spawn(
     store: Arc<Store>,
@@ -173,11 +212,9 @@ fn spawn(
             for mut checkpoint in inbox {
                 let rows = checkpoint.aggregates.len() as u64;
                 let what = format!("store {}", store.dir().display());
-                let result = retry_with_backoff(&what, RETRY_LIMIT, StoreError::retryable, || {
-                    store.commit(partition, &mut checkpoint).map(drop)
-                })
-                .map(|()| rows)
-                .map_err(|e| format!("cannot write the store: {e}"));
+                let result = commit_waiting_for_space(&store, partition, &mut checkpoint, &what)
+                    .map(|()| rows)
+                    .map_err(|e| format!("cannot write the store: {e}"));
                 if outbox.send(result).is_err() {
                     return;
                 }

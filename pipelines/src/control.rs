@@ -147,6 +147,32 @@ pub struct ListenOptions {
     pub limits: ServerLimits,
     /// Whether an address beyond loopback may be served without a token.
     pub allow_open: bool,
+    /// What one project may own before the API creates no more for it.
+    pub quotas: Quotas,
+}
+
+/// Per-project quotas on what the API creates. A project is the request's `X-Project-Id`
+/// (what keystonemiddleware sets, and Gnocchi's and Aodh's noauth modes read); requests
+/// without one share the project of the store's unowned data. What a project owns counts
+/// however it was created; only the API's creations are refused (ingestion never is).
+#[derive(Clone, Copy, Debug)]
+pub struct Quotas {
+    /// Metrics a project may own.
+    pub metrics: usize,
+    /// Resources a project may own.
+    pub resources: usize,
+    /// Alarms a project may own.
+    pub alarms: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            metrics: 100_000,
+            resources: 10_000,
+            alarms: 10_000,
+        }
+    }
 }
 
 /// The HTTP server's limits (see the README's "Security and limits").

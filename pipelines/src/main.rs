@@ -11,7 +11,7 @@ use meterflow_connectors::notify::{ActionPolicy, NotifierOptions};
 use meterflow_engine::metrics::DropReason;
 use meterflow_pipelines::api::{self, ListenOptions};
 use meterflow_pipelines::bench::{self, BenchOptions};
-use meterflow_pipelines::control::ServerLimits;
+use meterflow_pipelines::control::{Quotas, ServerLimits};
 use meterflow_pipelines::dataflow::{ProgressCallback, ReadProgress, RunOptions};
 use meterflow_pipelines::plan::{Plan, PlanError};
 use meterflow_pipelines::service;
@@ -299,6 +299,16 @@ struct HttpArgs {
     /// authenticates; without this flag such a start is refused).
     #[arg(long)]
     allow_open: bool,
+    /// Metrics one project (the request's X-Project-Id) may own before the API creates no
+    /// more for it (403).
+    #[arg(long, default_value_t = 100_000)]
+    quota_metrics: usize,
+    /// Resources one project may own before the API creates no more for it (403).
+    #[arg(long, default_value_t = 10_000)]
+    quota_resources: usize,
+    /// Alarms one project may own before the API creates no more for it (403).
+    #[arg(long, default_value_t = 10_000)]
+    quota_alarms: usize,
 }
 
 impl HttpArgs {
@@ -326,6 +336,11 @@ impl HttpArgs {
                 body_timeout: seconds("body-timeout", self.body_timeout)?,
             },
             allow_open: self.allow_open,
+            quotas: Quotas {
+                metrics: self.quota_metrics,
+                resources: self.quota_resources,
+                alarms: self.quota_alarms,
+            },
         })
     }
 }

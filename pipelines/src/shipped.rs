@@ -51,7 +51,9 @@ mod tests {
     #[test]
     fn shipped_definitions_load_without_problems() {
         let files = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-            list.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect()
+            list.iter()
+                .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+                .collect()
         };
         let (meters, problems) = MeterDefinitions::load(&files(&METER_DEFINITIONS));
         assert!(problems.is_empty(), "{problems:?}");

@@ -687,3 +687,226 @@ fn rejections_after_decoding_are_placed_and_dead_lettered() {
         );
     }
 }
+
+/// Finding 7: 100 k metrics created in 20 POSTs cost 690 MiB, with no quota. Now each
+/// project (X-Project-Id) may own at most --quota-metrics metrics, --quota-resources
+/// resources and --quota-alarms alarms before the API refuses to create more (403); measures
+/// for what exists are still taken.
+#[test]
+fn the_api_creates_within_per_project_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
+    let definition = store_definition(dir.path(), &policy, &[]);
+    let store = dir.path().join("store");
+    let engine = Engine::start(
+        &[
+            "serve",
+            definition.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "0",
+            "--quota-metrics",
+            "5",
+            "--quota-resources",
+            "3",
+            "--quota-alarms",
+            "2",
+        ],
+        None,
+    );
+    let client = reqwest::blocking::Client::new();
+    let post = |project: &str, path: &str, body: Value| -> (u16, String) {
+        let r = client
+            .post(format!("{}{path}", engine.base))
+            .header("x-project-id", project)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let measures = |metrics: &[(&str, &str)]| {
+        let mut body = serde_json::Map::new();
+        for (resource, metric) in metrics {
+            let entry = body
+                .entry(resource.to_string())
+                .or_insert_with(|| json!({}));
+            entry[*metric] = json!({"archive_policy_name": "five", "measures": [{"timestamp": 1_627_603_200, "value": 1}]});
+        }
+        Value::Object(body)
+    };
+    let batch = "/v1/batch/resources/metrics/measures?create_metrics=true";
+    let ok = post(
+        "p1",
+        batch,
+        measures(&[("a", "m1"), ("a", "m2"), ("b", "m1"), ("b", "m2")]),
+    );
+    assert_eq!(ok.0, 202, "{ok:?}");
+    let over = post("p1", batch, measures(&[("a", "m3"), ("a", "m4")]));
+    assert_eq!(over.0, 403, "{over:?}");
+    assert!(
+        over.1.contains("Quota exceeded for metrics") && over.1.contains("--quota-metrics"),
+        "{over:?}"
+    );
+    // Measures for metrics that exist are taken; one more metric fits.
+    assert_eq!(
+        post("p1", batch, measures(&[("a", "m1"), ("c", "m1")])).0,
+        202
+    );
+    let resources = post(
+        "p2",
+        batch,
+        measures(&[("x", "m"), ("y", "m"), ("z", "m"), ("w", "m")]),
+    );
+    assert_eq!(resources.0, 403, "{resources:?}");
+    assert!(
+        resources.1.contains("Quota exceeded for resources"),
+        "{resources:?}"
+    );
+    assert_eq!(
+        post("p2", batch, measures(&[("x", "m"), ("y", "m"), ("z", "m")])).0,
+        202
+    );
+
+    let alarm = |name: &str| {
+        json!({"name": name, "type": "gnocchi_resources_threshold",
+            "gnocchi_resources_threshold_rule": {"metric": "m1", "resource_type": "generic", "resource_id": "a",
+                "comparison_operator": "gt", "threshold": 1, "aggregation_method": "mean", "granularity": 300}})
+    };
+    assert_eq!(post("p1", "/v2/alarms", alarm("a1")).0, 201);
+    assert_eq!(post("p1", "/v2/alarms", alarm("a2")).0, 201);
+    let over = post("p1", "/v2/alarms", alarm("a3"));
+    assert_eq!(over.0, 403, "{over:?}");
+    assert!(
+        over.1.contains("Alarm quota exceeded for project p1"),
+        "{over:?}"
+    );
+    assert_eq!(post("p2", "/v2/alarms", alarm("a3")).0, 201);
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+}
+
+/// Finding 6: while the disk was full, API writes hung until the 60 s retry limit and then the
+/// engine exited. Now the engine waits for space (as long as it takes), answers writes 503
+/// with Retry-After meanwhile, goes on serving reads, and resumes by itself. The store lies on
+/// a small tmpfs, a real full disk; mounting one needs root, so elsewhere the test says it is
+/// skipped.
+#[test]
+fn a_full_disk_pauses_writes_and_the_engine_resumes_by_itself() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("fs");
+    std::fs::create_dir_all(&fs).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=3m",
+            "tmpfs",
+            fs.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
+    let definition = store_definition(dir.path(), &policy, &[]);
+    let store = fs.join("store");
+    let engine = Engine::start(
+        &[
+            "serve",
+            definition.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "0",
+        ],
+        None,
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let post = |round: usize| {
+        let mut body = serde_json::Map::new();
+        for r in 0..50 {
+            body.insert(
+                format!("host-{round}-{r}"),
+                json!({"load": {"archive_policy_name": "five", "measures": [{"timestamp": 1_627_603_200 + round, "value": r}]}}),
+            );
+        }
+        client
+            .post(format!(
+                "{}/v1/batch/resources/metrics/measures?create_metrics=true",
+                engine.base
+            ))
+            .header("content-type", "application/json")
+            .body(Value::Object(body).to_string())
+            .send()
+    };
+    assert_eq!(post(0).unwrap().status(), 202);
+    // Fill the disk.
+    let filler = fs.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=64k",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let started = Instant::now();
+    let mut refused = None;
+    for round in 1.. {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no write was refused while the disk was full"
+        );
+        if let Ok(r) = post(round) {
+            if r.status() == 503 {
+                refused = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                assert!(r.text().unwrap().contains("disk under the store is full"));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(refused.as_deref(), Some("30"));
+    // Reads go on.
+    let (status, body) = engine.get("/v1/metric?limit=10");
+    assert_eq!(status, 200, "{body}");
+    // Space again: writes are taken again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the engine did not resume"
+        );
+        if post(1000).is_ok_and(|r| r.status() == 202) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (clean, err) = engine.terminate();
+    assert!(clean, "{err}");
+    assert!(
+        err.contains("the disk is full") && err.contains("resuming"),
+        "{err}"
+    );
+}

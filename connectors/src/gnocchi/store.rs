@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,22 @@ impl StoreError {
     /// Whether trying again later may succeed (a full disk may clear; a foreign directory will not).
     pub fn retryable(&self) -> bool {
         matches!(self, StoreError::Io { .. })
+    }
+
+    /// Whether the disk (or the user's quota on it) is full: worth waiting for, not failing.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => {
+                // Parquet's writer hands the I/O error back as text.
+                let text = source.to_string();
+                source.kind() == io::ErrorKind::StorageFull
+                    || source.kind() == io::ErrorKind::QuotaExceeded
+                    || matches!(source.raw_os_error(), Some(28 | 122))
+                    || text.contains("(os error 28)")
+                    || text.contains("(os error 122)")
+            }
+            _ => false,
+        }
     }
 }
 
@@ -572,6 +588,8 @@ pub struct Store {
     catalog: Mutex<Option<Arc<Catalog>>>,
     /// Files compaction took out of the manifest, deleted once readers are done with them.
     retired: Mutex<Vec<(Instant, PathBuf)>>,
+    /// Whether the last commit found the disk full (the API refuses writes meanwhile).
+    full: AtomicBool,
     _lock: Option<File>,
 }
 
@@ -767,6 +785,7 @@ impl Store {
             manifest: Mutex::new(manifest),
             catalog: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
+            full: AtomicBool::new(false),
             _lock: Some(lock),
         };
         {
@@ -788,6 +807,7 @@ impl Store {
             manifest: Mutex::new(manifest),
             catalog: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
+            full: AtomicBool::new(false),
             _lock: None,
         }))
     }
@@ -827,6 +847,22 @@ impl Store {
     /// Writes a worker's checkpoint: its files, then the manifest that makes them visible.
     /// On error nothing becomes visible and the checkpoint is left as it was, to be retried.
     pub fn commit(
+        &self,
+        partition: Partition,
+        checkpoint: &mut Checkpoint,
+    ) -> Result<u64, StoreError> {
+        let result = self.commit_files(partition, checkpoint);
+        let full = matches!(&result, Err(e) if e.is_full());
+        self.full.store(full, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether the last commit found the disk full; it clears once one succeeds.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    fn commit_files(
         &self,
         partition: Partition,
         checkpoint: &mut Checkpoint,

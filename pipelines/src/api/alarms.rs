@@ -74,7 +74,13 @@ impl IntoResponse for AodhError {
             "faultstring": self.message,
             "debuginfo": null,
         }});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
+        response
     }
 }
 
@@ -105,6 +111,9 @@ async fn send(state: &ApiState, edits: Vec<AlarmEdit>) -> AodhResult<()> {
         return Err(unavailable(
             "meterflow is shutting down and takes no more alarm changes; make them again on the next run".into(),
         ));
+    }
+    if state.store.is_full() {
+        return Err(unavailable(super::DISK_FULL.into()));
     }
     let gone = || {
         unavailable("the engine is not running any more (it stopped or failed; see its log)".into())
@@ -267,11 +276,37 @@ async fn show(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<V
     Ok(Json(alarm_json(&one(&state, &id)?)))
 }
 
-async fn create(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Response> {
+async fn create(
+    State(state): Shared,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> AodhResult<Response> {
     let id = random_uuid();
-    let (alarm, _) = parse(&state, &body, &id)?;
+    let (mut alarm, _) = parse(&state, &body, &id)?;
+    // The project it belongs to: the body's, else the caller's (Aodh's rule).
+    if alarm.project_id.is_none() {
+        alarm.project_id = super::project_of(&headers);
+    }
     let _one_at_a_time = state.alarm_writes.lock().await;
-    name_taken(&all(&state)?, &alarm.name)?;
+    let existing = all(&state)?;
+    name_taken(&existing, &alarm.name)?;
+    let owned = existing
+        .values()
+        .filter(|a| a.definition.project_id == alarm.project_id)
+        .count();
+    if owned >= state.quotas.alarms {
+        let who = alarm
+            .project_id
+            .as_deref()
+            .unwrap_or("without X-Project-Id");
+        return Err(AodhError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Alarm quota exceeded for project {who}: it owns {owned}, the quota is {}; delete some, or ask the operator to raise --quota-alarms",
+                state.quotas.alarms
+            ),
+        ));
+    }
     let detail = alarm.to_json();
     let definition = Arc::new(alarm);
     let change = AlarmChange::Put {
