@@ -118,6 +118,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
         let (alarm_tx, alarm_rx) = mpsc::channel(64);
+        let stop_store = store.clone();
         let state = Arc::new(ApiState {
             store,
             plan,
@@ -140,7 +141,7 @@ impl Server {
             .name("meterflow-api".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    tokio::spawn(stop_on_signals(live));
+                    tokio::spawn(stop_on_signals(live, stop_store));
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
@@ -184,7 +185,7 @@ impl Server {
     }
 }
 
-async fn stop_on_signals(live: Arc<Live>) {
+async fn stop_on_signals(live: Arc<Live>, store: Arc<Store>) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -195,6 +196,7 @@ async fn stop_on_signals(live: Arc<Live>) {
                     tracing::warn!("cannot watch SIGTERM: {e}");
                     let _ = interrupt.await;
                     live.stop();
+                    store.stop_waiting_for_space();
                     return;
                 }
             };
@@ -207,6 +209,9 @@ async fn stop_on_signals(live: Arc<Live>) {
     let _ = interrupt.await;
     tracing::warn!("asked to stop: finishing what was accepted, then writing the last checkpoint");
     live.stop();
+    // A commit waiting for space would hold the stop forever: it fails instead (what it held
+    // was never acknowledged).
+    store.stop_waiting_for_space();
 }
 
 /// Accepts connections until `stopped`, each served on a task of its own under `limits`,
@@ -1058,7 +1063,7 @@ async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCo
             "meterflow is shutting down and accepts no more measures; send them again to the next run".into(),
         ));
     }
-    if state.store.is_full() {
+    if !state.store.recheck_space() {
         return Err(unavailable(DISK_FULL.into()));
     }
     let mut measures = Vec::new();

@@ -175,7 +175,7 @@ fn commit_waiting_for_space(
         match retry_with_backoff(what, RETRY_LIMIT, transient, || {
             store.commit(partition, checkpoint).map(drop)
         }) {
-            Err(e) if e.is_full() => {
+            Err(e) if e.is_full() && store.waits_for_space() => {
                 let since = *waited.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() < Duration::from_millis(10)
                     || said.elapsed() >= Duration::from_secs(60)

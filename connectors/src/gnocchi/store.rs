@@ -590,6 +590,8 @@ pub struct Store {
     retired: Mutex<Vec<(Instant, PathBuf)>>,
     /// Whether the last commit found the disk full (the API refuses writes meanwhile).
     full: AtomicBool,
+    /// Set when the engine stops: commits no longer wait for space.
+    stop_waiting: AtomicBool,
     _lock: Option<File>,
 }
 
@@ -786,14 +788,48 @@ impl Store {
             catalog: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
             full: AtomicBool::new(false),
+            stop_waiting: AtomicBool::new(false),
             _lock: Some(lock),
         };
         {
             let manifest = store.lock_manifest();
-            store.write_manifest(&manifest)?;
+            match store.write_manifest(&manifest) {
+                // A store that exists opens on a full disk: reads work, writes wait for space.
+                Err(e) if e.is_full() && manifest.generation > 0 => {
+                    tracing::error!("store {}: the disk is full ({e}); serving reads, refusing writes until there is space", dir.display());
+                    store.full.store(true, Ordering::Relaxed);
+                }
+                result => result?,
+            }
             store.remove_orphans(&manifest)?;
         }
         Ok(Arc::new(store))
+    }
+
+    /// While the disk is full: whether there is room again, checked by writing and removing a
+    /// 1 MiB file at most once a second (clears [`Store::is_full`] when there is). Commits
+    /// clear it too.
+    pub fn recheck_space(&self) -> bool {
+        if !self.is_full() {
+            return true;
+        }
+        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+        {
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let probe = self.dir.join(".space-probe");
+        let room = fs::write(&probe, vec![0u8; 1 << 20])
+            .and_then(|()| fs::File::open(&probe)?.sync_all())
+            .is_ok();
+        let _ = fs::remove_file(&probe);
+        if room {
+            self.full.store(false, Ordering::Relaxed);
+        }
+        room
     }
 
     /// Opens an existing store to read.
@@ -808,6 +844,7 @@ impl Store {
             catalog: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
             full: AtomicBool::new(false),
+            stop_waiting: AtomicBool::new(false),
             _lock: None,
         }))
     }
@@ -834,9 +871,12 @@ impl Store {
         let mut manifest = self.lock_manifest();
         let mut next = manifest.clone();
         next.archive_policies.extend(policies);
-        self.write_manifest(&next)?;
-        *manifest = next;
-        Ok(())
+        let written = self.write_manifest(&next);
+        // On a full disk they are kept, and written with the next commit's manifest.
+        if written.is_ok() || written.as_ref().is_err_and(StoreError::is_full) {
+            *manifest = next;
+        }
+        written
     }
 
     /// The newest committed generation.
@@ -855,6 +895,16 @@ impl Store {
         let full = matches!(&result, Err(e) if e.is_full());
         self.full.store(full, Ordering::Relaxed);
         result
+    }
+
+    /// Tells commits waiting for space on a full disk to give up (the engine is stopping).
+    pub fn stop_waiting_for_space(&self) {
+        self.stop_waiting.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether commits should still wait for space on a full disk.
+    pub fn waits_for_space(&self) -> bool {
+        !self.stop_waiting.load(Ordering::Relaxed)
     }
 
     /// Whether the last commit found the disk full; it clears once one succeeds.

@@ -112,7 +112,7 @@ async fn send(state: &ApiState, edits: Vec<AlarmEdit>) -> AodhResult<()> {
             "meterflow is shutting down and takes no more alarm changes; make them again on the next run".into(),
         ));
     }
-    if state.store.is_full() {
+    if !state.store.recheck_space() {
         return Err(unavailable(super::DISK_FULL.into()));
     }
     let gone = || {

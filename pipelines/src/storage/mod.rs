@@ -159,12 +159,22 @@ pub fn open_store(plan: &Plan, dir: &Path) -> anyhow::Result<Arc<Store>> {
             }
         }
     }
-    store.put_archive_policies(
+    let recorded = store.put_archive_policies(
         record
             .iter()
             .filter(|p| !stored.contains_key(&p.name))
             .map(|p| (p.name.clone(), p.to_json())),
-    )?;
+    );
+    match recorded {
+        // Recorded with the first commit once there is space (no metric uses them yet).
+        Err(e) if e.is_full() => {
+            tracing::error!(
+                "store {}: the disk is full; new archive policies are recorded once there is space",
+                dir.display()
+            );
+        }
+        result => result?,
+    }
     Ok(store)
 }
 
