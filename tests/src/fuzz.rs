@@ -11,7 +11,7 @@
 //!
 //! `cargo test -p meterflow-tests --test fuzz` runs each target for `MF_FUZZ_SECONDS` (default
 //! 2); `cargo run --release -p meterflow-tests --example fuzz -- --execs 10000000` runs them
-//! by hand.
+//! by hand. With `MF_FUZZ_SAVE=DIR` the first inputs that crash are written there whole.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -298,7 +298,16 @@ pub fn run(target: Target, seed: u64, execs: u64, budget: Duration, hang: Durati
         })
     };
     let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    // The panic's message and place, for the report.
+    let last_panic = Arc::new(Mutex::new(String::new()));
+    {
+        let last_panic = last_panic.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Ok(mut l) = last_panic.lock() {
+                *l = info.to_string();
+            }
+        }));
+    }
     let mut report = Report::default();
     while report.execs < execs && clock.elapsed() < budget {
         let input = mutator.next();
@@ -311,10 +320,23 @@ pub fn run(target: Target, seed: u64, execs: u64, budget: Duration, hang: Durati
         started_ms.store(u64::MAX, Ordering::Relaxed);
         report.slowest = report.slowest.max(began.elapsed());
         report.execs += 1;
-        if outcome.is_err() && report.crashes.len() < 5 {
-            report.crashes.push(shown(&input));
-        } else if outcome.is_err() {
-            report.crashes.push(String::new());
+        if outcome.is_err() {
+            let why = last_panic.lock().map(|l| l.clone()).unwrap_or_default();
+            if report.crashes.len() < 5 {
+                report
+                    .crashes
+                    .push(format!("{why} on input {}", shown(&input)));
+                if let Some(dir) = std::env::var_os("MF_FUZZ_SAVE") {
+                    let path = std::path::Path::new(&dir).join(format!(
+                        "crash-{}-{}",
+                        target.name(),
+                        report.execs
+                    ));
+                    let _ = std::fs::write(path, &input);
+                }
+            } else {
+                report.crashes.push(why);
+            }
         }
     }
     std::panic::set_hook(previous_hook);

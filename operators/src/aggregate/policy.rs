@@ -176,11 +176,25 @@ impl ArchivePolicy {
                 .map(Span::nanos)
                 .transpose()
                 .map_err(at)?;
+            let positive = |v: i64, what: &str| {
+                if v > 0 {
+                    Ok(v)
+                } else {
+                    Err(at(format!("{what} must be positive")))
+                }
+            };
             let (granularity, points) = match (granularity, g.points, timespan) {
                 (Some(gr), Some(p), _) => (gr, Some(p)),
-                (Some(gr), None, Some(ts)) => (gr, Some((ts / gr) as u64)),
+                (Some(gr), None, Some(ts)) => {
+                    let gr = positive(gr, "granularity")?;
+                    (gr, Some((positive(ts, "timespan")? / gr) as u64))
+                }
                 (Some(gr), None, None) => (gr, None),
-                (None, Some(p), Some(ts)) if p > 0 => (ts / p as i64, Some(p)),
+                (None, Some(p), Some(ts)) if p > 0 => {
+                    let p64 =
+                        i64::try_from(p).map_err(|_| at(format!("points {p} is too many")))?;
+                    (positive(ts, "timespan")? / p64, Some(p))
+                }
                 _ => return Err(at("give two of granularity, points, timespan".into())),
             };
             if granularity <= 0 {
@@ -372,6 +386,20 @@ fn sorted(mut methods: Vec<Method>) -> Vec<Method> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Found by the fuzzer: a zero granularity with a timespan divided by zero.
+    #[test]
+    fn zero_or_negative_spans_are_refused_not_divided_by() {
+        for definition in [
+            serde_json::json!([{"granularity": 0, "timespan": 3600}]),
+            serde_json::json!([{"granularity": -60, "timespan": -3600}]),
+            serde_json::json!([{"points": 10, "timespan": -3600}]),
+            serde_json::json!([{"points": u64::MAX, "timespan": 3600}]),
+        ] {
+            let p = serde_json::json!({"name": "p", "definition": definition});
+            assert!(ArchivePolicy::from_json(&p).is_err(), "{p}");
+        }
+    }
     use super::*;
 
     fn policy(v: serde_json::Value) -> Result<ArchivePolicy, String> {
