@@ -256,26 +256,33 @@ fn run_low(dir: &Path, input: &Path, workers: &str) -> Run {
     run(dir, input, workers, &["--max-line-bytes", "1048576"])
 }
 
+/// Writes a definition storing every meter under policy `five` (5-minute buckets, `points` of
+/// them) into `dir` and serves a store under `root` with it, plus `extra` flags: the
+/// definition's path, the store's, and the engine.
+fn serve_five(dir: &Path, root: &Path, points: u64, extra: &[&str]) -> (PathBuf, PathBuf, Engine) {
+    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": points}]});
+    let definition = store_definition(dir, &policy, &[]);
+    let store = root.join("store");
+    let mut args = vec![
+        "serve",
+        definition.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--listen",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let engine = Engine::start(&args, None);
+    (definition, store, engine)
+}
+
 /// Finding 2 through the API: "inf" and 1e20 were stored at 2262, "nan" at 1970, year 9999
 /// was refused as "before 1970", and one "inf" measure wiped a day of history (retention
 /// runs from the newest point). Now each is a 400 with its reason and the history stays.
 #[test]
 fn api_times_that_do_not_fit_are_refused_and_the_history_stays() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 288}]});
-    let definition = store_definition(dir.path(), &policy, &[]);
-    let store = dir.path().join("store");
-    let engine = Engine::start(
-        &[
-            "serve",
-            definition.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "0",
-        ],
-        None,
-    );
+    let (_, _, engine) = serve_five(dir.path(), dir.path(), 288, &[]);
     let post = |measures: Value| {
         let body =
             json!({"host-1": {"load": {"archive_policy_name": "five", "measures": measures}}});
@@ -420,17 +427,11 @@ fn the_api_bounds_connections_and_times_out_slow_clients() {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
-    let definition = store_definition(dir.path(), &policy, &[]);
-    let store = dir.path().join("store");
-    let engine = Engine::start(
+    let (definition, store, engine) = serve_five(
+        dir.path(),
+        dir.path(),
+        12,
         &[
-            "serve",
-            definition.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "0",
             "--max-connections",
             "20",
             "--header-timeout",
@@ -438,7 +439,6 @@ fn the_api_bounds_connections_and_times_out_slow_clients() {
             "--body-timeout",
             "1",
         ],
-        None,
     );
     let addr = engine.base.trim_start_matches("http://").to_owned();
     // Waits until the server closes `s` (EOF or reset); how long that took.
@@ -553,20 +553,7 @@ fn all_pages(engine: &Engine, path: &str) -> (Vec<Value>, usize) {
 #[test]
 fn every_list_is_paginated() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
-    let definition = store_definition(dir.path(), &policy, &[]);
-    let store = dir.path().join("store");
-    let engine = Engine::start(
-        &[
-            "serve",
-            definition.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "0",
-        ],
-        None,
-    );
+    let (_, _, engine) = serve_five(dir.path(), dir.path(), 12, &[]);
     let mut body = serde_json::Map::new();
     for r in 0..1250 {
         body.insert(
@@ -695,17 +682,11 @@ fn rejections_after_decoding_are_placed_and_dead_lettered() {
 #[test]
 fn the_api_creates_within_per_project_quotas() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
-    let definition = store_definition(dir.path(), &policy, &[]);
-    let store = dir.path().join("store");
-    let engine = Engine::start(
+    let (_, _, engine) = serve_five(
+        dir.path(),
+        dir.path(),
+        12,
         &[
-            "serve",
-            definition.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "0",
             "--quota-metrics",
             "5",
             "--quota-resources",
@@ -713,7 +694,6 @@ fn the_api_creates_within_per_project_quotas() {
             "--quota-alarms",
             "2",
         ],
-        None,
     );
     let client = reqwest::blocking::Client::new();
     let post = |project: &str, path: &str, body: Value| -> (u16, String) {
@@ -822,20 +802,7 @@ fn a_full_disk_pauses_writes_and_the_engine_resumes_by_itself() {
         }
     }
     let _unmount = Unmount(fs.clone());
-    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "points": 12}]});
-    let definition = store_definition(dir.path(), &policy, &[]);
-    let store = fs.join("store");
-    let engine = Engine::start(
-        &[
-            "serve",
-            definition.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "0",
-        ],
-        None,
-    );
+    let (definition, store, engine) = serve_five(dir.path(), &fs, 12, &[]);
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
