@@ -222,6 +222,11 @@ impl Decoder {
                     diag.counters.samples_in += 1;
                     let sinks = Self::routes(routes, plan, sample.name);
                     if sinks.is_empty() {
+                        // Not checked (as Ceilometer checks only what a pipeline takes), but
+                        // its time still moves the input's event time on.
+                        if let Ok(t) = Instant::parse(sample.timestamp.as_str()) {
+                            diag.counters.saw_event(chunk.input as usize, t.micros());
+                        }
                         diag.counters.samples_unrouted += 1;
                         return;
                     }
