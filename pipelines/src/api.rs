@@ -391,16 +391,17 @@ async fn not_found(request: Request) -> ApiError {
 
 async fn auth(State(state): Shared, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let header_text = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        // `Authorization: Bearer`, or `X-Auth-Token` as keystoneauth's token plugins (the
+        // openstack, gnocchi and aodh CLIs with --os-token) send it.
+        let given = header_text(header::AUTHORIZATION)
             .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| header_text(header::HeaderName::from_static("x-auth-token")))
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "This server requires a bearer token: send the header 'Authorization: Bearer <token>' with the token from the server's --token-file",
+                "This server requires a token: send the header 'Authorization: Bearer <token>' or 'X-Auth-Token: <token>' with the token from the server's --token-file",
             )
             .into_response();
         }

@@ -153,6 +153,18 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
     };
     assert_eq!(wrong.get("/metrics").0, 401);
     assert_eq!(anonymous.get("/healthcheck").0, 200);
+    // keystoneauth's token plugins send X-Auth-Token (issue 20).
+    let keystone = |token: &str| {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/v1/archive_policy", engine.base))
+            .header("x-auth-token", token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(keystone(TOKEN), 200);
+    assert_eq!(keystone("nope"), 401);
 
     // Archive policies and rules.
     let policies = engine.get_ok("/v1/archive_policy");
