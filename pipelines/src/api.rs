@@ -582,9 +582,14 @@ async fn metrics(
 ) -> ApiResult<Response> {
     let page = query_page(&params)?;
     let catalog = state.store.catalog()?;
+    // Gnocchi embeds each row's archive policy (gnocchiclient's `metric list` reads it).
+    let known = policies(&state);
     let listed = catalog
         .metrics()
-        .map(|m| (m.metric_id.clone(), metric_json(m, None)))
+        .map(|m| {
+            let policy = known.get(&m.archive_policy_name).cloned();
+            (m.metric_id.clone(), metric_json(m, policy))
+        })
         .collect();
     paged(&page, listed, &uri)
 }

@@ -276,7 +276,13 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
         "low",
         "Gnocchi's default rule"
     );
-    assert_eq!(engine.get_ok("/v1/metric").as_array().unwrap().len(), 3);
+    let listed = engine.get_ok("/v1/metric");
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    // Each row embeds its archive policy, as Gnocchi's (gnocchiclient's `metric list` reads it).
+    for m in listed.as_array().unwrap() {
+        assert_eq!(m["archive_policy"]["name"], m["archive_policy_name"], "{m}");
+        assert!(m["archive_policy"]["definition"].is_array(), "{m}");
+    }
     assert_eq!(
         engine
             .get_ok("/v1/resource/generic/host-1/metric")
