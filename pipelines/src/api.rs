@@ -152,6 +152,9 @@ impl Server {
                     let app = router(state).layer(
                         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout),
                     );
+                    // `/v1/metric/` is `/v1/metric` (the OpenStack clients add the slash);
+                    // this must wrap the router, as it changes the path routing sees.
+                    let app = tower_http::normalize_path::NormalizePath::trim_trailing_slash(app);
                     serve(listener, app, limits, stopped).await;
                 });
             })
@@ -218,7 +221,7 @@ async fn stop_on_signals(live: Arc<Live>, store: Arc<Store>) {
 /// then lets the ones in flight finish.
 async fn serve(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: tower_http::normalize_path::NormalizePath<Router>,
     limits: crate::control::ServerLimits,
     mut stopped: oneshot::Receiver<()>,
 ) {

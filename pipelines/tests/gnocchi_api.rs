@@ -165,6 +165,15 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
     };
     assert_eq!(keystone(TOKEN), 200);
     assert_eq!(keystone("nope"), 401);
+    // The clients ask for `/v1/archive_policy/` (issue 20): a trailing slash is the same route.
+    for path in [
+        "/v1/archive_policy/",
+        "/v1/metric/",
+        "/v1/resource/generic/",
+    ] {
+        let (status, body) = engine.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
 
     // Archive policies and rules.
     let policies = engine.get_ok("/v1/archive_policy");
