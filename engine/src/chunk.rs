@@ -96,12 +96,15 @@ pub struct Place {
     pub line: u64,
 }
 
+/// The name of input `index` among the run's `inputs` (`<input>` when there is none).
+pub fn input_name(inputs: &[String], index: u32) -> &str {
+    inputs.get(index as usize).map_or("<input>", String::as_str)
+}
+
 impl Place {
     /// `input:line`, or `input partition P offset O` for Kafka.
     pub fn describe(&self, inputs: &[String]) -> String {
-        let input = inputs
-            .get(self.input as usize)
-            .map_or("<input>", String::as_str);
+        let input = input_name(inputs, self.input);
         if self.partition < 0 {
             format!("{input}:{}", self.line)
         } else {

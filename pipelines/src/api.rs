@@ -368,11 +368,7 @@ impl IntoResponse for ApiError {
             "description": self.description,
         });
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        }
+        retry_later(&mut response);
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -505,27 +501,12 @@ async fn resources(
         })
         .collect();
     known_type(&state, &kind, any_of_kind)?;
-    paged(&page, listed, &uri)
+    page.respond(listed, &uri).map_err(ApiError::bad_request)
 }
 
 /// `limit` and `marker` from a query, as a 400 when they are not usable.
 fn query_page(params: &[(String, String)]) -> ApiResult<page::Page> {
-    page::Page::from_query(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(ApiError::bad_request)
-}
-
-/// One page of `items` as a JSON list, with the next page's `Link`.
-fn paged(
-    page: &page::Page,
-    items: Vec<(String, Value)>,
-    uri: &axum::http::Uri,
-) -> ApiResult<Response> {
-    let (values, next) = page.take(items).map_err(ApiError::bad_request)?;
-    let mut response = Json(Value::Array(values)).into_response();
-    if let Some(link) = next.and_then(|n| page::next_link(uri, &n)) {
-        response.headers_mut().insert(header::LINK, link);
-    }
-    Ok(response)
+    page::Page::from_query(params).map_err(ApiError::bad_request)
 }
 
 /// The resource `id` names (UUID, key or id as sent) of type `kind`.
@@ -594,7 +575,7 @@ async fn metrics(
             (m.metric_id.clone(), metric_json(m, policy))
         })
         .collect();
-    paged(&page, listed, &uri)
+    page.respond(listed, &uri).map_err(ApiError::bad_request)
 }
 
 fn metric_by_id(state: &ApiState, id: &str) -> ApiResult<MetricRecord> {
@@ -880,14 +861,18 @@ fn check_quotas(
     if new_metrics == 0 {
         return Ok(());
     }
-    let owned = |p: &Option<String>| p.as_deref() == project;
-    let metrics = catalog.metrics().filter(|m| owned(&m.project_id)).count();
-    let mut resources: Vec<&str> = catalog
+    // The catalog lists metrics by resource, so a resource's metrics come together.
+    let mut resources: Vec<&str> = Vec::new();
+    let mut metrics = 0;
+    for m in catalog
         .metrics()
-        .filter(|m| owned(&m.project_id))
-        .map(|m| m.resource_id.as_str())
-        .collect();
-    resources.dedup();
+        .filter(|m| m.project_id.as_deref() == project)
+    {
+        metrics += 1;
+        if resources.last() != Some(&m.resource_id.as_str()) {
+            resources.push(&m.resource_id);
+        }
+    }
     let who = project.map_or("without X-Project-Id".to_owned(), |p| p.to_string());
     let quotas = state.quotas;
     let exceeded = |what: &str, have: usize, adding: usize, quota: usize, flag: &str| {
@@ -931,9 +916,15 @@ async fn post_batch_resources(
     let catalog = state.store.catalog()?;
     let known = policies(&state);
     let mut unknown = Vec::new();
+    // What this request would create, for the quotas.
+    let (mut created, mut new_resources) = (0, std::collections::BTreeSet::new());
     for m in &mut incoming {
         if catalog.get(&m.resource_key, &m.metric).is_some() {
             continue;
+        }
+        created += 1;
+        if catalog.resource_view(&m.resource_key).is_none() {
+            new_resources.insert(m.resource_key.clone());
         }
         if !create {
             unknown.push(format!("{}/{}", m.resource_key, m.metric));
@@ -967,23 +958,8 @@ async fn post_batch_resources(
         })));
     }
     let project = project_of(&headers);
-    let created: Vec<&Incoming> = incoming
-        .iter()
-        .filter(|m| catalog.get(&m.resource_key, &m.metric).is_none())
-        .collect();
-    let mut new_resources: Vec<&str> = created
-        .iter()
-        .map(|m| m.resource_key.as_str())
-        .filter(|r| catalog.resource_view(r).is_none())
-        .collect();
-    new_resources.sort_unstable();
-    new_resources.dedup();
-    check_quotas(
-        &state,
-        &catalog,
-        project.as_deref(),
-        (created.len(), new_resources.len()),
-    )?;
+    let adding = (created, new_resources.len());
+    check_quotas(&state, &catalog, project.as_deref(), adding)?;
     for m in &mut incoming {
         m.project.clone_from(&project);
     }
@@ -1059,6 +1035,15 @@ async fn post_one(state: &ApiState, record: MetricRecord, body: &[u8]) -> ApiRes
 fn json_body(body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Invalid input: the body is not JSON: {e}")))
+}
+
+/// A 503 (a full disk, a stop under way) tells the client when to try again.
+fn retry_later(response: &mut Response) {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    }
 }
 
 /// Why writes are refused while the store's disk is full.

@@ -254,12 +254,11 @@ impl ChunkReader {
             }
             let start = self.carry.len();
             // Reads of a whole target each, so a long line costs linear time.
-            let want = start
-                + if start < self.target {
-                    self.target - start
-                } else {
-                    self.target
-                };
+            let want = if start < self.target {
+                self.target
+            } else {
+                start + self.target
+            };
             self.carry.resize(want, 0);
             let n = loop {
                 match self.reader.read(&mut self.carry[start..]) {
@@ -292,15 +291,9 @@ impl ChunkReader {
                     }
                 }
                 self.scanned = 0;
-                continue;
             }
-            if self.carry.len() < self.target
-                && memchr::memchr(b'\n', &self.carry[start..]).is_none()
-            {
-                // Not a single complete line yet: keep reading.
-                self.scanned = self.carry.len();
-                continue;
-            }
+            // Back at the top: a read that completed a line is cut at once (so a slow stdin
+            // makes progress line by line); one that did not reads on.
         }
     }
 

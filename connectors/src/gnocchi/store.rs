@@ -106,13 +106,15 @@ impl StoreError {
     pub fn is_full(&self) -> bool {
         match self {
             StoreError::Io { source, .. } => {
-                // Parquet's writer hands the I/O error back as text.
-                let text = source.to_string();
-                source.kind() == io::ErrorKind::StorageFull
-                    || source.kind() == io::ErrorKind::QuotaExceeded
-                    || matches!(source.raw_os_error(), Some(28 | 122))
-                    || text.contains("(os error 28)")
-                    || text.contains("(os error 122)")
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) || matches!(source.raw_os_error(), Some(28 | 122))
+                    // Parquet's writer hands the I/O error back as text.
+                    || {
+                        let text = source.to_string();
+                        text.contains("(os error 28)") || text.contains("(os error 122)")
+                    }
             }
             _ => false,
         }
@@ -592,6 +594,8 @@ pub struct Store {
     full: AtomicBool,
     /// Set when the engine stops: commits no longer wait for space.
     stop_waiting: AtomicBool,
+    /// When [`Store::recheck_space`] last wrote its probe.
+    space_checked: Mutex<Option<Instant>>,
     _lock: Option<File>,
 }
 
@@ -789,6 +793,7 @@ impl Store {
             retired: Mutex::new(Vec::new()),
             full: AtomicBool::new(false),
             stop_waiting: AtomicBool::new(false),
+            space_checked: Mutex::new(None),
             _lock: Some(lock),
         };
         {
@@ -813,9 +818,8 @@ impl Store {
         if !self.is_full() {
             return true;
         }
-        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
         {
-            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.space_checked.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                 return false;
             }
@@ -845,6 +849,7 @@ impl Store {
             retired: Mutex::new(Vec::new()),
             full: AtomicBool::new(false),
             stop_waiting: AtomicBool::new(false),
+            space_checked: Mutex::new(None),
             _lock: None,
         }))
     }

@@ -503,18 +503,12 @@ struct Failure {
 }
 
 async fn deliver(shared: &Arc<Shared>, n: &Notification) -> Result<(), Failure> {
-    // Alarms stored by an earlier run may predate the operator's present rules.
+    // Alarms stored by an earlier run may predate the operator's present rules. Where an
+    // alarm came from is not known here, so the rules every source shares apply.
     shared
         .options
         .policy
-        .check(&n.url, ActionSource::Api)
-        .or_else(|api| {
-            shared
-                .options
-                .policy
-                .check(&n.url, ActionSource::Definition)
-                .map_err(|_| api)
-        })
+        .check(&n.url, ActionSource::Definition)
         .map_err(|message| Failure {
             message,
             retry: false,

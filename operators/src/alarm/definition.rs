@@ -605,6 +605,18 @@ impl AlarmDefinition {
         }
     }
 
+    /// Every action with the field it is listed under (`alarm_actions`, `ok_actions`,
+    /// `insufficient_data_actions`).
+    pub fn actions(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        [
+            ("alarm_actions", &self.alarm_actions),
+            ("ok_actions", &self.ok_actions),
+            ("insufficient_data_actions", &self.insufficient_data_actions),
+        ]
+        .into_iter()
+        .flat_map(|(field, urls)| urls.iter().map(move |u| (field, u.as_str())))
+    }
+
     /// The threshold rule, for the threshold types.
     pub fn threshold(&self) -> Option<&ThresholdRule> {
         match &self.rule {

@@ -75,11 +75,7 @@ impl IntoResponse for AodhError {
             "debuginfo": null,
         }});
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        }
+        super::retry_later(&mut response);
         response
     }
 }
@@ -153,20 +149,11 @@ fn parse(state: &ApiState, body: &[u8], id: &str) -> AodhResult<(AlarmDefinition
     if let Some((field, why)) = cannot_run(&alarm, &state.plan.archive_policies) {
         return Err(AodhError::client(format!("{field}: {why}")));
     }
-    for (field, actions) in [
-        ("alarm_actions", &alarm.alarm_actions),
-        ("ok_actions", &alarm.ok_actions),
-        (
-            "insufficient_data_actions",
-            &alarm.insufficient_data_actions,
-        ),
-    ] {
-        for url in actions {
-            state
-                .actions
-                .check(url, ActionSource::Api)
-                .map_err(|why| AodhError::client(format!("{field}: {why}")))?;
-        }
+    for (field, url) in alarm.actions() {
+        state
+            .actions
+            .check(url, ActionSource::Api)
+            .map_err(|why| AodhError::client(format!("{field}: {why}")))?;
     }
     Ok((alarm, gave_state))
 }
@@ -257,19 +244,13 @@ async fn list(
     uri: axum::http::Uri,
 ) -> AodhResult<Response> {
     let filters = filters(&params)?;
-    let page = super::page::Page::from_query(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(AodhError::client)?;
+    let page = super::page::Page::from_query(&params).map_err(AodhError::client)?;
     let out: Vec<(String, Value)> = all(&state)?
         .iter()
         .map(|(id, a)| (id.clone(), alarm_json(a)))
         .filter(|(_, a)| matches(a, &filters))
         .collect();
-    let (values, next) = page.take(out).map_err(AodhError::client)?;
-    let mut response = Json(Value::Array(values)).into_response();
-    if let Some(link) = next.and_then(|n| super::page::next_link(&uri, &n)) {
-        response.headers_mut().insert(header::LINK, link);
-    }
-    Ok(response)
+    page.respond(out, &uri).map_err(AodhError::client)
 }
 
 async fn show(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<Value>> {

@@ -2,7 +2,9 @@
 //! also the default, so no list is ever unbounded) and `marker` (the id of the previous
 //! page's last item); a full page carries `Link: <...&marker=ID>; rel="next"`.
 
-use axum::http::{HeaderValue, Uri};
+use axum::http::{header, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde_json::Value;
 
 /// The most items one page holds (Gnocchi's `max_limit` default).
@@ -17,15 +19,13 @@ pub struct Page {
 
 impl Page {
     /// Reads `limit` and `marker` from the query; the error says what to give.
-    pub fn from_query<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Page, String> {
+    pub fn from_query(pairs: &[(String, String)]) -> Result<Page, String> {
         let mut page = Page {
             limit: MAX_LIMIT,
             marker: None,
         };
         for (key, value) in pairs {
-            match key {
+            match key.as_str() {
                 "limit" => {
                     page.limit = value
                         .trim()
@@ -37,7 +37,7 @@ impl Page {
                         })?
                         .min(MAX_LIMIT);
                 }
-                "marker" => page.marker = Some(value.to_owned()),
+                "marker" => page.marker = Some(value.clone()),
                 _ => {}
             }
         }
@@ -67,10 +67,21 @@ impl Page {
             .flatten();
         Ok((page.into_iter().map(|(_, v)| v).collect(), next))
     }
+
+    /// This page of `items` as a JSON list, with the next page's `Link` when there may be
+    /// more (`uri` is the request's); the error is the 400's text.
+    pub fn respond(&self, items: Vec<(String, Value)>, uri: &Uri) -> Result<Response, String> {
+        let (values, next) = self.take(items)?;
+        let mut response = Json(Value::Array(values)).into_response();
+        if let Some(link) = next.and_then(|n| next_link(uri, &n)) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+        Ok(response)
+    }
 }
 
 /// The `Link` header pointing at the page after the one `uri` asked for.
-pub fn next_link(uri: &Uri, next: &str) -> Option<HeaderValue> {
+fn next_link(uri: &Uri, next: &str) -> Option<HeaderValue> {
     let mut query: Vec<String> = uri
         .query()
         .unwrap_or_default()
@@ -113,11 +124,11 @@ mod tests {
         let mut seen = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let mut q = vec![("limit", "10")];
+            let mut q = vec![("limit".to_owned(), "10".to_owned())];
             if let Some(m) = &marker {
-                q.push(("marker", m.as_str()));
+                q.push(("marker".to_owned(), m.clone()));
             }
-            let page = Page::from_query(q).unwrap();
+            let page = Page::from_query(&q).unwrap();
             let (values, next) = page.take(items.clone()).unwrap();
             seen.extend(values);
             match next {
@@ -126,13 +137,14 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..25).map(Value::from).collect::<Vec<_>>());
-        assert!(Page::from_query([("limit", "0")]).is_err());
-        assert!(Page::from_query([("limit", "x")]).is_err());
+        let query = |k: &str, v: &str| [(k.to_owned(), v.to_owned())];
+        assert!(Page::from_query(&query("limit", "0")).is_err());
+        assert!(Page::from_query(&query("limit", "x")).is_err());
         assert_eq!(
-            Page::from_query([("limit", "99999")]).unwrap().limit,
+            Page::from_query(&query("limit", "99999")).unwrap().limit,
             MAX_LIMIT
         );
-        let bad = Page::from_query([("marker", "nope")])
+        let bad = Page::from_query(&query("marker", "nope"))
             .unwrap()
             .take(items)
             .unwrap_err();

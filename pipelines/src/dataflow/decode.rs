@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use meterflow_connectors::file::deadletter::DeadLetterHandle;
 use meterflow_connectors::file::source::ChunkReader;
-use meterflow_engine::chunk::{Chunk, Oversized, Place};
+use meterflow_engine::chunk::{input_name, Chunk, Oversized, Place};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
 use meterflow_engine::model::Event;
@@ -176,9 +176,7 @@ impl Decoder {
             event_routes,
             max_line,
         } = self;
-        let input = inputs
-            .get(chunk.input as usize)
-            .map_or("<input>", String::as_str);
+        let input = input_name(inputs, chunk.input);
         // The place of the next thing emitted (a chunk holds far fewer than 2^32).
         let order = std::cell::Cell::new(0u32);
         let next = || {
@@ -209,13 +207,7 @@ impl Decoder {
             diag.counters.lines += 1;
             let notification = (chunk.seq << 32) | index as u64;
             let mut reject = |diag: &mut Diag, reason: DropReason, detail: &str| {
-                diag.drop(reason, || {
-                    format!("{}: {detail}", chunk.place(input, line_no))
-                });
-                if let Some(dead) = dead.as_mut() {
-                    let position = chunk.position(line_no);
-                    dead.record(input, line_no, position.as_deref(), reason, detail, &line);
-                }
+                reject_line(diag, dead, (chunk, input, line_no), (reason, detail), &line);
             };
             let mut handle = |diag: &mut Diag, decoded: Decoded| match decoded {
                 Decoded::Sample(sample) => {
@@ -327,22 +319,33 @@ impl Decoder {
 fn too_long(
     diag: &mut Diag,
     dead: &mut Option<DeadLetterHandle>,
-    (chunk, input, line_no): (&Chunk, &str, u64),
+    at: (&Chunk, &str, u64),
     (max_line, bytes): (usize, u64),
     head: &[u8],
 ) {
     diag.counters.lines += 1;
-    let reason = DropReason::LineTooLong;
     let detail = format!(
         "the line is {bytes} bytes, over --max-line-bytes {max_line}; it is skipped (its first {} bytes are kept in the dead-letter file)",
         head.len()
     );
+    reject_line(diag, dead, at, (DropReason::LineTooLong, &detail), head);
+}
+
+/// Counts and logs a rejected input line with its place, and writes `raw` (the line, or its
+/// head) to the dead-letter file.
+fn reject_line(
+    diag: &mut Diag,
+    dead: &mut Option<DeadLetterHandle>,
+    (chunk, input, line_no): (&Chunk, &str, u64),
+    (reason, detail): (DropReason, &str),
+    raw: &[u8],
+) {
     diag.drop(reason, || {
         format!("{}: {detail}", chunk.place(input, line_no))
     });
     if let Some(dead) = dead.as_mut() {
         let position = chunk.position(line_no);
-        dead.record(input, line_no, position.as_deref(), reason, &detail, head);
+        dead.record(input, line_no, position.as_deref(), reason, detail, raw);
     }
 }
 

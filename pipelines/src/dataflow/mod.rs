@@ -509,15 +509,10 @@ fn action_policy(
     }));
     let policy = options.notifier.policy.clone().protect(own);
     for alarm in &plan.alarms {
-        for url in alarm
-            .alarm_actions
-            .iter()
-            .chain(&alarm.ok_actions)
-            .chain(&alarm.insufficient_data_actions)
-        {
+        for (field, url) in alarm.actions() {
             policy
                 .check(url, ActionSource::Definition)
-                .map_err(|why| anyhow::anyhow!("alarm {}: {why}", alarm.name))?;
+                .map_err(|why| anyhow::anyhow!("alarm {}: {field}: {why}", alarm.name))?;
         }
     }
     Ok(policy)

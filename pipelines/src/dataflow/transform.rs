@@ -20,7 +20,7 @@ use meterflow_connectors::gnocchi::resources::{ResourceDefinition, ResourceDefin
 use meterflow_connectors::gnocchi::store::{Partition as StorePartition, Store, StoreError};
 use meterflow_connectors::gnocchi::{resource_key, GnocchiOptions};
 use meterflow_connectors::PublisherSpec;
-use meterflow_engine::chunk::Place;
+use meterflow_engine::chunk::{input_name, Place};
 use meterflow_engine::component::{PublishError, Publisher, PublisherFactory};
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Diag, DropReason};
@@ -378,10 +378,7 @@ impl Transformer {
             }
         }
         for (reason, at, detail) in diag.rejected.drain(..) {
-            let input = diag
-                .inputs
-                .get(at.input as usize)
-                .map_or("<input>", String::as_str);
+            let input = input_name(&diag.inputs, at.input);
             dead.record(
                 input,
                 at.line,
