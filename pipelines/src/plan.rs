@@ -664,9 +664,9 @@ impl Validator {
             archive_policy_rules,
             alarms,
             alarms_declared: root.contains_key("alarms"),
-            meters: Arc::new(meters),
+            meters,
             meters_from,
-            events: Arc::new(events),
+            events,
             warnings: Vec::new(),
         })
     }
@@ -776,40 +776,41 @@ impl Validator {
     }
 
     /// `meter_definitions:` (Ceilometer's `meters.yaml` / `meters.d`); the shipped ones without.
-    fn meter_definitions(&mut self, v: Option<&Value>) -> (MeterDefinitions, String) {
+    fn meter_definitions(&mut self, v: Option<&Value>) -> (Arc<MeterDefinitions>, String) {
         const KEY: &str = "meter_definitions";
         if v.is_none() {
             // The shipped ones are read once per process (they take milliseconds to compile).
-            static SHIPPED: std::sync::OnceLock<MeterDefinitions> = std::sync::OnceLock::new();
+            // Shared, not copied: a plan is cheap to build again (validate, the fuzzer).
+            static SHIPPED: std::sync::OnceLock<Arc<MeterDefinitions>> = std::sync::OnceLock::new();
             let shipped = SHIPPED.get_or_init(|| {
                 let (files, _) =
                     self.definition_files(KEY, None, &crate::shipped::METER_DEFINITIONS);
-                MeterDefinitions::load(&files).0
+                Arc::new(MeterDefinitions::load(&files).0)
             });
             return (shipped.clone(), format!("the shipped {KEY}"));
         }
         let (files, from) = self.definition_files(KEY, v, &crate::shipped::METER_DEFINITIONS);
         let (meters, problems) = MeterDefinitions::load(&files);
         self.definition_problems(KEY, problems);
-        (meters, from)
+        (Arc::new(meters), from)
     }
 
     /// `event_definitions:` (Ceilometer's `event_definitions.yaml`); the shipped ones without.
-    fn event_definitions(&mut self, v: Option<&Value>) -> (EventDefinitions, String) {
+    fn event_definitions(&mut self, v: Option<&Value>) -> (Arc<EventDefinitions>, String) {
         const KEY: &str = "event_definitions";
         if v.is_none() {
-            static SHIPPED: std::sync::OnceLock<EventDefinitions> = std::sync::OnceLock::new();
+            static SHIPPED: std::sync::OnceLock<Arc<EventDefinitions>> = std::sync::OnceLock::new();
             let shipped = SHIPPED.get_or_init(|| {
                 let (files, _) =
                     self.definition_files(KEY, None, &crate::shipped::EVENT_DEFINITIONS);
-                EventDefinitions::load(&files, false).0
+                Arc::new(EventDefinitions::load(&files, false).0)
             });
             return (shipped.clone(), format!("the shipped {KEY}"));
         }
         let (files, from) = self.definition_files(KEY, v, &crate::shipped::EVENT_DEFINITIONS);
         let (events, problems) = EventDefinitions::load(&files, false);
         self.definition_problems(KEY, problems);
-        (events, from)
+        (Arc::new(events), from)
     }
 
     /// Adds the policies `gnocchi://` publishers' resource definition files create (as
