@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::intern::Sym;
+
 /// A block of complete lines from one input, with where it came from for error messages.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Chunk {
@@ -43,7 +45,8 @@ impl Oversized {
 /// and written out only when a line is reported (one entry per message, no allocation).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Positions {
-    topics: Vec<String>,
+    /// Interned once per topic a chunk holds (a chunk's lines carry them without copies).
+    topics: Vec<Sym>,
     /// Per line: index into `topics`, partition, offset.
     lines: Vec<(u32, i32, i64)>,
 }
@@ -52,10 +55,10 @@ impl Positions {
     /// Records the next line's position; the index its topic has here (see
     /// [`Positions::topic`]).
     pub fn push(&mut self, topic: &str, partition: i32, offset: i64) -> u32 {
-        let t = match self.topics.iter().rposition(|t| t == topic) {
+        let t = match self.topics.iter().rposition(|t| t.as_str() == topic) {
             Some(t) => t,
             None => {
-                self.topics.push(topic.to_owned());
+                self.topics.push(Sym::new(topic));
                 self.topics.len() - 1
             }
         } as u32;
@@ -64,8 +67,8 @@ impl Positions {
     }
 
     /// The topic [`Positions::push`] gave index `t`.
-    pub fn topic(&self, t: u32) -> &str {
-        &self.topics[t as usize]
+    pub fn topic(&self, t: u32) -> &'static str {
+        self.topics[t as usize].as_str()
     }
 
     /// Line `i`'s position as `topic/partition@offset`.
@@ -82,12 +85,14 @@ impl Positions {
     }
 }
 
-/// Where one line came from, in numbers: carried with each sample (24 bytes, no allocation)
-/// so a later stage that rejects it can name its place.
+/// Where one line came from, in numbers: carried with each sample (32 bytes, no allocation)
+/// so a later stage that rejects it can name its place as decoding would.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Place {
     /// The input's index in the run's input list.
     pub input: u32,
+    /// The Kafka topic, for a Kafka input.
+    pub topic: Option<Sym>,
     /// The Kafka partition, or -1 for a file or stream.
     pub partition: i32,
     /// The Kafka offset, when there is a partition.
@@ -102,22 +107,32 @@ pub fn input_name(inputs: &[String], index: u32) -> &str {
 }
 
 impl Place {
-    /// `input:line`, or `input partition P offset O` for Kafka.
+    /// `input:line`, or `input topic/partition@offset` for Kafka (as [`Chunk::place`]).
     pub fn describe(&self, inputs: &[String]) -> String {
         let input = input_name(inputs, self.input);
-        if self.partition < 0 {
-            format!("{input}:{}", self.line)
-        } else {
-            format!(
-                "{input} partition {} offset {}",
-                self.partition, self.offset
-            )
+        match self.position() {
+            Some(p) => format!("{input} {p}"),
+            None => format!("{input}:{}", self.line),
         }
     }
 
-    /// The Kafka position as the dead-letter file records it (`partition@offset`), if any.
+    /// The Kafka position as the dead-letter file records it (`topic/partition@offset`, as
+    /// [`Positions::get`]), if any.
+    ///
+    /// ```
+    /// let mut p = meterflow_engine::chunk::Positions::default();
+    /// p.push("notifications.info", 3, 41);
+    /// let chunk = meterflow_engine::chunk::Chunk {
+    ///     seq: 0, input: 0, first_line: 7, data: Default::default(),
+    ///     positions: Some(p), oversized: Vec::new(),
+    /// };
+    /// let place = chunk.place_of(7);
+    /// assert_eq!(place.position(), chunk.position(7));
+    /// assert_eq!(place.position().as_deref(), Some("notifications.info/3@41"));
+    /// ```
     pub fn position(&self) -> Option<String> {
-        (self.partition >= 0).then(|| format!("{}@{}", self.partition, self.offset))
+        let topic = self.topic.filter(|_| self.partition >= 0)?;
+        Some(format!("{topic}/{}@{}", self.partition, self.offset))
     }
 }
 
@@ -128,11 +143,12 @@ impl Chunk {
             let i = usize::try_from(line_no.checked_sub(self.first_line)?).ok()?;
             p.lines
                 .get(i)
-                .map(|&(_, partition, offset)| (partition, offset))
+                .map(|&(t, partition, offset)| (Some(p.topics[t as usize]), partition, offset))
         });
-        let (partition, offset) = kafka.unwrap_or((-1, 0));
+        let (topic, partition, offset) = kafka.unwrap_or((None, -1, 0));
         Place {
             input: self.input,
+            topic,
             partition,
             offset,
             line: line_no,

@@ -675,6 +675,162 @@ fn rejections_after_decoding_are_placed_and_dead_lettered() {
     }
 }
 
+/// Finding 3, at the later stages: a rate that overflowed to infinity was published as
+/// `"counter_volume": null` and counted `invalid_measure` by the store with no place, and a
+/// sample from 1960 that the store cannot hold was dropped with no place and never
+/// dead-lettered. Now both are rejected with the input line that produced them and written
+/// to --dead-letter (the sample the store or publisher was given), whatever the worker
+/// count, and every other sample still arrives.
+#[test]
+fn overflows_and_samples_the_store_refuses_are_placed_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rates = dir.path().join("rates.jsonl");
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "archive_policies: [{{name: p, aggregation_methods: [count], definition: [{{granularity: 60, points: 1000}}]}}]\n\
+             archive_policy_rules: [{{name: all, metric_pattern: '*', archive_policy_name: p}}]\n\
+             sources: [{{name: s, meters: [cpu], sinks: [rates, stored]}}]\n\
+             sinks:\n  - name: rates\n    transformers:\n      - name: rate_of_change\n        parameters: {{target: {{name: cpu_rate, type: gauge}}}}\n    publishers: ['file://{}']\n\
+             \x20 - name: stored\n    publishers: ['gnocchi://']\n",
+            rates.display()
+        ),
+    )
+    .unwrap();
+    // 23 instances interleaved over 20 rounds; vm-3 jumps from -1.7e308 to 1.7e308 (a rate
+    // of +inf) and vm-7 has one sample from 1960 in place of its round-9 sample.
+    let mut lines = Vec::new();
+    let (mut overflow_line, mut old_line) = (0, 0);
+    for round in 0..20 {
+        for r in 0..23 {
+            let t = format!("2021-07-30T00:{round:02}:{r:02}");
+            let mut volume = format!("{}", 1000 * round + r);
+            if r == 3 && round == 4 {
+                volume = "-1.7e308".into();
+            }
+            if r == 3 && round == 5 {
+                volume = "1.7e308".into();
+                overflow_line = lines.len() as u64 + 1;
+            }
+            if r == 7 && round == 9 {
+                lines.push(sample(r, &volume, "1960-01-01T00:00:00"));
+                old_line = lines.len() as u64;
+                continue;
+            }
+            lines.push(sample(r, &volume, &t));
+        }
+    }
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut outputs = Vec::new();
+    for workers in ["1", "3"] {
+        let (store, dead) = (
+            dir.path().join(format!("store-{workers}")),
+            dir.path().join(format!("dead-{workers}.jsonl")),
+        );
+        let _ = std::fs::remove_file(&rates);
+        let out = meterflow(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--workers",
+            workers,
+            "--chunk-bytes",
+            "1024",
+            "--dead-letter",
+            dead.to_str().unwrap(),
+            "--summary-json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["dropped"]["invalid_measure"], 2, "{summary}");
+        let mut records: Vec<(u64, String, Value)> = std::fs::read_to_string(&dead)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                assert_eq!(r["input"], input.to_str().unwrap(), "{r}");
+                let record = serde_json::from_str(r["record"].as_str().unwrap()).unwrap();
+                (
+                    r["line"].as_u64().unwrap(),
+                    r["reason"].as_str().unwrap().to_owned(),
+                    record,
+                )
+            })
+            .collect();
+        records.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        assert_eq!(
+            records
+                .iter()
+                .map(|r| (r.0, r.1.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (overflow_line, "invalid_measure"),
+                (old_line, "invalid_measure"),
+                (old_line, "out_of_order"),
+            ],
+            "{records:?}"
+        );
+        // Each with what it was given: the input sample that overflowed (replayable), and
+        // the 1960 sample, which rate_of_change also drops (older than vm-7's last).
+        assert_eq!(records[0].2["counter_volume"], 1.7e308);
+        assert_eq!(records[0].2["resource_id"], "vm-3");
+        for r in &records[1..] {
+            assert_eq!(r.2["timestamp"], "1960-01-01T00:00:00");
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        for line in [overflow_line, old_line] {
+            assert!(
+                err.contains(&format!("{}:{line}: ", input.display())),
+                "{err}"
+            );
+        }
+        let mut published: Vec<String> = std::fs::read_to_string(&rates)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let nulls: Vec<&String> = published
+            .iter()
+            .filter(|l| l.contains("\"counter_volume\": null"))
+            .collect();
+        assert!(nulls.is_empty(), "{nulls:?}");
+        // 23 first samples have no predecessor, vm-7's 1960 one is out of order, vm-3's
+        // overflow is refused: every other sample gives a rate.
+        assert_eq!(published.len(), 20 * 23 - 23 - 1 - 1, "{summary}");
+        published.sort();
+        outputs.push(published);
+        // vm-7 stored 19 of its 20 samples, vm-3 all 20.
+        for (resource, count) in [("vm-7", 19.0), ("vm-3", 20.0)] {
+            let stored = meterflow(&[
+                "measures",
+                "--store",
+                store.to_str().unwrap(),
+                "--resource",
+                resource,
+                "--metric",
+                "cpu",
+                "--aggregation",
+                "count",
+                "--granularity",
+                "60",
+            ]);
+            assert!(stored.status.success(), "{}", text(&stored));
+            let points: Vec<(String, f64, f64)> = serde_json::from_slice(&stored.stdout).unwrap();
+            assert_eq!(
+                points.iter().map(|p| p.2).sum::<f64>(),
+                count,
+                "{resource} {points:?}"
+            );
+        }
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
 /// Finding 7: 100 k metrics created in 20 POSTs cost 690 MiB, with no quota. Now each
 /// project (X-Project-Id) may own at most --quota-metrics metrics, --quota-resources
 /// resources and --quota-alarms alarms before the API refuses to create more (403); measures

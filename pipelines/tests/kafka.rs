@@ -141,6 +141,9 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     let lines: Vec<&str> = input.lines().collect();
     produce(&bootstrap, &topic, &lines);
     produce_raw(&bootstrap, &topic, "{a poison message");
+    // The first notification again: its samples are older than their instances' last, so
+    // rate_of_change rejects them after decoding, which names the same position.
+    produce(&bootstrap, &topic, &lines[..1]);
 
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.jsonl");
@@ -163,14 +166,27 @@ fn kafka_input_matches_the_file_run_and_resumes_from_committed_offsets() {
     assert!(out.status.success(), "{}", text(&out));
     compare(&case.join("expected.jsonl"), &output)
         .unwrap_or_else(|d| panic!("{d}\n{}", text(&out)));
-    // The poison message is counted, kept with its offset, and consumption went on.
+    // The poison message is counted, kept with its offset, and consumption went on; the
+    // transformer's rejections carry their message's position in the same form.
     let dead_records = std::fs::read_to_string(&dead).unwrap();
-    let record: serde_json::Value = serde_json::from_str(dead_records.trim()).unwrap();
-    assert_eq!(record["reason"], "bad_json");
-    assert_eq!(record["position"], format!("{topic}/0@{}", lines.len()));
-    assert_eq!(record["record"], "{a poison message");
+    let records: Vec<serde_json::Value> = dead_records
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 5, "{dead_records}");
+    let poison = records.iter().find(|r| r["reason"] == "bad_json").unwrap();
+    assert_eq!(poison["position"], format!("{topic}/0@{}", lines.len()));
+    assert_eq!(poison["record"], "{a poison message");
+    for r in records.iter().filter(|r| r["reason"] != "bad_json") {
+        assert_eq!(r["reason"], "out_of_order", "{r}");
+        assert_eq!(
+            r["position"],
+            format!("{topic}/0@{}", lines.len() + 1),
+            "{r}"
+        );
+    }
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["notifications"], lines.len());
+    assert_eq!(summary["notifications"], lines.len() + 1);
 
     // Same group again: everything was committed, nothing is read twice.
     let out = run();

@@ -52,6 +52,49 @@ struct SinkRuntime {
     /// The place of the last sample it took (what its flush rejects is named by it).
     last_at: Place,
     out: Vec<Sample>,
+    /// The place of the sample that produced each of `out` (a flush's: the last taken).
+    out_at: Vec<Place>,
+}
+
+impl SinkRuntime {
+    /// Runs one step of the chain (taking a sample, or a flush) with `at` as the place of
+    /// what it rejects and produces. A non-finite result (a rate or sum that overflowed)
+    /// is rejected there, as decoding rejects a non-finite volume, so no publisher writes
+    /// `null` and the store never sees it.
+    fn step(
+        &mut self,
+        at: Place,
+        diag: &mut Diag,
+        step: impl FnOnce(&mut Chain, &mut Vec<Sample>, &mut Diag),
+    ) {
+        let from = self.out.len();
+        diag.at = Some(at);
+        step(&mut self.chain, &mut self.out, diag);
+        if self.out[from..]
+            .iter()
+            .any(|s| !s.volume.as_f64().is_finite())
+        {
+            let mut i = from;
+            while i < self.out.len() {
+                if self.out[i].volume.as_f64().is_finite() {
+                    i += 1;
+                    continue;
+                }
+                let s = self.out.remove(i);
+                diag.drop(DropReason::InvalidMeasure, || {
+                    format!("meter {} of resource {}: the transformers made a non-finite volume ({}) of it, which cannot be published or stored; check the chain's scale and inputs", s.name, s.resource_id, s.volume.as_f64())
+                });
+            }
+        }
+        diag.at = None;
+        self.out_at.resize(self.out.len(), at);
+    }
+
+    /// Empties what was published.
+    fn clear_out(&mut self) {
+        self.out.clear();
+        self.out_at.clear();
+    }
 }
 
 /// Where a sink's published samples go.
@@ -143,6 +186,7 @@ impl Transformer {
                     notification: None,
                     last_at: Place::default(),
                     out: Vec::new(),
+                    out_at: Vec::new(),
                 })
                 .collect(),
             events: vec![Vec::new(); publishers.len()],
@@ -336,9 +380,9 @@ impl Transformer {
         if sink.notification != Some(r.notification) {
             if let Some(previous) = sink.notification {
                 // What the flush rejects belongs to the previous notification.
-                diag.at = Some(sink.last_at);
-                sink.chain.flush(&mut sink.out, diag);
-                diag.at = None;
+                sink.step(sink.last_at, diag, |chain, out, diag| {
+                    chain.flush(out, diag)
+                });
                 self.dead_letter(None, diag);
                 if self.per_notification[k] {
                     self.publish(k, previous, diag);
@@ -351,9 +395,9 @@ impl Transformer {
         diag.counters.sinks[k].samples_in += 1;
         // Kept only to be dead-lettered (a clone shares the sample's text).
         let kept = self.dead.is_some().then(|| r.sample.clone());
-        diag.at = Some(r.at);
-        sink.chain.handle(r.sample, &mut sink.out, diag);
-        diag.at = None;
+        sink.step(r.at, diag, |chain, out, diag| {
+            chain.handle(r.sample, out, diag)
+        });
         self.dead_letter(kept.as_ref(), diag);
         if self.sinks[k].out.len() >= Self::PUBLISH_BATCH {
             self.publish(k, r.notification, diag);
@@ -363,34 +407,7 @@ impl Transformer {
     /// Writes what a stage rejected since the last call to the dead-letter file: the sample
     /// it was given when known (replayable as a bare sample line), with place and reason.
     fn dead_letter(&mut self, sample: Option<&Sample>, diag: &mut Diag) {
-        if diag.rejected.is_empty() {
-            return;
-        }
-        let Some(dead) = self.dead.as_mut() else {
-            diag.rejected.clear();
-            return;
-        };
-        let mut raw = Vec::new();
-        if let Some(sample) = sample {
-            write_sample(sample, EncodeOptions::default(), &mut raw);
-            if raw.last() == Some(&b'\n') {
-                raw.pop();
-            }
-        }
-        for (reason, at, detail) in diag.rejected.drain(..) {
-            let input = input_name(&diag.inputs, at.input);
-            dead.record(
-                input,
-                at.line,
-                at.position().as_deref(),
-                reason,
-                &detail,
-                &raw,
-            );
-        }
-        if let Err(e) = dead.flush() {
-            tracing::error!("{e}");
-        }
+        dead_letter(&mut self.dead, sample, diag);
     }
 
     /// Also writes what a transformer rejects to the dead-letter file.
@@ -406,7 +423,10 @@ impl Transformer {
             let sink = &mut self.sinks[k];
             let notification = sink.notification.take();
             if notification.is_some() {
-                sink.chain.flush(&mut sink.out, diag);
+                sink.step(sink.last_at, diag, |chain, out, diag| {
+                    chain.flush(out, diag)
+                });
+                self.dead_letter(None, diag);
             }
             // Samples an earlier epoch left held (none today) would publish as their own batch.
             self.publish(k, notification.unwrap_or(u64::MAX), diag);
@@ -528,30 +548,74 @@ impl Transformer {
                     }
                 }
                 Target::Store(index, options) => to_measures(
-                    &sink.out,
+                    (&sink.out, &sink.out_at),
                     (notification, k as u16, *index),
                     options,
                     &mut self.store_caches,
                     &mut self.measures,
-                    diag,
+                    (diag, &mut self.dead),
                 ),
             }
         }
-        sink.out.clear();
+        sink.clear_out();
+    }
+}
+
+/// Writes what a stage rejected since the last call (`diag.rejected`) to the dead-letter
+/// file: the sample it was given when known (replayable as a bare sample line), with place
+/// and reason.
+fn dead_letter(dead: &mut Option<DeadLetterHandle>, sample: Option<&Sample>, diag: &mut Diag) {
+    if diag.rejected.is_empty() {
+        return;
+    }
+    let Some(dead) = dead.as_mut() else {
+        diag.rejected.clear();
+        return;
+    };
+    let mut raw = Vec::new();
+    if let Some(sample) = sample {
+        write_sample(sample, EncodeOptions::default(), &mut raw);
+        if raw.last() == Some(&b'\n') {
+            raw.pop();
+        }
+    }
+    for (reason, at, detail) in diag.rejected.drain(..) {
+        let input = input_name(&diag.inputs, at.input);
+        dead.record(
+            input,
+            at.line,
+            at.position().as_deref(),
+            reason,
+            &detail,
+            &raw,
+        );
+    }
+    if let Err(e) = dead.flush() {
+        tracing::error!("{e}");
     }
 }
 
 /// Samples published to `gnocchi://` as measures of (resource, meter), as Ceilometer's
 /// gnocchi publisher posts them (`/` in resource ids replaced, the project filter applied).
+///
+/// A sample the store cannot hold is rejected with the place of the input that produced it,
+/// and dead-lettered; one its resource definitions leave out is only counted (a filter, as
+/// a source's `meters` are).
 fn to_measures(
-    samples: &[Sample],
+    (samples, places): (&[Sample], &[Place]),
     (batch, sink, publisher): (u64, u16, u16),
     options: &GnocchiOptions,
     caches: &mut StoreCaches,
     out: &mut Vec<Measure>,
-    diag: &mut Diag,
+    (diag, dead): (&mut Diag, &mut Option<DeadLetterHandle>),
 ) {
-    for s in samples {
+    let mut reject = |diag: &mut Diag, i: usize, reason, message: &dyn Fn() -> String| {
+        diag.at = places.get(i).copied();
+        diag.drop(reason, message);
+        diag.at = None;
+        dead_letter(dead, samples.get(i), diag);
+    };
+    for (i, s) in samples.iter().enumerate() {
         let (resource_type, policy, attributes) = match &options.resources {
             None => (None, None, None),
             Some(definitions) => {
@@ -575,14 +639,14 @@ fn to_measures(
             continue;
         }
         let Some(micros) = s.timestamp.micros() else {
-            diag.drop(DropReason::BadTimestamp, || {
+            reject(diag, i, DropReason::BadTimestamp, &|| {
                 format!("meter {} of resource {}: timestamp {:?} is not ISO 8601, so it cannot be stored; write e.g. 2021-07-30T02:37:21.211598", s.name, s.resource_id, s.timestamp.as_str())
             });
             continue;
         };
         if micros < 0 {
-            diag.drop(DropReason::InvalidMeasure, || {
-                format!("meter {} of resource {}: timestamp {} is before 1970, which Gnocchi does not store", s.name, s.resource_id, s.timestamp.as_str())
+            reject(diag, i, DropReason::InvalidMeasure, &|| {
+                format!("meter {} of resource {}: timestamp {} is before 1970, which Gnocchi does not store; the sample is in the dead-letter file", s.name, s.resource_id, s.timestamp.as_str())
             });
             continue;
         }
