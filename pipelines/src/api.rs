@@ -313,14 +313,177 @@ fn router(state: Arc<ApiState>) -> Router {
             "/v1/batch/metrics/measures",
             axum::routing::post(post_batch_metrics),
         )
+        .route("/v1/status", get(status))
+        .route("/v1/capabilities", get(capabilities))
         .route("/metrics", get(prometheus))
         .merge(alarms::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthcheck", get(|| async { StatusCode::OK }))
+        .route("/", get(versions))
         .merge(api)
         .with_state(state)
+        .layer(axum::middleware::from_fn(finish))
+}
+
+/// The most a request body may hold (every route's; axum's extractors' default).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Around every request: reads its whole body first (bounded by [`MAX_BODY`] and
+/// `--body-timeout`), so any answer, an early error included, leaves the connection usable
+/// for the next request; gives every error the body its API's clients parse (Gnocchi's under
+/// `/v1`, Aodh's under `/v2`), also for the router's own bodiless answers (405); and tags
+/// every answer with an `X-Openstack-Request-Id`, as OpenStack services do (the clients
+/// print it with errors).
+async fn finish(request: Request, next: Next) -> Response {
+    let aodh = request.uri().path().starts_with("/v2");
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let (parts, body) = request.into_parts();
+    let mut response = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => {
+            let response = next
+                .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await;
+            if response.status().is_client_error() || response.status().is_server_error() {
+                shape_error(response, aodh, &what).await
+            } else {
+                response
+            }
+        }
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let mut response = if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("The request body is over {MAX_BODY} bytes, the most meterflow takes; send the measures in smaller batches"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("The request body could not be read in time ({e}); send it whole within the server's --body-timeout"),
+                )
+            }
+            .into_response();
+            // What is left of the body is never read: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if aodh {
+                response = shape_error(response, aodh, &what).await;
+            }
+            response
+        }
+    };
+    if let Ok(id) = HeaderValue::from_str(&format!(
+        "req-{}",
+        meterflow_connectors::gnocchi::random_uuid()
+    )) {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("x-openstack-request-id"),
+            id,
+        );
+    }
+    response
+}
+
+/// An error answer in the shape its API's clients parse: Gnocchi's `{"code", "title",
+/// "description"}` or Aodh's `{"error_message": {"faultcode", "faultstring", "debuginfo"}}`,
+/// keeping the status and headers; a bodiless or plain-text answer's text becomes the message.
+async fn shape_error(response: Response, aodh: bool, what: &str) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let parsed: Option<Value> = json.then(|| serde_json::from_slice(&bytes).ok()).flatten();
+    let message: Value = match &parsed {
+        Some(v) if !aodh && v.get("description").is_some() => {
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        }
+        Some(v) if aodh && v.get("error_message").is_some() => {
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        }
+        Some(v) => v.get("description").cloned().unwrap_or_else(|| v.clone()),
+        None => {
+            let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+            if !text.is_empty() {
+                text.into()
+            } else if parts.status == StatusCode::METHOD_NOT_ALLOWED {
+                format!("The method is not allowed for this resource: {what} (the Allow header lists those that are)").into()
+            } else {
+                parts.status.canonical_reason().unwrap_or("Error").into()
+            }
+        }
+    };
+    let status = parts.status;
+    let body = if aodh {
+        let text = match message {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        json!({"error_message": {
+            "faultcode": if status.is_client_error() { "Client" } else { "Server" },
+            "faultstring": text,
+            "debuginfo": null,
+        }})
+    } else {
+        json!({
+            "code": status.as_u16(),
+            "title": status.canonical_reason().unwrap_or(""),
+            "description": message,
+        })
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+/// `GET /`: the API versions served, in the list form keystoneauth's discovery reads:
+/// Gnocchi's v1 and Aodh's v2.
+async fn versions(headers: axum::http::HeaderMap) -> Json<Value> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    Json(json!({"versions": [
+        {"id": "v1.0", "status": "CURRENT", "updated": "2015-03-19",
+         "links": [{"rel": "self", "href": format!("http://{host}/v1/")}]},
+        {"id": "v2", "status": "stable", "updated": "2013-02-13T00:00:00Z",
+         "media-types": [{"base": "application/json", "type": "application/vnd.openstack.telemetry-v2+json"}],
+         "links": [{"rel": "self", "href": format!("http://{host}/v2")}]},
+    ]}))
+}
+
+/// `GET /v1/status`: Gnocchi's processing status. Measures are aggregated before a POST is
+/// answered, so none ever wait to be processed; the processors are the workers.
+async fn status(State(state): Shared) -> Json<Value> {
+    let processors: Vec<String> = (0..state.live.worker_count())
+        .map(|w| format!("meterflow-worker-{w}"))
+        .collect();
+    Json(json!({
+        "storage": {"summary": {"metrics": 0, "measures": 0}},
+        "metricd": {"processors": processors, "statistics": {}},
+    }))
+}
+
+/// `GET /v1/capabilities`: the aggregation methods an archive policy may name (each also as
+/// `rate:`), sorted as Gnocchi lists them; no dynamic aggregation operations are served.
+async fn capabilities() -> Json<Value> {
+    let mut methods: Vec<String> = meterflow_operators::aggregate::Method::all_plain()
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    methods.extend(methods.clone().iter().map(|m| format!("rate:{m}")));
+    methods.sort();
+    Json(json!({"aggregation_methods": methods, "dynamic_aggregation_methods": []}))
 }
 
 /// An error as Gnocchi answers it.
@@ -413,11 +576,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Every archive policy the API knows: the store's (which includes the built-ins and the
-/// definition's once a run opened it) and the definition's.
+/// definition's once a run opened it) and the definition's, as Gnocchi's API shows them
+/// (durations as `0:05:00`).
 fn policies(state: &ApiState) -> BTreeMap<String, Value> {
     let mut all = state.store.archive_policies();
     for p in &state.plan.archive_policies {
         all.entry(p.name.clone()).or_insert_with(|| p.to_json());
+    }
+    for v in all.values_mut() {
+        if let Ok(p) = meterflow_operators::aggregate::ArchivePolicy::from_json(v) {
+            *v = p.to_api_json();
+        }
     }
     all
 }

@@ -331,6 +331,12 @@ pub fn render(report: &RunReport, bytes: u64, name: &str, options: &BenchOptions
     if let Some(peak) = peak_memory() {
         let _ = writeln!(s, "peak memory (VmHWM, generator included): {peak}");
     }
+    let _ = writeln!(
+        s,
+        "interned strings: {} ({:.1} MiB of text)",
+        meterflow_engine::Sym::interned_count(),
+        meterflow_engine::Sym::interned_bytes() as f64 / (1024.0 * 1024.0)
+    );
     s
 }
 

@@ -72,6 +72,11 @@ impl Live {
         }
     }
 
+    /// How many workers the run has.
+    pub fn worker_count(&self) -> usize {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The counters of every worker, merged.
     pub fn totals(&self) -> Counters {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());

@@ -425,7 +425,7 @@ fn measures_posted_are_aggregated_and_errors_are_gnocchi_shaped() {
             404,
             "Metric nope does not exist",
         ),
-        ("/v2/capabilities", 404, "not part of meterflow's API"),
+        ("/v1/nowhere", 404, "not part of meterflow's API"),
     ] {
         let (status, answer) = engine.get(path);
         assert_eq!(status, want, "GET {path}: {answer}");

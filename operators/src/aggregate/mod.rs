@@ -12,7 +12,9 @@ mod running;
 
 pub use method::{Method, MethodError};
 pub use metric::{BatchOutcome, Metric, Point};
-pub use policy::{parse_timespan, ArchivePolicy, Granule, PolicyError, MAX_GRANULARITY};
+pub use policy::{
+    parse_timespan, python_timedelta, ArchivePolicy, Granule, PolicyError, MAX_GRANULARITY,
+};
 
 /// Nanoseconds per second (Gnocchi keeps timestamps at nanosecond resolution).
 pub const NANOS: i64 = 1_000_000_000;

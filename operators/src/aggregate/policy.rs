@@ -130,6 +130,42 @@ pub fn parse_timespan(text: &str) -> Option<f64> {
     Some(n * scale)
 }
 
+/// A duration in nanoseconds as Python's `str(datetime.timedelta)` writes it (microseconds,
+/// truncated).
+///
+/// # Examples
+/// ```
+/// use meterflow_operators::aggregate::python_timedelta;
+/// const S: i64 = 1_000_000_000;
+/// assert_eq!(python_timedelta(300 * S), "0:05:00");
+/// assert_eq!(python_timedelta(86_400 * S), "1 day, 0:00:00");
+/// assert_eq!(python_timedelta(30 * 86_400 * S + 3_723 * S), "30 days, 1:02:03");
+/// assert_eq!(python_timedelta(S / 2), "0:00:00.500000");
+/// assert_eq!(python_timedelta(-S), "-1 day, 23:59:59");
+/// ```
+pub fn python_timedelta(ns: i64) -> String {
+    let micros = ns.div_euclid(1_000);
+    let (days, rest) = (
+        micros.div_euclid(86_400_000_000),
+        micros.rem_euclid(86_400_000_000),
+    );
+    let (seconds, fraction) = (rest / 1_000_000, rest % 1_000_000);
+    let mut s = format!(
+        "{}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    );
+    if days != 0 {
+        let plural = if days.abs() != 1 { "s" } else { "" };
+        s = format!("{days} day{plural}, {s}");
+    }
+    if fraction != 0 {
+        s.push_str(&format!(".{fraction:06}"));
+    }
+    s
+}
+
 /// Gnocchi's `default_aggregation_methods`.
 pub const DEFAULT_METHODS: [&str; 6] = ["mean", "min", "max", "sum", "std", "count"];
 
@@ -289,6 +325,31 @@ impl ArchivePolicy {
                 "timespan": g.timespan().map(seconds),
             })).collect::<Vec<_>>(),
         })
+    }
+
+    /// The policy as Gnocchi's REST API shows it: durations written as Python's
+    /// `str(timedelta)` (`0:05:00`, `30 days, 0:00:00`), as the clients print them.
+    ///
+    /// # Examples
+    /// ```
+    /// use meterflow_operators::aggregate::ArchivePolicy;
+    /// let low = ArchivePolicy::builtin("low").unwrap().to_api_json();
+    /// assert_eq!(low["definition"][0]["granularity"], "0:05:00");
+    /// assert_eq!(low["definition"][0]["timespan"], "30 days, 0:00:00");
+    /// assert_eq!(low["definition"][0]["points"], 8640);
+    /// ```
+    pub fn to_api_json(&self) -> serde_json::Value {
+        let mut v = self.to_json();
+        for (item, g) in v["definition"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .zip(&self.definition)
+        {
+            item["granularity"] = python_timedelta(g.granularity).into();
+            item["timespan"] = g.timespan().map(python_timedelta).into();
+        }
+        v
     }
 
     fn builtin_json(name: &str) -> Option<serde_json::Value> {

@@ -36,6 +36,22 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
         .route("/v2/alarms/{id}", get(show).put(replace).delete(remove))
         .route("/v2/alarms/{id}/state", get(state).put(set_state))
         .route("/v2/alarms/{id}/history", get(history))
+        .route("/v2/capabilities", get(capabilities))
+}
+
+/// `GET /v2/capabilities`: what Aodh's API and storage support, in Aodh's form. Complex
+/// queries (`/v2/query/...`) and history queries are not served yet, so they are not
+/// claimed.
+async fn capabilities() -> Json<Value> {
+    Json(json!({
+        "api": {
+            "alarms:query:simple": true,
+            "alarms:query:complex": false,
+            "alarms:history:query:simple": false,
+            "alarms:history:query:complex": false,
+        },
+        "alarm_storage": {"storage:production_ready": true},
+    }))
 }
 
 /// An error as Aodh answers it.

@@ -1,0 +1,282 @@
+//! What OpenStack's own clients rely on beyond the routes' data (issue 20), over real HTTP on
+//! 127.0.0.1 against `meterflow serve`: version discovery, Gnocchi's status and capabilities,
+//! Aodh's capabilities, durations written as Gnocchi writes them, every error in the shape its
+//! API's client parses (Gnocchi's under `/v1`, Aodh's under `/v2`, 405 included), request ids,
+//! and keep-alive connections that survive any answer.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::http::*;
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "os-token";
+
+fn serve(dir: &std::path::Path, token: bool) -> Engine {
+    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "timespan": 86400}]});
+    let pipeline = store_definition(dir, &policy, &[]);
+    let store = dir.join("store");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let mut args = vec![
+        "serve",
+        pipeline.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "3",
+    ];
+    if token {
+        args.extend(["--token-file", token_file.to_str().unwrap()]);
+    }
+    Engine::start(&args, token.then_some(TOKEN))
+}
+
+/// One HTTP/1.1 exchange on an open connection: the status, headers (lower-case names) and
+/// body of the answer.
+fn exchange(
+    stream: &mut BufReader<TcpStream>,
+    request: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    stream.get_mut().write_all(request.as_bytes()).unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        stream.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn discovery_status_capabilities_and_durations_as_the_clients_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = serve(dir.path(), true);
+
+    // Version discovery needs no token, as keystoneauth asks before it has one.
+    let anonymous = Client {
+        base: engine.base.clone(),
+        token: None,
+    };
+    let versions = anonymous.get_ok("/");
+    let ids: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["v1.0", "v2"], "{versions}");
+    assert!(versions["versions"][0]["links"][0]["href"]
+        .as_str()
+        .unwrap()
+        .ends_with("/v1/"));
+
+    let status = engine.get_ok("/v1/status");
+    assert_eq!(status["storage"]["summary"]["measures"], 0, "{status}");
+    assert_eq!(status["storage"]["summary"]["metrics"], 0, "{status}");
+    assert_eq!(
+        status["metricd"]["processors"].as_array().unwrap().len(),
+        3,
+        "{status}"
+    );
+
+    let capabilities = engine.get_ok("/v1/capabilities");
+    let methods: Vec<&str> = capabilities["aggregation_methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for m in ["mean", "rate:mean", "95pct", "rate:last", "count", "median"] {
+        assert!(methods.contains(&m), "{m}: {methods:?}");
+    }
+    let mut sorted = methods.clone();
+    sorted.sort_unstable();
+    assert_eq!(methods, sorted);
+    assert_eq!(methods.len(), 2 * (9 + 99));
+
+    let aodh = engine.get_ok("/v2/capabilities");
+    assert_eq!(aodh["api"]["alarms:query:simple"], true, "{aodh}");
+    assert_eq!(aodh["alarm_storage"]["storage:production_ready"], true);
+
+    // Durations as Python's str(timedelta), as `gnocchi archive-policy show` prints them.
+    let five = engine.get_ok("/v1/archive_policy/five");
+    assert_eq!(
+        five["definition"],
+        json!([{"granularity": "0:05:00", "points": 288, "timespan": "1 day, 0:00:00"}]),
+        "{five}"
+    );
+    let all = engine.get_ok("/v1/archive_policy/");
+    let low = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "low")
+        .unwrap();
+    assert_eq!(
+        low["definition"][0]["timespan"], "30 days, 0:00:00",
+        "{low}"
+    );
+}
+
+#[test]
+fn every_error_has_its_apis_shape_and_the_connection_survives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = serve(dir.path(), true);
+    let anonymous = Client {
+        base: engine.base.clone(),
+        token: None,
+    };
+
+    // Gnocchi's shape under /v1, Aodh's under /v2: 401, 404, 405, 400.
+    let (status, body) = anonymous.get("/v2/alarms");
+    assert_eq!(status, 401);
+    assert!(
+        body["error_message"]["faultstring"]
+            .as_str()
+            .unwrap()
+            .contains("X-Auth-Token"),
+        "{body}"
+    );
+    assert_eq!(body["error_message"]["faultcode"], "Client");
+    let (status, body) = anonymous.get("/v1/metric");
+    assert_eq!(status, 401);
+    assert_eq!(body["code"], 401, "{body}");
+    let (status, body) = engine.post("/v2/query/alarms", r#"{"filter": "{}"}"#);
+    assert_eq!(status, 404);
+    assert!(
+        body["error_message"]["faultstring"]
+            .as_str()
+            .unwrap()
+            .contains("/v2/query/alarms"),
+        "{body}"
+    );
+    let (status, body) = engine.call(reqwest::Method::DELETE, "/v1/archive_policy/low", None);
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["code"], 405, "{body}");
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .contains("DELETE /v1/archive_policy/low"),
+        "{body}"
+    );
+    let (status, body) = engine.call(reqwest::Method::PATCH, "/v2/alarms", Some("{}"));
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error_message"]["faultstring"].is_string(), "{body}");
+    let (status, body) = engine.post("/v1/batch/metrics/measures", "{not json");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["description"].is_string(), "{body}");
+
+    // One connection, many answers: errors to POSTs whose bodies no route read (unknown
+    // routes, a wrong method, no token), then good requests, all on the same socket.
+    let addr = engine.base.trim_start_matches("http://").to_owned();
+    let mut conn = BufReader::new(TcpStream::connect(&addr).unwrap());
+    conn.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let payload = "x".repeat(70_000);
+    let mut ids = std::collections::BTreeSet::new();
+    for round in 0..40 {
+        let (path, auth) = match round % 4 {
+            0 => ("/v1/nowhere", true),
+            1 => ("/v2/alarms/some-id/state", true),
+            2 => ("/v1/metric", false),
+            _ => ("/v2/query/alarms/history", true),
+        };
+        let auth = if auth {
+            format!("X-Auth-Token: {TOKEN}\r\n")
+        } else {
+            String::new()
+        };
+        let (status, headers, body) = exchange(
+            &mut conn,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+                payload.len()
+            ),
+        );
+        assert!((400..500).contains(&status), "{round}: {status} {body}");
+        assert_eq!(
+            header(&headers, "content-type"),
+            Some("application/json"),
+            "{round}"
+        );
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            parsed["description"].is_string() || parsed["error_message"]["faultstring"].is_string(),
+            "{round}: {body}"
+        );
+        ids.insert(
+            header(&headers, "x-openstack-request-id")
+                .unwrap()
+                .to_owned(),
+        );
+        let (status, headers, body) = exchange(
+            &mut conn,
+            &format!(
+                "GET /v1/capabilities HTTP/1.1\r\nHost: {addr}\r\nX-Auth-Token: {TOKEN}\r\n\r\n"
+            ),
+        );
+        assert_eq!(status, 200, "{round}: {body}");
+        ids.insert(
+            header(&headers, "x-openstack-request-id")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Every answer had its own request id, in OpenStack's form.
+    assert_eq!(ids.len(), 80);
+    assert!(ids
+        .iter()
+        .all(|id| id.starts_with("req-") && id.len() == 40));
+
+    // A body over the limit is refused in Gnocchi's shape, and that connection is closed
+    // (the rest of the body is never read).
+    let mut big = BufReader::new(TcpStream::connect(&addr).unwrap());
+    let huge = 3 * 1024 * 1024;
+    big.get_mut()
+        .write_all(
+            format!(
+                "POST /v1/batch/metrics/measures HTTP/1.1\r\nHost: {addr}\r\nX-Auth-Token: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {huge}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let _ = big.get_mut().write_all(&vec![b' '; huge]);
+    let mut line = String::new();
+    big.read_line(&mut line).unwrap();
+    assert!(line.contains(" 413 "), "{line}");
+}
