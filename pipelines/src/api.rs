@@ -15,6 +15,7 @@
 //! Errors have Gnocchi's shape: `{"code": 404, "title": "Not Found", "description": ...}`.
 
 mod alarms;
+mod complex_query;
 mod page;
 
 use std::collections::BTreeMap;
@@ -295,6 +296,10 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/resource/{kind}", get(resources))
         .route("/v1/resource/{kind}/{id}", get(resource))
         .route("/v1/resource/{kind}/{id}/metric", get(resource_metrics))
+        .route(
+            "/v1/resource/{kind}/{id}/metric/{name}",
+            get(show_resource_metric),
+        )
         .route(
             "/v1/resource/{kind}/{id}/metric/{name}/measures",
             get(resource_measures).post(post_resource_measures),
@@ -708,6 +713,17 @@ async fn resource_metrics(
     Ok(Json(Value::Array(
         view.metrics.iter().map(|m| metric_json(m, None)).collect(),
     )))
+}
+
+/// `GET /v1/resource/TYPE/ID/metric/NAME`: one metric of a resource, as `GET /v1/metric/ID`
+/// shows it (what `gnocchi metric show --resource-id` asks).
+async fn show_resource_metric(
+    State(state): Shared,
+    Path((kind, id, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let record = resource_metric(&state, &kind, &id, &name)?;
+    let policy = policies(&state).remove(&record.archive_policy_name);
+    Ok(Json(metric_json(&record, policy)))
 }
 
 /// A metric as Gnocchi shows it; `policy` (its archive policy) is embedded when given.

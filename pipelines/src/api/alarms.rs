@@ -22,6 +22,7 @@ use meterflow_operators::alarm::threshold::AlarmState;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use super::complex_query::{self, ComplexQuery, Model};
 use super::{AlarmRequest, ApiState, Shared};
 use crate::alarms::{
     alarm_json, alarm_route, history_json, in_cross_operator, stored_alarms, AlarmChange,
@@ -37,18 +38,55 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
         .route("/v2/alarms/{id}/state", get(state).put(set_state))
         .route("/v2/alarms/{id}/history", get(history))
         .route("/v2/capabilities", get(capabilities))
+        .route("/v2/query/alarms", axum::routing::post(query_alarms))
+        .route(
+            "/v2/query/alarms/history",
+            axum::routing::post(query_history),
+        )
 }
 
-/// `GET /v2/capabilities`: what Aodh's API and storage support, in Aodh's form. Complex
-/// queries (`/v2/query/...`) and history queries are not served yet, so they are not
-/// claimed.
+/// The body of a complex query, read with Aodh's messages.
+fn complex_query(body: &[u8], model: &Model) -> AodhResult<ComplexQuery> {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| AodhError::client(format!("Invalid input: the body is not JSON ({e})")))?
+    };
+    ComplexQuery::parse(&value, model).map_err(AodhError::client)
+}
+
+/// `POST /v2/query/alarms`: the alarms a complex query selects (what `aodh alarm show
+/// --name` and `alarm list --query` send).
+async fn query_alarms(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Json<Value>> {
+    let query = complex_query(&body, &complex_query::ALARM)?;
+    let rows = all(&state)?.values().map(alarm_json).collect();
+    Ok(Json(Value::Array(query.apply(rows))))
+}
+
+/// `POST /v2/query/alarms/history`: the history entries of every alarm a complex query
+/// selects (`aodh alarm-history search`).
+async fn query_history(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Json<Value>> {
+    let query = complex_query(&body, &complex_query::ALARM_CHANGE)?;
+    let rows = state
+        .store
+        .alarm_history(None)
+        .map_err(store_error)?
+        .iter()
+        .map(history_json)
+        .collect();
+    Ok(Json(Value::Array(query.apply(rows))))
+}
+
+/// `GET /v2/capabilities`: what Aodh's API and storage support, in Aodh's form (history is
+/// listed per alarm, without a simple query).
 async fn capabilities() -> Json<Value> {
     Json(json!({
         "api": {
             "alarms:query:simple": true,
-            "alarms:query:complex": false,
+            "alarms:query:complex": true,
             "alarms:history:query:simple": false,
-            "alarms:history:query:complex": false,
+            "alarms:history:query:complex": true,
         },
         "alarm_storage": {"storage:production_ready": true},
     }))
