@@ -174,13 +174,23 @@ fn every_error_has_its_apis_shape_and_the_connection_survives_it() {
     let (status, body) = anonymous.get("/v1/metric");
     assert_eq!(status, 401);
     assert_eq!(body["code"], 401, "{body}");
-    let (status, body) = engine.post("/v2/query/alarms", r#"{"filter": "{}"}"#);
+    let (status, body) = engine.post("/v2/query/events", r#"{"filter": "{}"}"#);
     assert_eq!(status, 404);
     assert!(
         body["error_message"]["faultstring"]
             .as_str()
             .unwrap()
-            .contains("/v2/query/alarms"),
+            .contains("/v2/query/events"),
+        "{body}"
+    );
+    // A bad complex query: Aodh's message, as a 400.
+    let (status, body) = engine.post("/v2/query/alarms", r#"{"filter": "{\"like\": {}}"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_message"]["faultstring"]
+            .as_str()
+            .unwrap()
+            .starts_with("Filter expression not valid"),
         "{body}"
     );
     let (status, body) = engine.call(reqwest::Method::DELETE, "/v1/archive_policy/low", None);
