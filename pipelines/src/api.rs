@@ -659,6 +659,12 @@ async fn resources(
     uri: axum::http::Uri,
 ) -> ApiResult<Response> {
     let page = query_page(&params)?;
+    // The generic listing shows generic attributes only, unless `details=true` (Gnocchi's;
+    // gnocchiclient's table expects the same columns on every row).
+    let details = params.iter().any(|(k, v)| {
+        k == "details" && matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+    });
+    let generic_only = kind == "generic" && !details;
     let catalog = state.store.catalog()?;
     let mut any_of_kind = false;
     let listed: Vec<(String, Value)> = catalog
@@ -670,13 +676,35 @@ async fn resources(
             of_kind
         })
         .map(|view| {
-            let json = resource_json(view);
+            let mut json = resource_json(view);
+            if generic_only {
+                if let Some(o) = json.as_object_mut() {
+                    o.retain(|k, _| GENERIC_ATTRIBUTES.contains(&k.as_str()));
+                }
+            }
             (json["id"].as_str().unwrap_or_default().to_owned(), json)
         })
         .collect();
     known_type(&state, &kind, any_of_kind)?;
     page.respond(listed, &uri).map_err(ApiError::bad_request)
 }
+
+/// The attributes every Gnocchi resource has (the `generic` type's).
+const GENERIC_ATTRIBUTES: [&str; 13] = [
+    "id",
+    "type",
+    "project_id",
+    "user_id",
+    "original_resource_id",
+    "started_at",
+    "ended_at",
+    "revision_start",
+    "revision_end",
+    "creator",
+    "created_by_user_id",
+    "created_by_project_id",
+    "metrics",
+];
 
 /// `limit` and `marker` from a query, as a 400 when they are not usable.
 fn query_page(params: &[(String, String)]) -> ApiResult<page::Page> {
@@ -1027,8 +1055,18 @@ pub fn check_batch_body(body: &[u8]) -> Result<usize, String> {
 
 /// The project a request acts for: its `X-Project-Id`, or `None`.
 fn project_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    caller(headers, "x-project-id")
+}
+
+/// The user a request acts for: its `X-User-Id`, or `None`.
+fn user_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    caller(headers, "x-user-id")
+}
+
+/// One of the caller's identity headers (what noauth clients and a proxy in front send).
+fn caller(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers
-        .get("x-project-id")
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|p| !p.is_empty())

@@ -142,7 +142,7 @@ def aodh_session():
           and created.get("threshold") == 4.0, created)
     if not TOKEN:
         check("aodh alarm create records the caller (noauth)",
-              created.get("project_id") == PROJECT, created)
+              created.get("project_id") == PROJECT and created.get("user_id") == USER, created)
     alarm_id = created.get("alarm_id", "missing")
     listed = run("aodh", "alarm", "list", "-f", "json") or []
     check("aodh alarm list", [a["name"] for a in listed] == ["load_high"], listed)

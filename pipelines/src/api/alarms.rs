@@ -318,9 +318,12 @@ async fn create(
 ) -> AodhResult<Response> {
     let id = random_uuid();
     let (mut alarm, _) = parse(&state, &body, &id)?;
-    // The project it belongs to: the body's, else the caller's (Aodh's rule).
+    // The project and user it belongs to: the body's, else the caller's (Aodh's rule).
     if alarm.project_id.is_none() {
         alarm.project_id = super::project_of(&headers);
+    }
+    if alarm.user_id.is_none() {
+        alarm.user_id = super::user_of(&headers);
     }
     let _one_at_a_time = state.alarm_writes.lock().await;
     let existing = all(&state)?;
