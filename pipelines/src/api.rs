@@ -153,9 +153,13 @@ impl Server {
                     let app = router(state).layer(
                         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout),
                     );
-                    // `/v1/metric/` is `/v1/metric` (the OpenStack clients add the slash);
-                    // this must wrap the router, as it changes the path routing sees.
-                    let app = tower_http::normalize_path::NormalizePath::trim_trailing_slash(app);
+                    // `/v1/metric/` is `/v1/metric` and `/v1/archive_policy//x` is
+                    // `/v1/archive_policy/x` (the OpenStack clients write both); this must
+                    // wrap the router, as it changes the path routing sees.
+                    let app = tower::util::MapRequest::new(
+                        tower_http::normalize_path::NormalizePath::trim_trailing_slash(app),
+                        collapse_slashes as fn(HyperRequest) -> HyperRequest,
+                    );
                     serve(listener, app, limits, stopped).await;
                 });
             })
@@ -218,11 +222,46 @@ async fn stop_on_signals(live: Arc<Live>, store: Arc<Store>) {
     store.stop_waiting_for_space();
 }
 
+/// The router behind the path normalisation the clients need.
+type App = tower::util::MapRequest<
+    tower_http::normalize_path::NormalizePath<Router>,
+    fn(HyperRequest) -> HyperRequest,
+>;
+
+/// A request as hyper hands it over.
+type HyperRequest = axum::http::Request<hyper::body::Incoming>;
+
+/// Runs of `/` in a request's path become one, as Gnocchi's and Aodh's servers take them.
+fn collapse_slashes<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let uri = request.uri();
+    if !uri.path().contains("//") {
+        return request;
+    }
+    let mut path = String::with_capacity(uri.path().len());
+    for c in uri.path().chars() {
+        if !(c == '/' && path.ends_with('/')) {
+            path.push(c);
+        }
+    }
+    let rebuilt = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    if let Ok(p) = rebuilt.parse::<axum::http::uri::PathAndQuery>() {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(p);
+        if let Ok(u) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = u;
+        }
+    }
+    request
+}
+
 /// Accepts connections until `stopped`, each served on a task of its own under `limits`,
 /// then lets the ones in flight finish.
 async fn serve(
     listener: tokio::net::TcpListener,
-    app: tower_http::normalize_path::NormalizePath<Router>,
+    app: App,
     limits: crate::control::ServerLimits,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -290,8 +329,16 @@ type Shared = State<Arc<ApiState>>;
 
 fn router(state: Arc<ApiState>) -> Router {
     let api = Router::new()
-        .route("/v1/archive_policy", get(archive_policies))
-        .route("/v1/archive_policy/{name}", get(archive_policy))
+        .route(
+            "/v1/archive_policy",
+            get(archive_policies).post(create_archive_policy),
+        )
+        .route(
+            "/v1/archive_policy/{name}",
+            get(archive_policy)
+                .patch(update_archive_policy)
+                .delete(delete_archive_policy),
+        )
         .route("/v1/archive_policy_rule", get(archive_policy_rules))
         .route("/v1/resource/{kind}", get(resources))
         .route("/v1/resource/{kind}/{id}", get(resource))
@@ -605,6 +652,142 @@ async fn archive_policy(State(state): Shared, Path(name): Path<String>) -> ApiRe
         .remove(&name)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("Archive policy {name} does not exist")))
+}
+
+/// `POST /v1/archive_policy`: records a new policy in the store (201, as Gnocchi shows it); a
+/// metric created afterwards may name it.
+async fn create_archive_policy(
+    State(state): Shared,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let policy = policy_body(&json_body(&body)?)?;
+    if policies(&state).contains_key(&policy.name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Archive policy {} already exists", policy.name),
+        ));
+    }
+    writable(&state)?;
+    state
+        .store
+        .put_archive_policies([(policy.name.clone(), policy.to_json())])?;
+    let location = format!("/v1/archive_policy/{}", policy.name);
+    let mut response = (StatusCode::CREATED, Json(policy.to_api_json())).into_response();
+    if let Ok(l) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(response)
+}
+
+/// `PATCH /v1/archive_policy/NAME` with `{"definition": [...]}`: Gnocchi changes only the
+/// points or timespan of the granularities a policy has; meterflow takes that while no metric
+/// uses the policy (metrics in memory hold theirs).
+async fn update_archive_policy(
+    State(state): Shared,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    let current = recorded_policy(&state, &name)?;
+    let Some(definition) = body
+        .get("definition")
+        .filter(|_| body.as_object().is_some_and(|o| o.len() == 1))
+    else {
+        return Err(ApiError::bad_request(
+            "Invalid input: give only {\"definition\": [...]} (an archive policy's definition is all that can change)",
+        ));
+    };
+    let mut changed = current.to_json();
+    changed["definition"] = definition.clone();
+    let changed = policy_body(&changed)?;
+    let granularities = |p: &meterflow_operators::aggregate::ArchivePolicy| -> Vec<i64> {
+        let mut g: Vec<i64> = p.definition.iter().map(|d| d.granularity).collect();
+        g.sort_unstable();
+        g
+    };
+    if granularities(&changed) != granularities(&current) {
+        return Err(ApiError::bad_request(format!(
+            "Archive policy {name} does not support change: Cannot add or drop granularities"
+        )));
+    }
+    not_in_use(&state, &name, "changed")?;
+    writable(&state)?;
+    state
+        .store
+        .put_archive_policies([(name.clone(), changed.to_json())])?;
+    Ok(Json(changed.to_api_json()))
+}
+
+/// `DELETE /v1/archive_policy/NAME`: forgets a policy no metric or rule uses (204).
+async fn delete_archive_policy(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    recorded_policy(&state, &name)?;
+    not_in_use(&state, &name, "deleted")?;
+    writable(&state)?;
+    state.store.remove_archive_policy(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An archive policy from a request body, as Gnocchi's API takes it.
+fn policy_body(body: &Value) -> ApiResult<meterflow_operators::aggregate::ArchivePolicy> {
+    if !body.get("name").is_some_and(Value::is_string) {
+        return Err(ApiError::bad_request(
+            "Invalid input: required key not provided @ data['name']",
+        ));
+    }
+    meterflow_operators::aggregate::ArchivePolicy::from_json(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid input: {e}")))
+}
+
+/// A policy the API may change: one the store recorded through the API (not the
+/// definition's, not a built-in one, which come back at every start).
+fn recorded_policy(
+    state: &ApiState,
+    name: &str,
+) -> ApiResult<meterflow_operators::aggregate::ArchivePolicy> {
+    if state.plan.archive_policies.iter().any(|p| p.name == name) {
+        return Err(ApiError::bad_request(format!(
+            "Archive policy {name} is defined in the engine's definition: change it there (archive_policies:)"
+        )));
+    }
+    if meterflow_operators::aggregate::ArchivePolicy::builtin(name).is_some() {
+        return Err(ApiError::bad_request(format!(
+            "Archive policy {name} is built in: it is recorded again at every start, so it cannot be changed or deleted; create a policy of another name"
+        )));
+    }
+    let stored = state.store.archive_policies();
+    let json = stored
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("Archive policy {name} does not exist")))?;
+    meterflow_operators::aggregate::ArchivePolicy::from_json(json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Refuses changing a policy a metric or a rule uses (Gnocchi's 400).
+fn not_in_use(state: &ApiState, name: &str, what: &str) -> ApiResult<()> {
+    let catalog = state.store.catalog()?;
+    let used = catalog.metrics().any(|m| m.archive_policy_name == name)
+        || state
+            .plan
+            .archive_policy_rules
+            .iter()
+            .any(|r| r.archive_policy_name == name);
+    if used {
+        return Err(ApiError::bad_request(format!(
+            "Archive policy {name} is still in use: it cannot be {what} while a metric or an archive policy rule names it"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a write while the store's disk is full (503, retry later).
+fn writable(state: &ApiState) -> ApiResult<()> {
+    if !state.store.recheck_space() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, DISK_FULL));
+    }
+    Ok(())
 }
 
 async fn archive_policy_rules(State(state): Shared) -> Json<Value> {
@@ -1280,9 +1463,7 @@ async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCo
             "meterflow is shutting down and accepts no more measures; send them again to the next run".into(),
         ));
     }
-    if !state.store.recheck_space() {
-        return Err(unavailable(DISK_FULL.into()));
-    }
+    writable(state)?;
     let mut measures = Vec::new();
     for m in incoming {
         let resource_key = Sym::new(&m.resource_key);

@@ -149,6 +149,89 @@ fn discovery_status_capabilities_and_durations_as_the_clients_read_them() {
         low["definition"][0]["timespan"], "30 days, 0:00:00",
         "{low}"
     );
+    // Doubled slashes name the same route (gnocchiclient writes `archive_policy//NAME`).
+    assert_eq!(engine.get_ok("/v1//archive_policy//five")["name"], "five");
+
+    // An archive policy's life through the API: counts given as text (as the CLI sends
+    // them), a taken name, a change of points, a change of granularities, in use, deleted.
+    let made = json!({"name": "made", "back_window": "0", "aggregation_methods": ["max"],
+        "definition": [{"granularity": "1m", "points": "60"}]});
+    let (status, body) = engine.post("/v1/archive_policy", &made.to_string());
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["definition"][0]["timespan"], "1:00:00", "{body}");
+    assert_eq!(engine.post("/v1/archive_policy", &made.to_string()).0, 409);
+    let (status, body) = engine.post(
+        "/v1/archive_policy",
+        r#"{"name": "x", "definition": [{"granularity": 0, "points": 1}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        engine
+            .post(
+                "/v1/archive_policy",
+                r#"{"name": "low", "definition": [{"granularity": 60, "points": 1}]}"#
+            )
+            .0,
+        409
+    );
+    let patch = |definition: Value| {
+        engine.call(
+            reqwest::Method::PATCH,
+            "/v1/archive_policy/made",
+            Some(&json!({ "definition": definition }).to_string()),
+        )
+    };
+    let (status, body) = patch(json!([{"granularity": 60, "points": 120}]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["definition"][0]["points"], 120, "{body}");
+    let (status, body) = patch(json!([{"granularity": 300, "points": 120}]));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["description"]
+        .as_str()
+        .unwrap()
+        .contains("Cannot add or drop granularities"));
+    let (status, body) = engine.call(reqwest::Method::DELETE, "/v1/archive_policy/low", None);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        engine
+            .call(reqwest::Method::DELETE, "/v1/archive_policy/five", None)
+            .0,
+        400
+    );
+    let batch = json!({"h": {"m": {"archive_policy_name": "made", "measures": [{"timestamp": "2024-05-01T12:00:10", "value": 3}]}}});
+    assert_eq!(
+        engine
+            .post(
+                "/v1/batch/resources/metrics/measures?create_metrics=true",
+                &batch.to_string()
+            )
+            .0,
+        202
+    );
+    let (status, body) = engine.call(reqwest::Method::DELETE, "/v1/archive_policy/made", None);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .contains("still in use"),
+        "{body}"
+    );
+    let spare = json!({"name": "spare", "definition": [{"granularity": 60, "points": 5}]});
+    assert_eq!(engine.post("/v1/archive_policy", &spare.to_string()).0, 201);
+    assert_eq!(
+        engine
+            .call(reqwest::Method::DELETE, "/v1/archive_policy/spare", None)
+            .0,
+        204
+    );
+    assert_eq!(engine.get("/v1/archive_policy/spare").0, 404);
+    assert_eq!(
+        engine
+            .call(reqwest::Method::DELETE, "/v1/archive_policy/spare", None)
+            .0,
+        404
+    );
 }
 
 #[test]
@@ -193,14 +276,14 @@ fn every_error_has_its_apis_shape_and_the_connection_survives_it() {
             .starts_with("Filter expression not valid"),
         "{body}"
     );
-    let (status, body) = engine.call(reqwest::Method::DELETE, "/v1/archive_policy/low", None);
+    let (status, body) = engine.call(reqwest::Method::PUT, "/v1/status", None);
     assert_eq!(status, 405, "{body}");
     assert_eq!(body["code"], 405, "{body}");
     assert!(
         body["description"]
             .as_str()
             .unwrap()
-            .contains("DELETE /v1/archive_policy/low"),
+            .contains("PUT /v1/status"),
         "{body}"
     );
     let (status, body) = engine.call(reqwest::Method::PATCH, "/v2/alarms", Some("{}"));

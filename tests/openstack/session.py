@@ -77,6 +77,41 @@ def gnocchi_session():
     rules = run("gnocchi", "archive-policy-rule", "list", "-f", "json") or []
     check("gnocchi archive-policy-rule list", any(r["name"] == "loads" for r in rules), rules)
 
+    # An archive policy's life: created, changed, refused while in use, deleted.
+    made = run("gnocchi", "archive-policy", "create", "-d", "granularity:1m,points:60",
+               "-d", "granularity:1h,timespan:1d", "-m", "mean", "-m", "max", "-b", "0",
+               "made", "-f", "json") or {}
+    check("gnocchi archive-policy create", made.get("definition") == [
+        {"granularity": "1:00:00", "points": 24, "timespan": "1 day, 0:00:00"},
+        {"granularity": "0:01:00", "points": 60, "timespan": "1:00:00"}], made)
+    changed = run("gnocchi", "archive-policy", "update", "-d", "granularity:1m,points:120",
+                  "-d", "granularity:1h,timespan:2d", "made", "-f", "json") or {}
+    check("gnocchi archive-policy update", [d["points"] for d in changed.get("definition", [])]
+          == [48, 120], changed)
+    error = run("gnocchi", "archive-policy", "update", "-d", "granularity:5m,points:1", "made",
+                expect_ok=False) or ""
+    check("gnocchi archive-policy update (granularities)", "Cannot add or drop granularities"
+          in error, error)
+    error = run("gnocchi", "archive-policy", "create", "-d", "granularity:1m,points:6", "made",
+                expect_ok=False) or ""
+    check("gnocchi archive-policy create (taken)", "Archive policy made already exists" in error
+          and "HTTP 409" in error, error)
+    error = run("gnocchi", "archive-policy", "create", "-d", "granularity:soon,points:6", "bad",
+                expect_ok=False) or ""
+    check("gnocchi archive-policy create (bad)", "HTTP 400" in error, error)
+    run("gnocchi", "archive-policy", "create", "-d", "granularity:1m,points:5", "spare")
+    run("gnocchi", "archive-policy", "delete", "spare")
+    error = run("gnocchi", "archive-policy", "show", "spare", expect_ok=False) or ""
+    check("gnocchi archive-policy delete", "does not exist" in error, error)
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"host-3": {"temp": {"archive_policy_name": "made", "measures": [
+            {"timestamp": "2024-05-01T12:00:10", "value": 20}]}}}, f)
+    run("gnocchi", "measures", "batch-resources-metrics", "--create-metrics", f.name)
+    error = run("gnocchi", "archive-policy", "delete", "made", expect_ok=False) or ""
+    check("gnocchi archive-policy delete (in use)", "Archive policy made is still in use" in error,
+          error)
+
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"host-1": {"load": {"archive_policy_name": "five", "measures": [
             {"timestamp": "2024-05-01T12:00:10", "value": 1.5},
@@ -86,11 +121,12 @@ def gnocchi_session():
     run("gnocchi", "measures", "batch-resources-metrics", "--create-metrics", f.name)
 
     metrics = run("gnocchi", "metric", "list", "-f", "json") or []
-    check("gnocchi metric list", len(metrics) == 2 and all(m["name"] == "load" for m in metrics)
-          and {m["archive_policy/name"] for m in metrics} == {"five", "medium"}, metrics)
+    loads = [m for m in metrics if m["name"] == "load"]
+    check("gnocchi metric list", len(metrics) == 3 and len(loads) == 2
+          and {m["archive_policy/name"] for m in loads} == {"five", "medium"}, metrics)
     resources = run("gnocchi", "resource", "list", "-f", "json") or []
     originals = sorted(r["original_resource_id"] for r in resources)
-    check("gnocchi resource list", originals == ["host-1", "host-2"], resources)
+    check("gnocchi resource list", originals == ["host-1", "host-2", "host-3"], resources)
     host1 = run("gnocchi", "resource", "show", "host-1", "-f", "json") or {}
     check("gnocchi resource show", host1.get("type") == "generic" and "load" in str(host1.get("metrics")), host1)
 
@@ -119,7 +155,7 @@ def gnocchi_session():
 
 def openstack_session():
     metrics = run("openstack", "metric", "list", "-f", "json") or []
-    check("openstack metric list", len(metrics) == 2, metrics)
+    check("openstack metric list", len(metrics) == 3, metrics)
     measures = run("openstack", "metric", "measures", "show", "--resource-id", "host-2", "load",
                    "--granularity", "60", "-f", "json") or []
     check("openstack metric measures show", [m["value"] for m in measures] == [7.0], measures)
@@ -193,7 +229,7 @@ def python_api_session():
         aodh_plugin = aodh_noauth.AodhNoAuthPlugin(USER, PROJECT, "admin", ENDPOINT)
     gnocchi = gnocchi_client.Client(session=ks_session.Session(auth=plugin))
     metrics = gnocchi.metric.list()
-    check("gnocchiclient metric.list", len(metrics) == 2
+    check("gnocchiclient metric.list", len(metrics) == 3
           and all("archive_policy" in m for m in metrics), metrics)
     measures = gnocchi.metric.get_measures("load", resource_id="host-1", granularity=300)
     check("gnocchiclient metric.get_measures", [m[2] for m in measures] == [1.5, 3.5, 10.0],

@@ -596,6 +596,8 @@ pub struct Store {
     stop_waiting: AtomicBool,
     /// When [`Store::recheck_space`] last wrote its probe.
     space_checked: Mutex<Option<Instant>>,
+    /// Bumped at each change of the recorded archive policies, so what caches them can tell.
+    policies_version: AtomicU64,
     _lock: Option<File>,
 }
 
@@ -794,6 +796,7 @@ impl Store {
             full: AtomicBool::new(false),
             stop_waiting: AtomicBool::new(false),
             space_checked: Mutex::new(None),
+            policies_version: AtomicU64::new(0),
             _lock: Some(lock),
         };
         {
@@ -850,6 +853,7 @@ impl Store {
             full: AtomicBool::new(false),
             stop_waiting: AtomicBool::new(false),
             space_checked: Mutex::new(None),
+            policies_version: AtomicU64::new(0),
             _lock: None,
         }))
     }
@@ -880,8 +884,30 @@ impl Store {
         // On a full disk they are kept, and written with the next commit's manifest.
         if written.is_ok() || written.as_ref().is_err_and(StoreError::is_full) {
             *manifest = next;
+            self.policies_version.fetch_add(1, Ordering::Release);
         }
         written
+    }
+
+    /// Forgets a recorded archive policy (the caller checked no metric uses it); whether it
+    /// was recorded.
+    pub fn remove_archive_policy(&self, name: &str) -> Result<bool, StoreError> {
+        let mut manifest = self.lock_manifest();
+        if !manifest.archive_policies.contains_key(name) {
+            return Ok(false);
+        }
+        let mut next = manifest.clone();
+        next.archive_policies.remove(name);
+        self.write_manifest(&next)?;
+        *manifest = next;
+        self.policies_version.fetch_add(1, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Changes with every change of the recorded archive policies (a cache of them is stale
+    /// when this moved).
+    pub fn policies_version(&self) -> u64 {
+        self.policies_version.load(Ordering::Acquire)
     }
 
     /// The newest committed generation.

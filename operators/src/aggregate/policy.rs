@@ -59,8 +59,8 @@ pub struct PolicyError {
 #[serde(deny_unknown_fields)]
 struct PolicySpec {
     name: String,
-    #[serde(default)]
-    back_window: u64,
+    #[serde(default, deserialize_with = "count")]
+    back_window: Option<u64>,
     #[serde(default)]
     aggregation_methods: Option<Vec<String>>,
     definition: Vec<GranuleSpec>,
@@ -71,10 +71,28 @@ struct PolicySpec {
 struct GranuleSpec {
     #[serde(default)]
     granularity: Option<Span>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     points: Option<u64>,
     #[serde(default)]
     timespan: Option<Span>,
+}
+
+/// A count given as a number or as text (`"60"`), as Gnocchi's API takes it (the clients
+/// send what the user typed).
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Count>::deserialize(d)? {
+        None => Ok(None),
+        Some(Count::Number(n)) => Ok(Some(n)),
+        Some(Count::Text(t)) => t.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("{t:?} is not a whole number of 0 or more"))
+        }),
+    }
 }
 
 #[derive(Deserialize)]
@@ -269,7 +287,7 @@ impl ArchivePolicy {
         let methods = methods(spec.aggregation_methods.as_deref()).map_err(fail)?;
         Ok(ArchivePolicy {
             name: spec.name,
-            back_window: spec.back_window,
+            back_window: spec.back_window.unwrap_or(0),
             methods,
             definition,
         })

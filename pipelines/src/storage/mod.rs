@@ -317,6 +317,8 @@ pub struct Aggregator {
     partition: Partition,
     plan: Arc<Plan>,
     policies: HashMap<String, Arc<Policy>>,
+    /// The store's policies version `policies` was read at.
+    policies_version: u64,
     metrics: Metrics,
     /// The metrics in memory of each resource.
     by_resource: FxHashMap<Sym, Vec<Sym>>,
@@ -362,6 +364,7 @@ impl Aggregator {
             partition,
             plan,
             policies: HashMap::new(),
+            policies_version: 0,
             metrics: Metrics::default(),
             by_resource: FxHashMap::default(),
             known,
@@ -545,6 +548,12 @@ impl Aggregator {
     }
 
     fn policy(&mut self, name: &str) -> Option<Arc<Policy>> {
+        // Policies created or deleted through the API since they were cached: read again.
+        let version = self.store.policies_version();
+        if version != self.policies_version {
+            self.policies.clear();
+            self.policies_version = version;
+        }
         if let Some(p) = self.policies.get(name) {
             return Some(p.clone());
         }
