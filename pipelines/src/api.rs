@@ -339,7 +339,16 @@ fn router(state: Arc<ApiState>) -> Router {
                 .patch(update_archive_policy)
                 .delete(delete_archive_policy),
         )
-        .route("/v1/archive_policy_rule", get(archive_policy_rules))
+        .route(
+            "/v1/archive_policy_rule",
+            get(archive_policy_rules).post(create_archive_policy_rule),
+        )
+        .route(
+            "/v1/archive_policy_rule/{name}",
+            get(archive_policy_rule)
+                .patch(rename_archive_policy_rule)
+                .delete(delete_archive_policy_rule),
+        )
         .route("/v1/resource/{kind}", get(resources))
         .route("/v1/resource/{kind}/{id}", get(resource))
         .route("/v1/resource/{kind}/{id}/metric", get(resource_metrics))
@@ -769,11 +778,7 @@ fn recorded_policy(
 fn not_in_use(state: &ApiState, name: &str, what: &str) -> ApiResult<()> {
     let catalog = state.store.catalog()?;
     let used = catalog.metrics().any(|m| m.archive_policy_name == name)
-        || state
-            .plan
-            .archive_policy_rules
-            .iter()
-            .any(|r| r.archive_policy_name == name);
+        || rules(state).iter().any(|r| r.archive_policy_name == name);
     if used {
         return Err(ApiError::bad_request(format!(
             "Archive policy {name} is still in use: it cannot be {what} while a metric or an archive policy rule names it"
@@ -790,21 +795,142 @@ fn writable(state: &ApiState) -> ApiResult<()> {
     Ok(())
 }
 
+/// Every archive policy rule: the definition's and those created through the API, in
+/// Gnocchi's matching order.
+fn rules(state: &ApiState) -> Vec<crate::plan::ArchivePolicyRule> {
+    state.plan.rules_with(&state.store.archive_policy_rules())
+}
+
+fn rule_json(r: &crate::plan::ArchivePolicyRule) -> Value {
+    json!({
+        "name": r.name,
+        "metric_pattern": r.metric_pattern,
+        "archive_policy_name": r.archive_policy_name,
+    })
+}
+
 async fn archive_policy_rules(State(state): Shared) -> Json<Value> {
-    Json(Value::Array(
-        state
-            .plan
-            .archive_policy_rules
-            .iter()
-            .map(|r| {
-                json!({
-                    "name": r.name,
-                    "metric_pattern": r.metric_pattern,
-                    "archive_policy_name": r.archive_policy_name,
-                })
+    Json(Value::Array(rules(&state).iter().map(rule_json).collect()))
+}
+
+async fn archive_policy_rule(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    rules(&state)
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| Json(rule_json(r)))
+        .ok_or_else(|| ApiError::not_found(format!("Archive policy rule {name} does not exist")))
+}
+
+/// `POST /v1/archive_policy_rule`: a rule for metrics created afterwards without a policy
+/// (201; 409 for a taken name, 400 for an unknown policy).
+async fn create_archive_policy_rule(
+    State(state): Shared,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let body = json_body(&body)?;
+    let text = |k: &str| -> ApiResult<String> {
+        body.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Invalid input: required key not provided @ data['{k}']"
+                ))
             })
-            .collect(),
-    ))
+    };
+    let (name, pattern, policy) = (
+        text("name")?,
+        text("metric_pattern")?,
+        text("archive_policy_name")?,
+    );
+    if rules(&state).iter().any(|r| r.name == name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Archive policy rule {name} already exists"),
+        ));
+    }
+    if !policies(&state).contains_key(&policy) {
+        return Err(ApiError::bad_request(format!(
+            "Archive policy {policy} does not exist"
+        )));
+    }
+    writable(&state)?;
+    let rule = json!({"name": name, "metric_pattern": pattern, "archive_policy_name": policy});
+    state
+        .store
+        .set_archive_policy_rule(&name, Some(rule.clone()))?;
+    let mut response = (StatusCode::CREATED, Json(rule)).into_response();
+    if let Ok(l) = HeaderValue::from_str(&format!("/v1/archive_policy_rule/{name}")) {
+        response.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(response)
+}
+
+/// A rule the API may change: one it created (the definition's are changed there).
+fn api_rule(state: &ApiState, name: &str) -> ApiResult<Value> {
+    if state
+        .plan
+        .archive_policy_rules
+        .iter()
+        .any(|r| r.name == name)
+    {
+        return Err(ApiError::bad_request(format!(
+            "Archive policy rule {name} is defined in the engine's definition (or is its default rule, `*` to low, when it has none): change it there (archive_policy_rules:)"
+        )));
+    }
+    state
+        .store
+        .archive_policy_rules()
+        .remove(name)
+        .ok_or_else(|| ApiError::not_found(format!("Archive policy rule {name} does not exist")))
+}
+
+/// `PATCH /v1/archive_policy_rule/NAME` with `{"name": NEW}`: renames a rule (all Gnocchi
+/// lets change).
+async fn rename_archive_policy_rule(
+    State(state): Shared,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    let mut rule = api_rule(&state, &name)?;
+    let Some(new) = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && body.as_object().is_some_and(|o| o.len() == 1))
+    else {
+        return Err(ApiError::bad_request(
+            "Invalid input: give only {\"name\": NEW} (a rule's name is all that can change)",
+        ));
+    };
+    if new != name && rules(&state).iter().any(|r| r.name == new) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Archive policy rule {new} already exists"),
+        ));
+    }
+    writable(&state)?;
+    rule["name"] = new.into();
+    state.store.set_archive_policy_rule(&name, None)?;
+    state
+        .store
+        .set_archive_policy_rule(new, Some(rule.clone()))?;
+    Ok(Json(rule))
+}
+
+/// `DELETE /v1/archive_policy_rule/NAME` (204).
+async fn delete_archive_policy_rule(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    api_rule(&state, &name)?;
+    writable(&state)?;
+    state.store.set_archive_policy_rule(&name, None)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A resource as Gnocchi shows it, with its `metrics` map.
@@ -1321,6 +1447,7 @@ async fn post_batch_resources(
     let mut incoming = parse_batch(&json_body(&body)?)?;
     let catalog = state.store.catalog()?;
     let known = policies(&state);
+    let rules = rules(&state);
     let mut unknown = Vec::new();
     // What this request would create, for the quotas.
     let (mut created, mut new_resources) = (0, std::collections::BTreeSet::new());
@@ -1338,9 +1465,7 @@ async fn post_batch_resources(
         }
         let policy = match m.policy.take() {
             Some(p) => p,
-            None => state
-                .plan
-                .policy_for_metric(&m.metric)
+            None => crate::plan::policy_by_rules(&rules, &m.metric)
                 .map(str::to_owned)
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(

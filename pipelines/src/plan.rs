@@ -165,7 +165,8 @@ pub struct ArchivePolicyRule {
 }
 
 impl ArchivePolicyRule {
-    fn new(name: &str, metric_pattern: &str, archive_policy_name: &str) -> ArchivePolicyRule {
+    /// A rule giving metrics whose name matches `metric_pattern` (fnmatch) the policy named.
+    pub fn new(name: &str, metric_pattern: &str, archive_policy_name: &str) -> ArchivePolicyRule {
         ArchivePolicyRule {
             name: name.to_owned(),
             metric_pattern: metric_pattern.to_owned(),
@@ -173,6 +174,23 @@ impl ArchivePolicyRule {
             matcher: MeterMatcher::new(&[metric_pattern.to_owned()]),
         }
     }
+}
+
+/// The policy the first of `rules` (in matching order) that accepts `metric` gives.
+pub fn policy_by_rules<'a>(rules: &'a [ArchivePolicyRule], metric: &str) -> Option<&'a str> {
+    rules
+        .iter()
+        .find(|r| r.matcher.accepts(metric))
+        .map(|r| r.archive_policy_name.as_str())
+}
+
+/// Gnocchi's order: metric_pattern descending as a string, then name ascending.
+fn sort_rules(rules: &mut [ArchivePolicyRule]) {
+    rules.sort_by(|a, b| {
+        b.metric_pattern
+            .cmp(&a.metric_pattern)
+            .then(a.name.cmp(&b.name))
+    });
 }
 
 /// Reading a definition file failed.
@@ -362,10 +380,26 @@ impl Plan {
     /// The policy Gnocchi's rules give a new metric called `metric`: rules are tried by
     /// `metric_pattern` descending (as strings), then name; the first match wins.
     pub fn policy_for_metric(&self, metric: &str) -> Option<&str> {
-        self.archive_policy_rules
-            .iter()
-            .find(|r| r.matcher.accepts(metric))
-            .map(|r| r.archive_policy_name.as_str())
+        policy_by_rules(&self.archive_policy_rules, metric)
+    }
+
+    /// The definition's rules with those created through the API (`stored`, Gnocchi's JSON
+    /// by name; one that does not read is left out), in Gnocchi's matching order.
+    pub fn rules_with(
+        &self,
+        stored: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Vec<ArchivePolicyRule> {
+        let mut rules = self.archive_policy_rules.clone();
+        for (name, rule) in stored {
+            let text = |k: &str| rule.get(k).and_then(serde_json::Value::as_str);
+            if let (Some(pattern), Some(policy)) =
+                (text("metric_pattern"), text("archive_policy_name"))
+            {
+                rules.push(ArchivePolicyRule::new(name, pattern, policy));
+            }
+        }
+        sort_rules(&mut rules);
+        rules
     }
 
     /// Why no meter definition turns notifications of `event_type` into samples, if none does.
@@ -1036,12 +1070,7 @@ impl Validator {
                 out.push(ArchivePolicyRule::new(name, pattern, policy));
             }
         }
-        // Gnocchi's order: metric_pattern descending as a string, then name ascending.
-        out.sort_by(|a, b| {
-            b.metric_pattern
-                .cmp(&a.metric_pattern)
-                .then(a.name.cmp(&b.name))
-        });
+        sort_rules(&mut out);
         if !out.iter().any(|r| r.metric_pattern == "*") {
             out.push(ArchivePolicyRule::new("default", "*", "low"));
         }

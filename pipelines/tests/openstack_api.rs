@@ -219,6 +219,33 @@ fn discovery_status_capabilities_and_durations_as_the_clients_read_them() {
     );
     let spare = json!({"name": "spare", "definition": [{"granularity": 60, "points": 5}]});
     assert_eq!(engine.post("/v1/archive_policy", &spare.to_string()).0, 201);
+    // A rule created through the API holds its policy in use, until it is deleted.
+    let rule = json!({"name": "r", "metric_pattern": "sp*", "archive_policy_name": "spare"});
+    assert_eq!(
+        engine.post("/v1/archive_policy_rule", &rule.to_string()).0,
+        201
+    );
+    assert_eq!(
+        engine.post("/v1/archive_policy_rule", &rule.to_string()).0,
+        409
+    );
+    assert_eq!(
+        engine.get_ok("/v1/archive_policy_rule/r")["metric_pattern"],
+        "sp*"
+    );
+    assert_eq!(
+        engine
+            .call(reqwest::Method::DELETE, "/v1/archive_policy/spare", None)
+            .0,
+        400
+    );
+    assert_eq!(
+        engine
+            .call(reqwest::Method::DELETE, "/v1/archive_policy_rule/r", None)
+            .0,
+        204
+    );
+    assert_eq!(engine.get("/v1/archive_policy_rule/r").0, 404);
     assert_eq!(
         engine
             .call(reqwest::Method::DELETE, "/v1/archive_policy/spare", None)

@@ -104,6 +104,31 @@ def gnocchi_session():
     error = run("gnocchi", "archive-policy", "show", "spare", expect_ok=False) or ""
     check("gnocchi archive-policy delete", "does not exist" in error, error)
 
+    # A rule's life: created, shown, renamed, used by a new metric, deleted.
+    rule = run("gnocchi", "archive-policy-rule", "create", "-a", "made", "-m", "disk.*", "disks",
+               "-f", "json") or {}
+    check("gnocchi archive-policy-rule create", rule == {
+        "name": "disks", "metric_pattern": "disk.*", "archive_policy_name": "made"}, rule)
+    renamed = run("gnocchi", "archive-policy-rule", "update", "disks", "--name", "disk-rule",
+                  "-f", "json") or {}
+    check("gnocchi archive-policy-rule update", renamed.get("name") == "disk-rule", renamed)
+    shown = run("gnocchi", "archive-policy-rule", "show", "disk-rule", "-f", "json") or {}
+    check("gnocchi archive-policy-rule show", shown.get("metric_pattern") == "disk.*", shown)
+    error = run("gnocchi", "archive-policy-rule", "create", "-a", "nope", "-m", "x*", "bad",
+                expect_ok=False) or ""
+    check("gnocchi archive-policy-rule create (unknown policy)",
+          "Archive policy nope does not exist" in error, error)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"host-4": {"disk.read": [{"timestamp": "2024-05-01T12:00:10", "value": 1}]}}, f)
+    run("gnocchi", "measures", "batch-resources-metrics", "--create-metrics", f.name)
+    disk = run("gnocchi", "metric", "show", "--resource-id", "host-4", "disk.read", "-f", "json") or {}
+    check("a rule created through the API gives new metrics their policy",
+          disk.get("archive_policy/name") == "made", disk)
+    run("gnocchi", "archive-policy-rule", "delete", "disk-rule")
+    left = run("gnocchi", "archive-policy-rule", "list", "-f", "json") or []
+    check("gnocchi archive-policy-rule delete", [r["name"] for r in left] == ["loads", "default"],
+          left)
+
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"host-3": {"temp": {"archive_policy_name": "made", "measures": [
             {"timestamp": "2024-05-01T12:00:10", "value": 20}]}}}, f)
@@ -122,11 +147,12 @@ def gnocchi_session():
 
     metrics = run("gnocchi", "metric", "list", "-f", "json") or []
     loads = [m for m in metrics if m["name"] == "load"]
-    check("gnocchi metric list", len(metrics) == 3 and len(loads) == 2
+    check("gnocchi metric list", len(metrics) == 4 and len(loads) == 2
           and {m["archive_policy/name"] for m in loads} == {"five", "medium"}, metrics)
     resources = run("gnocchi", "resource", "list", "-f", "json") or []
     originals = sorted(r["original_resource_id"] for r in resources)
-    check("gnocchi resource list", originals == ["host-1", "host-2", "host-3"], resources)
+    check("gnocchi resource list", originals == ["host-1", "host-2", "host-3", "host-4"],
+          resources)
     host1 = run("gnocchi", "resource", "show", "host-1", "-f", "json") or {}
     check("gnocchi resource show", host1.get("type") == "generic" and "load" in str(host1.get("metrics")), host1)
 
@@ -155,7 +181,7 @@ def gnocchi_session():
 
 def openstack_session():
     metrics = run("openstack", "metric", "list", "-f", "json") or []
-    check("openstack metric list", len(metrics) == 3, metrics)
+    check("openstack metric list", len(metrics) == 4, metrics)
     measures = run("openstack", "metric", "measures", "show", "--resource-id", "host-2", "load",
                    "--granularity", "60", "-f", "json") or []
     check("openstack metric measures show", [m["value"] for m in measures] == [7.0], measures)
@@ -229,7 +255,7 @@ def python_api_session():
         aodh_plugin = aodh_noauth.AodhNoAuthPlugin(USER, PROJECT, "admin", ENDPOINT)
     gnocchi = gnocchi_client.Client(session=ks_session.Session(auth=plugin))
     metrics = gnocchi.metric.list()
-    check("gnocchiclient metric.list", len(metrics) == 3
+    check("gnocchiclient metric.list", len(metrics) == 4
           and all("archive_policy" in m for m in metrics), metrics)
     measures = gnocchi.metric.get_measures("load", resource_id="host-1", granularity=300)
     check("gnocchiclient metric.get_measures", [m[2] for m in measures] == [1.5, 3.5, 10.0],

@@ -210,6 +210,9 @@ pub struct Manifest {
     /// Archive policies by name, in Gnocchi's JSON form.
     #[serde(default)]
     pub archive_policies: BTreeMap<String, serde_json::Value>,
+    /// Archive policy rules created through the API, by name, in Gnocchi's JSON form.
+    #[serde(default)]
+    pub archive_policy_rules: BTreeMap<String, serde_json::Value>,
     /// The visible files.
     #[serde(default)]
     pub files: Vec<FileEntry>,
@@ -222,6 +225,7 @@ impl Manifest {
             version: VERSION,
             generation: 0,
             archive_policies: BTreeMap::new(),
+            archive_policy_rules: BTreeMap::new(),
             files: Vec::new(),
         }
     }
@@ -904,8 +908,32 @@ impl Store {
         Ok(true)
     }
 
-    /// Changes with every change of the recorded archive policies (a cache of them is stale
-    /// when this moved).
+    /// The archive policy rules created through the API, by name.
+    pub fn archive_policy_rules(&self) -> BTreeMap<String, serde_json::Value> {
+        self.lock_manifest().archive_policy_rules.clone()
+    }
+
+    /// Records an archive policy rule (by name; one already recorded is replaced) or, with
+    /// `None`, forgets it; whether it was recorded before.
+    pub fn set_archive_policy_rule(
+        &self,
+        name: &str,
+        rule: Option<serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        let mut manifest = self.lock_manifest();
+        let mut next = manifest.clone();
+        let before = match rule {
+            Some(rule) => next.archive_policy_rules.insert(name.to_owned(), rule),
+            None => next.archive_policy_rules.remove(name),
+        };
+        self.write_manifest(&next)?;
+        *manifest = next;
+        self.policies_version.fetch_add(1, Ordering::Release);
+        Ok(before.is_some())
+    }
+
+    /// Changes with every change of the recorded archive policies and rules (a cache of them
+    /// is stale when this moved).
     pub fn policies_version(&self) -> u64 {
         self.policies_version.load(Ordering::Acquire)
     }

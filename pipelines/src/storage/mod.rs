@@ -317,8 +317,10 @@ pub struct Aggregator {
     partition: Partition,
     plan: Arc<Plan>,
     policies: HashMap<String, Arc<Policy>>,
-    /// The store's policies version `policies` was read at.
+    /// The store's policies version `policies` and `rules` were read at.
     policies_version: u64,
+    /// The archive policy rules: the definition's and those created through the API.
+    rules: Vec<crate::plan::ArchivePolicyRule>,
     metrics: Metrics,
     /// The metrics in memory of each resource.
     by_resource: FxHashMap<Sym, Vec<Sym>>,
@@ -358,6 +360,7 @@ impl Aggregator {
             known,
             states,
         } = share;
+        let rules = plan.rules_with(&store.archive_policy_rules());
         Aggregator {
             commits: Commits::new(store.clone(), partition, Cadence::default()),
             store,
@@ -365,6 +368,7 @@ impl Aggregator {
             plan,
             policies: HashMap::new(),
             policies_version: 0,
+            rules,
             metrics: Metrics::default(),
             by_resource: FxHashMap::default(),
             known,
@@ -547,13 +551,18 @@ impl Aggregator {
         self.failure.as_deref().or(self.commits.failure())
     }
 
-    fn policy(&mut self, name: &str) -> Option<Arc<Policy>> {
-        // Policies created or deleted through the API since they were cached: read again.
+    /// Forgets the policies and rules read before the API changed them.
+    fn follow_policy_changes(&mut self) {
         let version = self.store.policies_version();
         if version != self.policies_version {
             self.policies.clear();
+            self.rules = self.plan.rules_with(&self.store.archive_policy_rules());
             self.policies_version = version;
         }
+    }
+
+    fn policy(&mut self, name: &str) -> Option<Arc<Policy>> {
+        self.follow_policy_changes();
         if let Some(p) = self.policies.get(name) {
             return Some(p.clone());
         }
@@ -587,6 +596,7 @@ impl Aggregator {
             m.resource_key.as_str().to_owned(),
             m.name.as_str().to_owned(),
         );
+        self.follow_policy_changes();
         let policy_name = match self.known.get(&skey) {
             Some(record) => record.archive_policy_name.clone(),
             None => m
@@ -594,9 +604,7 @@ impl Aggregator {
                 .map(|p| p.as_str().to_owned())
                 .or_else(|| options.archive_policy.clone())
                 .or_else(|| {
-                    self.plan
-                        .policy_for_metric(m.name.as_str())
-                        .map(str::to_owned)
+                    crate::plan::policy_by_rules(&self.rules, m.name.as_str()).map(str::to_owned)
                 })
                 .unwrap_or_else(|| "low".to_owned()),
         };
