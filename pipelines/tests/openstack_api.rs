@@ -19,23 +19,7 @@ const TOKEN: &str = "os-token";
 fn serve(dir: &std::path::Path, token: bool) -> Engine {
     let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "timespan": 86400}]});
     let pipeline = store_definition(dir, &policy, &[]);
-    let store = dir.join("store");
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let mut args = vec![
-        "serve",
-        pipeline.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "3",
-    ];
-    if token {
-        args.extend(["--token-file", token_file.to_str().unwrap()]);
-    }
-    Engine::start(&args, token.then_some(TOKEN))
+    Engine::serve(dir, &pipeline, "3", token.then_some(TOKEN))
 }
 
 /// One HTTP/1.1 exchange on an open connection: the status, headers (lower-case names) and

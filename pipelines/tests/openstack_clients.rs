@@ -26,22 +26,7 @@ fn openstack_clients_work_unchanged_with_and_without_a_token() {
         let loads =
             json!({"name": "loads", "metric_pattern": "load*", "archive_policy_name": "medium"});
         let pipeline = store_definition(dir.path(), &five, &[loads]);
-        let (store, token_file) = (dir.path().join("store"), dir.path().join("token"));
-        let mut args = vec![
-            "serve",
-            pipeline.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "3",
-        ];
-        if let Some(t) = token {
-            std::fs::write(&token_file, t).unwrap();
-            args.extend(["--token-file", token_file.to_str().unwrap()]);
-        }
-        let engine = Engine::start(&args, token);
+        let engine = Engine::serve(dir.path(), &pipeline, "3", token);
         let mut session = Command::new(&python);
         session.arg(&script).arg(&engine.base);
         if let Some(t) = token {

@@ -21,6 +21,33 @@ pub struct Client {
 }
 
 impl Engine {
+    /// `meterflow serve PIPELINE` on a fresh store in `dir`, on a free port, with `workers`
+    /// workers and, when given, `token` as its only accepted token.
+    pub fn serve(
+        dir: &std::path::Path,
+        pipeline: &std::path::Path,
+        workers: &str,
+        token: Option<&str>,
+    ) -> Engine {
+        let (store, token_file) = (dir.join("store"), dir.join("token"));
+        let mut args = vec![
+            "serve".to_owned(),
+            pipeline.display().to_string(),
+            "--store".to_owned(),
+            store.display().to_string(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--workers".to_owned(),
+            workers.to_owned(),
+        ];
+        if let Some(t) = token {
+            std::fs::write(&token_file, t).unwrap();
+            args.extend(["--token-file".to_owned(), token_file.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Engine::start(&args, token)
+    }
+
     /// Starts `meterflow ARGS` (which must listen) and waits until it says where.
     pub fn start(args: &[&str], token: Option<&str>) -> Engine {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meterflow"))
