@@ -149,6 +149,8 @@ def gnocchi_session():
     loads = [m for m in metrics if m["name"] == "load"]
     check("gnocchi metric list", len(metrics) == 4 and len(loads) == 2
           and {m["archive_policy/name"] for m in loads} == {"five", "medium"}, metrics)
+    first = run("gnocchi", "metric", "list", "--sort", "name:desc", "--limit", "1", "-f", "json") or []
+    check("gnocchi metric list --sort --limit", [m["name"] for m in first] == ["temp"], first)
     resources = run("gnocchi", "resource", "list", "-f", "json") or []
     originals = sorted(r["original_resource_id"] for r in resources)
     check("gnocchi resource list", originals == ["host-1", "host-2", "host-3", "host-4"],

@@ -391,26 +391,17 @@ fn plain_order(a: &Value, b: &Value) -> Option<Ordering> {
 
 /// The order of two rows' values of `field` for `orderby`: nulls first, times as times.
 fn order_values(field: &str, a: Option<&Value>, b: Option<&Value>) -> Ordering {
-    let a = a.filter(|v| !v.is_null());
-    let b = b.filter(|v| !v.is_null());
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(a), Some(b)) => {
-            if TIMES.contains(&field) {
-                let t = |v: &Value| {
-                    v.as_str()
-                        .and_then(|s| Instant::parse(s).ok())
-                        .map(|t| t.nanos())
-                };
-                if let (Some(x), Some(y)) = (t(a), t(b)) {
-                    return x.cmp(&y);
-                }
-            }
-            plain_order(a, b).unwrap_or_else(|| a.to_string().cmp(&b.to_string()))
+    if TIMES.contains(&field) {
+        let t = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .and_then(|s| Instant::parse(s).ok())
+                .map(|t| t.nanos())
+        };
+        if let (Some(x), Some(y)) = (t(a), t(b)) {
+            return x.cmp(&y);
         }
     }
+    super::page::json_order(a, b)
 }
 
 #[cfg(test)]
