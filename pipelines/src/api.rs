@@ -351,7 +351,10 @@ fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/resource/{kind}", get(resources))
         .route("/v1/resource/{kind}/{id}", get(resource))
-        .route("/v1/resource/{kind}/{id}/metric", get(resource_metrics))
+        .route(
+            "/v1/resource/{kind}/{id}/metric",
+            get(resource_metrics).post(create_resource_metrics),
+        )
         .route(
             "/v1/resource/{kind}/{id}/metric/{name}",
             get(show_resource_metric),
@@ -360,7 +363,7 @@ fn router(state: Arc<ApiState>) -> Router {
             "/v1/resource/{kind}/{id}/metric/{name}/measures",
             get(resource_measures).post(post_resource_measures),
         )
-        .route("/v1/metric", get(metrics))
+        .route("/v1/metric", get(metrics).post(create_metric))
         .route("/v1/metric/{id}", get(metric))
         .route(
             "/v1/metric/{id}/measures",
@@ -1191,6 +1194,8 @@ struct Incoming {
     points: Vec<(i64, f64)>,
     /// The project creating it (`X-Project-Id`), recorded on a new metric.
     project: Option<String>,
+    /// Whether the request creates the metric (made even when `points` is empty).
+    create: bool,
 }
 
 /// Parses a list of `{"timestamp": T, "value": V}`; `place` names it in errors. As in
@@ -1347,6 +1352,7 @@ fn parse_batch(body: &Value) -> ApiResult<Vec<Incoming>> {
                 policy,
                 points: parse_measures(list, &place)?,
                 project: None,
+                create: false,
             });
         }
     }
@@ -1463,24 +1469,8 @@ async fn post_batch_resources(
             unknown.push(format!("{}/{}", m.resource_key, m.metric));
             continue;
         }
-        let policy = match m.policy.take() {
-            Some(p) => p,
-            None => crate::plan::policy_by_rules(&rules, &m.metric)
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "No archive policy rule found for metric {} and no archive_policy_name given; add a rule under archive_policy_rules: or name a policy",
-                        m.metric
-                    ))
-                })?,
-        };
-        if !known.contains_key(&policy) {
-            return Err(ApiError::bad_request(format!(
-                "Archive policy {policy} does not exist (known: {})",
-                known.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
-        m.policy = Some(policy);
+        m.policy = Some(creation_policy(m.policy.take(), &m.metric, &rules, &known)?);
+        m.create = true;
     }
     if !unknown.is_empty() {
         return Err(ApiError::bad_request(json!({
@@ -1495,6 +1485,192 @@ async fn post_batch_resources(
         m.project.clone_from(&project);
     }
     ingest(&state, incoming).await
+}
+
+/// The policy a metric created through the API gets: the one the request names, else the
+/// rules'; it must exist.
+fn creation_policy(
+    named: Option<String>,
+    metric: &str,
+    rules: &[crate::plan::ArchivePolicyRule],
+    known: &BTreeMap<String, Value>,
+) -> ApiResult<String> {
+    let policy = match named {
+        Some(p) => p,
+        None => crate::plan::policy_by_rules(rules, metric)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "No archive policy rule found for metric {metric} and no archive_policy_name given; add a rule under archive_policy_rules: or name a policy"
+                ))
+            })?,
+    };
+    if !known.contains_key(&policy) {
+        return Err(ApiError::bad_request(format!(
+            "Archive policy {policy} does not exist (known: {})",
+            known.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(policy)
+}
+
+/// `POST /v1/metric` (`gnocchi metric create`): a metric on a resource, made through the
+/// dataflow like a first measure (201 once committed, as Gnocchi shows it). Every metric here
+/// lives on a resource, so `resource_id` is required; a name the resource has is a 409.
+async fn create_metric(
+    State(state): Shared,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let body = json_body(&body)?;
+    let name = text_field(&body, "name")?.ok_or_else(|| {
+        ApiError::bad_request(
+            "Invalid input: give the metric a name (meterflow keeps metrics by resource and name)",
+        )
+    })?;
+    let resource = text_field(&body, "resource_id")?.ok_or_else(|| {
+        ApiError::bad_request("Invalid input: give resource_id: every metric in meterflow belongs to a resource (a metric without one is not supported)")
+    })?;
+    let key = batch_resource_key(&resource)?;
+    let wanted = NewMetric::read(name, &body)?;
+    let mut made = make_metrics(&state, &headers, &key, vec![wanted]).await?;
+    let record = made.remove(0);
+    let policy = policies(&state).remove(&record.archive_policy_name);
+    let mut response = (StatusCode::CREATED, Json(metric_json(&record, policy))).into_response();
+    if let Ok(l) = HeaderValue::from_str(&format!("/v1/metric/{}", record.metric_id)) {
+        response.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(response)
+}
+
+/// `POST /v1/resource/TYPE/ID/metric` with `{"NAME": {"archive_policy_name", "unit"}, ...}`
+/// (`gnocchi metric create --resource-id`): metrics added to an existing resource, answered
+/// with them once committed.
+async fn create_resource_metrics(
+    State(state): Shared,
+    Path((kind, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    let key = {
+        let catalog = state.store.catalog()?;
+        find_resource(&catalog, &kind, &id)?.key.to_owned()
+    };
+    let wanted = body
+        .as_object()
+        .filter(|o| !o.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input: expected {\"<metric name>\": {\"archive_policy_name\": ..., \"unit\": ...}, ...}",
+            )
+        })?
+        .iter()
+        .map(|(name, spec)| NewMetric::read(name.clone(), spec))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let made = make_metrics(&state, &headers, &key, wanted).await?;
+    // The metrics created, as Gnocchi answers (with `archive_policy_name`, no policy
+    // embedded: gnocchiclient shows the first).
+    Ok(Json(Value::Array(
+        made.iter().map(|m| metric_json(m, None)).collect(),
+    )))
+}
+
+/// A text field of a request body, if given (a non-empty string).
+fn text_field(body: &Value, key: &str) -> ApiResult<Option<String>> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid input: {key} must be a non-empty string, not {other}"
+        ))),
+    }
+}
+
+/// A metric a request asks to create.
+struct NewMetric {
+    name: String,
+    policy: Option<String>,
+    unit: Option<String>,
+}
+
+impl NewMetric {
+    /// `name` with the `archive_policy_name` and `unit` of `spec`.
+    fn read(name: String, spec: &Value) -> ApiResult<NewMetric> {
+        if !spec.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input: metric {name}: expected an object with archive_policy_name and unit"
+            )));
+        }
+        let unit = text_field(spec, "unit")?;
+        if unit.as_ref().is_some_and(|u| u.chars().count() > 31) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input: metric {name}: unit is longer than 31 characters"
+            )));
+        }
+        Ok(NewMetric {
+            policy: text_field(spec, "archive_policy_name")?,
+            unit,
+            name,
+        })
+    }
+}
+
+/// Makes `wanted` metrics of the resource keyed `key` through the dataflow (as a first
+/// measure would: the worker owning the resource records them) and returns their committed
+/// records; a name the resource has already is a 409, as in Gnocchi.
+async fn make_metrics(
+    state: &ApiState,
+    headers: &axum::http::HeaderMap,
+    key: &str,
+    wanted: Vec<NewMetric>,
+) -> ApiResult<Vec<MetricRecord>> {
+    let project = project_of(headers);
+    let mut incoming = Vec::new();
+    {
+        let catalog = state.store.catalog()?;
+        let (rules, known) = (rules(state), policies(state));
+        for m in wanted {
+            if catalog.get(key, &m.name).is_some() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("Named metric {} already exists", m.name),
+                ));
+            }
+            incoming.push(Incoming {
+                resource_key: key.to_owned(),
+                policy: Some(creation_policy(m.policy, &m.name, &rules, &known)?),
+                metric: m.name,
+                unit: m.unit,
+                points: Vec::new(),
+                project: project.clone(),
+                create: true,
+            });
+        }
+        let new_resource = usize::from(catalog.resource_view(key).is_none());
+        check_quotas(
+            state,
+            &catalog,
+            project.as_deref(),
+            (incoming.len(), new_resource),
+        )?;
+    }
+    let names: Vec<String> = incoming.iter().map(|m| m.metric.clone()).collect();
+    ingest(state, incoming).await?;
+    let catalog = state.store.catalog()?;
+    names
+        .iter()
+        .map(|name| {
+            catalog.get(key, name).cloned().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "metric {name} of resource {key} was committed but cannot be read back"
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 async fn post_batch_metrics(
@@ -1518,6 +1694,7 @@ async fn post_batch_metrics(
                 policy: None,
                 points,
                 project: None,
+                create: false,
             }),
             None => unknown.push(id.clone()),
         }
@@ -1559,6 +1736,7 @@ async fn post_one(state: &ApiState, record: MetricRecord, body: &[u8]) -> ApiRes
         policy: None,
         points,
         project: None,
+        create: false,
     }];
     ingest(state, incoming).await
 }
@@ -1597,10 +1775,17 @@ async fn ingest(state: &ApiState, incoming: Vec<Incoming>) -> ApiResult<StatusCo
         let policy = m.policy.as_deref().map(Sym::new);
         let project_id = m.project.as_deref().map(Sym::new);
         let r = route(&m.resource_key);
-        measures.extend(m.points.into_iter().map(|(t, v)| Measure {
+        // A metric created with no measure still goes through, to be made.
+        let made = (m.create && m.points.is_empty()).then_some((0, 0.0));
+        let origin = if made.is_some() {
+            Origin::ApiCreate
+        } else {
+            Origin::Api
+        };
+        measures.extend(m.points.into_iter().chain(made).map(|(t, v)| Measure {
             route: r,
             batch: 0,
-            origin: Origin::Api,
+            origin,
             resource_key,
             resource_id: resource_key,
             name,

@@ -203,6 +203,85 @@ fn discovery_status_capabilities_and_durations_as_the_clients_read_them() {
     );
     let spare = json!({"name": "spare", "definition": [{"granularity": 60, "points": 5}]});
     assert_eq!(engine.post("/v1/archive_policy", &spare.to_string()).0, 201);
+    // Metrics created without measures: by POST /v1/metric, and by a batch naming a new
+    // metric with an empty list.
+    let (status, body) = engine.post(
+        "/v1/metric",
+        r#"{"name": "empty", "resource_id": "h", "archive_policy_name": "five", "unit": "s"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["archive_policy"]["name"], "five", "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(engine.get_ok(&format!("/v1/metric/{id}"))["unit"], "s");
+    assert_eq!(
+        engine.get_ok(&format!("/v1/metric/{id}/measures?granularity=300")),
+        json!([])
+    );
+    assert_eq!(
+        engine
+            .post("/v1/metric", r#"{"name": "empty", "resource_id": "h"}"#)
+            .0,
+        409
+    );
+    assert_eq!(engine.post("/v1/metric", r#"{"name": "solo"}"#).0, 400);
+    assert_eq!(
+        engine
+            .post(
+                "/v1/metric",
+                r#"{"name": "x", "resource_id": "h", "archive_policy_name": "nope"}"#
+            )
+            .0,
+        400
+    );
+    // Named metrics added to a resource (what `gnocchi metric create --resource-id` sends).
+    let (status, body) = engine.post(
+        "/v1/resource/generic/h/metric",
+        r#"{"a": {"archive_policy_name": "five"}, "b": {"unit": "%"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"], "{body}");
+    assert_eq!(body[0]["archive_policy_name"], "five");
+    assert_eq!(
+        engine
+            .post("/v1/resource/generic/h/metric", r#"{"a": {}}"#)
+            .0,
+        409
+    );
+    assert_eq!(
+        engine
+            .post("/v1/resource/generic/nowhere/metric", r#"{"a": {}}"#)
+            .0,
+        404
+    );
+    assert_eq!(
+        engine
+            .get_ok("/v1/resource/generic/h/metric")
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let empty_batch = json!({"h2": {"quiet": {"archive_policy_name": "five", "measures": []}}});
+    assert_eq!(
+        engine
+            .post(
+                "/v1/batch/resources/metrics/measures?create_metrics=true",
+                &empty_batch.to_string()
+            )
+            .0,
+        202
+    );
+    assert_eq!(
+        engine.get_ok("/v1/resource/generic/h2/metric/quiet")["name"],
+        "quiet"
+    );
+
     // A rule created through the API holds its policy in use, until it is deleted.
     let rule = json!({"name": "r", "metric_pattern": "sp*", "archive_policy_name": "spare"});
     assert_eq!(

@@ -173,6 +173,19 @@ def gnocchi_session():
                  "2024-05-01T12:10:00", metric_id, "-f", "json") or []
     check("gnocchi measures add, then show --start", [m["value"] for m in maxima] == [10.0], maxima)
 
+    made_metric = run("gnocchi", "metric", "create", "--resource-id", "host-1", "-a", "five",
+                      "--unit", "B", "extra", "-f", "json") or {}
+    check("gnocchi metric create", made_metric.get("name") == "extra"
+          and made_metric.get("archive_policy_name") == "five" and made_metric.get("unit") == "B",
+          made_metric)
+    run("gnocchi", "measures", "add", "-m", "2024-05-01T12:01:00@5", made_metric.get("id", "?"))
+    extra = run("gnocchi", "measures", "show", "--resource-id", "host-1", "extra", "-f", "json") or []
+    check("measures of a created metric", [m["value"] for m in extra] == [5.0], extra)
+    error = run("gnocchi", "metric", "create", "--resource-id", "host-1", "-a", "five", "extra",
+                expect_ok=False) or ""
+    check("gnocchi metric create (taken)", "Named metric extra already exists" in error
+          and "HTTP 409" in error, error)
+
     nobody = "00000000-0000-4000-8000-000000000000"
     error = run("gnocchi", "metric", "show", nobody, expect_ok=False) or ""
     check("gnocchi metric show (unknown)", f"Metric {nobody} does not exist" in error
@@ -183,7 +196,7 @@ def gnocchi_session():
 
 def openstack_session():
     metrics = run("openstack", "metric", "list", "-f", "json") or []
-    check("openstack metric list", len(metrics) == 4, metrics)
+    check("openstack metric list", len(metrics) == 5, metrics)
     measures = run("openstack", "metric", "measures", "show", "--resource-id", "host-2", "load",
                    "--granularity", "60", "-f", "json") or []
     check("openstack metric measures show", [m["value"] for m in measures] == [7.0], measures)
@@ -257,7 +270,7 @@ def python_api_session():
         aodh_plugin = aodh_noauth.AodhNoAuthPlugin(USER, PROJECT, "admin", ENDPOINT)
     gnocchi = gnocchi_client.Client(session=ks_session.Session(auth=plugin))
     metrics = gnocchi.metric.list()
-    check("gnocchiclient metric.list", len(metrics) == 4
+    check("gnocchiclient metric.list", len(metrics) == 5
           and all("archive_policy" in m for m in metrics), metrics)
     measures = gnocchi.metric.get_measures("load", resource_id="host-1", granularity=300)
     check("gnocchiclient metric.get_measures", [m[2] for m in measures] == [1.5, 3.5, 10.0],

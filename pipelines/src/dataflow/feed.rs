@@ -200,8 +200,11 @@ impl ApiFeed {
             let mut diag = diag.borrow_mut();
             for m in &mut request.measures {
                 m.batch = batch;
-                diag.counters
-                    .saw_event(api_input, m.timestamp_ns.div_euclid(1000));
+                // A metric created without measures carries no time.
+                if m.origin != crate::storage::Origin::ApiCreate {
+                    diag.counters
+                        .saw_event(api_input, m.timestamp_ns.div_euclid(1000));
+                }
             }
             self.input.send_batch(&mut request.measures);
             self.pending.push((seq, request.reply));

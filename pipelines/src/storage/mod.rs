@@ -84,6 +84,10 @@ pub enum Origin {
     },
     /// Posted to the API (answered once its epoch is committed).
     Api,
+    /// A metric created through the API without measures (`POST /v1/metric`, or a batch
+    /// naming a new metric with an empty list): the metric is made and its record
+    /// committed; the measure carries no point.
+    ApiCreate,
 }
 
 /// The `gnocchi://` options measures are stored under, by origin.
@@ -122,7 +126,7 @@ impl StoreOptions {
                 .publishers
                 .get(usize::from(publisher))
                 .and_then(Option::as_ref),
-            Origin::Api => Some(&self.api),
+            Origin::Api | Origin::ApiCreate => Some(&self.api),
         }
     }
 }
@@ -662,7 +666,9 @@ impl Aggregator {
         diag: &mut Diag,
     ) {
         // Measures the API accepted are answered once committed: checkpoint their epoch.
-        let from_api = measures.iter().any(|m| m.origin == Origin::Api);
+        let from_api = measures
+            .iter()
+            .any(|m| matches!(m.origin, Origin::Api | Origin::ApiCreate));
         self.commits.cadence.changed |= !measures.is_empty();
         let ptr = |s: Sym| s.as_str().as_ptr() as usize;
         let order = |m: &Measure| (m.batch, m.origin, ptr(m.resource_key), ptr(m.name));
@@ -699,6 +705,10 @@ impl Aggregator {
                 }
                 continue;
             };
+            if m.origin == Origin::ApiCreate {
+                // Made (its record is in the next checkpoint); no point to add.
+                continue;
+            }
             let key = (m.resource_key, m.name);
             if let Some(new) = &m.attributes {
                 let recorded = &self.metrics.entries[i].record.resource_attributes;
