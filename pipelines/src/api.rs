@@ -1359,6 +1359,20 @@ fn parse_batch(body: &Value) -> ApiResult<Vec<Incoming>> {
     Ok(incoming)
 }
 
+/// Reads an Aodh complex query body as `POST /v2/query/alarms` does and applies it to a few
+/// alarms' JSON, returning how many match or the 400's text (for the fuzz harness).
+pub fn check_complex_query(body: &[u8]) -> Result<usize, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let query = complex_query::ComplexQuery::parse(&value, &complex_query::ALARM)?;
+    let rows = vec![
+        json!({"name": "cpu_high", "state": "alarm", "severity": "low", "enabled": true,
+               "timestamp": "2024-05-01T12:00:00+00:00", "project_id": null}),
+        json!({"name": "cpu_low", "state": "ok", "severity": "critical", "enabled": false,
+               "timestamp": "2024-05-02T00:00:00+00:00", "threshold": 4.5}),
+    ];
+    Ok(query.apply(rows).len())
+}
+
 /// Checks a batch body as the API does, returning how many measures it holds or the 400's
 /// text (for the fuzz harness: every body is answered, none panics or hangs).
 pub fn check_batch_body(body: &[u8]) -> Result<usize, String> {

@@ -1,6 +1,6 @@
 //! A mutation fuzzer for every decoder and parser that takes outside input: notification
 //! lines, oslo envelopes, pipeline definitions, alarm definitions, meter definitions (and the
-//! notifications they read), expressions, JSONPath and API bodies.
+//! notifications they read), expressions, JSONPath, API bodies and Aodh complex queries.
 //!
 //! Each execution takes a seed input of its target, applies one to four mutations (byte
 //! flips, inserted tokens that parsers find hard — brackets, quotes, `1e400`, `NaN`, escapes —
@@ -49,11 +49,13 @@ pub enum Target {
     JsonPath,
     /// `POST /v1/batch/resources/metrics/measures` bodies.
     ApiBody,
+    /// Aodh's complex queries (`POST /v2/query/alarms` bodies), applied to alarms.
+    ComplexQuery,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 9] = [
+    pub const ALL: [Target; 10] = [
         Target::NotificationLine,
         Target::OsloEnvelope,
         Target::PipelineDefinition,
@@ -63,6 +65,7 @@ impl Target {
         Target::Expression,
         Target::JsonPath,
         Target::ApiBody,
+        Target::ComplexQuery,
     ];
 
     /// Its name on the command line.
@@ -77,6 +80,7 @@ impl Target {
             Target::Expression => "expression",
             Target::JsonPath => "jsonpath",
             Target::ApiBody => "api-body",
+            Target::ComplexQuery => "complex-query",
         }
     }
 
@@ -133,6 +137,10 @@ impl Target {
             Target::ApiBody => vec![
                 r#"{"host-1": {"load": [{"timestamp": "2024-05-01T12:00:10", "value": 1.5}], "temp": {"archive_policy_name": "low", "unit": "C", "measures": [{"timestamp": 1714564800, "value": "2"}]}}}"#.to_owned(),
                 r#"{"6f64dadd-35ae-5e35-b630-6acc0ec5f34c": {"cpu": [{"timestamp": "-5 minutes", "value": 3}, {"timestamp": "now", "value": 4}]}}"#.to_owned(),
+            ],
+            Target::ComplexQuery => vec![
+                r#"{"filter": "{\"and\": [{\"=\": {\"name\": \"cpu_high\"}}, {\"or\": [{\">=\": {\"timestamp\": \"2024-05-01T12:00:00\"}}, {\"in\": {\"severity\": [\"low\", \"critical\"]}}]}]}", "orderby": "[{\"name\": \"desc\"}, {\"timestamp\": \"ASC\"}]", "limit": 3}"#.to_owned(),
+                r#"{"filter": "{\"not\": {\"=~\": {\"name\": \"^cpu_(high|low)$\"}}}"}"#.to_owned(),
             ],
         }
     }
@@ -447,6 +455,9 @@ impl Runner {
             }
             Target::ApiBody => {
                 let _ = meterflow_pipelines::api::check_batch_body(input);
+            }
+            Target::ComplexQuery => {
+                let _ = meterflow_pipelines::api::check_complex_query(input);
             }
         }
     }
