@@ -245,6 +245,24 @@ def aodh_session():
     error = run("aodh", "alarm", "list", "--query", "colour=red", expect_ok=False) or ""
     check("aodh alarm list --query (bad field)", "colour" in error and "HTTP 400" in error, error)
 
+    # Alarm quotas: a project limited to one alarm gets a 403 for its second.
+    quota = run("openstack", "alarm", "quota", "set", "quota-project", "--alarm", "1",
+                "-f", "json") or {}
+    check("openstack alarm quota set", quota == {"alarms": 1}, quota)
+    shown = run("openstack", "alarm", "quota", "show", "--project", "quota-project",
+                "-f", "json") or {}
+    check("openstack alarm quota show", shown == {"alarms": 1}, shown)
+    alarm_args = ["--type", "gnocchi_resources_threshold", "--metric", "load", "--resource-id",
+                  "host-1", "--resource-type", "generic", "--aggregation-method", "mean",
+                  "--granularity", "300", "--comparison-operator", "gt", "--threshold", "4",
+                  "--project-id", "quota-project"]
+    run("aodh", "alarm", "create", "--name", "quota_one", *alarm_args)
+    error = run("aodh", "alarm", "create", "--name", "quota_two", *alarm_args,
+                expect_ok=False) or ""
+    check("aodh alarm create over the quota", "Alarm quota exceeded" in error
+          and "HTTP 403" in error, error)
+    run("aodh", "alarm", "delete", "--name", "quota_one")
+
     # openstack's alarm commands over the same alarm.
     shown = run("openstack", "alarm", "show", "--name", "load_high", "-f", "json") or {}
     check("openstack alarm show --name", shown.get("alarm_id") == alarm_id, shown)

@@ -213,6 +213,9 @@ pub struct Manifest {
     /// Archive policy rules created through the API, by name, in Gnocchi's JSON form.
     #[serde(default)]
     pub archive_policy_rules: BTreeMap<String, serde_json::Value>,
+    /// Per-project alarm quotas set through Aodh's API (-1: unlimited), by project id.
+    #[serde(default)]
+    pub alarm_quotas: BTreeMap<String, i64>,
     /// The visible files.
     #[serde(default)]
     pub files: Vec<FileEntry>,
@@ -226,6 +229,7 @@ impl Manifest {
             generation: 0,
             archive_policies: BTreeMap::new(),
             archive_policy_rules: BTreeMap::new(),
+            alarm_quotas: BTreeMap::new(),
             files: Vec::new(),
         }
     }
@@ -930,6 +934,21 @@ impl Store {
         *manifest = next;
         self.policies_version.fetch_add(1, Ordering::Release);
         Ok(before.is_some())
+    }
+
+    /// The per-project alarm quotas set through the API.
+    pub fn alarm_quotas(&self) -> BTreeMap<String, i64> {
+        self.lock_manifest().alarm_quotas.clone()
+    }
+
+    /// Sets project `project`'s alarm quota (-1: unlimited).
+    pub fn set_alarm_quota(&self, project: &str, limit: i64) -> Result<(), StoreError> {
+        let mut manifest = self.lock_manifest();
+        let mut next = manifest.clone();
+        next.alarm_quotas.insert(project.to_owned(), limit);
+        self.write_manifest(&next)?;
+        *manifest = next;
+        Ok(())
     }
 
     /// Changes with every change of the recorded archive policies and rules (a cache of them

@@ -38,11 +38,94 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
         .route("/v2/alarms/{id}/state", get(state).put(set_state))
         .route("/v2/alarms/{id}/history", get(history))
         .route("/v2/capabilities", get(capabilities))
+        .route("/v2/quotas", get(quotas).post(set_quotas))
         .route("/v2/query/alarms", axum::routing::post(query_alarms))
         .route(
             "/v2/query/alarms/history",
             axum::routing::post(query_history),
         )
+}
+
+/// The alarm quota of `project`: the one set through the API, else `--quota-alarms`
+/// (`None`: unlimited).
+fn alarm_quota(state: &ApiState, project: Option<&str>) -> Option<usize> {
+    let set = project.and_then(|p| state.store.alarm_quotas().get(p).copied());
+    match set {
+        Some(limit) => usize::try_from(limit).ok(),
+        None => Some(state.quotas.alarms),
+    }
+}
+
+/// Aodh's quota body for `project`.
+fn quota_json(state: &ApiState, project: &str) -> Value {
+    let limit = alarm_quota(state, Some(project)).map_or(-1, |l| l as i64);
+    json!({"project_id": project, "quotas": [{"resource": "alarms", "limit": limit}]})
+}
+
+/// `GET /v2/quotas[?project_id=P]` (`aodh quota show`): a project's alarm quota, the
+/// caller's (`X-Project-Id`) when none is named.
+async fn quotas(
+    State(state): Shared,
+    Query(params): Query<BTreeMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> AodhResult<Json<Value>> {
+    let project = params
+        .get("project_id")
+        .cloned()
+        .or_else(|| super::project_of(&headers))
+        .ok_or_else(|| {
+            AodhError::client("Invalid input: give project_id (or send X-Project-Id)")
+        })?;
+    Ok(Json(quota_json(&state, &project)))
+}
+
+/// `POST /v2/quotas` with `{"project_id": P, "quotas": [{"resource": "alarms", "limit": N}]}`
+/// (`aodh quota set P --alarm N`; -1 is unlimited): recorded in the store, checked when the
+/// project creates an alarm.
+async fn set_quotas(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Json<Value>> {
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| AodhError::client(format!("Invalid input: the body is not JSON ({e})")))?;
+    let project = body
+        .get("project_id")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| AodhError::client("Invalid input: give project_id"))?
+        .to_owned();
+    let quotas = body
+        .get("quotas")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            AodhError::client("Invalid input: give quotas, a list of {resource, limit}")
+        })?;
+    let mut limits = Vec::new();
+    for q in quotas {
+        let resource = q
+            .get("resource")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if resource != "alarms" {
+            return Err(AodhError::client(format!(
+                "Invalid input for field/attribute resource. Value: '{resource}'. Value should be one of: alarms"
+            )));
+        }
+        let limit = q
+            .get("limit")
+            .and_then(Value::as_i64)
+            .filter(|l| *l >= -1)
+            .ok_or_else(|| {
+                AodhError::client(
+                    "Invalid input: limit must be a whole number of -1 (unlimited) or more",
+                )
+            })?;
+        limits.push(limit);
+    }
+    for limit in limits {
+        state
+            .store
+            .set_alarm_quota(&project, limit)
+            .map_err(store_error)?;
+    }
+    Ok(Json(quota_json(&state, &project)))
 }
 
 /// The body of a complex query, read with Aodh's messages.
@@ -332,7 +415,8 @@ async fn create(
         .values()
         .filter(|a| a.definition.project_id == alarm.project_id)
         .count();
-    if owned >= state.quotas.alarms {
+    let quota = alarm_quota(&state, alarm.project_id.as_deref());
+    if let Some(quota) = quota.filter(|q| owned >= *q) {
         let who = alarm
             .project_id
             .as_deref()
@@ -340,8 +424,7 @@ async fn create(
         return Err(AodhError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "Alarm quota exceeded for project {who}: it owns {owned}, the quota is {}; delete some, or ask the operator to raise --quota-alarms",
-                state.quotas.alarms
+                "Alarm quota exceeded for project {who}: it owns {owned}, the quota is {quota}; delete some, or ask the operator to raise it (aodh quota set, or --quota-alarms for every project)"
             ),
         ));
     }
