@@ -364,6 +364,10 @@ fn router(state: Arc<ApiState>) -> Router {
             get(resource_measures).post(post_resource_measures),
         )
         .route("/v1/metric", get(metrics).post(create_metric))
+        .route(
+            "/v1/search/resource/{kind}",
+            axum::routing::post(search_resources),
+        )
         .route("/v1/metric/{id}", get(metric))
         .route(
             "/v1/metric/{id}/measures",
@@ -970,7 +974,39 @@ async fn resources(
     Query(params): Query<Vec<(String, String)>>,
     uri: axum::http::Uri,
 ) -> ApiResult<Response> {
-    let page = query_page(&params)?;
+    list_resources(&state, &kind, &params, &uri, None)
+}
+
+/// `POST /v1/search/resource/TYPE`: the resources of a type a filter selects, as the JSON
+/// body (Gnocchi's filter) or the text of `?filter=` (what `gnocchi resource search` sends),
+/// listed and paged as `GET /v1/resource/TYPE`; an empty body selects all.
+async fn search_resources(
+    State(state): Shared,
+    Path(kind): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    uri: axum::http::Uri,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    use meterflow_connectors::gnocchi::search::Filter;
+    let text = params.iter().find(|(k, _)| k == "filter").map(|(_, v)| v);
+    let filter = match text {
+        Some(text) => Filter::parse_text(text),
+        None if body.iter().all(u8::is_ascii_whitespace) => Ok(Filter::And(Vec::new())),
+        None => Filter::parse(&json_body(&body)?),
+    }
+    .map_err(|e| ApiError::bad_request(format!("Invalid input: {e}")))?;
+    list_resources(&state, &kind, &params, &uri, Some(&filter))
+}
+
+/// The resources of `kind` that `filter` selects (all without one), paged by `params`.
+fn list_resources(
+    state: &ApiState,
+    kind: &str,
+    params: &[(String, String)],
+    uri: &axum::http::Uri,
+    filter: Option<&meterflow_connectors::gnocchi::search::Filter>,
+) -> ApiResult<Response> {
+    let page = query_page(params)?;
     // The generic listing shows generic attributes only, unless `details=true` (Gnocchi's;
     // gnocchiclient's table expects the same columns on every row).
     let details = params.iter().any(|(k, v)| {
@@ -987,8 +1023,9 @@ async fn resources(
             any_of_kind |= of_kind;
             of_kind
         })
-        .map(|view| {
-            let mut json = resource_json(view);
+        .map(resource_json)
+        .filter(|json| filter.is_none_or(|f| f.matches(json)))
+        .map(|mut json| {
             if generic_only {
                 if let Some(o) = json.as_object_mut() {
                     o.retain(|k, _| GENERIC_ATTRIBUTES.contains(&k.as_str()));
@@ -997,8 +1034,8 @@ async fn resources(
             (json["id"].as_str().unwrap_or_default().to_owned(), json)
         })
         .collect();
-    known_type(&state, &kind, any_of_kind)?;
-    page.respond(listed, &uri).map_err(ApiError::bad_request)
+    known_type(state, kind, any_of_kind)?;
+    page.respond(listed, uri).map_err(ApiError::bad_request)
 }
 
 /// The attributes every Gnocchi resource has (the `generic` type's).

@@ -282,6 +282,34 @@ fn discovery_status_capabilities_and_durations_as_the_clients_read_them() {
         "quiet"
     );
 
+    // Resource search: a JSON filter in the body, or the text form in `filter`.
+    let (status, body) = engine.post(
+        "/v1/search/resource/generic",
+        r#"{"or": [{"=": {"original_resource_id": "h"}}, {"like": {"original_resource_id": "h2%"}}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut found: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["original_resource_id"].as_str().unwrap())
+        .collect();
+    found.sort_unstable();
+    assert_eq!(found, ["h", "h2"], "{body}");
+    let (status, body) = engine.post(
+        "/v1/search/resource/generic?filter=original_resource_id%3D%27h2%27",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(
+        engine
+            .post("/v1/search/resource/generic", r#"{"~": {"a": 1}}"#)
+            .0,
+        400
+    );
+    assert_eq!(engine.post("/v1/search/resource/nosuchtype", "{}").0, 404);
+
     // A rule created through the API holds its policy in use, until it is deleted.
     let rule = json!({"name": "r", "metric_pattern": "sp*", "archive_policy_name": "spare"});
     assert_eq!(

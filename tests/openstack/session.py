@@ -155,6 +155,13 @@ def gnocchi_session():
     originals = sorted(r["original_resource_id"] for r in resources)
     check("gnocchi resource list", originals == ["host-1", "host-2", "host-3", "host-4"],
           resources)
+    found = run("gnocchi", "resource", "search", "original_resource_id like 'host-%' and not "
+                "original_resource_id in ('host-2', 'host-4')", "--sort",
+                "original_resource_id:desc", "-f", "json") or []
+    check("gnocchi resource search", [r["original_resource_id"] for r in found]
+          == ["host-3", "host-1"], found)
+    error = run("gnocchi", "resource", "search", "original_resource_id = ", expect_ok=False) or ""
+    check("gnocchi resource search (bad filter)", "HTTP 400" in error, error)
     host1 = run("gnocchi", "resource", "show", "host-1", "-f", "json") or {}
     check("gnocchi resource show", host1.get("type") == "generic" and "load" in str(host1.get("metrics")), host1)
 

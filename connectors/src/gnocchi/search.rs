@@ -167,6 +167,225 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// Parses Gnocchi's text form of a filter (the `filter` query parameter of a search, what
+    /// `gnocchi resource search "host='h1' and vcpus>=2"` sends): comparisons `FIELD OP VALUE`
+    /// with the operators of the JSON form (`=`, `!=`, `<`, `<=`, `>`, `>=`, `like`, `ilike`,
+    /// `in`, and their word forms), values quoted (`'web-1'`, `"web-1"`), numbers, `null`,
+    /// `true`/`false`, bare words, or lists for `in` (`in ('a', 'b')` or `in ["a", "b"]`);
+    /// `not` binds tighter than `and`, `and` than `or`; parentheses group.
+    ///
+    /// # Examples
+    /// ```
+    /// use meterflow_connectors::gnocchi::search::Filter;
+    /// use serde_json::json;
+    /// let f = Filter::parse_text("host = 'h1' and not (vcpus < 2 or flavor in ('tiny', 'nano'))").unwrap();
+    /// assert!(f.matches(&json!({"host": "h1", "vcpus": 4, "flavor": "large"})));
+    /// assert!(!f.matches(&json!({"host": "h1", "vcpus": 4, "flavor": "tiny"})));
+    /// assert!(Filter::parse_text("host = ").is_err());
+    /// ```
+    pub fn parse_text(text: &str) -> Result<Filter, String> {
+        const MAX_LEN: usize = 64 * 1024;
+        if text.len() > MAX_LEN {
+            return Err(format!("filter: longer than {MAX_LEN} bytes"));
+        }
+        let tokens = tokens(text)?;
+        let mut at = 0;
+        let json = or_expression(&tokens, &mut at, 0)?;
+        if at != tokens.len() {
+            return Err(format!(
+                "filter: unexpected {:?} after a whole expression",
+                tokens[at]
+            ));
+        }
+        Self::parse_at(&json, "filter")
+    }
+}
+
+/// A token of the text form.
+#[derive(Clone, Debug, PartialEq)]
+enum Token {
+    Word(String),
+    Text(String),
+    Number(f64),
+    Symbol(&'static str),
+}
+
+fn tokens(text: &str) -> Result<Vec<Token>, String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        if c == '\'' || c == '"' {
+            let mut s = String::new();
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => return Err(format!("filter: a {c}-quoted value is not closed")),
+                    Some(&q) if q == c => break,
+                    Some('\\') if chars.get(i + 1).is_some() => {
+                        s.push(chars[i + 1]);
+                        i += 2;
+                        continue;
+                    }
+                    Some(&other) => s.push(other),
+                }
+                i += 1;
+            }
+            i += 1;
+            out.push(Token::Text(s));
+            continue;
+        }
+        const SYMBOLS: [&str; 14] = [
+            "<=", ">=", "!=", "==", "≤", "≥", "≠", "=", "<", ">", "(", ")", "[", "]",
+        ];
+        let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
+        if let Some(sym) = SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
+            out.push(Token::Symbol(sym));
+            i += sym.chars().count();
+            continue;
+        }
+        if c == ',' {
+            out.push(Token::Symbol(","));
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && !chars[i].is_whitespace() && !"()[],=<>!≤≥≠'\"".contains(chars[i])
+        {
+            i += 1;
+        }
+        if start == i {
+            return Err(format!("filter: unexpected {c:?}"));
+        }
+        let word: String = chars[start..i].iter().collect();
+        match word.parse::<f64>() {
+            Ok(n) if n.is_finite() => out.push(Token::Number(n)),
+            _ => out.push(Token::Word(word)),
+        }
+    }
+    Ok(out)
+}
+
+fn keyword(tokens: &[Token], at: usize, word: &str) -> bool {
+    matches!(tokens.get(at), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
+}
+
+fn or_expression(tokens: &[Token], at: &mut usize, depth: usize) -> Result<Value, String> {
+    let mut items = vec![and_expression(tokens, at, depth)?];
+    while keyword(tokens, *at, "or") {
+        *at += 1;
+        items.push(and_expression(tokens, at, depth)?);
+    }
+    Ok(if items.len() == 1 {
+        items.remove(0)
+    } else {
+        serde_json::json!({ "or": items })
+    })
+}
+
+fn and_expression(tokens: &[Token], at: &mut usize, depth: usize) -> Result<Value, String> {
+    let mut items = vec![unary(tokens, at, depth)?];
+    while keyword(tokens, *at, "and") {
+        *at += 1;
+        items.push(unary(tokens, at, depth)?);
+    }
+    Ok(if items.len() == 1 {
+        items.remove(0)
+    } else {
+        serde_json::json!({ "and": items })
+    })
+}
+
+fn unary(tokens: &[Token], at: &mut usize, depth: usize) -> Result<Value, String> {
+    if depth > 100 {
+        return Err("filter: nested deeper than 100 levels".into());
+    }
+    if keyword(tokens, *at, "not") {
+        *at += 1;
+        return Ok(serde_json::json!({ "not": unary(tokens, at, depth + 1)? }));
+    }
+    if tokens.get(*at) == Some(&Token::Symbol("(")) {
+        *at += 1;
+        let inner = or_expression(tokens, at, depth + 1)?;
+        if tokens.get(*at) != Some(&Token::Symbol(")")) {
+            return Err("filter: a parenthesis is not closed".into());
+        }
+        *at += 1;
+        return Ok(inner);
+    }
+    let Some(Token::Word(field)) = tokens.get(*at) else {
+        return Err(format!(
+            "filter: expected a field name at {:?}",
+            tokens.get(*at)
+        ));
+    };
+    *at += 1;
+    let op = match tokens.get(*at) {
+        Some(Token::Symbol(s)) if !matches!(*s, "(" | ")" | "[" | "]" | ",") => (*s).to_owned(),
+        Some(Token::Word(w)) => w.to_ascii_lowercase(),
+        other => {
+            return Err(format!(
+                "filter: expected an operator after {field}, got {other:?}"
+            ))
+        }
+    };
+    *at += 1;
+    let value = if op == "in" {
+        let close = match tokens.get(*at) {
+            Some(Token::Symbol("(")) => ")",
+            Some(Token::Symbol("[")) => "]",
+            other => {
+                return Err(format!(
+                    "filter: `in` takes a list, e.g. in ('a', 'b'); got {other:?}"
+                ))
+            }
+        };
+        *at += 1;
+        let mut list = Vec::new();
+        loop {
+            list.push(scalar(tokens, at)?);
+            match tokens.get(*at) {
+                Some(Token::Symbol(",")) => *at += 1,
+                Some(Token::Symbol(s)) if *s == close => {
+                    *at += 1;
+                    break;
+                }
+                other => {
+                    return Err(format!(
+                        "filter: expected , or {close} in a list, got {other:?}"
+                    ))
+                }
+            }
+        }
+        Value::Array(list)
+    } else {
+        scalar(tokens, at)?
+    };
+    Ok(serde_json::json!({ op: { field.clone(): value } }))
+}
+
+fn scalar(tokens: &[Token], at: &mut usize) -> Result<Value, String> {
+    let value = match tokens.get(*at) {
+        Some(Token::Text(s)) => Value::String(s.clone()),
+        Some(Token::Number(n)) => serde_json::json!(n),
+        Some(Token::Word(w)) => match w.to_ascii_lowercase().as_str() {
+            "null" | "none" => Value::Null,
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::String(w.clone()),
+        },
+        other => return Err(format!("filter: expected a value, got {other:?}")),
+    };
+    *at += 1;
+    Ok(value)
+}
+
 /// A queried `id` as Gnocchi keys it.
 fn id_value(v: &Value) -> Value {
     match v {
@@ -301,5 +520,40 @@ mod tests {
         let e = Filter::parse(&json!({"=": {"a": 1}, "!=": {"b": 2}})).unwrap_err();
         assert!(e.contains("exactly one operator"), "{e}");
         assert!(Filter::parse(&json!("host=h1")).is_err());
+    }
+
+    #[test]
+    fn the_text_form_reads_as_the_json_form() {
+        let same = |text: &str, json: Value| {
+            assert_eq!(
+                Filter::parse_text(text).unwrap(),
+                Filter::parse(&json).unwrap(),
+                "{text}"
+            );
+        };
+        same("host = 'h1'", json!({"=": {"host": "h1"}}));
+        same(
+            "a=1 or b=2 and c=3",
+            json!({"or": [{"=": {"a": 1.0}}, {"and": [{"=": {"b": 2.0}}, {"=": {"c": 3.0}}]}]}),
+        );
+        same("not a != null", json!({"not": {"!=": {"a": null}}}));
+        same(
+            "(a ge 2) and b in [\"x\", 'y']",
+            json!({"and": [{"ge": {"a": 2.0}}, {"in": {"b": ["x", "y"]}}]}),
+        );
+        same("host ilike \"WEB%\"", json!({"ilike": {"host": "WEB%"}}));
+        for bad in [
+            "host =",
+            "host 'h1'",
+            "(a = 1",
+            "a in ('x'",
+            "a = 1 b = 2",
+            "'x' = 1",
+            "a = 'open",
+        ] {
+            assert!(Filter::parse_text(bad).is_err(), "{bad}");
+        }
+        let deep = format!("{}a = 1{}", "(".repeat(200), ")".repeat(200));
+        assert!(Filter::parse_text(&deep).unwrap_err().contains("deeper"));
     }
 }
