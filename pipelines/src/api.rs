@@ -406,7 +406,8 @@ const MAX_BODY: usize = 2 * 1024 * 1024;
 /// print it with errors).
 async fn finish(request: Request, next: Next) -> Response {
     let aodh = request.uri().path().starts_with("/v2");
-    let what = format!("{} {}", request.method(), request.uri().path());
+    // Kept for a 405's message (cheap clones: no text is written unless it is needed).
+    let what = (request.method().clone(), request.uri().clone());
     let (parts, body) = request.into_parts();
     let mut response = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => {
@@ -459,7 +460,11 @@ async fn finish(request: Request, next: Next) -> Response {
 /// An error answer in the shape its API's clients parse: Gnocchi's `{"code", "title",
 /// "description"}` or Aodh's `{"error_message": {"faultcode", "faultstring", "debuginfo"}}`,
 /// keeping the status and headers; a bodiless or plain-text answer's text becomes the message.
-async fn shape_error(response: Response, aodh: bool, what: &str) -> Response {
+async fn shape_error(
+    response: Response,
+    aodh: bool,
+    (method, uri): &(axum::http::Method, axum::http::Uri),
+) -> Response {
     let (mut parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
@@ -482,7 +487,7 @@ async fn shape_error(response: Response, aodh: bool, what: &str) -> Response {
             if !text.is_empty() {
                 text.into()
             } else if parts.status == StatusCode::METHOD_NOT_ALLOWED {
-                format!("The method is not allowed for this resource: {what} (the Allow header lists those that are)").into()
+                format!("The method is not allowed for this resource: {method} {} (the Allow header lists those that are)", uri.path()).into()
             } else {
                 parts.status.canonical_reason().unwrap_or("Error").into()
             }

@@ -277,28 +277,31 @@ fn keyword(tokens: &[Token], at: usize, word: &str) -> bool {
 }
 
 fn or_expression(tokens: &[Token], at: &mut usize, depth: usize) -> Result<Value, String> {
-    let mut items = vec![and_expression(tokens, at, depth)?];
-    while keyword(tokens, *at, "or") {
-        *at += 1;
-        items.push(and_expression(tokens, at, depth)?);
-    }
-    Ok(if items.len() == 1 {
-        items.remove(0)
-    } else {
-        serde_json::json!({ "or": items })
-    })
+    joined(tokens, at, depth, "or", and_expression)
 }
 
 fn and_expression(tokens: &[Token], at: &mut usize, depth: usize) -> Result<Value, String> {
-    let mut items = vec![unary(tokens, at, depth)?];
-    while keyword(tokens, *at, "and") {
+    joined(tokens, at, depth, "and", unary)
+}
+
+/// Operands read by `operand` joined by the keyword `word`: `{word: [...]}`, or the one
+/// operand alone.
+fn joined(
+    tokens: &[Token],
+    at: &mut usize,
+    depth: usize,
+    word: &str,
+    operand: fn(&[Token], &mut usize, usize) -> Result<Value, String>,
+) -> Result<Value, String> {
+    let mut items = vec![operand(tokens, at, depth)?];
+    while keyword(tokens, *at, word) {
         *at += 1;
-        items.push(unary(tokens, at, depth)?);
+        items.push(operand(tokens, at, depth)?);
     }
     Ok(if items.len() == 1 {
         items.remove(0)
     } else {
-        serde_json::json!({ "and": items })
+        serde_json::json!({ word: items })
     })
 }
 

@@ -333,18 +333,19 @@ impl Node {
             Node::And(nodes) => nodes.iter().all(|n| n.holds(row)),
             Node::Or(nodes) => nodes.iter().any(|n| n.holds(row)),
             Node::Not(n) => !n.holds(row),
-            Node::Compare(c, field, operand) => compare(field, row.get(field), operand)
-                .is_some_and(|o| match c {
+            Node::Compare(c, field, operand) => {
+                compare(row.get(field), operand).is_some_and(|o| match c {
                     Comparison::Eq => o == Ordering::Equal,
                     Comparison::Ne => o != Ordering::Equal,
                     Comparison::Lt => o == Ordering::Less,
                     Comparison::Le => o != Ordering::Greater,
                     Comparison::Gt => o == Ordering::Greater,
                     Comparison::Ge => o != Ordering::Less,
-                }),
+                })
+            }
             Node::In(field, operands) => operands
                 .iter()
-                .any(|o| compare(field, row.get(field), o) == Some(Ordering::Equal)),
+                .any(|o| compare(row.get(field), o) == Some(Ordering::Equal)),
             Node::Matches(field, regex) => match row.get(field) {
                 Some(Value::String(s)) => regex.is_match(s),
                 Some(Value::Null) | None => false,
@@ -356,7 +357,7 @@ impl Node {
 
 /// How a row's value compares with an operand; `None` when they cannot be compared (a null,
 /// or values of different kinds).
-fn compare(field: &str, value: Option<&Value>, operand: &Operand) -> Option<Ordering> {
+fn compare(value: Option<&Value>, operand: &Operand) -> Option<Ordering> {
     let value = value.filter(|v| !v.is_null())?;
     match operand {
         Operand::Time(t) => {
@@ -365,7 +366,6 @@ fn compare(field: &str, value: Option<&Value>, operand: &Operand) -> Option<Orde
         }
         Operand::Plain(o) => plain_order(value, o).or_else(|| {
             // A number given as text (or the reverse), as SQL would convert it.
-            let _ = field;
             let (a, b) = (number(value)?, number(o)?);
             a.partial_cmp(&b)
         }),
