@@ -565,8 +565,9 @@ impl Aggregator {
         }
     }
 
+    /// The policy named (cached; [`Aggregator::ensure`], its one caller, has brought the
+    /// cache up to date with the API's changes).
     fn policy(&mut self, name: &str) -> Option<Arc<Policy>> {
-        self.follow_policy_changes();
         if let Some(p) = self.policies.get(name) {
             return Some(p.clone());
         }
