@@ -14,6 +14,7 @@
 //! answered, so a read after a 202 sees it (Gnocchi's `refresh=true` holds without asking).
 //! Errors have Gnocchi's shape: `{"code": 404, "title": "Not Found", "description": ...}`.
 
+mod aggregates;
 mod alarms;
 mod complex_query;
 mod page;
@@ -385,6 +386,7 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/capabilities", get(capabilities))
         .route("/metrics", get(prometheus))
         .merge(alarms::routes())
+        .merge(aggregates::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

@@ -25,6 +25,7 @@
 //! assert_eq!(out[0].1.volume.as_f64(), 5.0);
 //! ```
 
+pub mod aggregates;
 pub mod alarms;
 pub mod api;
 pub mod bench;

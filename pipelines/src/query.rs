@@ -6,6 +6,7 @@
 use meterflow_connectors::gnocchi::store::{MetricRecord, Store, StoreError};
 use meterflow_engine::partition::route;
 use meterflow_engine::time::{format_seconds_utc, Instant, TimeError};
+pub use meterflow_operators::aggregate::resampled;
 use meterflow_operators::aggregate::{ArchivePolicy, Method, MAX_GRANULARITY, NANOS};
 
 /// What to read.
@@ -214,38 +215,6 @@ pub fn measures_of(
         }
     }
     Ok(out)
-}
-
-/// Gnocchi's `resample`: points grouped into buckets of `r` ns (rounded down), each reduced
-/// with the method; for `rate:X`, X over the differences between consecutive points (the first
-/// point has none), as Gnocchi derives a grouped series.
-///
-/// # Examples
-/// ```
-/// use meterflow_pipelines::query::resampled;
-/// let points = [(0, 1.0), (60, 3.0), (120, 10.0), (180, 11.0)];
-/// let sum = "sum".parse().unwrap();
-/// assert_eq!(resampled(&points, 120, sum), vec![(0, 4.0), (120, 21.0)]);
-/// let rate = "rate:sum".parse().unwrap();
-/// assert_eq!(resampled(&points, 120, rate), vec![(0, 2.0), (120, 8.0)]);
-/// ```
-pub fn resampled(points: &[(i64, f64)], r: i64, method: Method) -> Vec<(i64, f64)> {
-    let series: Vec<(i64, f64)> = if method.rate {
-        points
-            .windows(2)
-            .map(|w| (w[1].0, w[1].1 - w[0].1))
-            .collect()
-    } else {
-        points.to_vec()
-    };
-    let mut out = Vec::new();
-    for group in series.chunk_by(|a, b| a.0.div_euclid(r) == b.0.div_euclid(r)) {
-        let values: Vec<f64> = group.iter().map(|p| p.1).collect();
-        if let Some(v) = method.reduce(&values) {
-            out.push((group[0].0.div_euclid(r) * r, v));
-        }
-    }
-    out
 }
 
 /// Measures as Gnocchi's JSON: `[["2021-07-30T02:00:00+00:00", 60.0, 1.5], ...]`.

@@ -235,6 +235,9 @@ impl Manifest {
     }
 }
 
+/// One series' stored buckets: `(granularity ns, timestamp ns, value)`.
+pub type SeriesPoints = Vec<(i64, i64, f64)>;
+
 /// A metric as the store records it (Gnocchi's metric plus its resource's identity).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricRecord {
@@ -1452,6 +1455,75 @@ impl Store {
                 },
             )
             .collect())
+    }
+
+    /// The stored buckets of many series at once, reading each file of the partitions they
+    /// fall in once: for each wanted `(resource_id, metric_name, aggregation)`, its points
+    /// `(granularity ns, timestamp ns, value)`, each key's newest generation, sorted by
+    /// granularity then timestamp. What the dynamic aggregates API reads.
+    pub fn series_of(
+        &self,
+        wanted: &[(&str, &str, &str)],
+    ) -> Result<Vec<SeriesPoints>, StoreError> {
+        self.reading(|| self.series_of_once(wanted))
+    }
+
+    fn series_of_once(
+        &self,
+        wanted: &[(&str, &str, &str)],
+    ) -> Result<Vec<SeriesPoints>, StoreError> {
+        let mut by_metric: rustc_hash::FxHashMap<(&str, &str), Vec<(&str, usize)>> =
+            rustc_hash::FxHashMap::default();
+        let mut routes: Vec<u64> = Vec::new();
+        for (i, &(resource, metric, aggregation)) in wanted.iter().enumerate() {
+            by_metric
+                .entry((resource, metric))
+                .or_insert_with(|| {
+                    routes.push(route(resource));
+                    Vec::new()
+                })
+                .push((aggregation, i));
+        }
+        let mut out: Vec<SeriesPoints> = vec![Vec::new(); wanted.len()];
+        let files: Vec<FileEntry> = self
+            .files(Table::Aggregates, None)
+            .into_iter()
+            .filter(|f| routes.iter().any(|&r| f.partition.holds(r)))
+            .collect();
+        for entry in &files {
+            for batch in self.batches(entry)? {
+                let res = strings(&batch, "resource_id", &entry.path)?;
+                let names = strings(&batch, "metric_name", &entry.path)?;
+                let aggregation = strings(&batch, "aggregation", &entry.path)?;
+                let granularity =
+                    column::<Float64Array>(&batch, "granularity_seconds", &entry.path)?;
+                let ts = column::<TimestampNanosecondArray>(&batch, "timestamp", &entry.path)?;
+                let value = column::<Float64Array>(&batch, "value", &entry.path)?;
+                for row in 0..batch.num_rows() {
+                    let Some(wants) = by_metric.get(&(res.value(row), names.value(row))) else {
+                        continue;
+                    };
+                    if !aggregation.is_valid(row) || !granularity.is_valid(row) {
+                        continue;
+                    }
+                    let method = aggregation.value(row);
+                    for &(_, i) in wants.iter().filter(|(a, _)| *a == method) {
+                        out[i].push((
+                            (granularity.value(row) * 1e9).round() as i64,
+                            ts.value(row),
+                            value.value(row),
+                        ));
+                    }
+                }
+            }
+        }
+        for points in &mut out {
+            // Files were read oldest generation first: of equal keys, the last read wins.
+            points.reverse();
+            points.sort_by_key(|p| (p.0, p.1));
+            points.dedup_by_key(|p| (p.0, p.1));
+        }
+        Ok(out)
     }
 
     /// The records and newest states of the metrics `keys` names (resource, metric), reading

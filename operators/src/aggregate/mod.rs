@@ -5,12 +5,15 @@
 //! This is the pure core; the `gnocchi://` publisher and the store that persist and serve it
 //! land with the storage work.
 
+mod across;
+pub mod dynamic;
 mod method;
 mod metric;
 mod policy;
 mod running;
 
-pub use method::{Method, MethodError};
+pub use across::{Across, AcrossError};
+pub use method::{resampled, Method, MethodError};
 pub use metric::{BatchOutcome, Metric, Point};
 pub use policy::{
     parse_timespan, python_timedelta, ArchivePolicy, Granule, PolicyError, MAX_GRANULARITY,

@@ -21,55 +21,8 @@ use serde_json::{json, Value};
 use super::definition::{AlarmDefinition, Composite, Rule, Target, ThresholdRule};
 use super::evaluator::{granularity_ns, Conduct, Evaluator, Outcome};
 use super::threshold::{evaluate, AlarmState, Evaluation, ReasonData, Refresh};
+pub use crate::aggregate::Across;
 use crate::aggregate::Method;
-
-/// How the values of several metrics at one timestamp become one: the reductions of
-/// Gnocchi's `aggregate` operation (numpy's nan-aware ones; `std` is the population's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Across {
-    /// `mean`.
-    Mean,
-    /// `median`.
-    Median,
-    /// `std` (population, n).
-    Std,
-    /// `min`.
-    Min,
-    /// `max`.
-    Max,
-    /// `sum`.
-    Sum,
-    /// `count`: how many metrics have a value.
-    Count,
-}
-
-impl Across {
-    /// Reduces `values` (at least one). They are sorted first, so the result does not
-    /// depend on the order the metrics' buckets arrived in (float sums are not associative).
-    pub fn reduce(self, values: &mut [f64]) -> f64 {
-        values.sort_by(f64::total_cmp);
-        let n = values.len() as f64;
-        match self {
-            Across::Mean => values.iter().sum::<f64>() / n,
-            Across::Sum => values.iter().sum(),
-            Across::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
-            Across::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            Across::Count => n,
-            Across::Std => {
-                let mean = values.iter().sum::<f64>() / n;
-                (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt()
-            }
-            Across::Median => {
-                let mid = values.len() / 2;
-                if values.len() % 2 == 1 {
-                    values[mid]
-                } else {
-                    (values[mid - 1] + values[mid]) / 2.0
-                }
-            }
-        }
-    }
-}
 
 /// What a leaf reads from each metric and how it combines them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,14 +51,8 @@ impl Reading {
             Some(base) => (true, base),
             None => (false, name),
         };
-        let across = match base {
-            "mean" => Across::Mean,
-            "median" => Across::Median,
-            "std" => Across::Std,
-            "min" => Across::Min,
-            "max" => Across::Max,
-            "sum" => Across::Sum,
-            "count" => Across::Count,
+        let across = match base.parse::<Across>() {
+            Ok(across) if across != Across::Var => across,
             _ => {
                 return Err(format!(
                     "aggregation_method {name} cannot be aggregated across metrics (Gnocchi's aggregate operation refuses it, so Aodh would never get a value); use mean, median, std, min, max, sum or count, optionally with rate:"
