@@ -550,7 +550,7 @@ async fn status(State(state): Shared) -> Json<Value> {
 }
 
 /// `GET /v1/capabilities`: the aggregation methods an archive policy may name (each also as
-/// `rate:`), sorted as Gnocchi lists them; no dynamic aggregation operations are served.
+/// `rate:`), sorted as Gnocchi lists them (Gnocchi 4 lists nothing else).
 async fn capabilities() -> Json<Value> {
     let mut methods: Vec<String> = meterflow_operators::aggregate::Method::all_plain()
         .iter()
@@ -558,7 +558,7 @@ async fn capabilities() -> Json<Value> {
         .collect();
     methods.extend(methods.clone().iter().map(|m| format!("rate:{m}")));
     methods.sort();
-    Json(json!({"aggregation_methods": methods, "dynamic_aggregation_methods": []}))
+    Json(json!({"aggregation_methods": methods}))
 }
 
 /// An error as Gnocchi answers it.

@@ -188,6 +188,35 @@ def gnocchi_session():
     run("gnocchi", "measures", "add", "-m", "2024-05-01T12:01:00@5", made_metric.get("id", "?"))
     extra = run("gnocchi", "measures", "show", "--resource-id", "host-1", "extra", "-f", "json") or []
     check("measures of a created metric", [m["value"] for m in extra] == [5.0], extra)
+    # Cross-metric: host-1's load (1.5, 3.5, 10 at 12:00, 12:05, 12:10) and extra (5 at 12:00).
+    extra_id = made_metric.get("id", "?")
+    summed = run("gnocchi", "aggregates", f"(aggregate sum (metric ({metric_id} mean) "
+                 f"({extra_id} mean)))", "-f", "json") or []
+    check("gnocchi aggregates (by id)", [(m["name"], m["timestamp"], m["value"]) for m in summed]
+          == [("aggregated", "2024-05-01T12:00:00+00:00", 6.5),
+              ("aggregated", "2024-05-01T12:05:00+00:00", 3.5),
+              ("aggregated", "2024-05-01T12:10:00+00:00", 10.0)], summed)
+    per = run("gnocchi", "aggregates", "(metric loa* mean)", "original_resource_id='host-1'",
+              "-f", "json") or []
+    check("gnocchi aggregates (over resources)", [m["value"] for m in per] == [1.5, 3.5, 10.0]
+          and all(m["name"].endswith("/load/mean") for m in per), per)
+    grouped = run("gnocchi", "aggregates", "--groupby", "original_resource_id",
+                  "(aggregate max (metric extra mean))", "original_resource_id like 'host-%'",
+                  "-f", "json") or []
+    check("gnocchi aggregates --groupby", [(m["group"], m["value"]) for m in grouped]
+          == [("original_resource_id: host-1", 5.0)], grouped)
+    overlap = run("gnocchi", "measures", "aggregation", "-m", metric_id, extra_id,
+                  "--needed-overlap", "0", "-f", "json") or []
+    check("gnocchi measures aggregation", [(m["timestamp"], m["value"]) for m in overlap]
+          == [("2024-05-01T12:00:00+00:00", 3.25)], overlap)
+    error = run("gnocchi", "aggregates", "(aggregate mean (metric nope mean))", "id!='x'",
+                expect_ok=False) or ""
+    check("gnocchi aggregates (unknown metric)", "Metric ['nope'] does not exist" in error
+          and "HTTP 404" in error, error)
+    error = run("gnocchi", "aggregates", "(aggregate mean (metric nope mean)", expect_ok=False) or ""
+    check("gnocchi aggregates (bad operations)", "Invalid operations" in error
+          and "HTTP 400" in error, error)
+
     error = run("gnocchi", "metric", "create", "--resource-id", "host-1", "-a", "five", "extra",
                 expect_ok=False) or ""
     check("gnocchi metric create (taken)", "Named metric extra already exists" in error
