@@ -18,6 +18,7 @@ mod aggregates;
 mod alarms;
 mod complex_query;
 mod page;
+mod resources;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -128,6 +129,7 @@ impl Server {
             ingest: tx,
             alarms: alarm_tx,
             alarm_writes: tokio::sync::Mutex::new(()),
+            resource_writes: tokio::sync::Mutex::new(()),
             token: options.token.clone(),
             actions,
             quotas: options.quotas,
@@ -319,6 +321,8 @@ struct ApiState {
     alarms: mpsc::Sender<AlarmRequest>,
     /// Alarm changes are made one at a time (names stay unique, a PUT sees the last one).
     alarm_writes: tokio::sync::Mutex<()>,
+    /// Resource and resource type changes are made one at a time (an id is created once).
+    resource_writes: tokio::sync::Mutex<()>,
     token: Option<String>,
     /// The rules an alarm's actions must follow.
     actions: ActionPolicy,
@@ -350,8 +354,29 @@ fn router(state: Arc<ApiState>) -> Router {
                 .patch(rename_archive_policy_rule)
                 .delete(delete_archive_policy_rule),
         )
-        .route("/v1/resource/{kind}", get(resources))
-        .route("/v1/resource/{kind}/{id}", get(resource))
+        .route(
+            "/v1/resource_type",
+            get(resources::list_types).post(resources::create_type),
+        )
+        .route(
+            "/v1/resource_type/{name}",
+            get(resources::show_type)
+                .patch(resources::patch_type)
+                .delete(resources::delete_type),
+        )
+        .route(
+            "/v1/resource/{kind}",
+            get(list_resources_of_type)
+                .post(resources::create_resource)
+                .delete(resources::batch_delete),
+        )
+        .route(
+            "/v1/resource/{kind}/{id}",
+            get(resource)
+                .patch(resources::patch_resource)
+                .delete(resources::delete_resource),
+        )
+        .route("/v1/resource/{kind}/{id}/history", get(resources::history))
         .route(
             "/v1/resource/{kind}/{id}/metric",
             get(resource_metrics).post(create_resource_metrics),
@@ -963,10 +988,7 @@ fn known_type(state: &ApiState, kind: &str, catalog_has: bool) -> ApiResult<()> 
     if kind == "generic" || catalog_has {
         return Ok(());
     }
-    let defined = state.plan.publishers.iter().any(|p| {
-        matches!(&p.spec, meterflow_connectors::PublisherSpec::Gnocchi(o) if o.resource_type == kind)
-    });
-    if defined {
+    if resources::resource_types(state).contains_key(kind) {
         Ok(())
     } else {
         Err(ApiError::not_found(format!(
@@ -975,7 +997,7 @@ fn known_type(state: &ApiState, kind: &str, catalog_has: bool) -> ApiResult<()> 
     }
 }
 
-async fn resources(
+async fn list_resources_of_type(
     State(state): Shared,
     Path(kind): Path<String>,
     Query(params): Query<Vec<(String, String)>>,

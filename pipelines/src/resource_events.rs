@@ -19,7 +19,8 @@ use meterflow_connectors::gnocchi::resource_key;
 use meterflow_connectors::gnocchi::resources::{ResourceDefinitions, ResourceEventSpec};
 use meterflow_connectors::gnocchi::search::Filter;
 use meterflow_connectors::gnocchi::store::{
-    Checkpoint, Partition, ResourceRecord, ResourceState, ResourceView, Store, StoreError,
+    Checkpoint, Partition, ResourceOp, ResourceRecord, ResourceState, ResourceView, Store,
+    StoreError,
 };
 use meterflow_engine::model::{Event, TraitValue};
 use meterflow_operators::glob::Glob;
@@ -169,7 +170,7 @@ impl ResourceEvents {
             Operation::Create => self.pending.resources.push(ResourceRecord {
                 resource_id: key,
                 resource_type: rules.resource_type.clone(),
-                create: true,
+                op: ResourceOp::Create,
                 attributes: (!attributes.is_empty()).then(|| Value::Object(attributes).to_string()),
                 at_ns,
             }),
@@ -186,7 +187,7 @@ impl ResourceEvents {
                     self.pending.resources.push(ResourceRecord {
                         resource_id,
                         resource_type,
-                        create: false,
+                        op: ResourceOp::End,
                         attributes: None,
                         at_ns,
                     });
@@ -212,7 +213,12 @@ impl ResourceEvents {
             .filter(|view| view.resource_type() == kind && filter.matches(&view.to_json()))
             .map(|view| view.key.to_owned())
             .collect();
-        for r in self.pending.resources.iter().filter(|r| r.create) {
+        for r in self
+            .pending
+            .resources
+            .iter()
+            .filter(|r| r.op == ResourceOp::Create)
+        {
             if found.contains(&r.resource_id) || catalog.resource_view(&r.resource_id).is_some() {
                 continue;
             }

@@ -222,6 +222,50 @@ def gnocchi_session():
     check("gnocchi metric create (taken)", "Named metric extra already exists" in error
           and "HTTP 409" in error, error)
 
+    # A resource type's life, and a resource's: created, changed, its history, deleted.
+    box = run("gnocchi", "resource-type", "create", "-a", "host:string:true:max_length=16",
+              "-a", "cores:number:false:min=1", "box", "-f", "json") or {}
+    check("gnocchi resource-type create", box.get("name") == "box"
+          and "max_length=16" in str(box.get("attributes/host")), box)
+    types = run("gnocchi", "resource-type", "list", "-f", "json") or []
+    check("gnocchi resource-type list", {"generic", "box"} <= {t["name"] for t in types}, types)
+    error = run("gnocchi", "resource-type", "create", "box", expect_ok=False) or ""
+    check("gnocchi resource-type create (taken)", "HTTP 409" in error, error)
+    made = run("gnocchi", "resource", "create", "--type", "box", "-a", "host:h1", "-a", "cores:4",
+               "-n", "temp:five", "box-1", "-f", "json") or {}
+    check("gnocchi resource create", made.get("original_resource_id") == "box-1"
+          and made.get("host") == "h1" and made.get("cores") == 4.0 and made.get("type") == "box"
+          and "temp" in str(made.get("metrics")) and made.get("started_at"), made)
+    error = run("gnocchi", "resource", "create", "--type", "box", "-a", "cores:4", "box-2",
+                expect_ok=False) or ""
+    check("gnocchi resource create (required attribute)", "HTTP 400" in error
+          and "host" in error, error)
+    error = run("gnocchi", "resource", "create", "--type", "box", "-a", "host:h1", "box-1",
+                expect_ok=False) or ""
+    check("gnocchi resource create (taken)", "HTTP 409" in error, error)
+    changed = run("gnocchi", "resource", "update", "--type", "box", "-a", "host:h2",
+                  "-n", "fans:five", "box-1", "-f", "json") or {}
+    check("gnocchi resource update", changed.get("host") == "h2"
+          and "fans" in str(changed.get("metrics")), changed)
+    history = run("gnocchi", "resource", "history", "--type", "box", "box-1", "-f", "json") or []
+    check("gnocchi resource history", [h.get("host") for h in history] == ["h1", "h2"], history)
+    error = run("gnocchi", "resource-type", "delete", "box", expect_ok=False) or ""
+    check("gnocchi resource-type delete (in use)", "still in use" in error, error)
+    run("gnocchi", "resource", "create", "--type", "box", "-a", "host:h9", "box-2")
+    run("gnocchi", "resource", "delete", made.get("id", "?"))
+    error = run("gnocchi", "resource", "show", "--type", "box", "box-1", expect_ok=False) or ""
+    check("gnocchi resource delete", "HTTP 404" in error, error)
+    gone = run("gnocchi", "resource", "batch", "delete", "--type", "box", "host='h9'",
+               "-f", "json") or {}
+    check("gnocchi resource batch delete", gone.get("deleted") == 1, gone)
+    run("gnocchi", "resource-type", "update", "-a", "zone:string:false", "-r", "cores", "box")
+    box = run("gnocchi", "resource-type", "show", "box", "-f", "json") or {}
+    check("gnocchi resource-type update", "attributes/zone" in box
+          and "attributes/cores" not in box, box)
+    run("gnocchi", "resource-type", "delete", "box")
+    error = run("gnocchi", "resource-type", "show", "box", expect_ok=False) or ""
+    check("gnocchi resource-type delete", "HTTP 404" in error, error)
+
     nobody = "00000000-0000-4000-8000-000000000000"
     error = run("gnocchi", "metric", "show", nobody, expect_ok=False) or ""
     check("gnocchi metric show (unknown)", f"Metric {nobody} does not exist" in error

@@ -2,6 +2,7 @@
 //! embedded Parquet store ([`store`]) that the aggregation operator writes and `meterflow
 //! measures` / `serve` read.
 
+pub mod resource_types;
 pub mod resources;
 pub mod search;
 pub mod store;

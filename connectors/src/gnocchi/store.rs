@@ -177,6 +177,10 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// Where the API writes what no worker owns (resources created, changed or deleted
+    /// through it): a count of 0 is no run's layout, so its files never mix with a worker's.
+    pub const API: Partition = Partition { index: 0, count: 0 };
+
     /// Whether a resource with this route belongs here.
     pub fn holds(&self, route: u64) -> bool {
         self.count <= 1 || route % u64::from(self.count) == u64::from(self.index)
@@ -216,6 +220,9 @@ pub struct Manifest {
     /// Per-project alarm quotas set through Aodh's API (-1: unlimited), by project id.
     #[serde(default)]
     pub alarm_quotas: BTreeMap<String, i64>,
+    /// Resource types created through the API, by name, in Gnocchi's JSON form.
+    #[serde(default)]
+    pub resource_types: BTreeMap<String, serde_json::Value>,
     /// The visible files.
     #[serde(default)]
     pub files: Vec<FileEntry>,
@@ -230,6 +237,7 @@ impl Manifest {
             archive_policies: BTreeMap::new(),
             archive_policy_rules: BTreeMap::new(),
             alarm_quotas: BTreeMap::new(),
+            resource_types: BTreeMap::new(),
             files: Vec::new(),
         }
     }
@@ -345,32 +353,74 @@ pub struct AlarmHistoryRecord {
     pub event_time_ns: i64,
 }
 
-/// What an event did to a resource (Ceilometer's gnocchi publisher on `event_create` and
-/// `event_delete`).
+/// What a record does to a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceOp {
+    /// Created (by an event, or through the API), with its attributes.
+    Create,
+    /// Ended (`ended_at`) by an event.
+    End,
+    /// Attributes changed through the API (`PATCH`): the record's attributes replace theirs.
+    Update,
+    /// Deleted through the API: it and its metrics are no longer shown.
+    Delete,
+}
+
+impl ResourceOp {
+    /// The name in the `op` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceOp::Create => "create",
+            ResourceOp::End => "end",
+            ResourceOp::Update => "update",
+            ResourceOp::Delete => "delete",
+        }
+    }
+
+    fn parse(text: &str) -> Option<ResourceOp> {
+        Some(match text {
+            "create" => ResourceOp::Create,
+            "end" => ResourceOp::End,
+            "update" => ResourceOp::Update,
+            "delete" => ResourceOp::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// What an event (Ceilometer's gnocchi publisher on `event_create` and `event_delete`) or an
+/// API call did to a resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceRecord {
     /// The resource id as Gnocchi keys it (`/` replaced by `_`).
     pub resource_id: String,
     /// Its resource type.
     pub resource_type: String,
-    /// `true`: created (with `attributes`); `false`: ended at `at_ns`.
-    pub create: bool,
-    /// The attributes it was created with (a JSON object).
+    /// What was done.
+    pub op: ResourceOp,
+    /// The attributes it was created with, or that changed (a JSON object).
     pub attributes: Option<String>,
-    /// The event's time (ns since the epoch).
+    /// When (ns since the epoch): the event's time, or the API call's.
     pub at_ns: i64,
 }
 
-/// A resource as the events so far left it, whatever order they are read in: the earliest
-/// creation wins (Gnocchi refuses a second one), the latest end wins.
+/// A resource as the records so far left it, whatever order they are read in: the earliest
+/// creation wins (Gnocchi refuses a second one), the latest end and deletion win, changes
+/// apply in time order, and a deletion drops everything before it (a creation after it
+/// starts the resource anew).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResourceState {
     /// Its resource type.
     pub resource_type: String,
-    /// When an event created it (ns), with the attributes it carried.
+    /// When it was created (ns), with the attributes it carried.
     pub created: Option<(i64, Option<String>)>,
     /// When an event ended it (ns).
     pub ended_at_ns: Option<i64>,
+    /// Its changes through the API, oldest first: when, and the attributes changed (a JSON
+    /// object).
+    pub updates: Vec<(i64, String)>,
+    /// When it was deleted through the API.
+    pub deleted_at_ns: Option<i64>,
 }
 
 impl ResourceState {
@@ -379,36 +429,65 @@ impl ResourceState {
         if self.resource_type.is_empty() {
             self.resource_type.clone_from(&r.resource_type);
         }
-        if r.create {
-            if self.created.as_ref().is_none_or(|(at, _)| r.at_ns < *at) {
-                self.resource_type.clone_from(&r.resource_type);
-                self.created = Some((r.at_ns, r.attributes.clone()));
-            }
-        } else {
-            self.ended_at_ns = Some(self.ended_at_ns.map_or(r.at_ns, |e| e.max(r.at_ns)));
+        // What a deletion covers is gone, whichever is read first.
+        if self.deleted_at_ns.is_some_and(|d| r.at_ns <= d) && r.op != ResourceOp::Delete {
+            return;
         }
+        match r.op {
+            ResourceOp::Create => {
+                if self.created.as_ref().is_none_or(|(at, _)| r.at_ns < *at) {
+                    self.resource_type.clone_from(&r.resource_type);
+                    self.created = Some((r.at_ns, r.attributes.clone()));
+                }
+            }
+            ResourceOp::End => {
+                self.ended_at_ns = Some(self.ended_at_ns.map_or(r.at_ns, |e| e.max(r.at_ns)));
+            }
+            ResourceOp::Update => {
+                let at = self.updates.partition_point(|(t, _)| *t <= r.at_ns);
+                self.updates
+                    .insert(at, (r.at_ns, r.attributes.clone().unwrap_or_default()));
+            }
+            ResourceOp::Delete => {
+                let d = self.deleted_at_ns.map_or(r.at_ns, |d| d.max(r.at_ns));
+                self.deleted_at_ns = Some(d);
+                if self.created.as_ref().is_some_and(|(at, _)| *at <= d) {
+                    self.created = None;
+                }
+                if self.ended_at_ns.is_some_and(|e| e <= d) {
+                    self.ended_at_ns = None;
+                }
+                self.updates.retain(|(t, _)| *t > d);
+            }
+        }
+    }
+
+    /// Whether it is deleted (and not created again since).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at_ns.is_some() && self.created.is_none()
     }
 
     /// The records that rebuild this state.
     fn records(&self, resource_id: &str) -> Vec<ResourceRecord> {
+        let record = |op, attributes: Option<String>, at_ns| ResourceRecord {
+            resource_id: resource_id.to_owned(),
+            resource_type: self.resource_type.clone(),
+            op,
+            attributes,
+            at_ns,
+        };
         let mut out = Vec::new();
+        if let Some(at) = self.deleted_at_ns {
+            out.push(record(ResourceOp::Delete, None, at));
+        }
         if let Some((at, attributes)) = &self.created {
-            out.push(ResourceRecord {
-                resource_id: resource_id.to_owned(),
-                resource_type: self.resource_type.clone(),
-                create: true,
-                attributes: attributes.clone(),
-                at_ns: *at,
-            });
+            out.push(record(ResourceOp::Create, attributes.clone(), *at));
         }
         if let Some(at) = self.ended_at_ns {
-            out.push(ResourceRecord {
-                resource_id: resource_id.to_owned(),
-                resource_type: self.resource_type.clone(),
-                create: false,
-                attributes: None,
-                at_ns: at,
-            });
+            out.push(record(ResourceOp::End, None, at));
+        }
+        for (at, attributes) in &self.updates {
+            out.push(record(ResourceOp::Update, Some(attributes.clone()), *at));
         }
         out
     }
@@ -427,9 +506,11 @@ pub struct ResourceView<'c> {
 }
 
 impl ResourceView<'_> {
-    /// Its resource type: its metrics', else the type the event that created it gave.
+    /// Its resource type: the one it was created with (by an event or the API), else its
+    /// metrics'.
     pub fn resource_type(&self) -> &str {
         match (self.metrics.first(), self.state) {
+            (_, Some(s)) if s.created.is_some() => &s.resource_type,
             (Some(m), _) => &m.resource_type,
             (None, Some(s)) => &s.resource_type,
             (None, None) => "generic",
@@ -450,6 +531,7 @@ impl ResourceView<'_> {
             ),
             None => resource_fields(self.key, self.resource_type(), (None, None)),
         };
+        resource["type"] = Value::from(self.resource_type());
         if let Some(Ok(Value::Object(attributes))) = created
             .and_then(|(_, a)| a.as_deref())
             .map(serde_json::from_str::<Value>)
@@ -465,9 +547,18 @@ impl ResourceView<'_> {
             if resource["started_at"].is_null() {
                 resource["started_at"] = iso(*at);
             }
+            resource["revision_start"] = iso(*at);
         }
         if let Some(ended) = self.state.and_then(|s| s.ended_at_ns) {
             resource["ended_at"] = iso(ended);
+        }
+        for (at, changed) in self.state.map_or(&[][..], |s| &s.updates[..]) {
+            if let Ok(Value::Object(changed)) = serde_json::from_str::<Value>(changed) {
+                for (k, v) in changed {
+                    resource[k] = v;
+                }
+            }
+            resource["revision_start"] = iso(*at);
         }
         resource
     }
@@ -660,6 +751,9 @@ impl Catalog {
                 None,
             ),
         };
+        if state.is_some_and(ResourceState::is_deleted) {
+            return None;
+        }
         let view = ResourceView {
             key,
             metrics: self.resource_metrics(key).collect(),
@@ -690,22 +784,37 @@ impl Catalog {
                 });
             }
         }
-        out.into_values().collect()
+        out.into_values()
+            .filter(|view| !view.state.is_some_and(ResourceState::is_deleted))
+            .collect()
+    }
+
+    /// Whether the resource keyed `key` was deleted through the API (its metrics with it).
+    fn deleted(&self, key: &str) -> bool {
+        self.resource_states
+            .get(key)
+            .is_some_and(ResourceState::is_deleted)
     }
 
     /// Every metric, by (resource, metric name).
     pub fn metrics(&self) -> impl Iterator<Item = &MetricRecord> {
-        self.by_key.values()
+        self.by_key
+            .values()
+            .filter(|m| !self.deleted(&m.resource_id))
     }
 
     /// The metric of resource `resource_key` named `name`.
     pub fn get(&self, resource_key: &str, name: &str) -> Option<&MetricRecord> {
-        self.by_key.get(&(resource_key.to_owned(), name.to_owned()))
+        self.by_key
+            .get(&(resource_key.to_owned(), name.to_owned()))
+            .filter(|m| !self.deleted(&m.resource_id))
     }
 
     /// The metric with this UUID.
     pub fn by_id(&self, metric_id: &str) -> Option<&MetricRecord> {
-        self.by_key.get(self.by_metric_id.get(metric_id)?)
+        self.by_key
+            .get(self.by_metric_id.get(metric_id)?)
+            .filter(|m| !self.deleted(&m.resource_id))
     }
 
     /// The resource (its key) named by `id`: its UUID, its id as Gnocchi keys it, or as sent.
@@ -729,9 +838,10 @@ impl Catalog {
     ) -> impl Iterator<Item = &'c MetricRecord> + 'c {
         let from = (resource_key.to_owned(), String::new());
         let key = resource_key.to_owned();
+        let deleted = self.deleted(resource_key);
         self.by_key
             .range(from..)
-            .take_while(move |((r, _), _)| *r == key)
+            .take_while(move |((r, _), _)| *r == key && !deleted)
             .map(|(_, m)| m)
     }
 
@@ -937,6 +1047,29 @@ impl Store {
         *manifest = next;
         self.policies_version.fetch_add(1, Ordering::Release);
         Ok(before.is_some())
+    }
+
+    /// The resource types created through the API, by name.
+    pub fn resource_types(&self) -> BTreeMap<String, serde_json::Value> {
+        self.lock_manifest().resource_types.clone()
+    }
+
+    /// Records a resource type (by name; one already recorded is replaced) or, with `None`,
+    /// forgets it.
+    pub fn set_resource_type(
+        &self,
+        name: &str,
+        kind: Option<serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let mut manifest = self.lock_manifest();
+        let mut next = manifest.clone();
+        match kind {
+            Some(kind) => next.resource_types.insert(name.to_owned(), kind),
+            None => next.resource_types.remove(name),
+        };
+        self.write_manifest(&next)?;
+        *manifest = next;
+        Ok(())
     }
 
     /// The per-project alarm quotas set through the API.
@@ -1654,10 +1787,16 @@ impl Store {
             let attributes = strings(&batch, "attributes", &entry.path)?;
             let at = column::<TimestampNanosecondArray>(&batch, "at", &entry.path)?;
             for i in 0..batch.num_rows() {
+                let Some(op) = ResourceOp::parse(ops.value(i)) else {
+                    return Err(StoreError::Corrupt {
+                        path: entry.path.clone(),
+                        message: format!("unknown resource op {:?}", ops.value(i)),
+                    });
+                };
                 out.push(ResourceRecord {
                     resource_id: ids.value(i).to_owned(),
                     resource_type: types.value(i).to_owned(),
-                    create: ops.value(i) == "create",
+                    op,
                     attributes: attributes
                         .is_valid(i)
                         .then(|| attributes.value(i).to_owned()),
@@ -1748,13 +1887,9 @@ fn resources_batch(rows: &[ResourceRecord], generation: u64) -> RecordBatch {
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| &r.resource_type),
         )),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| {
-            if r.create {
-                "create"
-            } else {
-                "end"
-            }
-        }))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.op.as_str()),
+        )),
         Arc::new(
             rows.iter()
                 .map(|r| r.attributes.as_deref())
@@ -2020,6 +2155,56 @@ mod tests {
             .push(r, m, Some(Sym::new("mean")), 300_000_000_000, 0, value);
         cp.state.push(r, m, None, 0, 5, value);
         cp
+    }
+
+    /// A resource's records give one state whatever order they are read in, and the records a
+    /// state writes back (compaction) rebuild it.
+    #[test]
+    fn resource_records_fold_to_one_state_in_any_order() {
+        let r = |op, attributes: Option<&str>, at_ns| ResourceRecord {
+            resource_id: "r".into(),
+            resource_type: "box".into(),
+            op,
+            attributes: attributes.map(str::to_owned),
+            at_ns,
+        };
+        let records = [
+            r(ResourceOp::Create, Some(r#"{"host":"a"}"#), 10),
+            r(ResourceOp::Update, Some(r#"{"host":"b"}"#), 20),
+            r(ResourceOp::End, None, 25),
+            r(ResourceOp::Update, Some(r#"{"host":"c"}"#), 30),
+            r(ResourceOp::Delete, None, 40),
+            r(ResourceOp::Create, Some(r#"{"host":"d"}"#), 50),
+            r(ResourceOp::Update, Some(r#"{"host":"e"}"#), 60),
+        ];
+        let fold = |order: &[usize]| {
+            let mut s = ResourceState::default();
+            for &i in order {
+                s.apply(&records[i]);
+            }
+            s
+        };
+        let want = fold(&[0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(want.created, Some((50, Some(r#"{"host":"d"}"#.into()))));
+        assert_eq!(want.updates, vec![(60, r#"{"host":"e"}"#.into())]);
+        assert!(!want.is_deleted());
+        for order in [
+            [6, 5, 4, 3, 2, 1, 0],
+            [3, 0, 6, 4, 1, 5, 2],
+            [1, 3, 0, 2, 4, 6, 5],
+        ] {
+            // Records of one API call are written in time order; across files any order.
+            let got = fold(&order);
+            assert_eq!(got.created, want.created, "{order:?}");
+            assert_eq!(got.deleted_at_ns, want.deleted_at_ns, "{order:?}");
+        }
+        let mut rebuilt = ResourceState::default();
+        for record in want.records("r") {
+            rebuilt.apply(&record);
+        }
+        assert_eq!(rebuilt, want);
+        let deleted = fold(&[0, 1, 4]);
+        assert!(deleted.is_deleted() && deleted.updates.is_empty());
     }
 
     #[test]
