@@ -383,7 +383,7 @@ fn router(state: Arc<ApiState>) -> Router {
         )
         .route(
             "/v1/resource/{kind}/{id}/metric/{name}",
-            get(show_resource_metric),
+            get(show_resource_metric).delete(resources::delete_resource_metric),
         )
         .route(
             "/v1/resource/{kind}/{id}/metric/{name}/measures",
@@ -394,7 +394,10 @@ fn router(state: Arc<ApiState>) -> Router {
             "/v1/search/resource/{kind}",
             axum::routing::post(search_resources),
         )
-        .route("/v1/metric/{id}", get(metric))
+        .route(
+            "/v1/metric/{id}",
+            get(metric).delete(resources::delete_metric),
+        )
         .route(
             "/v1/metric/{id}/measures",
             get(metric_measures).post(post_metric_measures),
@@ -1613,6 +1616,7 @@ async fn create_metric(
     })?;
     let key = batch_resource_key(&resource)?;
     let wanted = NewMetric::read(name, &body)?;
+    let _one_at_a_time = state.resource_writes.lock().await;
     let mut made = make_metrics(&state, &headers, &key, vec![wanted]).await?;
     let record = made.remove(0);
     let policy = policies(&state).remove(&record.archive_policy_name);
@@ -1648,6 +1652,7 @@ async fn create_resource_metrics(
         .iter()
         .map(|(name, spec)| NewMetric::read(name.clone(), spec))
         .collect::<ApiResult<Vec<_>>>()?;
+    let _one_at_a_time = state.resource_writes.lock().await;
     let made = make_metrics(&state, &headers, &key, wanted).await?;
     // The metrics created, as Gnocchi answers (with `archive_policy_name`, no policy
     // embedded: gnocchiclient shows the first).
@@ -1698,7 +1703,8 @@ impl NewMetric {
 
 /// Makes `wanted` metrics of the resource keyed `key` through the dataflow (as a first
 /// measure would: the worker owning the resource records them) and returns their committed
-/// records; a name the resource has already is a 409, as in Gnocchi.
+/// records; a name the resource has already is a 409, as in Gnocchi. A metric deleted through
+/// the API is shown again instead (its record is kept). The caller holds `resource_writes`.
 async fn make_metrics(
     state: &ApiState,
     headers: &axum::http::HeaderMap,
@@ -1707,6 +1713,7 @@ async fn make_metrics(
 ) -> ApiResult<Vec<MetricRecord>> {
     let project = project_of(headers);
     let mut incoming = Vec::new();
+    let mut restored = Vec::new();
     {
         let catalog = state.store.catalog()?;
         let (rules, known) = (rules(state), policies(state));
@@ -1716,6 +1723,11 @@ async fn make_metrics(
                     StatusCode::CONFLICT,
                     format!("Named metric {} already exists", m.name),
                 ));
+            }
+            if let Some(old) = catalog.deleted_metric(key, &m.name) {
+                // Its record is kept: creating it again shows it again (with its policy).
+                restored.push(resources::metric_mark(old, true));
+                continue;
             }
             incoming.push(Incoming {
                 resource_key: key.to_owned(),
@@ -1735,8 +1747,20 @@ async fn make_metrics(
             (incoming.len(), new_resource),
         )?;
     }
-    let names: Vec<String> = incoming.iter().map(|m| m.metric.clone()).collect();
-    ingest(state, incoming).await?;
+    let mut names: Vec<String> = incoming.iter().map(|m| m.metric.clone()).collect();
+    names.extend(restored.iter().filter_map(
+        |r: &meterflow_connectors::gnocchi::store::ResourceRecord| {
+            serde_json::from_str::<Value>(r.attributes.as_deref()?).ok()?["metric"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    ));
+    if !restored.is_empty() {
+        resources::commit(state, restored)?;
+    }
+    if !incoming.is_empty() {
+        ingest(state, incoming).await?;
+    }
     let catalog = state.store.catalog()?;
     names
         .iter()

@@ -125,6 +125,54 @@ fn check(workers: &str) {
     let (status, _) = call(&engine, "DELETE", "/v1/resource_type/box", &Value::Null);
     assert_eq!(status, 400, "a type in use stays");
 
+    // Metrics deleted one by one: the resource stays; creating the name again shows it.
+    let temp_of_0 = engine.get_ok("/v1/resource/box/box-00")["metrics"]["temp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = call(
+        &engine,
+        "DELETE",
+        &format!("/v1/metric/{temp_of_0}"),
+        &Value::Null,
+    );
+    assert_eq!(status, 204);
+    assert_eq!(engine.get(&format!("/v1/metric/{temp_of_0}")).0, 404);
+    assert_eq!(
+        engine.get_ok("/v1/resource/box/box-00")["metrics"],
+        json!({})
+    );
+    assert_eq!(
+        call(
+            &engine,
+            "DELETE",
+            &format!("/v1/metric/{temp_of_0}"),
+            &Value::Null
+        )
+        .0,
+        404
+    );
+    let (status, made) = engine.post(
+        "/v1/resource/box/box-00/metric",
+        &json!({"temp": {"archive_policy_name": "five"}}).to_string(),
+    );
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made[0]["id"], temp_of_0.as_str());
+    let (status, _) = call(
+        &engine,
+        "DELETE",
+        "/v1/resource/box/box-02/metric/temp",
+        &Value::Null,
+    );
+    assert_eq!(status, 204);
+    assert_eq!(engine.get("/v1/resource/box/box-02/metric/temp").0, 404);
+    let metrics = engine.get_ok("/v1/metric?limit=1000");
+    assert_eq!(
+        metrics.as_array().unwrap().len(),
+        12 - 1 - 4 - 1,
+        "{metrics}"
+    );
+
     // Bad input: Gnocchi's status and message.
     for (method, path, body, status, says) in [
         (
@@ -319,6 +367,15 @@ fn check(workers: &str) {
     let measures = engine.get_ok("/v1/resource/box/box-08/metric/temp/measures");
     assert_eq!(measures, json!([["2024-01-01T00:00:00+00:00", 300.0, 8.0]]));
     assert_eq!(engine.get("/v1/resource/box/box-05").0, 404);
+    assert_eq!(engine.get("/v1/resource/box/box-02/metric/temp").0, 404);
+    assert_eq!(
+        engine
+            .get_ok("/v1/metric?limit=1000")
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
     assert_eq!(
         engine.get_ok("/v1/resource_type/box")["attributes"]["zone"]["required"],
         true
@@ -332,6 +389,7 @@ fn check(workers: &str) {
     );
     assert_eq!(status, 201, "{r}");
     assert_eq!(r["host"], "again");
+    assert_eq!(r["metrics"], json!({}), "its old metrics stay deleted");
     assert!(engine.terminate().0);
 }
 

@@ -266,6 +266,17 @@ def gnocchi_session():
     error = run("gnocchi", "resource-type", "show", "box", expect_ok=False) or ""
     check("gnocchi resource-type delete", "HTTP 404" in error, error)
 
+    spare = run("gnocchi", "metric", "create", "--resource-id", "host-1", "-a", "five", "spare",
+                "-f", "json") or {}
+    run("gnocchi", "metric", "delete", spare.get("id", "?"))
+    error = run("gnocchi", "metric", "show", spare.get("id", "?"), expect_ok=False) or ""
+    check("gnocchi metric delete", "HTTP 404" in error, error)
+    run("gnocchi", "metric", "create", "--resource-id", "host-1", "-a", "five", "spare2")
+    run("gnocchi", "metric", "delete", "--resource-id", "host-1", "spare2")
+    error = run("gnocchi", "metric", "show", "--resource-id", "host-1", "spare2",
+                expect_ok=False) or ""
+    check("gnocchi metric delete --resource-id", "HTTP 404" in error, error)
+
     nobody = "00000000-0000-4000-8000-000000000000"
     error = run("gnocchi", "metric", "show", nobody, expect_ok=False) or ""
     check("gnocchi metric show (unknown)", f"Metric {nobody} does not exist" in error

@@ -364,6 +364,10 @@ pub enum ResourceOp {
     Update,
     /// Deleted through the API: it and its metrics are no longer shown.
     Delete,
+    /// One of its metrics deleted through the API (`{"metric": NAME}`): no longer shown.
+    DeleteMetric,
+    /// A deleted metric created again through the API (`{"metric": NAME}`).
+    RestoreMetric,
 }
 
 impl ResourceOp {
@@ -374,6 +378,8 @@ impl ResourceOp {
             ResourceOp::End => "end",
             ResourceOp::Update => "update",
             ResourceOp::Delete => "delete",
+            ResourceOp::DeleteMetric => "delete_metric",
+            ResourceOp::RestoreMetric => "restore_metric",
         }
     }
 
@@ -383,6 +389,8 @@ impl ResourceOp {
             "end" => ResourceOp::End,
             "update" => ResourceOp::Update,
             "delete" => ResourceOp::Delete,
+            "delete_metric" => ResourceOp::DeleteMetric,
+            "restore_metric" => ResourceOp::RestoreMetric,
             _ => return None,
         })
     }
@@ -421,6 +429,9 @@ pub struct ResourceState {
     pub updates: Vec<(i64, String)>,
     /// When it was deleted through the API.
     pub deleted_at_ns: Option<i64>,
+    /// Its metrics deleted through the API, by name: when last deleted, and when last created
+    /// again (hidden while the deletion is the newer).
+    pub metric_marks: BTreeMap<String, (i64, i64)>,
 }
 
 impl ResourceState {
@@ -448,8 +459,36 @@ impl ResourceState {
                 self.updates
                     .insert(at, (r.at_ns, r.attributes.clone().unwrap_or_default()));
             }
+            ResourceOp::DeleteMetric | ResourceOp::RestoreMetric => {
+                let Some(name) = r
+                    .attributes
+                    .as_deref()
+                    .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+                    .and_then(|a| a.get("metric")?.as_str().map(str::to_owned))
+                else {
+                    return;
+                };
+                let (deleted, restored) = self
+                    .metric_marks
+                    .entry(name)
+                    .or_insert((i64::MIN, i64::MIN));
+                let at = if r.op == ResourceOp::DeleteMetric {
+                    deleted
+                } else {
+                    restored
+                };
+                *at = (*at).max(r.at_ns);
+            }
             ResourceOp::Delete => {
                 let d = self.deleted_at_ns.map_or(r.at_ns, |d| d.max(r.at_ns));
+                self.metric_marks.retain(|_, (deleted, restored)| {
+                    for at in [&mut *deleted, &mut *restored] {
+                        if *at <= d {
+                            *at = i64::MIN;
+                        }
+                    }
+                    (*deleted, *restored) != (i64::MIN, i64::MIN)
+                });
                 self.deleted_at_ns = Some(d);
                 if self.created.as_ref().is_some_and(|(at, _)| *at <= d) {
                     self.created = None;
@@ -465,6 +504,13 @@ impl ResourceState {
     /// Whether it is deleted (and not created again since).
     pub fn is_deleted(&self) -> bool {
         self.deleted_at_ns.is_some() && self.created.is_none()
+    }
+
+    /// Whether its metric `name` is deleted (and not created again since).
+    pub fn metric_deleted(&self, name: &str) -> bool {
+        self.metric_marks
+            .get(name)
+            .is_some_and(|(deleted, restored)| deleted > restored)
     }
 
     /// The records that rebuild this state.
@@ -488,6 +534,17 @@ impl ResourceState {
         }
         for (at, attributes) in &self.updates {
             out.push(record(ResourceOp::Update, Some(attributes.clone()), *at));
+        }
+        for (name, &(deleted, restored)) in &self.metric_marks {
+            let name = Some(serde_json::json!({"metric": name}).to_string());
+            for (op, at) in [
+                (ResourceOp::DeleteMetric, deleted),
+                (ResourceOp::RestoreMetric, restored),
+            ] {
+                if at != i64::MIN {
+                    out.push(record(op, name.clone(), at));
+                }
+            }
         }
         out
     }
@@ -744,12 +801,16 @@ impl Catalog {
 
     /// The resource keyed `key`, when it has a metric or an event created it.
     pub fn resource_view(&self, key: &str) -> Option<ResourceView<'_>> {
+        let from = (key.to_owned(), String::new());
+        let recorded = self
+            .by_key
+            .range(from..)
+            .next()
+            .filter(|((r, _), _)| r == key)
+            .map(|((r, _), _)| r.as_str());
         let (key, state) = match self.resource_states.get_key_value(key) {
             Some((k, s)) => (k.as_str(), Some(s)),
-            None => (
-                self.resource_metrics(key).next()?.resource_id.as_str(),
-                None,
-            ),
+            None => (recorded?, None),
         };
         if state.is_some_and(ResourceState::is_deleted) {
             return None;
@@ -759,21 +820,23 @@ impl Catalog {
             metrics: self.resource_metrics(key).collect(),
             state,
         };
-        (!view.metrics.is_empty() || state.is_some_and(|s| s.created.is_some())).then_some(view)
+        (recorded.is_some() || state.is_some_and(|s| s.created.is_some())).then_some(view)
     }
 
     /// Every resource (with a metric, or created by an event), by key.
     pub fn resources(&self) -> Vec<ResourceView<'_>> {
         let mut out: BTreeMap<&str, ResourceView<'_>> = BTreeMap::new();
         for m in self.by_key.values() {
-            out.entry(m.resource_id.as_str())
+            let view = out
+                .entry(m.resource_id.as_str())
                 .or_insert_with(|| ResourceView {
                     key: &m.resource_id,
                     metrics: Vec::new(),
                     state: self.resource_states.get(&m.resource_id),
-                })
-                .metrics
-                .push(m);
+                });
+            if !self.hidden(m) {
+                view.metrics.push(m);
+            }
         }
         for (key, state) in &self.resource_states {
             if state.created.is_some() {
@@ -796,25 +859,37 @@ impl Catalog {
             .is_some_and(ResourceState::is_deleted)
     }
 
+    /// Whether `m` was deleted through the API, or its resource was.
+    fn hidden(&self, m: &MetricRecord) -> bool {
+        self.resource_states
+            .get(&m.resource_id)
+            .is_some_and(|s| s.is_deleted() || s.metric_deleted(&m.metric_name))
+    }
+
     /// Every metric, by (resource, metric name).
     pub fn metrics(&self) -> impl Iterator<Item = &MetricRecord> {
-        self.by_key
-            .values()
-            .filter(|m| !self.deleted(&m.resource_id))
+        self.by_key.values().filter(|m| !self.hidden(m))
     }
 
     /// The metric of resource `resource_key` named `name`.
     pub fn get(&self, resource_key: &str, name: &str) -> Option<&MetricRecord> {
         self.by_key
             .get(&(resource_key.to_owned(), name.to_owned()))
-            .filter(|m| !self.deleted(&m.resource_id))
+            .filter(|m| !self.hidden(m))
+    }
+
+    /// A metric deleted through the API (its record is kept): what creating it again restores.
+    pub fn deleted_metric(&self, resource_key: &str, name: &str) -> Option<&MetricRecord> {
+        self.by_key
+            .get(&(resource_key.to_owned(), name.to_owned()))
+            .filter(|m| self.hidden(m) && !self.deleted(&m.resource_id))
     }
 
     /// The metric with this UUID.
     pub fn by_id(&self, metric_id: &str) -> Option<&MetricRecord> {
         self.by_key
             .get(self.by_metric_id.get(metric_id)?)
-            .filter(|m| !self.deleted(&m.resource_id))
+            .filter(|m| !self.hidden(m))
     }
 
     /// The resource (its key) named by `id`: its UUID, its id as Gnocchi keys it, or as sent.
@@ -838,11 +913,11 @@ impl Catalog {
     ) -> impl Iterator<Item = &'c MetricRecord> + 'c {
         let from = (resource_key.to_owned(), String::new());
         let key = resource_key.to_owned();
-        let deleted = self.deleted(resource_key);
         self.by_key
             .range(from..)
-            .take_while(move |((r, _), _)| *r == key && !deleted)
+            .take_while(move |((r, _), _)| *r == key)
             .map(|(_, m)| m)
+            .filter(|m| !self.hidden(m))
     }
 
     /// Metrics held.
@@ -2205,6 +2280,26 @@ mod tests {
         assert_eq!(rebuilt, want);
         let deleted = fold(&[0, 1, 4]);
         assert!(deleted.is_deleted() && deleted.updates.is_empty());
+        // A metric deleted, then created again; a deletion of the resource covers both.
+        let mark = |op, at| r(op, Some(r#"{"metric":"cpu"}"#), at);
+        let mut s = ResourceState::default();
+        for rec in [
+            mark(ResourceOp::DeleteMetric, 70),
+            r(ResourceOp::Create, None, 5),
+        ] {
+            s.apply(&rec);
+        }
+        assert!(s.metric_deleted("cpu") && !s.metric_deleted("mem"));
+        s.apply(&mark(ResourceOp::RestoreMetric, 80));
+        assert!(!s.metric_deleted("cpu"));
+        s.apply(&mark(ResourceOp::DeleteMetric, 90));
+        let mut rebuilt = ResourceState::default();
+        for record in s.records("r") {
+            rebuilt.apply(&record);
+        }
+        assert_eq!(rebuilt, s);
+        s.apply(&r(ResourceOp::Delete, None, 100));
+        assert!(s.metric_marks.is_empty() && s.is_deleted());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use meterflow_connectors::gnocchi::resource_types::ResourceType;
 use meterflow_connectors::gnocchi::resource_uuid;
 use meterflow_connectors::gnocchi::search::Filter;
 use meterflow_connectors::gnocchi::store::{
-    Catalog, Checkpoint, Partition, ResourceOp, ResourceRecord, ResourceView,
+    Catalog, Checkpoint, MetricRecord, Partition, ResourceOp, ResourceRecord, ResourceView,
 };
 use meterflow_connectors::PublisherSpec;
 use serde_json::{json, Map, Value};
@@ -253,7 +253,7 @@ fn record(
 }
 
 /// Writes resource records (the caller holds `resource_writes`).
-fn commit(state: &ApiState, records: Vec<ResourceRecord>) -> ApiResult<()> {
+pub(super) fn commit(state: &ApiState, records: Vec<ResourceRecord>) -> ApiResult<()> {
     if records.is_empty() {
         return Ok(());
     }
@@ -511,6 +511,24 @@ pub(super) async fn patch_resource(
     Ok(Json(resource_json(&find_resource(&catalog, &kind, &key)?)))
 }
 
+/// What deleting a resource writes: the deletion, then (a nanosecond later, so the deletion
+/// does not cover them) its metrics' deletions, so a resource created again with the same id
+/// does not show them until they are created again.
+fn deletion(view: &ResourceView<'_>, at: i64) -> Vec<ResourceRecord> {
+    let mut out = vec![record(
+        view.key,
+        view.resource_type(),
+        ResourceOp::Delete,
+        None,
+        at,
+    )];
+    out.extend(view.metrics.iter().map(|m| ResourceRecord {
+        at_ns: at + 1,
+        ..metric_mark(m, false)
+    }));
+    out
+}
+
 /// `DELETE /v1/resource/TYPE/ID`: the resource and its metrics are no longer shown.
 pub(super) async fn delete_resource(
     State(state): Shared,
@@ -518,18 +536,11 @@ pub(super) async fn delete_resource(
 ) -> ApiResult<StatusCode> {
     super::writable(&state)?;
     let _one_at_a_time = state.resource_writes.lock().await;
-    let record = {
+    let records = {
         let catalog = state.store.catalog()?;
-        let view = find_resource(&catalog, &kind, &id)?;
-        record(
-            view.key,
-            view.resource_type(),
-            ResourceOp::Delete,
-            None,
-            now_ns(),
-        )
+        deletion(&find_resource(&catalog, &kind, &id)?, now_ns())
     };
-    commit(&state, vec![record])?;
+    commit(&state, records)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -555,7 +566,7 @@ pub(super) async fn batch_delete(
     .map_err(|e| ApiError::bad_request(format!("Invalid input: {e}")))?;
     type_of(&state, &kind)?;
     let _one_at_a_time = state.resource_writes.lock().await;
-    let records: Vec<ResourceRecord> = {
+    let records: Vec<Vec<ResourceRecord>> = {
         let catalog = state.store.catalog()?;
         let now = now_ns();
         catalog
@@ -563,18 +574,11 @@ pub(super) async fn batch_delete(
             .iter()
             .filter(|view| kind == "generic" || view.resource_type() == kind)
             .filter(|view| filter.matches(&view.to_json()))
-            .map(|view| {
-                record(
-                    view.key,
-                    view.resource_type(),
-                    ResourceOp::Delete,
-                    None,
-                    now,
-                )
-            })
+            .map(|view| deletion(view, now))
             .collect()
     };
     let deleted = records.len();
+    let records = records.into_iter().flatten().collect();
     commit(&state, records)?;
     Ok(Json(json!({"deleted": deleted})))
 }
@@ -609,4 +613,55 @@ pub(super) async fn history(
         revisions[i - 1]["revision_end"] = start;
     }
     Ok(Json(Value::Array(revisions)))
+}
+
+/// The record that deletes (`restore` false) or restores a metric.
+pub(super) fn metric_mark(m: &MetricRecord, restore: bool) -> ResourceRecord {
+    let op = if restore {
+        ResourceOp::RestoreMetric
+    } else {
+        ResourceOp::DeleteMetric
+    };
+    let mut name = Map::new();
+    name.insert("metric".into(), Value::from(m.metric_name.clone()));
+    record(&m.resource_id, &m.resource_type, op, Some(&name), now_ns())
+}
+
+/// `DELETE /v1/metric/ID`: the metric is no longer shown (its measures stay in the store).
+pub(super) async fn delete_metric(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    super::writable(&state)?;
+    let _one_at_a_time = state.resource_writes.lock().await;
+    let mark = {
+        let catalog = state.store.catalog()?;
+        let m = catalog
+            .by_id(&id)
+            .ok_or_else(|| ApiError::not_found(format!("Metric {id} does not exist")))?;
+        metric_mark(m, false)
+    };
+    commit(&state, vec![mark])?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/resource/TYPE/ID/metric/NAME`.
+pub(super) async fn delete_resource_metric(
+    State(state): Shared,
+    Path((kind, id, name)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    super::writable(&state)?;
+    let _one_at_a_time = state.resource_writes.lock().await;
+    let mark = {
+        let catalog = state.store.catalog()?;
+        let view = find_resource(&catalog, &kind, &id)?;
+        let m = view
+            .metrics
+            .iter()
+            .find(|m| m.metric_name == name)
+            .ok_or_else(|| ApiError::not_found(format!("Metric {name} does not exist")))?;
+        metric_mark(m, false)
+    };
+    commit(&state, vec![mark])?;
+    Ok(StatusCode::NO_CONTENT)
 }
