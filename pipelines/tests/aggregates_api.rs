@@ -223,6 +223,50 @@ fn check(workers: &str) {
         close(&points(&group["measures"]), &want);
     }
 
+    // Searching metrics' values: the points a query accepts, per metric id.
+    let (status, found) = engine.post(
+        &format!(
+            "/v1/search/metric?metric_id={}&metric_id={}&aggregation=max",
+            id(10),
+            id(11)
+        ),
+        &json!({"and": [{">=": 0}, {"<": 40}]}).to_string(),
+    );
+    assert_eq!(status, 200, "{found}");
+    for i in [10, 11] {
+        let want: Vec<(String, f64)> = (0..12)
+            .filter_map(|b| {
+                value(i, b)
+                    .filter(|v| (0.0..40.0).contains(v))
+                    .map(|v| (iso(b), v))
+            })
+            .collect();
+        close(&points(&found[id(i)]), &want);
+    }
+    let (status, found) = engine.post(
+        &format!("/v1/search/metric?metric_id={}", id(12)),
+        &json!({">": [{"*": 2}, 100]}).to_string(),
+    );
+    assert_eq!(status, 200, "{found}");
+    let want: Vec<(String, f64)> = (0..12)
+        .filter_map(|b| {
+            value(12, b)
+                .filter(|v| v * 2.0 > 100.0)
+                .map(|v| (iso(b), v))
+        })
+        .collect();
+    close(&points(&found[id(12)]), &want);
+    for (body, says) in [
+        ("", "No query specified in body"),
+        ("{\"not\": [{\"=\": 1}]}", "Unknown operator not"),
+        ("{\"=\": [1, 2, 3]}", "needs 2 arguments"),
+    ] {
+        let (status, answer) =
+            engine.post(&format!("/v1/search/metric?metric_id={}", id(12)), body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer.to_string().contains(says), "{body}: {answer}");
+    }
+
     // Bad requests: Gnocchi's status and message, never a 500.
     for (path, body, status, says) in [
         (

@@ -193,7 +193,8 @@ pub enum Binary {
 }
 
 impl Binary {
-    fn parse(name: &str) -> Option<Binary> {
+    /// The operator a name (or symbol) stands for.
+    pub fn parse(name: &str) -> Option<Binary> {
         Some(match name {
             "=" | "==" | "eq" => Binary::Eq,
             "!=" | "≠" | "ne" => Binary::Ne,
@@ -214,7 +215,8 @@ impl Binary {
         })
     }
 
-    fn apply(self, a: f64, b: f64) -> f64 {
+    /// Applies it (a comparison gives 1 or 0).
+    pub fn apply(self, a: f64, b: f64) -> f64 {
         let truth = |t: bool| if t { 1.0 } else { 0.0 };
         match self {
             Binary::Eq => truth(a == b),

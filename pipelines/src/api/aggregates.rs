@@ -1,7 +1,8 @@
 //! Gnocchi's cross-metric routes: the dynamic aggregates API (`POST /v1/aggregates`, by
 //! metric id or over the resources a search selects, grouped or not) and the older
-//! `/v1/aggregation/metric` and `/v1/aggregation/resource/TYPE/metric/NAME`, with Gnocchi's
-//! parameters, answers and errors. The computing is in [`crate::aggregates`].
+//! `/v1/aggregation/metric` and `/v1/aggregation/resource/TYPE/metric/NAME`, and the search of
+//! metrics' values (`POST /v1/search/metric`), with Gnocchi's parameters, answers and errors.
+//! The computing is in [`crate::aggregates`].
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -30,6 +31,7 @@ pub(super) fn routes() -> Router<std::sync::Arc<super::ApiState>> {
             "/v1/aggregation/resource/{kind}/metric/{name}",
             post(aggregation_resource),
         )
+        .route("/v1/search/metric", post(search_metric))
 }
 
 impl From<CrossError> for ApiError {
@@ -620,4 +622,174 @@ fn cross_metric(
         Answer::Aggregated(points) => Ok(points_json(&points)),
         Answer::PerReference(_) => unreachable!("an aggregate operation aggregates"),
     }
+}
+
+/// A predicate over one value, as `POST /v1/search/metric` takes it (Gnocchi's
+/// `MeasureQuery`): `{"OP": OPERAND}` applies OP to the value and the operand, `{"OP": [A,
+/// B]}` to two operands, each a number or a predicate of the value; `and`/`∧` and `or`/`∨`
+/// over a list. A comparison gives 1 or 0; a value is kept when the result is not 0.
+#[derive(Clone, Debug)]
+enum ValueQuery {
+    /// The value searched.
+    Measured,
+    Constant(f64),
+    Binary(
+        meterflow_operators::aggregate::dynamic::Binary,
+        Vec<ValueQuery>,
+    ),
+    All(Vec<ValueQuery>),
+    Any(Vec<ValueQuery>),
+}
+
+/// How deep a value query may nest.
+const MAX_QUERY_DEPTH: usize = 32;
+
+impl ValueQuery {
+    fn parse(v: &Value, depth: usize) -> Result<ValueQuery, String> {
+        if depth > MAX_QUERY_DEPTH {
+            return Err(format!(
+                "the query nests deeper than {MAX_QUERY_DEPTH} levels"
+            ));
+        }
+        let operator = |o: &Map<String, Value>| -> Result<(String, Value), String> {
+            match o.iter().next() {
+                Some((k, v)) if o.len() == 1 => Ok((k.clone(), v.clone())),
+                _ => Err(format!("{v}: an operation is an object of one operator")),
+            }
+        };
+        match v {
+            Value::Number(n) => Ok(ValueQuery::Constant(n.as_f64().unwrap_or(f64::NAN))),
+            Value::Object(o) => {
+                let (op, nodes) = operator(o)?;
+                match op.as_str() {
+                    "and" | "∧" | "or" | "∨" => {
+                        let Value::Array(nodes) = nodes else {
+                            return Err(format!("{op} takes a list of operations"));
+                        };
+                        let parts = nodes
+                            .iter()
+                            .map(|n| ValueQuery::parse(n, depth + 1))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok(if matches!(op.as_str(), "and" | "∧") {
+                            ValueQuery::All(parts)
+                        } else {
+                            ValueQuery::Any(parts)
+                        })
+                    }
+                    name => {
+                        let binary = meterflow_operators::aggregate::dynamic::Binary::parse(name)
+                            .filter(|b| {
+                                !matches!(
+                                    b,
+                                    meterflow_operators::aggregate::dynamic::Binary::ClipMin
+                                        | meterflow_operators::aggregate::dynamic::Binary::ClipMax
+                                        | meterflow_operators::aggregate::dynamic::Binary::Max
+                                )
+                            })
+                            .ok_or_else(|| format!("Unknown operator {name}"))?;
+                        match nodes {
+                            Value::Array(pair) if pair.len() == 2 => Ok(ValueQuery::Binary(
+                                binary,
+                                pair.iter()
+                                    .map(|n| ValueQuery::parse(n, depth + 1))
+                                    .collect::<Result<Vec<_>, _>>()?,
+                            )),
+                            Value::Array(other) => Err(format!(
+                                "Binary operator {name} needs 2 arguments, {} given",
+                                other.len()
+                            )),
+                            Value::Number(n) => Ok(ValueQuery::Binary(
+                                binary,
+                                vec![
+                                    ValueQuery::Measured,
+                                    ValueQuery::Constant(n.as_f64().unwrap_or(f64::NAN)),
+                                ],
+                            )),
+                            other => {
+                                Err(format!("{name}: {other} is not a number or two operands"))
+                            }
+                        }
+                    }
+                }
+            }
+            other => Err(format!("{other} is not an operation or a number")),
+        }
+    }
+
+    /// The query's result for `value`.
+    fn eval(&self, value: f64) -> f64 {
+        let truth = |t: bool| if t { 1.0 } else { 0.0 };
+        match self {
+            ValueQuery::Measured => value,
+            ValueQuery::Constant(c) => *c,
+            ValueQuery::Binary(op, operands) => {
+                op.apply(operands[0].eval(value), operands[1].eval(value))
+            }
+            ValueQuery::All(parts) => truth(parts.iter().all(|p| p.eval(value) != 0.0)),
+            ValueQuery::Any(parts) => truth(parts.iter().any(|p| p.eval(value) != 0.0)),
+        }
+    }
+}
+
+/// `POST /v1/search/metric?metric_id=ID...&aggregation=&granularity=&start=&stop=`: each
+/// metric's points whose value the body's query accepts, by metric id.
+pub(super) async fn search_metric(
+    State(state): Shared,
+    Query(params): Query<Vec<(String, String)>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let p = Params { all: &params };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("No query specified in body"));
+    }
+    let query = ValueQuery::parse(&json_body(&body)?, 0)
+        .map_err(|e| ApiError::bad_request(format!("Invalid input: {e}")))?;
+    let start = p
+        .time("start")
+        .map_err(|_| ApiError::bad_request("Invalid value for start"))?;
+    let stop = p
+        .time("stop")
+        .map_err(|_| ApiError::bad_request("Invalid value for stop"))?;
+    let aggregation = p.get("aggregation").unwrap_or("mean");
+    let mut granularities = Vec::new();
+    for g in p.all_of("granularity") {
+        granularities.push(
+            seconds(g).filter(|s| *s > 0.0).ok_or_else(|| {
+                ApiError::bad_request(format!("Invalid value for granularity: {g}"))
+            })?,
+        );
+    }
+    granularities.sort_by(|a, b| b.total_cmp(a));
+    let catalog = state.store.catalog()?;
+    let mut out = Map::new();
+    for id in p.all_of("metric_id") {
+        let Some(metric) = canonical_uuid(id).and_then(|id| catalog.by_id(&id)) else {
+            continue;
+        };
+        let wanted: Vec<Option<f64>> = if granularities.is_empty() {
+            vec![None]
+        } else {
+            granularities.iter().copied().map(Some).collect()
+        };
+        let mut points = Vec::new();
+        for granularity in wanted {
+            let q = query::MeasuresQuery {
+                aggregation: Some(aggregation.to_owned()),
+                granularity,
+                start,
+                stop,
+                ..query::MeasuresQuery::default()
+            };
+            match query::measures_of(&state.store, metric, &q) {
+                Ok(found) => points.extend(found),
+                Err(query::QueryError::AggregationNotFound(why)) => {
+                    return Err(ApiError::bad_request(why))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        points.retain(|&(_, _, v)| query.eval(v) != 0.0);
+        out.insert(metric.metric_id.clone(), query::to_json(&points));
+    }
+    Ok(Json(Value::Object(out)))
 }
