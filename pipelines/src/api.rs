@@ -671,7 +671,50 @@ async fn auth(State(state): Shared, request: Request, next: Next) -> Response {
             .into_response();
         }
     }
-    next.run(request).await
+    let scope = caller_scope(request.headers());
+    SCOPE.scope(scope, next.run(request)).await
+}
+
+tokio::task_local! {
+    /// The project a caller without the admin role is limited to, for the request being
+    /// answered (set by [`auth`]).
+    static SCOPE: Option<String>;
+}
+
+/// The project a caller is limited to: with `X-Roles` naming no `admin` role (what Gnocchi's
+/// and Aodh's noauth modes read), its `X-Project-Id` (none: it sees only what has no
+/// project); without `X-Roles`, or with `admin`, none (a token holder, or an admin, sees
+/// everything).
+fn caller_scope(headers: &axum::http::HeaderMap) -> Option<String> {
+    let roles = headers.get("x-roles")?.to_str().ok()?;
+    if roles
+        .split(',')
+        .any(|r| r.trim().eq_ignore_ascii_case("admin"))
+    {
+        return None;
+    }
+    Some(project_of(headers).unwrap_or_default())
+}
+
+/// Whether the request being answered may see what belongs to `project`.
+fn in_scope(project: Option<&str>) -> bool {
+    SCOPE
+        .try_with(|scope| {
+            scope
+                .as_deref()
+                .is_none_or(|s| project.unwrap_or_default() == s)
+        })
+        .unwrap_or(true)
+}
+
+/// Whether the request being answered is limited to a project.
+fn scoped() -> bool {
+    SCOPE.try_with(Option::is_some).unwrap_or(false)
+}
+
+/// Gnocchi's answer to a caller outside the project of what it asks for.
+fn forbidden() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "Access was denied to this resource.")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -1056,6 +1099,7 @@ fn list_resources(
             of_kind
         })
         .map(resource_json)
+        .filter(|json| in_scope(json["project_id"].as_str()))
         .filter(|json| filter.is_none_or(|f| f.matches(json)))
         .map(|mut json| {
             if generic_only {
@@ -1098,11 +1142,15 @@ fn find_resource<'c>(
     kind: &str,
     id: &str,
 ) -> ApiResult<ResourceView<'c>> {
-    catalog
+    let view = catalog
         .resource(id)
         .and_then(|key| catalog.resource_view(key))
         .filter(|view| kind == "generic" || view.resource_type() == kind)
-        .ok_or_else(|| ApiError::not_found(format!("Resource {id} does not exist")))
+        .ok_or_else(|| ApiError::not_found(format!("Resource {id} does not exist")))?;
+    if !in_scope(view.to_json()["project_id"].as_str()) {
+        return Err(forbidden());
+    }
+    Ok(view)
 }
 
 async fn resource(
@@ -1164,6 +1212,7 @@ async fn metrics(
     let known = policies(&state);
     let listed = catalog
         .metrics()
+        .filter(|m| in_scope(m.project_id.as_deref()))
         .map(|m| {
             let policy = known.get(&m.archive_policy_name).cloned();
             (m.metric_id.clone(), metric_json(m, policy))
@@ -1173,12 +1222,16 @@ async fn metrics(
 }
 
 fn metric_by_id(state: &ApiState, id: &str) -> ApiResult<MetricRecord> {
-    state
+    let record = state
         .store
         .catalog()?
         .by_id(id)
         .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("Metric {id} does not exist")))
+        .ok_or_else(|| ApiError::not_found(format!("Metric {id} does not exist")))?;
+    if !in_scope(record.project_id.as_deref()) {
+        return Err(forbidden());
+    }
+    Ok(record)
 }
 
 async fn metric(State(state): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {

@@ -491,3 +491,167 @@ fn every_error_has_its_apis_shape_and_the_connection_survives_it() {
     big.read_line(&mut line).unwrap();
     assert!(line.contains(" 413 "), "{line}");
 }
+
+/// A caller whose `X-Roles` names no admin role (Gnocchi's and Aodh's noauth modes) sees
+/// what its `X-Project-Id` owns: resources, metrics, aggregates over resources, alarms and
+/// their history; an admin, or a caller without `X-Roles` (a token holder), sees everything.
+#[test]
+fn callers_without_the_admin_role_see_their_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = serve(dir.path(), false);
+    let send =
+        |method: reqwest::Method, path: &str, body: Option<Value>, who: Option<(&str, &str)>| {
+            let mut request = engine.request(method, path);
+            if let Some((project, roles)) = who {
+                request = request
+                    .header("X-Project-Id", project)
+                    .header("X-User-Id", "u")
+                    .header("X-Roles", roles);
+            }
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.to_string());
+            }
+            let response = request.send().unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().unwrap();
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
+            )
+        };
+    let get = |path: &str, who| send(reqwest::Method::GET, path, None, who);
+    for (i, project) in ["p1", "p2", "p1"].iter().enumerate() {
+        let body = json!({format!("host-{i}"): {"load": {"archive_policy_name": "five", "measures": [{"timestamp": "2024-01-01T00:00:00", "value": i}]}}});
+        let (status, answer) = send(
+            reqwest::Method::POST,
+            "/v1/batch/resources/metrics/measures?create_metrics=true",
+            Some(body),
+            Some((project, "member")),
+        );
+        assert_eq!(status, 202, "{answer}");
+        let alarm = json!({"name": format!("a{i}"), "type": "gnocchi_resources_threshold", "gnocchi_resources_threshold_rule": {
+            "metric": "load", "resource_type": "generic", "resource_id": format!("host-{i}"), "comparison_operator": "gt",
+            "threshold": 1, "aggregation_method": "mean", "granularity": 300}});
+        let (status, answer) = send(
+            reqwest::Method::POST,
+            "/v2/alarms",
+            Some(alarm),
+            Some((project, "member")),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    let member = Some(("p1", "member,reader"));
+    let originals = |v: &Value, field: &str| -> Vec<String> {
+        let mut out: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[field].as_str().unwrap().to_owned())
+            .collect();
+        out.sort();
+        out
+    };
+    let (_, all) = get("/v1/resource/generic", None);
+    assert_eq!(
+        originals(&all, "original_resource_id"),
+        ["host-0", "host-1", "host-2"]
+    );
+    let (_, admin) = get("/v1/resource/generic", Some(("p1", "Admin")));
+    assert_eq!(admin.as_array().unwrap().len(), 3);
+    let (_, mine) = get("/v1/resource/generic", member);
+    assert_eq!(
+        originals(&mine, "original_resource_id"),
+        ["host-0", "host-2"]
+    );
+    let (_, found) = send(
+        reqwest::Method::POST,
+        "/v1/search/resource/generic",
+        Some(json!({})),
+        member,
+    );
+    assert_eq!(found.as_array().unwrap().len(), 2, "{found}");
+    let (_, metrics) = get("/v1/metric", member);
+    assert_eq!(metrics.as_array().unwrap().len(), 2, "{metrics}");
+    let theirs = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["original_resource_id"] == "host-1")
+        .unwrap();
+    let their_metric = theirs["metrics"]["load"].as_str().unwrap();
+    let (status, answer) = get(&format!("/v1/metric/{their_metric}"), member);
+    assert_eq!(
+        (status, answer["description"].as_str()),
+        (403, Some("Access was denied to this resource."))
+    );
+    assert_eq!(
+        get(&format!("/v1/metric/{their_metric}/measures"), member).0,
+        403
+    );
+    assert_eq!(get("/v1/resource/generic/host-1", member).0, 403);
+    assert_eq!(get(&format!("/v1/metric/{their_metric}"), None).0, 200);
+    let (status, sums) = send(
+        reqwest::Method::POST,
+        "/v1/aggregates",
+        Some(
+            json!({"operations": "(aggregate sum (metric load mean))", "resource_type": "generic", "search": {}}),
+        ),
+        member,
+    );
+    assert_eq!(status, 200, "{sums}");
+    assert_eq!(
+        sums["measures"]["aggregated"][0][2], 2.0,
+        "host-0 and host-2 only: {sums}"
+    );
+
+    let (_, alarms) = get("/v2/alarms", member);
+    assert_eq!(originals(&alarms, "name"), ["a0", "a2"]);
+    let (_, everyone) = get("/v2/alarms", None);
+    assert_eq!(everyone.as_array().unwrap().len(), 3);
+    let theirs = everyone
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "a1")
+        .unwrap()["alarm_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(&format!("/v2/alarms/{theirs}"), member).0, 404);
+    assert_eq!(get(&format!("/v2/alarms/{theirs}/history"), member).0, 404);
+    assert_eq!(
+        send(
+            reqwest::Method::DELETE,
+            &format!("/v2/alarms/{theirs}"),
+            None,
+            member
+        )
+        .0,
+        404
+    );
+    let (_, queried) = send(
+        reqwest::Method::POST,
+        "/v2/query/alarms",
+        Some(json!({})),
+        member,
+    );
+    assert_eq!(originals(&queried, "name"), ["a0", "a2"]);
+    let (_, history) = send(
+        reqwest::Method::POST,
+        "/v2/query/alarms/history",
+        Some(json!({})),
+        member,
+    );
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["alarm_id"] != theirs.as_str()),
+        "{history}"
+    );
+    assert_eq!(get(&format!("/v2/alarms/{theirs}"), None).0, 200);
+    assert!(engine.terminate().0);
+}

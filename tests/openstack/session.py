@@ -277,6 +277,15 @@ def gnocchi_session():
                 expect_ok=False) or ""
     check("gnocchi metric delete --resource-id", "HTTP 404" in error, error)
 
+    if not TOKEN:
+        # A caller without the admin role sees its own project's resources only.
+        command = [os.path.join(BIN, "gnocchi"), "--os-auth-type", "gnocchi-noauth",
+                   "--gnocchi-endpoint", ENDPOINT, "--user-id", USER, "--project-id",
+                   "elsewhere", "--roles", "member", "resource", "list", "-f", "json"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        check("gnocchi resource list (a member of another project)", done.returncode == 0
+              and done.stdout.strip() in ("", "[]"), done.stdout + done.stderr)
+
     nobody = "00000000-0000-4000-8000-000000000000"
     error = run("gnocchi", "metric", "show", nobody, expect_ok=False) or ""
     check("gnocchi metric show (unknown)", f"Metric {nobody} does not exist" in error

@@ -359,6 +359,7 @@ fn select<'c>(
             let json = resource_json(&view);
             (view, json)
         })
+        .filter(|(_, json)| super::in_scope(json["project_id"].as_str()))
         .filter(|(_, json)| filter.is_none_or(|f| f.matches(json)))
         .collect();
     super::known_type(state, kind, any_of_kind)

@@ -143,7 +143,7 @@ fn complex_query(body: &[u8], model: &Model) -> AodhResult<ComplexQuery> {
 /// --name` and `alarm list --query` send).
 async fn query_alarms(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Json<Value>> {
     let query = complex_query(&body, &complex_query::ALARM)?;
-    let rows = all(&state)?.values().map(alarm_json).collect();
+    let rows = visible(&state)?.values().map(alarm_json).collect();
     Ok(Json(Value::Array(query.apply(rows))))
 }
 
@@ -151,11 +151,21 @@ async fn query_alarms(State(state): Shared, body: axum::body::Bytes) -> AodhResu
 /// selects (`aodh alarm-history search`).
 async fn query_history(State(state): Shared, body: axum::body::Bytes) -> AodhResult<Json<Value>> {
     let query = complex_query(&body, &complex_query::ALARM_CHANGE)?;
+    // A caller limited to its project sees the history of its project's alarms.
+    let seen = if super::scoped() {
+        Some(visible(&state)?)
+    } else {
+        None
+    };
     let rows = state
         .store
         .alarm_history(None)
         .map_err(store_error)?
         .iter()
+        .filter(|h| {
+            seen.as_ref()
+                .is_none_or(|seen| seen.contains_key(&h.alarm_id))
+        })
         .map(history_json)
         .collect();
     Ok(Json(Value::Array(query.apply(rows))))
@@ -231,8 +241,16 @@ fn all(state: &ApiState) -> AodhResult<BTreeMap<String, StoredAlarm>> {
     Ok(stored_alarms(&state.store.alarms().map_err(store_error)?))
 }
 
+/// The alarms the caller may see: all, or for a caller without the admin role those of its
+/// project (Aodh's rule).
+fn visible(state: &ApiState) -> AodhResult<BTreeMap<String, StoredAlarm>> {
+    let mut alarms = all(state)?;
+    alarms.retain(|_, a| super::in_scope(a.definition.project_id.as_deref()));
+    Ok(alarms)
+}
+
 fn one(state: &ApiState, id: &str) -> AodhResult<StoredAlarm> {
-    all(state)?
+    visible(state)?
         .remove(id)
         .ok_or_else(|| AodhError::not_found(id))
 }
@@ -382,7 +400,7 @@ async fn list(
 ) -> AodhResult<Response> {
     let filters = filters(&params)?;
     let page = super::page::Page::from_query(&params).map_err(AodhError::client)?;
-    let out: Vec<(String, Value)> = all(&state)?
+    let out: Vec<(String, Value)> = visible(&state)?
         .iter()
         .map(|(id, a)| (id.clone(), alarm_json(a)))
         .filter(|(_, a)| matches(a, &filters))
@@ -466,7 +484,10 @@ async fn replace(
 ) -> AodhResult<Json<Value>> {
     let _one_at_a_time = state.alarm_writes.lock().await;
     let alarms = all(&state)?;
-    let old = alarms.get(&id).ok_or_else(|| AodhError::not_found(&id))?;
+    let old = alarms
+        .get(&id)
+        .filter(|a| super::in_scope(a.definition.project_id.as_deref()))
+        .ok_or_else(|| AodhError::not_found(&id))?;
     let (mut alarm, gave_state) = parse(&state, &body, &id)?;
     if !gave_state {
         // Left out, the state stays as it is (Aodh would reset it to its default).
@@ -546,7 +567,13 @@ async fn set_state(
 
 async fn history(State(state): Shared, Path(id): Path<String>) -> AodhResult<Json<Value>> {
     let entries = state.store.alarm_history(Some(&id)).map_err(store_error)?;
-    if entries.is_empty() && !state.store.alarms().map_err(store_error)?.contains_key(&id) {
+    let alarms = all(&state)?;
+    let hidden = match alarms.get(&id) {
+        Some(a) => !super::in_scope(a.definition.project_id.as_deref()),
+        // A deleted alarm's project is not known: only an unlimited caller sees it.
+        None => entries.is_empty() || super::scoped(),
+    };
+    if hidden {
         return Err(AodhError::not_found(&id));
     }
     // Newest first, as Aodh lists it.
