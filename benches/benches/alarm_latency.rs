@@ -134,7 +134,7 @@ fn engine(dir: &std::path::Path, round: usize) -> String {
         store: dir.join(format!("store-{round}")),
         listen: Some(ListenOptions {
             addr: format!("127.0.0.1:{port}"),
-            token: None,
+            tokens: Vec::new(),
             limits: Default::default(),
             allow_open: false,
             quotas: Default::default(),

@@ -73,18 +73,56 @@ pub fn listen_addr(text: &str) -> anyhow::Result<SocketAddr> {
     })
 }
 
-/// Reads a token file: its first line, trimmed; an empty file is refused.
-pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+/// Reads a token file: a token a line, optionally followed by what it may do — `admin` (the
+/// default), `read-only`, or `project=ID` — blank lines and `#` comments skipped; a file
+/// without a token, or a line that is not of that form, is refused naming the line.
+///
+/// # Examples
+/// ```
+/// use meterflow_pipelines::control::Access;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("tokens");
+/// std::fs::write(&path, "s3cret\n# Grafana\nr3ader read-only\nt3nant project=p1\n").unwrap();
+/// let tokens = meterflow_pipelines::api::read_tokens(&path).unwrap();
+/// assert_eq!(tokens[0].access, Access::Admin);
+/// assert_eq!(tokens[1].access, Access::ReadOnly);
+/// assert_eq!(tokens[2].access, Access::Project("p1".into()));
+/// std::fs::write(&path, "s3cret writer\n").unwrap();
+/// assert!(meterflow_pipelines::api::read_tokens(&path).is_err());
+/// ```
+pub fn read_tokens(path: &std::path::Path) -> anyhow::Result<Vec<crate::control::Token>> {
+    use crate::control::{Access, Token};
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --token-file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.is_empty() {
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let secret = words.next().unwrap_or_default().to_owned();
+        let access = match (words.next(), words.next()) {
+            (None, _) | (Some("admin"), None) => Access::Admin,
+            (Some("read-only"), None) => Access::ReadOnly,
+            (Some(p), None) if p.starts_with("project=") && p.len() > "project=".len() => {
+                Access::Project(p["project=".len()..].to_owned())
+            }
+            _ => anyhow::bail!(
+                "--token-file {} line {}: expected TOKEN [admin|read-only|project=ID]",
+                path.display(),
+                n + 1
+            ),
+        };
+        tokens.push(Token { secret, access });
+    }
+    if tokens.is_empty() {
         anyhow::bail!(
-            "--token-file {} is empty; write the bearer token on its first line",
+            "--token-file {} holds no token; write one a line (TOKEN [admin|read-only|project=ID])",
             path.display()
         );
     }
-    Ok(token)
+    Ok(tokens)
 }
 
 /// A running API server.
@@ -105,7 +143,7 @@ impl Server {
         actions: ActionPolicy,
     ) -> anyhow::Result<(Server, Requests)> {
         let addr = listen_addr(&options.addr)?;
-        if !addr.ip().is_loopback() && options.token.is_none() {
+        if !addr.ip().is_loopback() && options.tokens.is_empty() {
             if !options.allow_open {
                 anyhow::bail!(
                     "--listen {addr} serves beyond this machine without a token: anyone who reaches it can post measures and change alarms. Give --token-file FILE, listen on 127.0.0.1, or pass --allow-open if a proxy in front authenticates"
@@ -130,7 +168,7 @@ impl Server {
             alarms: alarm_tx,
             alarm_writes: tokio::sync::Mutex::new(()),
             resource_writes: tokio::sync::Mutex::new(()),
-            token: options.token.clone(),
+            tokens: options.tokens.clone(),
             actions,
             quotas: options.quotas,
         });
@@ -323,7 +361,7 @@ struct ApiState {
     alarm_writes: tokio::sync::Mutex<()>,
     /// Resource and resource type changes are made one at a time (an id is created once).
     resource_writes: tokio::sync::Mutex<()>,
-    token: Option<String>,
+    tokens: Vec<crate::control::Token>,
     /// The rules an alarm's actions must follow.
     actions: ActionPolicy,
     /// What one project may own.
@@ -655,7 +693,9 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 async fn auth(State(state): Shared, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+    use crate::control::Access;
+    let mut scope = caller_scope(request.headers());
+    if !state.tokens.is_empty() {
         let header_text = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
         // `Authorization: Bearer`, or `X-Auth-Token` as keystoneauth's token plugins (the
         // openstack, gnocchi and aodh CLIs with --os-token) send it.
@@ -663,16 +703,53 @@ async fn auth(State(state): Shared, request: Request, next: Next) -> Response {
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| header_text(header::HeaderName::from_static("x-auth-token")))
             .map(str::trim);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        // Every token is compared, so the time taken does not tell which one matched.
+        let matched = given.and_then(|g| {
+            state.tokens.iter().fold(None, |found, t| {
+                let same = constant_time_eq(g.as_bytes(), t.secret.as_bytes());
+                found.or(same.then_some(t))
+            })
+        });
+        let Some(token) = matched else {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "This server requires a token: send the header 'Authorization: Bearer <token>' or 'X-Auth-Token: <token>' with the token from the server's --token-file",
+                "This server requires a token: send the header 'Authorization: Bearer <token>' or 'X-Auth-Token: <token>' with a token from the server's --token-file",
             )
             .into_response();
+        };
+        match &token.access {
+            Access::Admin => {}
+            Access::ReadOnly => {
+                if !reads_only(request.method(), request.uri().path()) {
+                    return ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "Access was denied to this resource: the token is read-only ({} {} changes data); use a token without read-only in --token-file",
+                            request.method(),
+                            request.uri().path()
+                        ),
+                    )
+                    .into_response();
+                }
+            }
+            Access::Project(project) => scope = Some(project.clone()),
         }
     }
-    let scope = caller_scope(request.headers());
     SCOPE.scope(scope, next.run(request)).await
+}
+
+/// Whether a request only reads: `GET`/`HEAD`, and the `POST`s that search, query or
+/// aggregate.
+fn reads_only(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let path = path.trim_end_matches('/');
+    *method == Method::GET
+        || *method == Method::HEAD
+        || (*method == Method::POST
+            && (path.starts_with("/v1/search/")
+                || path.starts_with("/v1/aggregation/")
+                || path == "/v1/aggregates"
+                || path.starts_with("/v2/query/")))
 }
 
 tokio::task_local! {

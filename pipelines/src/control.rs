@@ -141,13 +141,34 @@ pub struct Requests {
     pub alarms: mpsc::Receiver<AlarmRequest>,
 }
 
+/// One accepted API token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// What the client sends (`Authorization: Bearer`, or `X-Auth-Token`).
+    pub secret: String,
+    /// What it may do.
+    pub access: Access,
+}
+
+/// What a token may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Everything (the caller's `X-Roles` and `X-Project-Id` still apply when sent).
+    Admin,
+    /// Read: `GET`, and the `POST`s that only read (searches, queries, aggregates).
+    ReadOnly,
+    /// Everything, limited to one project, whatever headers the caller sends.
+    Project(String),
+}
+
 /// Where and how to serve the API.
 #[derive(Clone, Debug)]
 pub struct ListenOptions {
     /// `HOST:PORT`, `:PORT` or `PORT` (host defaults to 127.0.0.1; port 0 picks a free one).
     pub addr: String,
-    /// The bearer token every request except `/healthcheck` must carry, if any.
-    pub token: Option<String>,
+    /// The tokens a request may carry (every request except `/healthcheck` must carry one
+    /// when there are any), each with what it may do.
+    pub tokens: Vec<Token>,
     /// What one client may hold of the server.
     pub limits: ServerLimits,
     /// Whether an address beyond loopback may be served without a token.

@@ -62,8 +62,8 @@ struct RunArgs {
     /// SIGINT or SIGTERM.
     #[arg(long)]
     listen: Option<String>,
-    /// Require `Authorization: Bearer <token>` on the API, the token being this file's
-    /// first line.
+    /// Require `Authorization: Bearer <token>` (or `X-Auth-Token`) on the API: one token a
+    /// line, each optionally followed by `admin` (the default), `read-only` or `project=ID`.
     #[arg(long, requires = "listen")]
     token_file: Option<PathBuf>,
     /// Where checkpoints of the transformers' state and the inputs' positions go
@@ -114,7 +114,8 @@ enum Command {
         /// Address to listen on (HOST:PORT or PORT; 127.0.0.1 unless a host is given).
         #[arg(long, default_value = "127.0.0.1:8041")]
         listen: String,
-        /// Require `Authorization: Bearer <token>`, the token being this file's first line.
+        /// Require `Authorization: Bearer <token>` (or `X-Auth-Token`): one token a line,
+        /// each optionally followed by `admin` (the default), `read-only` or `project=ID`.
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Worker threads (default: all cores).
@@ -329,7 +330,10 @@ impl HttpArgs {
         let wanted = self.max_connections as usize;
         Ok(ListenOptions {
             addr,
-            token: token_file.map(api::read_token).transpose()?,
+            tokens: token_file
+                .map(api::read_tokens)
+                .transpose()?
+                .unwrap_or_default(),
             limits: ServerLimits {
                 max_connections: fit_open_files(wanted),
                 header_timeout: seconds("header-timeout", self.header_timeout)?,

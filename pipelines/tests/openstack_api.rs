@@ -655,3 +655,175 @@ fn callers_without_the_admin_role_see_their_project() {
     assert_eq!(get(&format!("/v2/alarms/{theirs}"), None).0, 200);
     assert!(engine.terminate().0);
 }
+
+/// Several tokens, each with its access: `admin` does everything, `read-only` reads (the
+/// searching and aggregating POSTs included) and is refused any change with a 403, and
+/// `project=ID` sees and does only its project's, whatever headers it sends.
+#[test]
+fn tokens_carry_their_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = json!({"name": "five", "aggregation_methods": ["mean"], "definition": [{"granularity": 300, "timespan": 86400}]});
+    let pipeline = store_definition(dir.path(), &policy, &[]);
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# who may do what\nroot-token\n\nreader-token read-only\ntenant-token project=p1\n",
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let engine = Engine::start(
+        &[
+            "serve",
+            pipeline.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            tokens.to_str().unwrap(),
+        ],
+        Some("root-token"),
+    );
+    let with = |token: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let client = reqwest::blocking::Client::new();
+        let mut request = client
+            .request(method, format!("{}{path}", engine.base))
+            .header("X-Auth-Token", token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_str::<Value>(&response.text().unwrap()).unwrap_or(Value::Null),
+        )
+    };
+    let batch = |project: &str, id: &str| {
+        let client = reqwest::blocking::Client::new();
+        let body = json!({id: {"load": {"archive_policy_name": "five", "measures": [{"timestamp": "2024-01-01T00:00:00", "value": 1}]}}});
+        client
+            .post(format!(
+                "{}/v1/batch/resources/metrics/measures?create_metrics=true",
+                engine.base
+            ))
+            .header("Authorization", "Bearer root-token")
+            .header("X-Project-Id", project)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(batch("p1", "mine"), 202);
+    assert_eq!(batch("p2", "theirs"), 202);
+    use reqwest::Method;
+    assert_eq!(with("wrong-token", Method::GET, "/v1/metric", None).0, 401);
+    assert_eq!(
+        with("root-token", Method::GET, "/v1/metric", None)
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Read-only: reads, searches and aggregates; no changes.
+    assert_eq!(
+        with("reader-token", Method::GET, "/v1/metric", None)
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        with(
+            "reader-token",
+            Method::POST,
+            "/v1/search/resource/generic",
+            Some(json!({}))
+        )
+        .0,
+        200
+    );
+    assert_eq!(with("reader-token", Method::POST, "/v1/aggregates", Some(json!({"operations": "(aggregate sum (metric load mean))", "resource_type": "generic", "search": {}}))).0, 200);
+    assert_eq!(
+        with(
+            "reader-token",
+            Method::POST,
+            "/v2/query/alarms",
+            Some(json!({}))
+        )
+        .0,
+        200
+    );
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/batch/resources/metrics/measures",
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/v1/archive_policy",
+            json!({"name": "x", "definition": [{"granularity": 60, "points": 5}]}),
+        ),
+        (Method::DELETE, "/v1/resource/generic/mine", Value::Null),
+        (Method::POST, "/v2/alarms", json!({})),
+    ] {
+        let (status, answer) = with("reader-token", method.clone(), path, Some(body));
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        // Gnocchi's error shape under /v1, Aodh's under /v2.
+        assert!(
+            answer.to_string().contains("the token is read-only"),
+            "{answer}"
+        );
+    }
+    // A project's token: its project only, whatever it claims.
+    let client = reqwest::blocking::Client::new();
+    let listed: Value = client
+        .get(format!("{}/v1/resource/generic", engine.base))
+        .header("X-Auth-Token", "tenant-token")
+        .header("X-Roles", "admin")
+        .header("X-Project-Id", "p2")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["original_resource_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["mine"]);
+    assert_eq!(
+        with(
+            "tenant-token",
+            Method::GET,
+            "/v1/resource/generic/theirs",
+            None
+        )
+        .0,
+        403
+    );
+    assert!(engine.terminate().0);
+    // A token file that says something else is refused at start, naming the line.
+    std::fs::write(&tokens, "root-token\nother-token writer\n").unwrap();
+    assert_fails_with(
+        &[
+            "serve",
+            pipeline.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            tokens.to_str().unwrap(),
+        ],
+        "line 2: expected TOKEN [admin|read-only|project=ID]",
+    );
+}
