@@ -532,7 +532,7 @@ fn bad_listen_options_fail_clearly() {
             "--token-file",
             empty.to_str().unwrap(),
         ],
-        "is empty",
+        "holds no token",
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
