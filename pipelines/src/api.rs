@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_connectors::gnocchi::store::{MetricRecord, ResourceView, Store};
-use meterflow_connectors::gnocchi::{canonical_uuid, resource_uuid};
+use meterflow_connectors::gnocchi::{canonical_uuid, is_standalone, resource_uuid, STANDALONE};
 use meterflow_connectors::notify::ActionPolicy;
 use meterflow_engine::intern::Sym;
 use meterflow_engine::metrics::{Counters, DropReason};
@@ -1264,10 +1264,10 @@ async fn show_resource_metric(
 fn metric_json(m: &MetricRecord, policy: Option<Value>) -> Value {
     let mut v = json!({
         "id": m.metric_id,
-        "name": m.metric_name,
+        "name": (!m.metric_name.is_empty()).then_some(m.metric_name.as_str()),
         "unit": (!m.unit.is_empty()).then_some(m.unit.as_str()),
         "archive_policy_name": m.archive_policy_name,
-        "resource_id": resource_uuid(&m.resource_id),
+        "resource_id": (!is_standalone(&m.resource_id)).then(|| resource_uuid(&m.resource_id)),
         "creator": Value::Null,
         "created_by_user_id": Value::Null,
         "created_by_project_id": Value::Null,
@@ -1736,15 +1736,30 @@ async fn create_metric(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let body = json_body(&body)?;
-    let name = text_field(&body, "name")?.ok_or_else(|| {
-        ApiError::bad_request(
-            "Invalid input: give the metric a name (meterflow keeps metrics by resource and name)",
-        )
-    })?;
-    let resource = text_field(&body, "resource_id")?.ok_or_else(|| {
-        ApiError::bad_request("Invalid input: give resource_id: every metric in meterflow belongs to a resource (a metric without one is not supported)")
-    })?;
-    let key = batch_resource_key(&resource)?;
+    let name = text_field(&body, "name")?;
+    let (key, name) = match text_field(&body, "resource_id")? {
+        Some(resource) => {
+            let name = name.ok_or_else(|| {
+                ApiError::bad_request(
+                    "Invalid input: a metric of a resource needs a name (its resource keeps its metrics by name)",
+                )
+            })?;
+            (batch_resource_key(&resource)?, name)
+        }
+        // A metric of no resource: a key of its own, its name optional.
+        None => (
+            format!(
+                "{STANDALONE}{}",
+                meterflow_connectors::gnocchi::random_uuid()
+            ),
+            name.unwrap_or_default(),
+        ),
+    };
+    if name.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input: metric name {name:?} contains '/'"
+        )));
+    }
     let wanted = NewMetric::read(name, &body)?;
     let _one_at_a_time = state.resource_writes.lock().await;
     let mut made = make_metrics(&state, &headers, &key, vec![wanted]).await?;
@@ -1869,7 +1884,7 @@ async fn make_metrics(
                 create: true,
             });
         }
-        let new_resource = usize::from(catalog.resource_view(key).is_none());
+        let new_resource = usize::from(!is_standalone(key) && catalog.resource_view(key).is_none());
         check_quotas(
             state,
             &catalog,

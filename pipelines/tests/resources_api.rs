@@ -173,6 +173,44 @@ fn check(workers: &str) {
         "{metrics}"
     );
 
+    // Metrics of no resource: named or not, measured, listed with resource_id null, never
+    // a resource.
+    let (status, alone) = engine.post(
+        "/v1/metric",
+        &json!({"archive_policy_name": "five", "name": "alone", "unit": "B"}).to_string(),
+    );
+    assert_eq!(status, 201, "{alone}");
+    assert!(
+        alone["resource_id"].is_null() && alone["name"] == "alone",
+        "{alone}"
+    );
+    let (status, unnamed) = engine.post(
+        "/v1/metric",
+        &json!({"archive_policy_name": "five"}).to_string(),
+    );
+    assert_eq!(status, 201, "{unnamed}");
+    assert!(unnamed["name"].is_null(), "{unnamed}");
+    assert_ne!(alone["id"], unnamed["id"]);
+    let alone_id = alone["id"].as_str().unwrap().to_owned();
+    let (status, _) = engine.post(&format!("/v1/metric/{alone_id}/measures"), &json!([{"timestamp": "2024-01-01T00:01:00", "value": 4}, {"timestamp": "2024-01-01T00:02:00", "value": 6}]).to_string());
+    assert_eq!(status, 202);
+    assert_eq!(
+        engine.get_ok(&format!("/v1/metric/{alone_id}/measures")),
+        json!([["2024-01-01T00:00:00+00:00", 300.0, 5.0]])
+    );
+    let resources = engine.get_ok("/v1/resource/generic?limit=1000");
+    assert!(
+        resources
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !r["original_resource_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("metric/")),
+        "{resources}"
+    );
+
     // Bad input: Gnocchi's status and message.
     for (method, path, body, status, says) in [
         (
@@ -374,8 +412,20 @@ fn check(workers: &str) {
             .as_array()
             .unwrap()
             .len(),
-        6
+        8
     );
+    let listed = engine.get_ok("/v1/metric?limit=1000");
+    let alone = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "alone")
+        .unwrap();
+    let measures = engine.get_ok(&format!(
+        "/v1/metric/{}/measures",
+        alone["id"].as_str().unwrap()
+    ));
+    assert_eq!(measures, json!([["2024-01-01T00:00:00+00:00", 300.0, 5.0]]));
     assert_eq!(
         engine.get_ok("/v1/resource_type/box")["attributes"]["zone"]["required"],
         true

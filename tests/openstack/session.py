@@ -266,6 +266,14 @@ def gnocchi_session():
     error = run("gnocchi", "resource-type", "show", "box", expect_ok=False) or ""
     check("gnocchi resource-type delete", "HTTP 404" in error, error)
 
+    alone = run("gnocchi", "metric", "create", "-a", "five", "alone", "-f", "json") or {}
+    check("gnocchi metric create (no resource)", alone.get("name") == "alone"
+          and alone.get("resource_id") is None, alone)
+    run("gnocchi", "measures", "add", "-m", "2024-05-01T12:01:00@8", alone.get("id", "?"))
+    shown = run("gnocchi", "measures", "show", alone.get("id", "?"), "-f", "json") or []
+    check("measures of a metric of no resource", [m["value"] for m in shown] == [8.0], shown)
+    run("gnocchi", "metric", "delete", alone.get("id", "?"))
+
     spare = run("gnocchi", "metric", "create", "--resource-id", "host-1", "-a", "five", "spare",
                 "-f", "json") or {}
     run("gnocchi", "metric", "delete", spare.get("id", "?"))

@@ -114,6 +114,16 @@ pub fn resource_key(original: &str) -> String {
     original.replace('/', "_")
 }
 
+/// What the key of a metric without a resource starts with (`POST /v1/metric` without
+/// `resource_id`): each such metric is kept under a key of its own, `metric/UUID`, which no
+/// resource id can be (resource ids have no `/`).
+pub const STANDALONE: &str = "metric/";
+
+/// Whether `key` is a metric's own key rather than a resource's.
+pub fn is_standalone(key: &str) -> bool {
+    key.starts_with(STANDALONE)
+}
+
 /// The resource UUID Gnocchi gives `id`: itself when it is a UUID, else uuid5 of the text.
 ///
 /// # Examples

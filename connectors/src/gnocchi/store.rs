@@ -801,6 +801,9 @@ impl Catalog {
 
     /// The resource keyed `key`, when it has a metric or an event created it.
     pub fn resource_view(&self, key: &str) -> Option<ResourceView<'_>> {
+        if super::is_standalone(key) {
+            return None;
+        }
         let from = (key.to_owned(), String::new());
         let recorded = self
             .by_key
@@ -849,6 +852,7 @@ impl Catalog {
         }
         out.into_values()
             .filter(|view| !view.state.is_some_and(ResourceState::is_deleted))
+            .filter(|view| !super::is_standalone(view.key))
             .collect()
     }
 
