@@ -1572,6 +1572,12 @@ pub fn check_complex_query(body: &[u8]) -> Result<usize, String> {
     Ok(query.apply(rows).len())
 }
 
+/// Reads a `POST /v1/search/metric` body as the API does and applies it to a few values,
+/// returning how many it accepts or the 400's text (for the fuzz harness).
+pub fn check_value_query(body: &[u8]) -> Result<usize, String> {
+    aggregates::check_value_query(body)
+}
+
 /// Checks a batch body as the API does, returning how many measures it holds or the 400's
 /// text (for the fuzz harness: every body is answered, none panics or hangs).
 pub fn check_batch_body(body: &[u8]) -> Result<usize, String> {

@@ -145,9 +145,13 @@ pub fn measures_of(
                 "A granularity must be specified to resample".into(),
             ))
         }
-        Some(r) if !(r.is_finite() && r > 0.0 && r * NANOS as f64 <= MAX_GRANULARITY as f64) => {
+        Some(r)
+            if !(r.is_finite()
+                && r * NANOS as f64 >= 1.0
+                && r * NANOS as f64 <= MAX_GRANULARITY as f64) =>
+        {
             return Err(QueryError::Invalid(format!(
-                "Invalid value for resample: {r}; give a positive number of seconds, at most 50 years"
+                "Invalid value for resample: {r}; give a number of seconds from 1 ns to 50 years"
             )))
         }
         Some(r) => Some((r * NANOS as f64).round() as i64),

@@ -349,6 +349,21 @@ fn check(workers: &str) {
     let (got, answer) =
         engine.get("/v1/aggregation/metric?metric=00000000-0000-0000-0000-000000000000");
     assert_eq!(got, 404, "{answer}");
+    // Buckets of less than a nanosecond (found by the fuzzer) are a 400, not a panic.
+    for path in [
+        format!(
+            "/v1/metric/{}/measures?granularity=300&resample=0.0000000000001",
+            id(0)
+        ),
+        format!(
+            "/v1/aggregation/metric?metric={}&metric={}&granularity=300&resample=0.0000000000001",
+            id(0),
+            id(1)
+        ),
+    ] {
+        let (got, answer) = engine.get(&path);
+        assert_eq!(got, 400, "{path}: {answer}");
+    }
     let (got, answer) = engine.get(&format!(
         "/v1/aggregation/metric?metric={}&resample=3600",
         id(0)

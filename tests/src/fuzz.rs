@@ -1,6 +1,8 @@
 //! A mutation fuzzer for every decoder and parser that takes outside input: notification
 //! lines, oslo envelopes, pipeline definitions, alarm definitions, meter definitions (and the
-//! notifications they read), expressions, JSONPath, API bodies and Aodh complex queries.
+//! notifications they read), expressions, JSONPath, API bodies, Aodh complex queries,
+//! Gnocchi's dynamic aggregates operations (evaluated), resource types and metric value
+//! queries.
 //!
 //! Each execution takes a seed input of its target, applies one to four mutations (byte
 //! flips, inserted tokens that parsers find hard — brackets, quotes, `1e400`, `NaN`, escapes —
@@ -51,11 +53,17 @@ pub enum Target {
     ApiBody,
     /// Aodh's complex queries (`POST /v2/query/alarms` bodies), applied to alarms.
     ComplexQuery,
+    /// Gnocchi's dynamic aggregates operations (text or lists), evaluated over series.
+    AggregatesOperations,
+    /// Gnocchi resource types (`POST /v1/resource_type`), patched and checked on resources.
+    ResourceType,
+    /// `POST /v1/search/metric` value queries, applied to values.
+    ValueQuery,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 10] = [
+    pub const ALL: [Target; 13] = [
         Target::NotificationLine,
         Target::OsloEnvelope,
         Target::PipelineDefinition,
@@ -66,6 +74,9 @@ impl Target {
         Target::JsonPath,
         Target::ApiBody,
         Target::ComplexQuery,
+        Target::AggregatesOperations,
+        Target::ResourceType,
+        Target::ValueQuery,
     ];
 
     /// Its name on the command line.
@@ -81,6 +92,9 @@ impl Target {
             Target::JsonPath => "jsonpath",
             Target::ApiBody => "api-body",
             Target::ComplexQuery => "complex-query",
+            Target::AggregatesOperations => "aggregates-operations",
+            Target::ResourceType => "resource-type",
+            Target::ValueQuery => "value-query",
         }
     }
 
@@ -142,9 +156,27 @@ impl Target {
                 r#"{"filter": "{\"and\": [{\"=\": {\"name\": \"cpu_high\"}}, {\"or\": [{\">=\": {\"timestamp\": \"2024-05-01T12:00:00\"}}, {\"in\": {\"severity\": [\"low\", \"critical\"]}}]}]}", "orderby": "[{\"name\": \"desc\"}, {\"timestamp\": \"ASC\"}]", "limit": 3}"#.to_owned(),
                 r#"{"filter": "{\"not\": {\"=~\": {\"name\": \"^cpu_(high|low)$\"}}}"}"#.to_owned(),
             ],
+            Target::AggregatesOperations => vec![
+                "(aggregate mean (metric (m0 mean) (m1 mean) (m2 max)))".to_owned(),
+                "(rolling sum 2 (resample max 600 (* (metric (m0 mean) (m1 mean)) 2)))".to_owned(),
+                r#"["clip", ["rateofchangesec", ["metric", "m*", "mean"]], 0, ["-", ["metric", "m1", "mean"], 1.5]]"#.to_owned(),
+                "(aggregate rate:count (>= (abs (metric (m2 max) (m0 mean))) (metric m1 mean)))".to_owned(),
+            ],
+            Target::ResourceType => vec![
+                r#"{"name": "box", "attributes": {"host": {"type": "string", "required": true, "max_length": 16}, "cores": {"type": "number", "required": false, "min": 1, "max": 64}, "image": {"type": "uuid", "required": false}, "up": {"type": "bool", "required": false}, "born": {"type": "datetime", "required": false}}}"#.to_owned(),
+                r#"[{"op": "add", "path": "/attributes/zone", "value": {"type": "string", "required": true, "options": {"fill": "z1"}}}, {"op": "remove", "path": "/attributes/cores"}]"#.to_owned(),
+                r#"{"id": "x", "host": "h1", "cores": 4, "user_id": null}"#.to_owned(),
+            ],
+            Target::ValueQuery => vec![
+                r#"{"and": [{">=": 10}, {"or": [{"<": 20}, {"=": [{"*": 2}, 6]}]}]}"#.to_owned(),
+                r#"{"∨": [{"%": [{"**": 2}, 3]}, {"≥": -1.5}]}"#.to_owned(),
+            ],
         }
     }
 }
+
+/// The resource type the resource-type target patches and checks bodies against.
+const RESOURCE_TYPE: &str = r#"{"name": "box", "attributes": {"host": {"type": "string", "required": true, "max_length": 16}, "cores": {"type": "number", "required": false, "min": 1}}}"#;
 
 /// Meter definition files the seeds come from.
 const METER_FILES: [&str; 2] = [
@@ -458,6 +490,69 @@ impl Runner {
             }
             Target::ComplexQuery => {
                 let _ = meterflow_pipelines::api::check_complex_query(input);
+            }
+            Target::AggregatesOperations => {
+                use meterflow_operators::aggregate::dynamic::{
+                    evaluate, Fetched, Fill, Node, Window,
+                };
+                let operations = serde_json::from_slice::<serde_json::Value>(input)
+                    .unwrap_or_else(|_| serde_json::Value::from(text().into_owned()));
+                let Ok(node) = Node::parse(&operations) else {
+                    return;
+                };
+                let g = 300_000_000_000;
+                let series: [Vec<(i64, f64)>; 3] = [
+                    (0..12).map(|i| (i * g, i as f64)).collect(),
+                    (3..9).map(|i| (i * g, -(i as f64) * 1.5)).collect(),
+                    vec![(g, f64::MAX), (5 * g, 0.0), (20 * g, 7.0)],
+                ];
+                let keys = vec![
+                    ("m0".to_owned(), "mean".to_owned()),
+                    ("m1".to_owned(), "mean".to_owned()),
+                    ("m2".to_owned(), "max".to_owned()),
+                ];
+                let fetched: Vec<Fetched> = series
+                    .iter()
+                    .enumerate()
+                    .map(|(reference, points)| Fetched {
+                        reference,
+                        granularity: g,
+                        points,
+                    })
+                    .collect();
+                for fill in [
+                    Fill::Dropna,
+                    Fill::Overlap(50.0),
+                    Fill::FullFfill,
+                    Fill::Value(0.0),
+                ] {
+                    let window = Window {
+                        start: Some(g),
+                        stop: None,
+                        fill,
+                    };
+                    let _ = evaluate(&node, &keys, &fetched, window);
+                }
+            }
+            Target::ResourceType => {
+                use meterflow_connectors::gnocchi::resource_types::ResourceType;
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(input) else {
+                    return;
+                };
+                let seed: serde_json::Value = serde_json::from_str(RESOURCE_TYPE).expect("seed");
+                let base = ResourceType::from_json(&seed).expect("the seed type reads");
+                if let Ok(t) = ResourceType::from_json(&value) {
+                    let _ = t.to_json();
+                }
+                // The same input as a patch, and as a resource of the seed type.
+                let _ = base.patched(&value);
+                if let Some(body) = value.as_object() {
+                    let _ = base.check(body, &["id", "user_id"], false);
+                    let _ = base.check(body, &["id", "user_id"], true);
+                }
+            }
+            Target::ValueQuery => {
+                let _ = meterflow_pipelines::api::check_value_query(input);
             }
         }
     }

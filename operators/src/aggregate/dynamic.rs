@@ -530,16 +530,19 @@ fn node(v: &Value, depth: usize, budget: &mut usize) -> Result<Node, AggregatesE
                 Value::String(s) => parse_timespan(s),
                 other => number(other),
             }
-            .filter(|s| s.is_finite() && *s > 0.0 && s * NANOS as f64 <= MAX_GRANULARITY as f64)
+            .filter(|s| {
+                // At least a nanosecond: buckets of nothing would divide by zero.
+                s.is_finite() && s * NANOS as f64 >= 1.0 && s * NANOS as f64 <= MAX_GRANULARITY as f64
+            })
             .ok_or_else(|| {
                 invalid(format!(
-                    "'resample': {} is not a positive timespan (seconds, or e.g. \"1 hour\")",
+                    "'resample': {} is not a timespan from 1 ns to 50 years (seconds, or e.g. \"1 hour\")",
                     args[1]
                 ))
             })?;
             Ok(Node::Resample(
                 method,
-                (seconds * NANOS as f64) as i64,
+                (seconds * NANOS as f64).round() as i64,
                 sub(2, budget)?,
             ))
         }
@@ -1395,6 +1398,11 @@ mod tests {
                 "window",
             ),
             (json!(["metric"]), "at least one"),
+            // Found by the fuzzer: buckets of less than a nanosecond divided by zero.
+            (
+                json!("(resample max 0.0000000000016 (metric a mean))"),
+                "from 1 ns",
+            ),
             (json!(["metric", "a"]), "metric"),
             (json!(3), "operations must be a list"),
         ] {

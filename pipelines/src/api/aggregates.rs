@@ -93,7 +93,7 @@ impl<'p> Params<'p> {
         self.get(name)
             .map(|t| {
                 seconds(t)
-                    .filter(|s| *s > 0.0 && *s < 1e10)
+                    .filter(|s| *s * 1e9 >= 1.0 && *s < 1e10)
                     .map(|s| (s * NANOS as f64).round() as i64)
                     .ok_or_else(|| argument_error(name, "Timespan must be positive"))
             })
@@ -793,4 +793,14 @@ pub(super) async fn search_metric(
         out.insert(metric.metric_id.clone(), query::to_json(&points));
     }
     Ok(Json(Value::Object(out)))
+}
+
+/// [`super::check_value_query`]'s work.
+pub(super) fn check_value_query(body: &[u8]) -> Result<usize, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let query = ValueQuery::parse(&value, 0)?;
+    Ok([-1.5, 0.0, 3.0, 1e300, f64::NAN]
+        .into_iter()
+        .filter(|v| query.eval(*v) != 0.0)
+        .count())
 }
